@@ -1,0 +1,228 @@
+//! Parsers for directive values: dates, counts, statuses and zone sizes.
+//!
+//! Pure functions over `&str`, so that every value `nginx -t` can be given is unit-tested here
+//! and the glue only maps `None` to an error message.
+
+/// Parses an RFC 3339 timestamp (`2021-08-08T00:00:00Z`, `2021-08-08T08:00:00+08:00`, with an
+/// optional fraction of a second) into Unix milliseconds.
+pub fn rfc3339_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    if !matches!(b[10], b'T' | b't') {
+        return None;
+    }
+    let year = digits(&b[0..4])?;
+    let month = digits(&b[5..7])?;
+    let day = digits(&b[8..10])?;
+    let hour = digits(&b[11..13])?;
+    let minute = digits(&b[14..16])?;
+    let second = digits(&b[17..19])?;
+    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+        return None;
+    }
+    if hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+
+    let mut rest = &b[19..];
+    let mut millis = 0;
+    if let Some((b'.', frac)) = rest.split_first() {
+        let len = frac.iter().take_while(|c| c.is_ascii_digit()).count();
+        if len == 0 {
+            return None;
+        }
+        // Milliseconds are the clock's resolution; further digits are accepted and dropped.
+        for (i, d) in frac[..len.min(3)].iter().enumerate() {
+            millis += i64::from(d - b'0') * [100, 10, 1][i];
+        }
+        rest = &frac[len..];
+    }
+
+    let offset_minutes = match rest {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let (oh, om) = (digits(&[*h1, *h2])?, digits(&[*m1, *m2])?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let minutes = oh * 60 + om;
+            if *sign == b'-' {
+                -minutes
+            } else {
+                minutes
+            }
+        }
+        _ => return None,
+    };
+
+    let days = days_from_civil(year, month, day);
+    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second - offset_minutes * 60;
+    Some(seconds * 1_000 + millis)
+}
+
+fn digits(b: &[u8]) -> Option<i64> {
+    b.iter().try_fold(0i64, |n, &c| c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0')))
+}
+
+fn is_leap(year: i64) -> bool {
+    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if is_leap(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parses a permit cap: a whole number of permits, 0 or more.
+pub fn cap(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Parses a rejection status: 400 to 599, as `limit_req_status` accepts.
+pub fn reject_status(s: &str) -> Option<u16> {
+    let status: u16 = s.parse().ok().filter(|_| s.bytes().all(|c| c.is_ascii_digit()))?;
+    (400..=599).contains(&status).then_some(status)
+}
+
+/// Parses a size as nginx writes it: bytes, or a number followed by `k`/`K` or `m`/`M`.
+pub fn size(s: &str) -> Option<usize> {
+    let (number, scale) = match s.as_bytes().last()? {
+        b'k' | b'K' => (&s[..s.len() - 1], 1024),
+        b'm' | b'M' => (&s[..s.len() - 1], 1024 * 1024),
+        _ => (s, 1),
+    };
+    if number.is_empty() || !number.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    number.parse::<usize>().ok()?.checked_mul(scale)
+}
+
+/// Splits a `zone=NAME:SIZE` value (without the `zone=` prefix) into its name and size text.
+pub fn zone_name_size(s: &str) -> Option<(&str, &str)> {
+    let (name, size) = s.split_once(':')?;
+    (!name.is_empty()).then_some((name, size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_utc_and_offsets() {
+        assert_eq!(rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(rfc3339_ms("2021-08-08T00:00:00Z"), Some(1_628_380_800_000));
+        assert_eq!(rfc3339_ms("2021-08-08T00:00:00+00:00"), Some(1_628_380_800_000));
+        assert_eq!(rfc3339_ms("2021-08-08T08:00:00+08:00"), Some(1_628_380_800_000));
+        assert_eq!(rfc3339_ms("2021-08-07T19:30:00-04:30"), Some(1_628_380_800_000));
+        assert_eq!(rfc3339_ms("2021-08-08t00:00:00z"), Some(1_628_380_800_000));
+        assert_eq!(rfc3339_ms("1969-12-31T23:59:59Z"), Some(-1_000));
+    }
+
+    #[test]
+    fn rfc3339_fractions_are_kept_to_the_millisecond() {
+        assert_eq!(rfc3339_ms("1970-01-01T00:00:01.5Z"), Some(1_500));
+        assert_eq!(rfc3339_ms("1970-01-01T00:00:01.25Z"), Some(1_250));
+        assert_eq!(rfc3339_ms("1970-01-01T00:00:01.123456Z"), Some(1_123));
+        assert_eq!(rfc3339_ms("1970-01-01T00:00:00.001+00:00"), Some(1));
+    }
+
+    #[test]
+    fn rfc3339_calendar_is_checked() {
+        assert!(rfc3339_ms("2024-02-29T00:00:00Z").is_some());
+        assert!(rfc3339_ms("2000-02-29T00:00:00Z").is_some());
+        for bad in [
+            "2023-02-29T00:00:00Z",
+            "1900-02-29T00:00:00Z",
+            "2021-04-31T00:00:00Z",
+            "2021-13-01T00:00:00Z",
+            "2021-00-01T00:00:00Z",
+            "2021-08-00T00:00:00Z",
+            "2021-08-08T24:00:00Z",
+            "2021-08-08T23:60:00Z",
+            "2021-08-08T23:59:60Z",
+            "2021-08-08T00:00:00+24:00",
+            "2021-08-08T00:00:00+01:60",
+        ] {
+            assert_eq!(rfc3339_ms(bad), None, "{bad} must be refused");
+        }
+    }
+
+    #[test]
+    fn rfc3339_syntax_is_strict() {
+        for bad in [
+            "",
+            "2021-08-08",
+            "2021-08-08T00:00:00",
+            "2021-08-08 00:00:00Z",
+            "2021-08-08T00:00Z",
+            "2021-8-08T00:00:00Z",
+            "2021-08-08T00:00:00.Z",
+            "2021-08-08T00:00:00+0100",
+            "2021-08-08T00:00:00+01",
+            "2021-08-08T00:00:00ZZ",
+            "２021-08-08T00:00:00Z",
+            "+021-08-08T00:00:00Z",
+            "yesterday at noon, UTC",
+        ] {
+            assert_eq!(rfc3339_ms(bad), None, "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn caps() {
+        assert_eq!(cap("0"), Some(0));
+        assert_eq!(cap("3"), Some(3));
+        assert_eq!(cap("18446744073709551615"), Some(u64::MAX));
+        for bad in ["", "-1", "+3", "3.0", "three", "18446744073709551616", " 3"] {
+            assert_eq!(cap(bad), None, "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn reject_statuses() {
+        assert_eq!(reject_status("503"), Some(503));
+        assert_eq!(reject_status("400"), Some(400));
+        assert_eq!(reject_status("599"), Some(599));
+        for bad in ["399", "600", "200", "", "+503", "5o3", "-503"] {
+            assert_eq!(reject_status(bad), None, "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size("10m"), Some(10 * 1024 * 1024));
+        assert_eq!(size("64K"), Some(64 * 1024));
+        assert_eq!(size("32768"), Some(32_768));
+        for bad in ["", "m", "10g", "-1m", "1.5m", "10 m", "99999999999999999999999m"] {
+            assert_eq!(size(bad), None, "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn zone_names_and_sizes() {
+        assert_eq!(zone_name_size("laptop:10m"), Some(("laptop", "10m")));
+        assert_eq!(zone_name_size("laptop:"), Some(("laptop", "")));
+        assert_eq!(zone_name_size("laptop"), None);
+        assert_eq!(zone_name_size(":10m"), None);
+    }
+}

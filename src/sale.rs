@@ -1,0 +1,431 @@
+//! The decision, in plain Rust: the sale window, the draw and the cap.
+//!
+//! Nothing here knows about nginx. Given a sale's settings, the clock, a random draw and a
+//! permit store, [`decide`] returns the outcome for one buyer. The glue feeds it real values;
+//! the unit tests feed it fixed ones.
+
+use core::fmt;
+
+/// What the gate decided for one request; the names are the values of `$flash_sale_status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The key evaluated to an empty string: nobody to give a permit to.
+    NoKey,
+    /// The key is longer than a permit can hold; refused rather than truncated.
+    KeyTooLong,
+    /// The sale's start time has not come yet.
+    NotStarted,
+    /// The sale's end time has passed.
+    Ended,
+    /// The buyer already holds a permit ("lucky once, lucky always").
+    Permitted,
+    /// Every permit under the cap is taken (or the zone has no room for another).
+    SoldOut,
+    /// The draw turned this buyer away this time.
+    Blocked,
+    /// The buyer won the draw and now holds a new permit.
+    Admitted,
+}
+
+impl Outcome {
+    /// The name used in `$flash_sale_status`, logs and response bodies.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::NoKey => "NO_KEY",
+            Outcome::KeyTooLong => "KEY_TOO_LONG",
+            Outcome::NotStarted => "NOT_STARTED",
+            Outcome::Ended => "ENDED",
+            Outcome::Permitted => "PERMITTED",
+            Outcome::SoldOut => "SOLD_OUT",
+            Outcome::Blocked => "BLOCKED",
+            Outcome::Admitted => "ADMITTED",
+        }
+    }
+
+    /// Whether the request goes on to the backend.
+    pub const fn passes(self) -> bool {
+        matches!(self, Outcome::Permitted | Outcome::Admitted)
+    }
+
+    /// The HTTP status of a rejection; `reject` is the configured `flash_sale_reject_status`.
+    /// Identity problems get client-error codes of their own so that a buyer is not told to
+    /// retry something that cannot succeed.
+    pub const fn status(self, reject: u16) -> u16 {
+        match self {
+            Outcome::NoKey => 401,
+            Outcome::KeyTooLong => 400,
+            Outcome::Permitted | Outcome::Admitted => 200,
+            _ => reject,
+        }
+    }
+
+    /// The short plain-text body sent with a rejection.
+    pub const fn message(self) -> &'static str {
+        match self {
+            Outcome::NoKey => "NO_KEY: this sale needs a buyer identity.\n",
+            Outcome::KeyTooLong => "KEY_TOO_LONG: the buyer identity is too long.\n",
+            Outcome::NotStarted => "NOT_STARTED: the sale has not started yet.\n",
+            Outcome::Ended => "ENDED: the sale has ended.\n",
+            Outcome::Permitted => "PERMITTED\n",
+            Outcome::SoldOut => "SOLD_OUT: the sale is sold out.\n",
+            Outcome::Blocked => "BLOCKED: you were not drawn this time.\n",
+            Outcome::Admitted => "ADMITTED\n",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The longest key a permit holds. Longer keys are refused, never truncated: a truncated key
+/// could match someone else's permit.
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// When the sale is open, in Unix milliseconds. `None` means "open now" and "never ends".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Window {
+    pub start_ms: Option<i64>,
+    pub end_ms: Option<i64>,
+}
+
+/// Why the window is closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closed {
+    NotStarted,
+    Ended,
+}
+
+impl Window {
+    /// Checks the clock against the window: the start is inclusive, the end exclusive.
+    pub fn check(&self, now_ms: i64) -> Result<(), Closed> {
+        match (self.start_ms, self.end_ms) {
+            (Some(start), _) if now_ms < start => Err(Closed::NotStarted),
+            (_, Some(end)) if now_ms >= end => Err(Closed::Ended),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whole seconds until the start, rounded up, for `Retry-After`; 0 once started.
+    pub fn seconds_to_start(&self, now_ms: i64) -> i64 {
+        match self.start_ms {
+            Some(start) if start > now_ms => (start - now_ms + 999) / 1000,
+            _ => 0,
+        }
+    }
+}
+
+/// The share of new buyers the draw turns away, from 0 (admit all) to 1 (admit none).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BlockRatio(f64);
+
+impl BlockRatio {
+    pub const ADMIT_ALL: BlockRatio = BlockRatio(0.0);
+
+    /// Parses a decimal from 0 to 1, e.g. `0.4`, `1`, `0`.
+    pub fn parse(s: &str) -> Option<BlockRatio> {
+        // f64's parser accepts "inf", "NaN" and exponents; a ratio is plain digits and a dot.
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            return None;
+        }
+        let ratio: f64 = s.parse().ok()?;
+        (0.0..=1.0).contains(&ratio).then_some(BlockRatio(ratio))
+    }
+
+    pub fn value(self) -> f64 {
+        self.0
+    }
+
+    /// Whether this ratio can turn anyone away at all (it cannot at 0).
+    pub fn can_block(self) -> bool {
+        self.0 > 0.0
+    }
+
+    /// `draw` is uniform in [0, 1): below the ratio means blocked, so 1 blocks every draw.
+    pub fn blocks(self, draw: f64) -> bool {
+        draw < self.0
+    }
+}
+
+/// The most permits a zone hands out through a location; `None` is unlimited.
+pub type Cap = Option<u64>;
+
+/// Everything a location says about its sale.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Sale {
+    pub window: Window,
+    pub block_ratio: BlockRatio,
+    pub cap: Cap,
+}
+
+/// What the store says about a key before the draw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// The key holds a permit.
+    Permitted,
+    /// No permit for the key, and the cap is reached.
+    SoldOut,
+    /// No permit for the key, and room under the cap: the key may draw.
+    Open,
+}
+
+/// What the store did when asked to admit a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// A new permit was stored.
+    Admitted,
+    /// The key already held one (another worker admitted it in the meantime).
+    Permitted,
+    /// The cap was reached first.
+    SoldOut,
+    /// The zone had no memory for another permit.
+    ZoneFull,
+}
+
+/// A permit store as the decision sees it. Each call is one atomic step against every worker.
+pub trait PermitStore {
+    /// Does `key` hold a permit, and if not, is there room under `cap`?
+    fn lookup(&mut self, key: &[u8], cap: Cap) -> Lookup;
+    /// Stores a permit for `key` if it has none and the count is under `cap`.
+    fn admit(&mut self, key: &[u8], cap: Cap) -> Admission;
+}
+
+/// Decides one request, in the documented order: key, window, permit, cap, draw, admission.
+///
+/// `draw` is called at most once, and only when the ratio can block someone, so the common
+/// cases (ratio 0, returning winners, sold out) never pay for a random number.
+pub fn decide<S: PermitStore>(
+    sale: &Sale,
+    key: &[u8],
+    now_ms: i64,
+    draw: impl FnOnce() -> f64,
+    store: &mut S,
+) -> Outcome {
+    if key.is_empty() {
+        return Outcome::NoKey;
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Outcome::KeyTooLong;
+    }
+    match sale.window.check(now_ms) {
+        Err(Closed::NotStarted) => return Outcome::NotStarted,
+        Err(Closed::Ended) => return Outcome::Ended,
+        Ok(()) => {}
+    }
+    if sale.block_ratio.can_block() {
+        match store.lookup(key, sale.cap) {
+            Lookup::Permitted => return Outcome::Permitted,
+            Lookup::SoldOut => return Outcome::SoldOut,
+            Lookup::Open if sale.block_ratio.blocks(draw()) => return Outcome::Blocked,
+            Lookup::Open => {}
+        }
+    }
+    // Admission repeats the permit and cap checks under the same lock as the insert, so two
+    // workers racing for the last permit cannot both win it.
+    match store.admit(key, sale.cap) {
+        Admission::Admitted => Outcome::Admitted,
+        Admission::Permitted => Outcome::Permitted,
+        Admission::SoldOut | Admission::ZoneFull => Outcome::SoldOut,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    /// A store with the real semantics and none of the memory: a set and a count.
+    #[derive(Default)]
+    struct SetStore {
+        permits: HashSet<Vec<u8>>,
+        room: Option<usize>,
+        lookups: usize,
+    }
+
+    impl PermitStore for SetStore {
+        fn lookup(&mut self, key: &[u8], cap: Cap) -> Lookup {
+            self.lookups += 1;
+            if self.permits.contains(key) {
+                Lookup::Permitted
+            } else if cap.is_some_and(|cap| self.permits.len() as u64 >= cap) {
+                Lookup::SoldOut
+            } else {
+                Lookup::Open
+            }
+        }
+
+        fn admit(&mut self, key: &[u8], cap: Cap) -> Admission {
+            if self.permits.contains(key) {
+                Admission::Permitted
+            } else if cap.is_some_and(|cap| self.permits.len() as u64 >= cap) {
+                Admission::SoldOut
+            } else if self.room.is_some_and(|room| self.permits.len() >= room) {
+                Admission::ZoneFull
+            } else {
+                self.permits.insert(key.to_vec());
+                Admission::Admitted
+            }
+        }
+    }
+
+    fn sale(ratio: f64, cap: Cap) -> Sale {
+        Sale { window: Window::default(), block_ratio: BlockRatio(ratio), cap }
+    }
+
+    fn never_drawn() -> f64 {
+        panic!("the draw must not run here")
+    }
+
+    #[test]
+    fn window_bounds_are_start_inclusive_end_exclusive() {
+        let w = Window { start_ms: Some(1_000), end_ms: Some(2_000) };
+        assert_eq!(w.check(999), Err(Closed::NotStarted));
+        assert_eq!(w.check(1_000), Ok(()));
+        assert_eq!(w.check(1_999), Ok(()));
+        assert_eq!(w.check(2_000), Err(Closed::Ended));
+        assert_eq!(Window::default().check(i64::MIN), Ok(()));
+        assert_eq!(Window { start_ms: None, end_ms: Some(5) }.check(4), Ok(()));
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        let w = Window { start_ms: Some(10_000), end_ms: None };
+        assert_eq!(w.seconds_to_start(0), 10);
+        assert_eq!(w.seconds_to_start(9_999), 1);
+        assert_eq!(w.seconds_to_start(8_500), 2);
+        assert_eq!(w.seconds_to_start(10_000), 0);
+        assert_eq!(Window::default().seconds_to_start(0), 0);
+    }
+
+    #[test]
+    fn block_ratio_parses_only_plain_decimals_in_range() {
+        assert_eq!(BlockRatio::parse("0.4"), Some(BlockRatio(0.4)));
+        assert_eq!(BlockRatio::parse("0"), Some(BlockRatio(0.0)));
+        assert_eq!(BlockRatio::parse("1"), Some(BlockRatio(1.0)));
+        assert_eq!(BlockRatio::parse("1.0"), Some(BlockRatio(1.0)));
+        assert_eq!(BlockRatio::parse(".5"), Some(BlockRatio(0.5)));
+        for bad in ["", "1.01", "-0.1", "2", "NaN", "inf", "1e-1", "0.4x", "0..4", "."] {
+            assert_eq!(BlockRatio::parse(bad), None, "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn block_ratio_edges() {
+        assert!(!BlockRatio(0.0).blocks(0.0));
+        assert!(BlockRatio(1.0).blocks(0.999_999_999));
+        assert!(BlockRatio(0.4).blocks(0.399));
+        assert!(!BlockRatio(0.4).blocks(0.4));
+    }
+
+    #[test]
+    fn empty_and_oversized_keys_never_reach_the_store() {
+        let mut store = SetStore::default();
+        let s = sale(0.0, None);
+        assert_eq!(decide(&s, b"", 0, never_drawn, &mut store), Outcome::NoKey);
+        let long = vec![b'k'; MAX_KEY_LEN + 1];
+        assert_eq!(decide(&s, &long, 0, never_drawn, &mut store), Outcome::KeyTooLong);
+        let longest = vec![b'k'; MAX_KEY_LEN];
+        assert_eq!(decide(&s, &longest, 0, never_drawn, &mut store), Outcome::Admitted);
+        assert_eq!(store.permits.len(), 1);
+    }
+
+    #[test]
+    fn closed_window_turns_away_even_permit_holders() {
+        let mut store = SetStore::default();
+        store.permits.insert(b"alice".to_vec());
+        let mut s = sale(0.0, None);
+        s.window = Window { start_ms: Some(100), end_ms: Some(200) };
+        assert_eq!(decide(&s, b"alice", 99, never_drawn, &mut store), Outcome::NotStarted);
+        assert_eq!(decide(&s, b"alice", 200, never_drawn, &mut store), Outcome::Ended);
+        assert_eq!(decide(&s, b"alice", 150, never_drawn, &mut store), Outcome::Permitted);
+    }
+
+    #[test]
+    fn lucky_once_lucky_always() {
+        let mut store = SetStore::default();
+        let s = sale(0.5, None);
+        assert_eq!(decide(&s, b"alice", 0, || 0.9, &mut store), Outcome::Admitted);
+        // Later draws would all block, but alice never draws again.
+        for _ in 0..10 {
+            assert_eq!(decide(&s, b"alice", 0, never_drawn, &mut store), Outcome::Permitted);
+        }
+        assert_eq!(decide(&s, b"bob", 0, || 0.1, &mut store), Outcome::Blocked);
+        assert!(!store.permits.contains(&b"bob"[..]));
+    }
+
+    #[test]
+    fn ratio_zero_admits_without_a_draw_or_a_lookup() {
+        let mut store = SetStore::default();
+        let s = sale(0.0, None);
+        assert_eq!(decide(&s, b"a", 0, never_drawn, &mut store), Outcome::Admitted);
+        assert_eq!(decide(&s, b"a", 0, never_drawn, &mut store), Outcome::Permitted);
+        assert_eq!(store.lookups, 0);
+    }
+
+    #[test]
+    fn ratio_one_admits_nobody_new_but_keeps_winners() {
+        let mut store = SetStore::default();
+        store.permits.insert(b"winner".to_vec());
+        let s = sale(1.0, None);
+        assert_eq!(decide(&s, b"new", 0, || 0.0, &mut store), Outcome::Blocked);
+        assert_eq!(decide(&s, b"new", 0, || 0.999_999, &mut store), Outcome::Blocked);
+        assert_eq!(decide(&s, b"winner", 0, never_drawn, &mut store), Outcome::Permitted);
+    }
+
+    #[test]
+    fn the_cap_is_exact_and_sold_out_skips_the_draw() {
+        let mut store = SetStore::default();
+        let s = sale(0.0, Some(3));
+        for key in [&b"u1"[..], b"u2", b"u3"] {
+            assert_eq!(decide(&s, key, 0, never_drawn, &mut store), Outcome::Admitted);
+        }
+        assert_eq!(decide(&s, b"u4", 0, never_drawn, &mut store), Outcome::SoldOut);
+        assert_eq!(decide(&s, b"u2", 0, never_drawn, &mut store), Outcome::Permitted);
+        let drawing = sale(0.5, Some(3));
+        assert_eq!(decide(&drawing, b"u5", 0, never_drawn, &mut store), Outcome::SoldOut);
+        assert_eq!(store.permits.len(), 3);
+    }
+
+    #[test]
+    fn cap_zero_sells_nothing() {
+        let mut store = SetStore::default();
+        assert_eq!(decide(&sale(0.0, Some(0)), b"a", 0, never_drawn, &mut store), Outcome::SoldOut);
+    }
+
+    #[test]
+    fn a_full_zone_answers_sold_out() {
+        let mut store = SetStore { room: Some(1), ..SetStore::default() };
+        let s = sale(0.0, None);
+        assert_eq!(decide(&s, b"a", 0, never_drawn, &mut store), Outcome::Admitted);
+        assert_eq!(decide(&s, b"b", 0, never_drawn, &mut store), Outcome::SoldOut);
+        assert_eq!(decide(&s, b"a", 0, never_drawn, &mut store), Outcome::Permitted);
+    }
+
+    #[test]
+    fn the_draw_admits_about_one_minus_the_ratio() {
+        use rand::{rngs::SmallRng, Rng, SeedableRng};
+        let mut rng = SmallRng::seed_from_u64(7);
+        let mut store = SetStore::default();
+        let s = sale(0.4, None);
+        let admitted = (0..10_000u32)
+            .filter(|i| {
+                let key = i.to_le_bytes();
+                decide(&s, &key, 0, || rng.random::<f64>(), &mut store) == Outcome::Admitted
+            })
+            .count();
+        assert!((5_700..=6_300).contains(&admitted), "admitted {admitted} of 10000");
+    }
+
+    #[test]
+    fn outcome_names_and_statuses() {
+        assert_eq!(Outcome::SoldOut.to_string(), "SOLD_OUT");
+        assert_eq!(Outcome::NoKey.status(503), 401);
+        assert_eq!(Outcome::KeyTooLong.status(503), 400);
+        assert_eq!(Outcome::Blocked.status(429), 429);
+        assert!(Outcome::Admitted.passes() && Outcome::Permitted.passes());
+        assert!(!Outcome::Blocked.passes());
+        assert!(Outcome::NotStarted.message().starts_with("NOT_STARTED"));
+    }
+}
