@@ -1,4 +1,24 @@
-//! ngx_http_flash_sale_module: see README.md.
+//! ngx_http_flash_sale_module: a flash-sale gate for nginx.
+//!
+//! The layers, from plain Rust to raw nginx:
+//! - [`sale`]: the decision (window, draw, cap) and [`parse`]: directive values. No FFI.
+//! - [`zone`]: the permit table in shared memory, and `slab`: nginx's slab pool under it.
+//! - `module`, `conf`, `handler`, `variables`: the nginx glue (the module, directives, phase
+//!   handler, variables).
+
 pub mod parse;
 pub mod sale;
 pub mod zone;
+
+// The glue calls into nginx, whose symbols exist only inside an nginx process, so the unit
+// tests build without it; the t/ suite tests it inside nginx.
+#[cfg(not(test))]
+mod conf;
+#[cfg(not(test))]
+mod handler;
+#[cfg(not(test))]
+mod module;
+#[cfg(not(test))]
+mod slab;
+#[cfg(not(test))]
+mod variables;

@@ -47,6 +47,10 @@ pub struct PermitTable {
     next_seq: u64,
     /// Set when an allocation first fails, so that "zone is full" is logged once.
     full_reported: u64,
+    /// The key expression the zone was declared with, kept in the zone itself so that a reload
+    /// can refuse a changed key without reading the previous cycle's configuration.
+    key_spec: *const u8,
+    key_spec_len: usize,
     mask: u64,
 }
 
@@ -73,20 +77,32 @@ pub fn bucket_count(zone_size: usize) -> usize {
 }
 
 impl PermitTable {
-    /// Lays out an empty table with `buckets` (a power of two) empty chains.
-    pub fn create(arena: &impl Arena, buckets: usize, sip_key: [u64; 2]) -> Option<NonNull<Self>> {
+    /// Lays out an empty table with `buckets` (a power of two) empty chains for a zone whose
+    /// key expression is `key_spec`.
+    pub fn create(
+        arena: &impl Arena,
+        buckets: usize,
+        sip_key: [u64; 2],
+        key_spec: &[u8],
+    ) -> Option<NonNull<Self>> {
         debug_assert!(buckets.is_power_of_two());
-        let bytes = size_of::<Self>().checked_add(buckets.checked_mul(size_of::<*mut Permit>())?)?;
+        let bytes =
+            size_of::<Self>().checked_add(buckets.checked_mul(size_of::<*mut Permit>())?)?;
+        let spec = arena.alloc(key_spec.len().max(1))?;
         let table = arena.alloc(bytes)?.cast::<Self>();
         // SAFETY: the arena returned `bytes` writable, pointer-aligned bytes: room for the
-        // header and the bucket array right after it, which we initialise here in full.
+        // header and the bucket array right after it, which we initialise here in full; `spec`
+        // has room for the key expression.
         unsafe {
+            ptr::copy_nonoverlapping(key_spec.as_ptr(), spec.as_ptr(), key_spec.len());
             table.as_ptr().write(PermitTable {
                 magic: LAYOUT_MAGIC,
                 sip_key,
                 permits: 0,
                 next_seq: 1,
                 full_reported: 0,
+                key_spec: spec.as_ptr(),
+                key_spec_len: key_spec.len(),
                 mask: buckets as u64 - 1,
             });
             let first = table.as_ptr().add(1).cast::<*mut Permit>();
@@ -105,6 +121,12 @@ impl PermitTable {
     /// Permits stored now.
     pub fn permits(&self) -> u64 {
         self.permits
+    }
+
+    /// The key expression the zone was created with.
+    pub fn key_spec(&self) -> &[u8] {
+        // SAFETY: `create` copied `key_spec_len` bytes there, and they never change.
+        unsafe { core::slice::from_raw_parts(self.key_spec, self.key_spec_len) }
     }
 
     fn hash(&self, key: &[u8]) -> u64 {
@@ -140,9 +162,7 @@ impl PermitTable {
 
     fn insert(&mut self, arena: &impl Arena, hash: u64, key: &[u8], now_ms: i64) -> Option<u64> {
         let key_len = u32::try_from(key.len()).ok()?;
-        let Some(memory) = arena.alloc(permit_size(key.len())) else {
-            return None;
-        };
+        let memory = arena.alloc(permit_size(key.len()))?;
         let permit = memory.cast::<Permit>().as_ptr();
         let seq = self.next_seq;
         let bucket = self.bucket(hash);
@@ -150,7 +170,13 @@ impl PermitTable {
         // and the key after it. The bucket slot is valid (see `bucket`); linking at the head
         // keeps every chain null-terminated.
         unsafe {
-            permit.write(Permit { next: *bucket, hash, seq, granted_ms: now_ms, key_len });
+            permit.write(Permit {
+                next: *bucket,
+                hash,
+                seq,
+                granted_ms: now_ms,
+                key_len,
+            });
             ptr::copy_nonoverlapping(key.as_ptr(), permit.add(1).cast::<u8>(), key.len());
             *bucket = permit;
         }
@@ -185,7 +211,12 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
     /// # Safety
     /// `table` was created by [`PermitTable::create`] inside `shared`, and stays mapped for `'a`.
     pub unsafe fn new(shared: &'a S, table: NonNull<PermitTable>, now_ms: i64) -> Self {
-        ZoneStore { shared, table, now_ms, newly_full: false }
+        ZoneStore {
+            shared,
+            table,
+            now_ms,
+            newly_full: false,
+        }
     }
 
     /// True once, for the request that first found the zone without room for a permit.
@@ -262,7 +293,10 @@ mod tests {
 
     impl Heap {
         fn new(budget: usize) -> Self {
-            Heap { used: Mutex::new(Cell::new(0)), budget }
+            Heap {
+                used: Mutex::new(Cell::new(0)),
+                budget,
+            }
         }
     }
 
@@ -290,7 +324,7 @@ mod tests {
     }
 
     fn table(heap: &Heap, buckets: usize) -> NonNull<PermitTable> {
-        PermitTable::create(&heap.lock(), buckets, [1, 2]).unwrap()
+        PermitTable::create(&heap.lock(), buckets, [1, 2], b"$arg_user").unwrap()
     }
 
     #[test]
@@ -407,6 +441,7 @@ mod tests {
         let heap = Heap::new(1 << 20);
         let mut t = table(&heap, 16);
         assert!(unsafe { t.as_ref() }.is_compatible());
+        assert_eq!(unsafe { t.as_ref() }.key_spec(), b"$arg_user");
         unsafe { t.as_mut() }.magic = 7;
         assert!(!unsafe { t.as_ref() }.is_compatible());
     }

@@ -1,0 +1,25 @@
+//! Passes what nginx-sys learned about the nginx source tree on to the module's code.
+//!
+//! nginx-sys exports the version and features of the tree it was built against as `DEP_NGINX_*`
+//! variables; they reach this script because `nginx-sys` is a direct dependency.
+
+use std::env;
+
+fn main() {
+    println!("cargo::rerun-if-env-changed=DEP_NGINX_VERSION_NUMBER");
+    println!("cargo::rustc-check-cfg=cfg(ngx_table_elt_next)");
+    let version: u64 = env::var("DEP_NGINX_VERSION_NUMBER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // nginx 1.23.0 chained repeated headers through `ngx_table_elt_t.next`.
+    if version >= 1_023_000 {
+        println!("cargo::rustc-cfg=ngx_table_elt_next");
+    }
+
+    if env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("macos") {
+        // nginx's symbols are resolved when the module is loaded, not when it is linked.
+        println!("cargo::rustc-link-arg=-undefined");
+        println!("cargo::rustc-link-arg=dynamic_lookup");
+    }
+}

@@ -1,0 +1,515 @@
+//! Directives: `flash_sale_zone`, `flash_sale`, and the sale's settings, with their merge and
+//! the shared zone's initialisation.
+//!
+//! Configuration is parsed into pool-owned structs that requests only read. The zone's table
+//! lives in shared memory and is found through [`ZoneConf::table`], set when nginx
+//! (re)initialises the zone.
+
+use core::ffi::{c_char, c_void};
+use core::ptr::{self, NonNull};
+
+use nginx_sys::{
+    ngx_command_t, ngx_conf_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
+    ngx_http_complex_value_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_str_t,
+    ngx_uint_t, NGX_CONF_2MORE, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
+};
+use ngx::core::{Pool, SlabPool, Status, NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::{ngx_conf_log_error, ngx_log_error, ngx_string};
+use rand::{rngs::SmallRng, Rng, SeedableRng};
+
+use crate::parse;
+use crate::sale::{BlockRatio, Sale, Window};
+use crate::zone::{bucket_count, PermitTable};
+
+/// One `flash_sale_zone`: the buyer identity and the shared zone holding the permits.
+pub struct ZoneConf {
+    pub key: ngx_http_complex_value_t,
+    pub shm_zone: NonNull<ngx_shm_zone_t>,
+    /// Set by [`init_zone`] before any worker starts.
+    pub table: Option<NonNull<PermitTable>>,
+}
+
+/// Whether a location is gated, and by which zone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Gate {
+    #[default]
+    Unset,
+    Off,
+    Zone(NonNull<ZoneConf>),
+}
+
+/// The location configuration; `None` is "not set here", resolved by [`merge_loc_conf`].
+#[derive(Debug, Default)]
+pub struct LocConf {
+    pub gate: Gate,
+    pub start_ms: Option<i64>,
+    pub end_ms: Option<i64>,
+    pub block_ratio: Option<BlockRatio>,
+    pub max_permits: Option<u64>,
+    pub reject_status: Option<u16>,
+}
+
+pub const DEFAULT_REJECT_STATUS: u16 = 503;
+
+/// The smallest zone nginx's slab allocator runs well in, as `limit_req_zone` demands.
+const MIN_ZONE_PAGES: usize = 8;
+
+impl LocConf {
+    /// The sale as the decision reads it; unset values take their documented defaults.
+    pub fn sale(&self) -> Sale {
+        Sale {
+            window: Window {
+                start_ms: self.start_ms,
+                end_ms: self.end_ms,
+            },
+            block_ratio: self.block_ratio.unwrap_or(BlockRatio::ADMIT_ALL),
+            cap: self.max_permits,
+        }
+    }
+
+    pub fn reject_status(&self) -> u16 {
+        self.reject_status.unwrap_or(DEFAULT_REJECT_STATUS)
+    }
+
+    /// A window whose end is not after its start would admit nobody, ever.
+    fn window_is_empty(&self) -> bool {
+        matches!((self.start_ms, self.end_ms), (Some(start), Some(end)) if end <= start)
+    }
+}
+
+const MAIN: ngx_uint_t = NGX_HTTP_MAIN_CONF as ngx_uint_t;
+const ANY: ngx_uint_t = (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF) as ngx_uint_t;
+const TAKE1: ngx_uint_t = NGX_CONF_TAKE1 as ngx_uint_t;
+
+const fn command(
+    name: ngx_str_t,
+    type_: ngx_uint_t,
+    set: unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char,
+    conf: usize,
+) -> ngx_command_t {
+    ngx_command_t {
+        name,
+        type_,
+        set: Some(set),
+        conf,
+        offset: 0,
+        post: ptr::null_mut(),
+    }
+}
+
+pub static mut COMMANDS: [ngx_command_t; 8] = [
+    command(
+        ngx_string!("flash_sale_zone"),
+        MAIN | NGX_CONF_2MORE as ngx_uint_t,
+        set_zone,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("flash_sale"),
+        ANY | TAKE1,
+        set_gate,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("flash_sale_start"),
+        ANY | TAKE1,
+        set_start,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("flash_sale_end"),
+        ANY | TAKE1,
+        set_end,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("flash_sale_block_ratio"),
+        ANY | TAKE1,
+        set_block_ratio,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("flash_sale_max_permits"),
+        ANY | TAKE1,
+        set_max_permits,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("flash_sale_reject_status"),
+        ANY | TAKE1,
+        set_reject_status,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    ngx_command_t::empty(),
+];
+
+/// The directive's arguments, the directive name first.
+///
+/// # Safety
+/// `cf` is the configuration nginx passes to a directive handler.
+unsafe fn args<'a>(cf: *mut ngx_conf_t) -> &'a [ngx_str_t] {
+    // SAFETY: nginx fills `cf->args` with the directive's words before calling its handler.
+    unsafe { (*(*cf).args).as_slice::<ngx_str_t>() }
+}
+
+/// A directive's argument as text; nginx's words are bytes, and every value we accept is ASCII.
+fn text(s: &ngx_str_t) -> &str {
+    s.to_str().unwrap_or("")
+}
+
+/// Parses the single argument of a location directive into one of its fields.
+///
+/// # Safety
+/// The arguments are those nginx passes to a directive handler whose `conf` is a [`LocConf`].
+unsafe fn set_field<T>(
+    cf: *mut ngx_conf_t,
+    conf: *mut c_void,
+    field: impl FnOnce(&mut LocConf) -> &mut Option<T>,
+    parse: impl FnOnce(&str) -> Option<T>,
+    complaint: &str,
+) -> *mut c_char {
+    // SAFETY: `conf` is this module's location configuration (NGX_HTTP_LOC_CONF_OFFSET).
+    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+    // SAFETY: see the function's contract.
+    let args = unsafe { args(cf) };
+    let slot = field(lcf);
+    if slot.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    let Some(value) = parse(text(&args[1])) else {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "invalid value \"{}\" in \"{}\" directive, {}",
+            args[1],
+            args[0],
+            complaint
+        );
+        return NGX_CONF_ERROR;
+    };
+    *slot = Some(value);
+    if lcf.window_is_empty() {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "\"{}\" \"{}\": {}",
+            args[0],
+            args[1],
+            EMPTY_WINDOW
+        );
+        return NGX_CONF_ERROR;
+    }
+    NGX_CONF_OK
+}
+
+const EMPTY_WINDOW: &str = "\"flash_sale_end\" must be after \"flash_sale_start\"";
+
+const RFC3339_HINT: &str = "expected an RFC 3339 time such as 2021-08-08T00:00:00Z";
+
+unsafe extern "C" fn set_start(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: called by nginx as a location directive handler.
+    unsafe {
+        set_field(
+            cf,
+            conf,
+            |c| &mut c.start_ms,
+            parse::rfc3339_ms,
+            RFC3339_HINT,
+        )
+    }
+}
+
+unsafe extern "C" fn set_end(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: called by nginx as a location directive handler.
+    unsafe { set_field(cf, conf, |c| &mut c.end_ms, parse::rfc3339_ms, RFC3339_HINT) }
+}
+
+unsafe extern "C" fn set_block_ratio(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let hint = "expected a number from 0 to 1";
+    // SAFETY: called by nginx as a location directive handler.
+    unsafe { set_field(cf, conf, |c| &mut c.block_ratio, BlockRatio::parse, hint) }
+}
+
+unsafe extern "C" fn set_max_permits(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let hint = "expected a whole number of permits, 0 or more";
+    // SAFETY: called by nginx as a location directive handler.
+    unsafe { set_field(cf, conf, |c| &mut c.max_permits, parse::cap, hint) }
+}
+
+unsafe extern "C" fn set_reject_status(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let hint = "expected a status from 400 to 599";
+    // SAFETY: called by nginx as a location directive handler.
+    unsafe {
+        set_field(
+            cf,
+            conf,
+            |c| &mut c.reject_status,
+            parse::reject_status,
+            hint,
+        )
+    }
+}
+
+/// `flash_sale zone=NAME | off;`
+unsafe extern "C" fn set_gate(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: `conf` is this module's location configuration (NGX_HTTP_LOC_CONF_OFFSET).
+    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+    // SAFETY: called by nginx as a directive handler.
+    let args = unsafe { args(cf) };
+    if lcf.gate != Gate::Unset {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    let value = &args[1];
+    if value.as_bytes() == b"off" {
+        lcf.gate = Gate::Off;
+        return NGX_CONF_OK;
+    }
+    let Some(mut name) = value.strip_prefix("zone=").filter(|n| !n.is_empty()) else {
+        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid parameter \"{}\"", value);
+        return NGX_CONF_ERROR;
+    };
+    // Size 0 looks the zone up by name; it is known once its `flash_sale_zone` set its data.
+    // SAFETY: `cf` is valid during parsing; the module's address is its shared-memory tag.
+    let shm_zone = unsafe { ngx_shared_memory_add(cf, &mut name, 0, crate::module::module_tag()) };
+    // SAFETY: a non-null zone from ngx_shared_memory_add stays valid for the cycle.
+    let Some(zone) = (unsafe { shm_zone.as_ref() }) else {
+        return NGX_CONF_ERROR;
+    };
+    let Some(zone_conf) = NonNull::new(zone.data.cast::<ZoneConf>()) else {
+        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "unknown flash_sale_zone \"{}\"", name);
+        return NGX_CONF_ERROR;
+    };
+    lcf.gate = Gate::Zone(zone_conf);
+    NGX_CONF_OK
+}
+
+/// `flash_sale_zone KEY zone=NAME:SIZE;`
+unsafe extern "C" fn set_zone(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    _conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: called by nginx as a directive handler.
+    let args = unsafe { args(cf) };
+    // SAFETY: nginx passes its own command entry.
+    let directive = unsafe { (*cmd).name };
+
+    let mut zone: Option<(ngx_str_t, usize)> = None;
+    for arg in &args[2..] {
+        let Some(spec) = arg.strip_prefix("zone=") else {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid parameter \"{}\"", arg);
+            return NGX_CONF_ERROR;
+        };
+        let Some((name, size)) = parse::zone_name_size(text(&spec)) else {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid zone size \"{}\"", arg);
+            return NGX_CONF_ERROR;
+        };
+        let Some(size) = parse::size(size) else {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid zone size \"{}\"", arg);
+            return NGX_CONF_ERROR;
+        };
+        // SAFETY: nginx sets the page size before it reads the configuration.
+        if size < MIN_ZONE_PAGES * unsafe { nginx_sys::ngx_pagesize } {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "zone \"{}\" is too small", arg);
+            return NGX_CONF_ERROR;
+        }
+        let name = ngx_str_t {
+            data: spec.data,
+            len: name.len(),
+        };
+        zone = Some((name, size));
+    }
+    let Some((mut name, size)) = zone else {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "\"{}\" must have \"zone\" parameter",
+            directive
+        );
+        return NGX_CONF_ERROR;
+    };
+
+    // SAFETY: `cf->pool` is the cycle's pool, alive as long as this configuration.
+    let pool = unsafe { Pool::from_ngx_pool((*cf).pool) };
+    let mut key: ngx_http_complex_value_t = unsafe { core::mem::zeroed() };
+    let mut key_source = args[1];
+    // SAFETY: a zeroed compile request with these fields set is how nginx's own modules call it.
+    let compiled = unsafe {
+        let mut ccv: ngx_http_compile_complex_value_t = core::mem::zeroed();
+        ccv.cf = cf;
+        ccv.value = &mut key_source;
+        ccv.complex_value = &mut key;
+        ngx_http_compile_complex_value(&mut ccv)
+    };
+    if compiled != Status::NGX_OK.into() {
+        return NGX_CONF_ERROR;
+    }
+
+    // SAFETY: `cf` is valid during parsing; the module's address is its shared-memory tag.
+    let shm_zone =
+        unsafe { ngx_shared_memory_add(cf, &mut name, size, crate::module::module_tag()) };
+    let Some(shm) = NonNull::new(shm_zone) else {
+        return NGX_CONF_ERROR;
+    };
+    // SAFETY: a zone returned by ngx_shared_memory_add is valid for the cycle.
+    let zone = unsafe { &mut *shm.as_ptr() };
+    if !zone.data.is_null() {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "{} \"{}\" is already declared",
+            directive,
+            name
+        );
+        return NGX_CONF_ERROR;
+    }
+    let zone_conf = pool.allocate(ZoneConf {
+        key,
+        shm_zone: shm,
+        table: None,
+    });
+    if zone_conf.is_null() {
+        return NGX_CONF_ERROR;
+    }
+    zone.init = Some(init_zone);
+    zone.data = zone_conf.cast();
+    NGX_CONF_OK
+}
+
+/// Creates the zone's table, or adopts the one a reload left in place.
+unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, old_data: *mut c_void) -> ngx_int_t {
+    // SAFETY: nginx passes the zone whose `data` `set_zone` made a `ZoneConf`.
+    let zone = unsafe { &mut *shm_zone };
+    // SAFETY: as above.
+    let conf = unsafe { &mut *zone.data.cast::<ZoneConf>() };
+    let log = zone.shm.log;
+    let name = zone.shm.name;
+    // SAFETY: the zone's memory is mapped and its slab pool initialised before `init` runs.
+    let Some(mut pool) = (unsafe { SlabPool::from_shm_zone(zone) }) else {
+        return Status::NGX_ERROR.into();
+    };
+    let key_spec = conf.key.value.as_bytes();
+
+    let reused = !old_data.is_null() || zone.shm.exists != 0;
+    if reused {
+        // Same name and size as before the reload: the memory, and the table in it, stayed.
+        let Some(table) = NonNull::new(pool.as_mut().data.cast::<PermitTable>()) else {
+            return Status::NGX_ERROR.into();
+        };
+        // SAFETY: the slab pool's `data` is only ever set to a table by this function.
+        let existing = unsafe { table.as_ref() };
+        if !existing.is_compatible() {
+            ngx_log_error!(
+                NGX_LOG_EMERG,
+                log,
+                "flash_sale_zone \"{}\" was created by an incompatible version of the module; \
+                 rename or resize the zone to start it afresh",
+                name
+            );
+            return Status::NGX_ERROR.into();
+        }
+        if existing.key_spec() != key_spec {
+            ngx_log_error!(
+                NGX_LOG_EMERG,
+                log,
+                "flash_sale_zone \"{}\" uses the \"{}\" key while previously it used the \"{}\" key",
+                name,
+                conf.key.value,
+                String::from_utf8_lossy(existing.key_spec())
+            );
+            return Status::NGX_ERROR.into();
+        }
+        conf.table = Some(table);
+        return Status::NGX_OK.into();
+    }
+
+    let sip_key = match SmallRng::try_from_os_rng() {
+        Ok(mut rng) => [rng.random(), rng.random()],
+        Err(err) => {
+            ngx_log_error!(
+                NGX_LOG_EMERG,
+                log,
+                "flash_sale_zone \"{}\": no randomness: {}",
+                name,
+                err
+            );
+            return Status::NGX_ERROR.into();
+        }
+    };
+    let Some(table) = ({
+        let locked = pool.lock();
+        PermitTable::create(&locked, bucket_count(zone.shm.size), sip_key, key_spec)
+    }) else {
+        ngx_log_error!(
+            NGX_LOG_EMERG,
+            log,
+            "flash_sale_zone \"{}\" is too small for its table",
+            name
+        );
+        return Status::NGX_ERROR.into();
+    };
+    let log_ctx = format!(" in flash_sale_zone \"{}\"\0", name);
+    let slab = pool.as_mut();
+    slab.data = table.as_ptr().cast();
+    // Our own message says the zone is full, once; the slab's would repeat per request.
+    slab.set_log_nomem(0);
+    // SAFETY: the slab pool is ours alone until workers start; the context string is copied
+    // into the zone so that it outlives this cycle's configuration.
+    unsafe {
+        let ctx = nginx_sys::ngx_slab_alloc(slab, log_ctx.len()).cast::<u8>();
+        if !ctx.is_null() {
+            ptr::copy_nonoverlapping(log_ctx.as_ptr(), ctx, log_ctx.len());
+            slab.log_ctx = ctx;
+        }
+    }
+    conf.table = Some(table);
+    Status::NGX_OK.into()
+}
+
+/// Inherits unset values from the enclosing level and checks the resulting window.
+pub unsafe extern "C" fn merge_loc_conf(
+    cf: *mut ngx_conf_t,
+    parent: *mut c_void,
+    child: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes two location configurations created by `create_loc_conf`.
+    let (prev, conf) = unsafe { (&*parent.cast::<LocConf>(), &mut *child.cast::<LocConf>()) };
+    if conf.gate == Gate::Unset {
+        conf.gate = prev.gate;
+    }
+    conf.start_ms = conf.start_ms.or(prev.start_ms);
+    conf.end_ms = conf.end_ms.or(prev.end_ms);
+    conf.block_ratio = conf.block_ratio.or(prev.block_ratio);
+    conf.max_permits = conf.max_permits.or(prev.max_permits);
+    conf.reject_status = conf.reject_status.or(prev.reject_status);
+    if conf.window_is_empty() {
+        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", EMPTY_WINDOW);
+        return NGX_CONF_ERROR;
+    }
+    NGX_CONF_OK
+}

@@ -1,0 +1,332 @@
+//! The precontent-phase handler: evaluates the key, runs the decision against the zone, and
+//! answers rejections.
+//!
+//! It runs after the access phase, so requests refused by `limit_req`, `limit_conn`,
+//! `allow`/`deny`, `auth_basic` or `auth_request` never draw and never take a permit.
+
+use core::cell::RefCell;
+use core::ffi::c_void;
+use core::mem::size_of;
+use core::ptr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use nginx_sys::{
+    ngx_array_push, ngx_chain_t, ngx_conf_t, ngx_http_discard_request_body, ngx_http_err_page_t,
+    ngx_http_finalize_request, ngx_http_handler_pt, ngx_http_output_filter,
+    ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE as PRECONTENT_PHASE, ngx_http_request_t,
+    ngx_http_send_header, ngx_int_t, ngx_list_push, ngx_pool_cleanup_add, ngx_str_t,
+    ngx_table_elt_t, ngx_timeofday, ngx_uint_t, NGX_DECLINED, NGX_DONE, NGX_ERROR,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_WARN, NGX_OK,
+};
+use ngx::core::{Buffer, Pool, SlabPool};
+use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule, Request};
+use ngx::{ngx_log_debug_http, ngx_log_error, ngx_string};
+use rand::{rngs::SmallRng, Rng, SeedableRng};
+
+use crate::conf::{Gate, ZoneConf};
+use crate::module::{self, FlashSaleModule};
+use crate::sale::{decide, Outcome, Window, MAX_KEY_LEN};
+use crate::zone::ZoneStore;
+
+/// Puts the gate into the precontent phase (postconfiguration).
+pub unsafe extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
+    // SAFETY: `cf` is the http block's configuration during postconfiguration.
+    let Some(cmcf) = NgxHttpCoreModule::main_conf_mut(unsafe { &*cf }) else {
+        return NGX_ERROR as ngx_int_t;
+    };
+    let handlers = &mut cmcf.phases[PRECONTENT_PHASE as usize].handlers;
+    // SAFETY: the phase's handler array holds `ngx_http_handler_pt` elements.
+    let slot = unsafe { ngx_array_push(handlers) }.cast::<ngx_http_handler_pt>();
+    if slot.is_null() {
+        return NGX_ERROR as ngx_int_t;
+    }
+    // SAFETY: `slot` is a fresh element of the array.
+    unsafe { slot.write(Some(gate_handler)) };
+    NGX_OK as ngx_int_t
+}
+
+unsafe extern "C" fn gate_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // A panic must not unwind into nginx; the zone lock's guard is released while unwinding.
+    // SAFETY: nginx passes a live request.
+    catch_unwind(AssertUnwindSafe(|| unsafe { gate(r) }))
+        .unwrap_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t)
+}
+
+/// # Safety
+/// `r` is a live request in its precontent phase.
+unsafe fn gate(r: *mut ngx_http_request_t) -> ngx_int_t {
+    const DECLINED: ngx_int_t = NGX_DECLINED as ngx_int_t;
+    const SERVER_ERROR: ngx_int_t = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+
+    // SAFETY: see the function's contract.
+    let req = unsafe { Request::from_ngx_http_request(r) };
+    // Subrequests belong to a request that was already decided.
+    if !req.is_main() {
+        return DECLINED;
+    }
+    let Some(lcf) = FlashSaleModule::location_conf(req) else {
+        return DECLINED;
+    };
+    let Gate::Zone(zone) = lcf.gate else {
+        return DECLINED;
+    };
+    // Internal redirects (error_page, try_files, rewrite ... last) come back through here.
+    // SAFETY: `r` is live.
+    if unsafe { recorded(r) }.is_some() {
+        return DECLINED;
+    }
+    // SAFETY: zone configurations live in the cycle's pool, as long as the location does.
+    let zone: &ZoneConf = unsafe { zone.as_ref() };
+    let Some(key) = req.get_complex_value(&zone.key) else {
+        return SERVER_ERROR;
+    };
+    let (Some(table), Some(slab)) = (
+        zone.table,
+        // SAFETY: the zone is mapped in every worker.
+        unsafe { SlabPool::from_shm_zone(zone.shm_zone.as_ref()) },
+    ) else {
+        return SERVER_ERROR;
+    };
+
+    let now = now_ms();
+    let sale = lcf.sale();
+    // SAFETY: `table` was created in this zone's slab pool by `init_zone`.
+    let mut store = unsafe { ZoneStore::new(&slab, table, now) };
+    let outcome = decide(&sale, key.as_bytes(), now, draw, &mut store);
+
+    let log = req.log();
+    if store.newly_full() {
+        ngx_log_error!(
+            NGX_LOG_ERR,
+            log,
+            "flash_sale_zone \"{}\" is full with {} permits; new buyers get SOLD_OUT",
+            // SAFETY: as above.
+            unsafe { zone.shm_zone.as_ref() }.shm.name,
+            store.permits()
+        );
+    }
+    if outcome == Outcome::KeyTooLong {
+        ngx_log_error!(
+            NGX_LOG_WARN,
+            log,
+            "flash sale key of {} bytes is longer than {} bytes, refused",
+            key.as_bytes().len(),
+            MAX_KEY_LEN
+        );
+    }
+    ngx_log_debug_http!(req, "flash sale: {}", outcome);
+
+    // SAFETY: `r` is live.
+    if unsafe { record(r, outcome) }.is_none() {
+        return SERVER_ERROR;
+    }
+    if outcome.passes() {
+        return DECLINED;
+    }
+    // SAFETY: `r` is live and nothing has been sent yet.
+    unsafe { reject(r, outcome, &sale.window, lcf.reject_status(), now) }
+}
+
+fn now_ms() -> i64 {
+    let tp = ngx_timeofday();
+    tp.sec * 1000 + tp.msec as i64
+}
+
+thread_local! {
+    /// Each worker seeds its own generator on first use, after the fork, so workers never
+    /// share a sequence.
+    static DRAW_RNG: RefCell<Option<SmallRng>> = const { RefCell::new(None) };
+}
+
+/// A uniform number in [0, 1) for the draw.
+fn draw() -> f64 {
+    DRAW_RNG.with(|cell| {
+        let mut rng = cell.borrow_mut();
+        rng.get_or_insert_with(|| {
+            SmallRng::try_from_os_rng().unwrap_or_else(|_| {
+                let tp = ngx_timeofday();
+                SmallRng::seed_from_u64((tp.sec as u64) << 20 ^ u64::from(std::process::id()))
+            })
+        })
+        .random()
+    })
+}
+
+/// The decision taken for a request. It is kept in a pool cleanup entry because internal
+/// redirects wipe module contexts but not the pool; nginx's realip module does the same.
+#[derive(Clone, Copy)]
+struct Decision {
+    outcome: Outcome,
+}
+
+/// Marks our cleanup entry; there is nothing to clean up.
+unsafe extern "C" fn decision_marker(_data: *mut c_void) {}
+
+fn is_decision(handler: nginx_sys::ngx_pool_cleanup_pt) -> bool {
+    handler.map(|h| h as *const ()) == Some(decision_marker as *const ())
+}
+
+/// # Safety
+/// `r` is a live request.
+unsafe fn record(r: *mut ngx_http_request_t, outcome: Outcome) -> Option<()> {
+    // SAFETY: the cleanup entry and its data live as long as the request's pool.
+    unsafe {
+        let cln = ngx_pool_cleanup_add((*r).pool, size_of::<Decision>()).as_mut()?;
+        let data = cln.data.cast::<Decision>();
+        data.write(Decision { outcome });
+        cln.handler = Some(decision_marker);
+        *(*r).ctx.add(module::module().ctx_index) = data.cast();
+    }
+    Some(())
+}
+
+/// The outcome decided for this request, if any, also after an internal redirect.
+///
+/// # Safety
+/// `r` is a live request.
+pub unsafe fn recorded(r: *mut ngx_http_request_t) -> Option<Outcome> {
+    let index = module::module().ctx_index;
+    // SAFETY: `ctx` has a slot per http module; ours holds null or a `Decision`, and the pool's
+    // cleanup list is null-terminated.
+    unsafe {
+        let slot = (*r).ctx.add(index);
+        if let Some(decision) = (*slot).cast::<Decision>().as_ref() {
+            return Some(decision.outcome);
+        }
+        let mut cln = (*(*r).pool).cleanup;
+        while let Some(entry) = cln.as_ref() {
+            if is_decision(entry.handler) {
+                *slot = entry.data;
+                return Some((*entry.data.cast::<Decision>()).outcome);
+            }
+            cln = entry.next;
+        }
+    }
+    None
+}
+
+/// Answers a rejection: the status, `Cache-Control: no-store`, `Retry-After` before the start,
+/// and either the location's `error_page` for that status or a one-line plain-text body.
+///
+/// # Safety
+/// `r` is a live request whose response has not started.
+unsafe fn reject(
+    r: *mut ngx_http_request_t,
+    outcome: Outcome,
+    window: &Window,
+    reject_status: u16,
+    now: i64,
+) -> ngx_int_t {
+    let status = outcome.status(reject_status);
+    // SAFETY: see the function's contract.
+    unsafe {
+        if ngx_http_discard_request_body(r) != NGX_OK as ngx_int_t {
+            (*r).set_keepalive(0);
+        }
+        let headers = add_header(r, "Cache-Control", ngx_string!("no-store")).and_then(|()| {
+            if outcome != Outcome::NotStarted {
+                return Some(());
+            }
+            let seconds = window.seconds_to_start(now).to_string();
+            add_header(
+                r,
+                "Retry-After",
+                ngx_str_t::from_bytes((*r).pool, seconds.as_bytes())?,
+            )
+        });
+        if headers.is_none() {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        }
+        if has_error_page(r, status) {
+            // nginx's special response handler performs the redirect to the error page.
+            return status as ngx_int_t;
+        }
+        send_text(r, status, outcome.message())
+    }
+}
+
+/// # Safety
+/// `r` is a live request whose headers have not been sent.
+unsafe fn add_header(
+    r: *mut ngx_http_request_t,
+    key: &'static str,
+    value: ngx_str_t,
+) -> Option<()> {
+    // SAFETY: the output header list holds `ngx_table_elt_t`; nginx only reads the static key.
+    unsafe {
+        let h = ngx_list_push(&mut (*r).headers_out.headers)
+            .cast::<ngx_table_elt_t>()
+            .as_mut()?;
+        h.hash = 1;
+        h.key = ngx_str_t {
+            data: key.as_ptr().cast_mut(),
+            len: key.len(),
+        };
+        h.value = value;
+        h.lowcase_key = ptr::null_mut();
+        #[cfg(ngx_table_elt_next)]
+        {
+            h.next = ptr::null_mut();
+        }
+    }
+    Some(())
+}
+
+/// Whether nginx would answer `status` here with an `error_page`, by its own rules.
+///
+/// # Safety
+/// `r` is a live request.
+unsafe fn has_error_page(r: *mut ngx_http_request_t, status: u16) -> bool {
+    // SAFETY: see the function's contract.
+    let req = unsafe { &*r };
+    if req.error_page() != 0 || req.uri_changes() == 0 {
+        return false;
+    }
+    // SAFETY: `r` is live.
+    let Some(clcf) = NgxHttpCoreModule::location_conf(unsafe { Request::from_ngx_http_request(r) })
+    else {
+        return false;
+    };
+    // SAFETY: `error_pages`, when set, is an array of `ngx_http_err_page_t`.
+    let Some(pages) = (unsafe { clcf.error_pages.as_ref() }) else {
+        return false;
+    };
+    // SAFETY: as above.
+    unsafe { pages.as_slice::<ngx_http_err_page_t>() }
+        .iter()
+        .any(|page| page.status == status as ngx_int_t)
+}
+
+/// Sends `body` as the whole response and finalizes the request.
+///
+/// # Safety
+/// `r` is a live request whose headers have not been sent.
+unsafe fn send_text(r: *mut ngx_http_request_t, status: u16, body: &'static str) -> ngx_int_t {
+    // SAFETY: see the function's contract.
+    unsafe {
+        let out = &mut (*r).headers_out;
+        out.status = ngx_uint_t::from(status);
+        out.content_type = ngx_string!("text/plain");
+        out.content_type_len = out.content_type.len;
+        out.content_length_n = body.len() as i64;
+
+        let mut rc = ngx_http_send_header(r);
+        if rc != NGX_ERROR as ngx_int_t && rc <= NGX_OK as ngx_int_t && (*r).header_only() == 0 {
+            rc = match Pool::from_ngx_pool((*r).pool).create_buffer_from_static_str(body) {
+                Some(mut buf) => {
+                    buf.set_last_buf(true);
+                    buf.set_last_in_chain(true);
+                    let mut chain = ngx_chain_t {
+                        buf: buf.as_ngx_buf_mut(),
+                        next: ptr::null_mut(),
+                    };
+                    ngx_http_output_filter(r, &mut chain)
+                }
+                None => NGX_ERROR as ngx_int_t,
+            };
+        }
+        // The phase checker would take NGX_OK as "go on to the content phase": finalize here.
+        ngx_http_finalize_request(r, rc);
+    }
+    NGX_DONE as ngx_int_t
+}
