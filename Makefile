@@ -1,0 +1,49 @@
+# The README's two commands: `make run` (the demo sale on 127.0.0.1:8080) and `make test`
+# (everything, from a fresh Debian 12 machine with a Rust toolchain).
+
+NGINX ?= /usr/sbin/nginx
+BUILD := $(CURDIR)/.build
+# The nginx source tree the ngx crate generates its bindings from. By default a copy of
+# Debian's, configured like Debian's nginx; point both at another configured tree to build
+# for another nginx.
+NGINX_SOURCE_DIR ?= $(BUILD)/nginx
+NGINX_BUILD_DIR ?= $(NGINX_SOURCE_DIR)/objs
+export NGINX_SOURCE_DIR NGINX_BUILD_DIR
+
+MODULE := $(BUILD)/modules/ngx_http_flash_sale_module.so
+
+.PHONY: all deps nginx-source build check unit t test run clean
+
+all: build
+
+deps:
+	scripts/install-deps
+
+nginx-source: $(NGINX_BUILD_DIR)/ngx_auto_config.h
+
+$(NGINX_BUILD_DIR)/ngx_auto_config.h:
+	scripts/nginx-source $(NGINX_SOURCE_DIR)
+
+build: nginx-source
+	cargo build --release
+	install -D -m 0755 target/release/libngx_http_flash_sale_module.so $(MODULE)
+
+check: nginx-source
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+unit: nginx-source
+	cargo test
+
+t: build
+	TEST_NGINX_BINARY=$(NGINX) TEST_NGINX_LOAD_MODULES=$(MODULE) scripts/prove
+
+test: deps
+	$(MAKE) check unit t
+
+run: deps build
+	NGINX=$(NGINX) MODULE=$(MODULE) scripts/run
+
+clean:
+	cargo clean
+	rm -rf $(BUILD) .run t/servroot*
