@@ -193,7 +193,7 @@ unsafe fn set_field<T>(
         ngx_conf_log_error!(
             NGX_LOG_EMERG,
             cf,
-            "\"{}\" \"{}\": {}",
+            "\"{} {}\" leaves {}",
             args[0],
             args[1],
             EMPTY_WINDOW
@@ -203,7 +203,8 @@ unsafe fn set_field<T>(
     NGX_CONF_OK
 }
 
-const EMPTY_WINDOW: &str = "\"flash_sale_end\" must be after \"flash_sale_start\"";
+const EMPTY_WINDOW: &str =
+    "an empty sale window: \"flash_sale_end\" must be after \"flash_sale_start\"";
 
 const RFC3339_HINT: &str = "expected an RFC 3339 time such as 2021-08-08T00:00:00Z";
 
@@ -344,13 +345,8 @@ unsafe extern "C" fn set_zone(
         };
         zone = Some((name, size));
     }
+    // NGX_CONF_2MORE guarantees a parameter, and any but zone= was refused above.
     let Some((mut name, size)) = zone else {
-        ngx_conf_log_error!(
-            NGX_LOG_EMERG,
-            cf,
-            "\"{}\" must have \"zone\" parameter",
-            directive
-        );
         return NGX_CONF_ERROR;
     };
 
@@ -508,7 +504,7 @@ pub unsafe extern "C" fn merge_loc_conf(
     conf.max_permits = conf.max_permits.or(prev.max_permits);
     conf.reject_status = conf.reject_status.or(prev.reject_status);
     if conf.window_is_empty() {
-        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{}", EMPTY_WINDOW);
+        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "the inherited settings leave {}", EMPTY_WINDOW);
         return NGX_CONF_ERROR;
     }
     NGX_CONF_OK

@@ -1,0 +1,367 @@
+# Every bad directive value stops nginx at startup (and `nginx -t`) with a message that names
+# the directive or parameter, the value, and file:line.
+
+use Test::Nginx::Socket 'no_plan';
+
+no_shuffle();
+run_tests();
+
+__DATA__
+
+=== TEST 1: a malformed start date
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        flash_sale_start 2021-13-01T00:00:00Z;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/invalid value "2021-13-01T00:00:00Z" in "flash_sale_start" directive, expected an RFC 3339 time such as 2021-08-08T00:00:00Z in \S+nginx\.conf:\d+/
+
+=== TEST 2: a start date without a zone offset
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        flash_sale_start 2021-08-08T00:00:00;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/invalid value "2021-08-08T00:00:00" in "flash_sale_start" directive/
+
+=== TEST 3: a malformed end date
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        flash_sale_end tomorrow;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/invalid value "tomorrow" in "flash_sale_end" directive, expected an RFC 3339 time/
+
+=== TEST 4: an end before the start
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        flash_sale_start 2021-08-08T00:00:00Z;
+        flash_sale_end 2021-08-07T23:59:59Z;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/"flash_sale_end 2021-08-07T23:59:59Z" leaves an empty sale window: "flash_sale_end" must be after "flash_sale_start" in \S+nginx\.conf:\d+/
+
+=== TEST 5: an end equal to the start, given first
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        flash_sale_end 2021-08-08T08:00:00+08:00;
+        flash_sale_start 2021-08-08T00:00:00Z;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/"flash_sale_start 2021-08-08T00:00:00Z" leaves an empty sale window/
+
+=== TEST 6: an inherited start after the location's end
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+    flash_sale_start 2021-08-09T00:00:00Z;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        flash_sale_end 2021-08-08T00:00:00Z;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/the inherited settings leave an empty sale window: "flash_sale_end" must be after "flash_sale_start"/
+
+=== TEST 7: a ratio above 1
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        flash_sale_block_ratio 1.5;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/invalid value "1.5" in "flash_sale_block_ratio" directive, expected a number from 0 to 1 in \S+nginx\.conf:\d+/
+
+=== TEST 8: a negative ratio
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        flash_sale_block_ratio -0.1;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/invalid value "-0.1" in "flash_sale_block_ratio" directive/
+
+=== TEST 9: a ratio that is not a number
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        flash_sale_block_ratio forty%;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/invalid value "forty%" in "flash_sale_block_ratio" directive/
+
+=== TEST 10: a negative cap
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        flash_sale_max_permits -1;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/invalid value "-1" in "flash_sale_max_permits" directive, expected a whole number of permits, 0 or more in \S+nginx\.conf:\d+/
+
+=== TEST 11: a cap that is not a number
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        flash_sale_max_permits three;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/invalid value "three" in "flash_sale_max_permits" directive/
+
+=== TEST 12: a reject status above 599
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        flash_sale_reject_status 600;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/invalid value "600" in "flash_sale_reject_status" directive, expected a status from 400 to 599 in \S+nginx\.conf:\d+/
+
+=== TEST 13: a success status as the reject status
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        flash_sale_reject_status 200;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/invalid value "200" in "flash_sale_reject_status" directive/
+
+=== TEST 14: an unknown zone
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /sale {
+        flash_sale zone=nosuch;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/unknown flash_sale_zone "nosuch" in \S+nginx\.conf:\d+/
+
+=== TEST 15: a zone used before it is declared
+--- http_config
+    
+--- config
+    location /sale {
+        flash_sale zone=later;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/unknown flash_sale_zone "later"/
+
+=== TEST 16: a gate without a zone
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /sale {
+        flash_sale sale;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/invalid parameter "sale" in \S+nginx\.conf:\d+/
+
+=== TEST 17: a zone declared twice
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+    flash_sale_zone $cookie_uid zone=sale:1m;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/flash_sale_zone "sale" is already declared in \S+nginx\.conf:\d+/
+
+=== TEST 18: a zone name taken by another module
+--- http_config
+    limit_req_zone $arg_user zone=sale:1m rate=1r/s;
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/the shared memory zone "sale" is already declared for a different use/
+
+=== TEST 19: a zone without a size
+--- http_config
+    flash_sale_zone $arg_user zone=sale;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/invalid zone size "zone=sale" in \S+nginx\.conf:\d+/
+
+=== TEST 20: a zone with a malformed size
+--- http_config
+    flash_sale_zone $arg_user zone=sale:lots;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/invalid zone size "zone=sale:lots"/
+
+=== TEST 21: a zone that is too small
+--- http_config
+    flash_sale_zone $arg_user zone=sale:16k;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/zone "zone=sale:16k" is too small in \S+nginx\.conf:\d+/
+
+=== TEST 22: an unknown zone parameter
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m rate=10r/s;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/invalid parameter "rate=10r\/s" in \S+nginx\.conf:\d+/
+
+=== TEST 23: a zone without the zone parameter
+--- http_config
+    flash_sale_zone $arg_user;
+--- config
+    
+--- must_die
+--- error_log eval
+qr/invalid number of arguments in "flash_sale_zone" directive in \S+nginx\.conf:\d+/
+
+=== TEST 24: flash_sale_zone inside a server
+--- http_config
+    
+--- config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- must_die
+--- error_log eval
+qr/"flash_sale_zone" directive is not allowed here in \S+nginx\.conf:\d+/
+
+=== TEST 25: a setting given twice in one block
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        flash_sale_block_ratio 0.1;
+        flash_sale_block_ratio 0.2;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/"flash_sale_block_ratio" directive is duplicate in \S+nginx\.conf:\d+/
+
+=== TEST 26: flash_sale given twice in one block
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        flash_sale off;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/"flash_sale" directive is duplicate/
+
+=== TEST 27: the documented grammar, in full, is accepted
+--- http_config
+    flash_sale_zone $http_authorization zone=laptop:10m;
+    flash_sale_zone "$arg_shop:$cookie_uid" zone=phone:64k;
+    flash_sale_start 2021-08-08T00:00:00+00:00;
+--- config
+    location /flashsale {
+        flash_sale zone=laptop;
+        flash_sale_end 2099-08-08T01:00:00Z;
+        flash_sale_block_ratio 0.4;
+        flash_sale_max_permits 3;
+        flash_sale_reject_status 503;
+        return 200 "open\n";
+    }
+    location /phone {
+        flash_sale zone=phone;
+        flash_sale_start 2021-08-08T08:00:00.250+08:00;
+        return 200 "open\n";
+    }
+    location /off {
+        flash_sale off;
+        return 200 "open\n";
+    }
+--- request
+GET /off
+--- response_body
+open
+--- no_error_log
+[emerg]
+[warn]
