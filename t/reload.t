@@ -1,0 +1,104 @@
+# Permits and the permit count survive `nginx -s reload` (SIGHUP) while the zone keeps its name,
+# size and key. Each block reloads the running nginx with its own configuration.
+
+BEGIN { $ENV{TEST_NGINX_USE_HUP} = 1 }
+
+use Test::Nginx::Socket 'no_plan';
+
+master_on();
+workers(2);
+no_shuffle();
+run_tests();
+
+__DATA__
+
+=== TEST 1: before the reload: alice wins a permit
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    add_header X-Sale $flash_sale_status always;
+    location /sale {
+        flash_sale zone=sale;
+        flash_sale_max_permits 2;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/backend;
+    }
+    location /backend { return 200 "ok\n"; }
+--- request
+GET /sale?user=alice
+--- response_headers
+X-Sale: ADMITTED
+
+
+=== TEST 2: after a reload that closes the draw, alice still passes and bob cannot win
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    add_header X-Sale $flash_sale_status always;
+    location /sale {
+        flash_sale zone=sale;
+        flash_sale_block_ratio 1;
+        flash_sale_max_permits 2;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/backend;
+    }
+    location /backend { return 200 "ok\n"; }
+--- request eval
+["GET /sale?user=alice", "GET /sale?user=bob"]
+--- error_code eval
+[200, 503]
+--- response_headers eval
+["X-Sale: PERMITTED", "X-Sale: BLOCKED"]
+
+
+=== TEST 3: the count survived too: one permit left under the cap of 2
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    add_header X-Sale $flash_sale_status always;
+    location /sale {
+        flash_sale zone=sale;
+        flash_sale_max_permits 2;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/backend;
+    }
+    location /backend { return 200 "ok\n"; }
+--- request eval
+["GET /sale?user=carol", "GET /sale?user=dave", "GET /sale?user=alice"]
+--- error_code eval
+[200, 503, 200]
+--- response_headers eval
+["X-Sale: ADMITTED", "X-Sale: SOLD_OUT", "X-Sale: PERMITTED"]
+
+
+=== TEST 4: a reload that changes the zone's key is refused; the running sale goes on
+--- http_config
+    flash_sale_zone $cookie_uid zone=sale:1m;
+--- config
+    add_header X-Sale $flash_sale_status always;
+    location /sale {
+        flash_sale zone=sale;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/backend;
+    }
+    location /backend { return 200 "ok\n"; }
+--- request
+GET /sale?user=alice
+--- response_headers
+X-Sale: PERMITTED
+--- error_log
+flash_sale_zone "sale" uses the "$cookie_uid" key while previously it used the "$arg_user" key
+
+
+=== TEST 5: a resized zone is a new zone: the permits do not carry over
+--- http_config
+    flash_sale_zone $arg_user zone=sale:2m;
+--- config
+    add_header X-Sale $flash_sale_status always;
+    location /sale {
+        flash_sale zone=sale;
+        flash_sale_block_ratio 1;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/backend;
+    }
+    location /backend { return 200 "ok\n"; }
+--- request
+GET /sale?user=alice
+--- error_code: 503
+--- response_headers
+X-Sale: BLOCKED
