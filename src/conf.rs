@@ -504,7 +504,12 @@ pub unsafe extern "C" fn merge_loc_conf(
     conf.max_permits = conf.max_permits.or(prev.max_permits);
     conf.reject_status = conf.reject_status.or(prev.reject_status);
     if conf.window_is_empty() {
-        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "the inherited settings leave {}", EMPTY_WINDOW);
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "the inherited settings leave {}",
+            EMPTY_WINDOW
+        );
         return NGX_CONF_ERROR;
     }
     NGX_CONF_OK

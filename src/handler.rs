@@ -193,6 +193,10 @@ pub unsafe fn recorded(r: *mut ngx_http_request_t) -> Option<Outcome> {
         if let Some(decision) = (*slot).cast::<Decision>().as_ref() {
             return Some(decision.outcome);
         }
+        // Only an internal redirect loses a context; a fresh request has nothing to find.
+        if (*r).internal() == 0 {
+            return None;
+        }
         let mut cln = (*(*r).pool).cleanup;
         while let Some(entry) = cln.as_ref() {
             if is_decision(entry.handler) {
