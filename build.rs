@@ -8,10 +8,8 @@ use std::env;
 fn main() {
     println!("cargo::rerun-if-env-changed=DEP_NGINX_VERSION_NUMBER");
     println!("cargo::rustc-check-cfg=cfg(ngx_table_elt_next)");
-    let version: u64 = env::var("DEP_NGINX_VERSION_NUMBER")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let version: u64 =
+        env::var("DEP_NGINX_VERSION_NUMBER").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     // nginx 1.23.0 chained repeated headers through `ngx_table_elt_t.next`.
     if version >= 1_023_000 {
         println!("cargo::rustc-cfg=ngx_table_elt_next");

@@ -59,10 +59,7 @@ impl LocConf {
     /// The sale as the decision reads it; unset values take their documented defaults.
     pub fn sale(&self) -> Sale {
         Sale {
-            window: Window {
-                start_ms: self.start_ms,
-                end_ms: self.end_ms,
-            },
+            window: Window { start_ms: self.start_ms, end_ms: self.end_ms },
             block_ratio: self.block_ratio.unwrap_or(BlockRatio::ADMIT_ALL),
             cap: self.max_permits,
         }
@@ -88,14 +85,7 @@ const fn command(
     set: unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char,
     conf: usize,
 ) -> ngx_command_t {
-    ngx_command_t {
-        name,
-        type_,
-        set: Some(set),
-        conf,
-        offset: 0,
-        post: ptr::null_mut(),
-    }
+    ngx_command_t { name, type_, set: Some(set), conf, offset: 0, post: ptr::null_mut() }
 }
 
 pub static mut COMMANDS: [ngx_command_t; 8] = [
@@ -105,24 +95,9 @@ pub static mut COMMANDS: [ngx_command_t; 8] = [
         set_zone,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
-    command(
-        ngx_string!("flash_sale"),
-        ANY | TAKE1,
-        set_gate,
-        NGX_HTTP_LOC_CONF_OFFSET,
-    ),
-    command(
-        ngx_string!("flash_sale_start"),
-        ANY | TAKE1,
-        set_start,
-        NGX_HTTP_LOC_CONF_OFFSET,
-    ),
-    command(
-        ngx_string!("flash_sale_end"),
-        ANY | TAKE1,
-        set_end,
-        NGX_HTTP_LOC_CONF_OFFSET,
-    ),
+    command(ngx_string!("flash_sale"), ANY | TAKE1, set_gate, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("flash_sale_start"), ANY | TAKE1, set_start, NGX_HTTP_LOC_CONF_OFFSET),
+    command(ngx_string!("flash_sale_end"), ANY | TAKE1, set_end, NGX_HTTP_LOC_CONF_OFFSET),
     command(
         ngx_string!("flash_sale_block_ratio"),
         ANY | TAKE1,
@@ -214,15 +189,7 @@ unsafe extern "C" fn set_start(
     conf: *mut c_void,
 ) -> *mut c_char {
     // SAFETY: called by nginx as a location directive handler.
-    unsafe {
-        set_field(
-            cf,
-            conf,
-            |c| &mut c.start_ms,
-            parse::rfc3339_ms,
-            RFC3339_HINT,
-        )
-    }
+    unsafe { set_field(cf, conf, |c| &mut c.start_ms, parse::rfc3339_ms, RFC3339_HINT) }
 }
 
 unsafe extern "C" fn set_end(
@@ -261,15 +228,7 @@ unsafe extern "C" fn set_reject_status(
 ) -> *mut c_char {
     let hint = "expected a status from 400 to 599";
     // SAFETY: called by nginx as a location directive handler.
-    unsafe {
-        set_field(
-            cf,
-            conf,
-            |c| &mut c.reject_status,
-            parse::reject_status,
-            hint,
-        )
-    }
+    unsafe { set_field(cf, conf, |c| &mut c.reject_status, parse::reject_status, hint) }
 }
 
 /// `flash_sale zone=NAME | off;`
@@ -339,10 +298,7 @@ unsafe extern "C" fn set_zone(
             ngx_conf_log_error!(NGX_LOG_EMERG, cf, "zone \"{}\" is too small", arg);
             return NGX_CONF_ERROR;
         }
-        let name = ngx_str_t {
-            data: spec.data,
-            len: name.len(),
-        };
+        let name = ngx_str_t { data: spec.data, len: name.len() };
         zone = Some((name, size));
     }
     // NGX_CONF_2MORE guarantees a parameter, and any but zone= was refused above.
@@ -375,20 +331,10 @@ unsafe extern "C" fn set_zone(
     // SAFETY: a zone returned by ngx_shared_memory_add is valid for the cycle.
     let zone = unsafe { &mut *shm.as_ptr() };
     if !zone.data.is_null() {
-        ngx_conf_log_error!(
-            NGX_LOG_EMERG,
-            cf,
-            "{} \"{}\" is already declared",
-            directive,
-            name
-        );
+        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{} \"{}\" is already declared", directive, name);
         return NGX_CONF_ERROR;
     }
-    let zone_conf = pool.allocate(ZoneConf {
-        key,
-        shm_zone: shm,
-        table: None,
-    });
+    let zone_conf = pool.allocate(ZoneConf { key, shm_zone: shm, table: None });
     if zone_conf.is_null() {
         return NGX_CONF_ERROR;
     }
@@ -504,12 +450,7 @@ pub unsafe extern "C" fn merge_loc_conf(
     conf.max_permits = conf.max_permits.or(prev.max_permits);
     conf.reject_status = conf.reject_status.or(prev.reject_status);
     if conf.window_is_empty() {
-        ngx_conf_log_error!(
-            NGX_LOG_EMERG,
-            cf,
-            "the inherited settings leave {}",
-            EMPTY_WINDOW
-        );
+        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "the inherited settings leave {}", EMPTY_WINDOW);
         return NGX_CONF_ERROR;
     }
     NGX_CONF_OK

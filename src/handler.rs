@@ -232,11 +232,7 @@ unsafe fn reject(
                 return Some(());
             }
             let seconds = window.seconds_to_start(now).to_string();
-            add_header(
-                r,
-                "Retry-After",
-                ngx_str_t::from_bytes((*r).pool, seconds.as_bytes())?,
-            )
+            add_header(r, "Retry-After", ngx_str_t::from_bytes((*r).pool, seconds.as_bytes())?)
         });
         if headers.is_none() {
             return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
@@ -258,14 +254,9 @@ unsafe fn add_header(
 ) -> Option<()> {
     // SAFETY: the output header list holds `ngx_table_elt_t`; nginx only reads the static key.
     unsafe {
-        let h = ngx_list_push(&mut (*r).headers_out.headers)
-            .cast::<ngx_table_elt_t>()
-            .as_mut()?;
+        let h = ngx_list_push(&mut (*r).headers_out.headers).cast::<ngx_table_elt_t>().as_mut()?;
         h.hash = 1;
-        h.key = ngx_str_t {
-            data: key.as_ptr().cast_mut(),
-            len: key.len(),
-        };
+        h.key = ngx_str_t { data: key.as_ptr().cast_mut(), len: key.len() };
         h.value = value;
         h.lowcase_key = ptr::null_mut();
         #[cfg(ngx_table_elt_next)]
@@ -320,10 +311,8 @@ unsafe fn send_text(r: *mut ngx_http_request_t, status: u16, body: &'static str)
                 Some(mut buf) => {
                     buf.set_last_buf(true);
                     buf.set_last_in_chain(true);
-                    let mut chain = ngx_chain_t {
-                        buf: buf.as_ngx_buf_mut(),
-                        next: ptr::null_mut(),
-                    };
+                    let mut chain =
+                        ngx_chain_t { buf: buf.as_ngx_buf_mut(), next: ptr::null_mut() };
                     ngx_http_output_filter(r, &mut chain)
                 }
                 None => NGX_ERROR as ngx_int_t,

@@ -63,9 +63,7 @@ pub fn rfc3339_ms(s: &str) -> Option<i64> {
 }
 
 fn digits(b: &[u8]) -> Option<i64> {
-    b.iter().try_fold(0i64, |n, &c| {
-        c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
-    })
+    b.iter().try_fold(0i64, |n, &c| c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0')))
 }
 
 fn is_leap(year: i64) -> bool {
@@ -102,10 +100,7 @@ pub fn cap(s: &str) -> Option<u64> {
 
 /// Parses a rejection status: 400 to 599, as `limit_req_status` accepts.
 pub fn reject_status(s: &str) -> Option<u16> {
-    let status: u16 = s
-        .parse()
-        .ok()
-        .filter(|_| s.bytes().all(|c| c.is_ascii_digit()))?;
+    let status: u16 = s.parse().ok().filter(|_| s.bytes().all(|c| c.is_ascii_digit()))?;
     (400..=599).contains(&status).then_some(status)
 }
 
@@ -136,18 +131,9 @@ mod tests {
     fn rfc3339_utc_and_offsets() {
         assert_eq!(rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(rfc3339_ms("2021-08-08T00:00:00Z"), Some(1_628_380_800_000));
-        assert_eq!(
-            rfc3339_ms("2021-08-08T00:00:00+00:00"),
-            Some(1_628_380_800_000)
-        );
-        assert_eq!(
-            rfc3339_ms("2021-08-08T08:00:00+08:00"),
-            Some(1_628_380_800_000)
-        );
-        assert_eq!(
-            rfc3339_ms("2021-08-07T19:30:00-04:30"),
-            Some(1_628_380_800_000)
-        );
+        assert_eq!(rfc3339_ms("2021-08-08T00:00:00+00:00"), Some(1_628_380_800_000));
+        assert_eq!(rfc3339_ms("2021-08-08T08:00:00+08:00"), Some(1_628_380_800_000));
+        assert_eq!(rfc3339_ms("2021-08-07T19:30:00-04:30"), Some(1_628_380_800_000));
         assert_eq!(rfc3339_ms("2021-08-08t00:00:00z"), Some(1_628_380_800_000));
         assert_eq!(rfc3339_ms("1969-12-31T23:59:59Z"), Some(-1_000));
     }
@@ -227,15 +213,7 @@ mod tests {
         assert_eq!(size("10m"), Some(10 * 1024 * 1024));
         assert_eq!(size("64K"), Some(64 * 1024));
         assert_eq!(size("32768"), Some(32_768));
-        for bad in [
-            "",
-            "m",
-            "10g",
-            "-1m",
-            "1.5m",
-            "10 m",
-            "99999999999999999999999m",
-        ] {
+        for bad in ["", "m", "10g", "-1m", "1.5m", "10 m", "99999999999999999999999m"] {
             assert_eq!(size(bad), None, "{bad:?} must be refused");
         }
     }

@@ -271,11 +271,7 @@ mod tests {
     }
 
     fn sale(ratio: f64, cap: Cap) -> Sale {
-        Sale {
-            window: Window::default(),
-            block_ratio: BlockRatio(ratio),
-            cap,
-        }
+        Sale { window: Window::default(), block_ratio: BlockRatio(ratio), cap }
     }
 
     fn never_drawn() -> f64 {
@@ -284,31 +280,18 @@ mod tests {
 
     #[test]
     fn window_bounds_are_start_inclusive_end_exclusive() {
-        let w = Window {
-            start_ms: Some(1_000),
-            end_ms: Some(2_000),
-        };
+        let w = Window { start_ms: Some(1_000), end_ms: Some(2_000) };
         assert_eq!(w.check(999), Err(Closed::NotStarted));
         assert_eq!(w.check(1_000), Ok(()));
         assert_eq!(w.check(1_999), Ok(()));
         assert_eq!(w.check(2_000), Err(Closed::Ended));
         assert_eq!(Window::default().check(i64::MIN), Ok(()));
-        assert_eq!(
-            Window {
-                start_ms: None,
-                end_ms: Some(5)
-            }
-            .check(4),
-            Ok(())
-        );
+        assert_eq!(Window { start_ms: None, end_ms: Some(5) }.check(4), Ok(()));
     }
 
     #[test]
     fn retry_after_rounds_up_to_whole_seconds() {
-        let w = Window {
-            start_ms: Some(10_000),
-            end_ms: None,
-        };
+        let w = Window { start_ms: Some(10_000), end_ms: None };
         assert_eq!(w.seconds_to_start(0), 10);
         assert_eq!(w.seconds_to_start(9_999), 1);
         assert_eq!(w.seconds_to_start(8_500), 2);
@@ -323,9 +306,7 @@ mod tests {
         assert_eq!(BlockRatio::parse("1"), Some(BlockRatio(1.0)));
         assert_eq!(BlockRatio::parse("1.0"), Some(BlockRatio(1.0)));
         assert_eq!(BlockRatio::parse(".5"), Some(BlockRatio(0.5)));
-        for bad in [
-            "", "1.01", "-0.1", "2", "NaN", "inf", "1e-1", "0.4x", "0..4", ".",
-        ] {
+        for bad in ["", "1.01", "-0.1", "2", "NaN", "inf", "1e-1", "0.4x", "0..4", "."] {
             assert_eq!(BlockRatio::parse(bad), None, "{bad:?} must be refused");
         }
     }
@@ -344,15 +325,9 @@ mod tests {
         let s = sale(0.0, None);
         assert_eq!(decide(&s, b"", 0, never_drawn, &mut store), Outcome::NoKey);
         let long = vec![b'k'; MAX_KEY_LEN + 1];
-        assert_eq!(
-            decide(&s, &long, 0, never_drawn, &mut store),
-            Outcome::KeyTooLong
-        );
+        assert_eq!(decide(&s, &long, 0, never_drawn, &mut store), Outcome::KeyTooLong);
         let longest = vec![b'k'; MAX_KEY_LEN];
-        assert_eq!(
-            decide(&s, &longest, 0, never_drawn, &mut store),
-            Outcome::Admitted
-        );
+        assert_eq!(decide(&s, &longest, 0, never_drawn, &mut store), Outcome::Admitted);
         assert_eq!(store.permits.len(), 1);
     }
 
@@ -361,38 +336,20 @@ mod tests {
         let mut store = SetStore::default();
         store.permits.insert(b"alice".to_vec());
         let mut s = sale(0.0, None);
-        s.window = Window {
-            start_ms: Some(100),
-            end_ms: Some(200),
-        };
-        assert_eq!(
-            decide(&s, b"alice", 99, never_drawn, &mut store),
-            Outcome::NotStarted
-        );
-        assert_eq!(
-            decide(&s, b"alice", 200, never_drawn, &mut store),
-            Outcome::Ended
-        );
-        assert_eq!(
-            decide(&s, b"alice", 150, never_drawn, &mut store),
-            Outcome::Permitted
-        );
+        s.window = Window { start_ms: Some(100), end_ms: Some(200) };
+        assert_eq!(decide(&s, b"alice", 99, never_drawn, &mut store), Outcome::NotStarted);
+        assert_eq!(decide(&s, b"alice", 200, never_drawn, &mut store), Outcome::Ended);
+        assert_eq!(decide(&s, b"alice", 150, never_drawn, &mut store), Outcome::Permitted);
     }
 
     #[test]
     fn lucky_once_lucky_always() {
         let mut store = SetStore::default();
         let s = sale(0.5, None);
-        assert_eq!(
-            decide(&s, b"alice", 0, || 0.9, &mut store),
-            Outcome::Admitted
-        );
+        assert_eq!(decide(&s, b"alice", 0, || 0.9, &mut store), Outcome::Admitted);
         // Later draws would all block, but alice never draws again.
         for _ in 0..10 {
-            assert_eq!(
-                decide(&s, b"alice", 0, never_drawn, &mut store),
-                Outcome::Permitted
-            );
+            assert_eq!(decide(&s, b"alice", 0, never_drawn, &mut store), Outcome::Permitted);
         }
         assert_eq!(decide(&s, b"bob", 0, || 0.1, &mut store), Outcome::Blocked);
         assert!(!store.permits.contains(&b"bob"[..]));
@@ -402,14 +359,8 @@ mod tests {
     fn ratio_zero_admits_without_a_draw_or_a_lookup() {
         let mut store = SetStore::default();
         let s = sale(0.0, None);
-        assert_eq!(
-            decide(&s, b"a", 0, never_drawn, &mut store),
-            Outcome::Admitted
-        );
-        assert_eq!(
-            decide(&s, b"a", 0, never_drawn, &mut store),
-            Outcome::Permitted
-        );
+        assert_eq!(decide(&s, b"a", 0, never_drawn, &mut store), Outcome::Admitted);
+        assert_eq!(decide(&s, b"a", 0, never_drawn, &mut store), Outcome::Permitted);
         assert_eq!(store.lookups, 0);
     }
 
@@ -419,14 +370,8 @@ mod tests {
         store.permits.insert(b"winner".to_vec());
         let s = sale(1.0, None);
         assert_eq!(decide(&s, b"new", 0, || 0.0, &mut store), Outcome::Blocked);
-        assert_eq!(
-            decide(&s, b"new", 0, || 0.999_999, &mut store),
-            Outcome::Blocked
-        );
-        assert_eq!(
-            decide(&s, b"winner", 0, never_drawn, &mut store),
-            Outcome::Permitted
-        );
+        assert_eq!(decide(&s, b"new", 0, || 0.999_999, &mut store), Outcome::Blocked);
+        assert_eq!(decide(&s, b"winner", 0, never_drawn, &mut store), Outcome::Permitted);
     }
 
     #[test]
@@ -434,55 +379,28 @@ mod tests {
         let mut store = SetStore::default();
         let s = sale(0.0, Some(3));
         for key in [&b"u1"[..], b"u2", b"u3"] {
-            assert_eq!(
-                decide(&s, key, 0, never_drawn, &mut store),
-                Outcome::Admitted
-            );
+            assert_eq!(decide(&s, key, 0, never_drawn, &mut store), Outcome::Admitted);
         }
-        assert_eq!(
-            decide(&s, b"u4", 0, never_drawn, &mut store),
-            Outcome::SoldOut
-        );
-        assert_eq!(
-            decide(&s, b"u2", 0, never_drawn, &mut store),
-            Outcome::Permitted
-        );
+        assert_eq!(decide(&s, b"u4", 0, never_drawn, &mut store), Outcome::SoldOut);
+        assert_eq!(decide(&s, b"u2", 0, never_drawn, &mut store), Outcome::Permitted);
         let drawing = sale(0.5, Some(3));
-        assert_eq!(
-            decide(&drawing, b"u5", 0, never_drawn, &mut store),
-            Outcome::SoldOut
-        );
+        assert_eq!(decide(&drawing, b"u5", 0, never_drawn, &mut store), Outcome::SoldOut);
         assert_eq!(store.permits.len(), 3);
     }
 
     #[test]
     fn cap_zero_sells_nothing() {
         let mut store = SetStore::default();
-        assert_eq!(
-            decide(&sale(0.0, Some(0)), b"a", 0, never_drawn, &mut store),
-            Outcome::SoldOut
-        );
+        assert_eq!(decide(&sale(0.0, Some(0)), b"a", 0, never_drawn, &mut store), Outcome::SoldOut);
     }
 
     #[test]
     fn a_full_zone_answers_sold_out() {
-        let mut store = SetStore {
-            room: Some(1),
-            ..SetStore::default()
-        };
+        let mut store = SetStore { room: Some(1), ..SetStore::default() };
         let s = sale(0.0, None);
-        assert_eq!(
-            decide(&s, b"a", 0, never_drawn, &mut store),
-            Outcome::Admitted
-        );
-        assert_eq!(
-            decide(&s, b"b", 0, never_drawn, &mut store),
-            Outcome::SoldOut
-        );
-        assert_eq!(
-            decide(&s, b"a", 0, never_drawn, &mut store),
-            Outcome::Permitted
-        );
+        assert_eq!(decide(&s, b"a", 0, never_drawn, &mut store), Outcome::Admitted);
+        assert_eq!(decide(&s, b"b", 0, never_drawn, &mut store), Outcome::SoldOut);
+        assert_eq!(decide(&s, b"a", 0, never_drawn, &mut store), Outcome::Permitted);
     }
 
     #[test]
@@ -497,10 +415,7 @@ mod tests {
                 decide(&s, &key, 0, || rng.random::<f64>(), &mut store) == Outcome::Admitted
             })
             .count();
-        assert!(
-            (5_700..=6_300).contains(&admitted),
-            "admitted {admitted} of 10000"
-        );
+        assert!((5_700..=6_300).contains(&admitted), "admitted {admitted} of 10000");
     }
 
     #[test]

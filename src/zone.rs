@@ -170,13 +170,7 @@ impl PermitTable {
         // and the key after it. The bucket slot is valid (see `bucket`); linking at the head
         // keeps every chain null-terminated.
         unsafe {
-            permit.write(Permit {
-                next: *bucket,
-                hash,
-                seq,
-                granted_ms: now_ms,
-                key_len,
-            });
+            permit.write(Permit { next: *bucket, hash, seq, granted_ms: now_ms, key_len });
             ptr::copy_nonoverlapping(key.as_ptr(), permit.add(1).cast::<u8>(), key.len());
             *bucket = permit;
         }
@@ -211,12 +205,7 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
     /// # Safety
     /// `table` was created by [`PermitTable::create`] inside `shared`, and stays mapped for `'a`.
     pub unsafe fn new(shared: &'a S, table: NonNull<PermitTable>, now_ms: i64) -> Self {
-        ZoneStore {
-            shared,
-            table,
-            now_ms,
-            newly_full: false,
-        }
+        ZoneStore { shared, table, now_ms, newly_full: false }
     }
 
     /// True once, for the request that first found the zone without room for a permit.
@@ -293,10 +282,7 @@ mod tests {
 
     impl Heap {
         fn new(budget: usize) -> Self {
-            Heap {
-                used: Mutex::new(Cell::new(0)),
-                budget,
-            }
+            Heap { used: Mutex::new(Cell::new(0)), budget }
         }
     }
 
