@@ -316,21 +316,36 @@ RUNS = {
     ("before the start", "module"): (GATE_PORT, "/early", 1_000_000),
 }
 SCENARIOS = ["sold out", "returning winners", "opening rush", "before the start"]
+# Each variant is measured right next to its reference, in pairs, so that drift of the machine
+# between runs cancels out in the ratio.
+PAIRS = [(scenario, variant, "module" if variant.startswith("module,") else "baseline")
+         for scenario, variant in RUNS if variant != "baseline"]
+
+
+def run(key, r):
+    port, path, ids = RUNS[key]
+    result = wrk(port, path.format(r=r), ids)
+    print(f"round {r}: {key[0]} / {key[1]}: {result['rps']:.0f} req/s", flush=True)
+    return result
 
 
 def measure_rounds():
+    """Returns every run of each (scenario, variant), and the ratio of each pair."""
     results = {key: [] for key in RUNS}
+    ratios = {pair: [] for pair in PAIRS}
     for r in range(1, ROUNDS + 1):
-        keys = list(RUNS)
-        # Alternate the order each round so that no variant always runs first.
-        if r % 2 == 0:
-            keys.reverse()
-        for key in keys:
-            port, path, ids = RUNS[key]
-            results[key].append(wrk(port, path.format(r=r), ids))
-            print(f"round {r}: {key[0]} / {key[1]}: {results[key][-1]['rps']:.0f} req/s",
-                  flush=True)
-    return results
+        for scenario, variant, reference in PAIRS:
+            keys = [(scenario, reference), (scenario, variant)]
+            # Alternate which of the two runs first.
+            first, second = keys if r % 2 else keys[::-1]
+            a = run(first, r)
+            b = run(second, r)
+            results[first].append(a)
+            results[second].append(b)
+            pair = dict(zip([first, second], [a, b]))
+            ratios[(scenario, variant, reference)].append(
+                (pair[(scenario, variant)], pair[(scenario, reference)]))
+    return results, ratios
 
 
 def sell_out(port, r):
@@ -387,16 +402,20 @@ def instructions():
     return counts
 
 
-def ratio_stats(results, scenario, variant, base="baseline"):
-    ratios = [a["rps"] / b["rps"] for a, b in zip(results[(scenario, variant)],
-                                                  results[(scenario, base)])]
-    return statistics.median(ratios), min(ratios), max(ratios)
+def pair_of(ratios, scenario, variant):
+    return next(runs for (s, v, _), runs in ratios.items() if (s, v) == (scenario, variant))
 
 
-def added_us(results, scenario, variant):
-    """Median over rounds of 1/rps(variant) - 1/rps(baseline), in microseconds."""
-    return statistics.median(1e6 / a["rps"] - 1e6 / b["rps"] for a, b in
-                             zip(results[(scenario, variant)], results[(scenario, "baseline")]))
+def ratio_stats(ratios, scenario, variant):
+    """Median, min and max over the rounds of a variant's req/s over its pair's reference."""
+    values = [a["rps"] / b["rps"] for a, b in pair_of(ratios, scenario, variant)]
+    return statistics.median(values), min(values), max(values)
+
+
+def added_us(ratios, scenario, variant):
+    """Median over the pairs of 1/rps(variant) - 1/rps(reference), in microseconds."""
+    return statistics.median(1e6 / a["rps"] - 1e6 / b["rps"]
+                             for a, b in pair_of(ratios, scenario, variant))
 
 
 def median_of(results, key, field):
@@ -442,7 +461,7 @@ def chart(results):
     return "\n".join(svg) + "\n"
 
 
-def report(results, sellouts, counts, capacity):
+def report(results, ratios, sellouts, counts, capacity):
     fmt = lambda t: "{:.3f} [{:.3f}, {:.3f}]".format(*t)  # noqa: E731
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), "unknown CPU")
@@ -451,16 +470,17 @@ def report(results, sellouts, counts, capacity):
         "",
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} cores ({cpu}); "
         f"nginx {subprocess.run([NGINX, '-v'], capture_output=True, text=True).stderr.split('/')[-1].strip()}; "
-        f"{ROUNDS} rounds of {SECONDS} s per run, alternating; one nginx worker on CPU 0, "
-        f"wrk (1 thread, {CONNECTIONS} connections) on CPU 1. Ratios: median [min, max] over "
-        "the rounds, each against the baseline of the same round.",
+        f"{ROUNDS} rounds of {SECONDS} s per run; one nginx worker on CPU 0, wrk (1 thread, "
+        f"{CONNECTIONS} connections, requests prepared before the run) on CPU 1. Each variant "
+        "runs right next to its reference (the baseline, or the module with 10,000 permits), "
+        "in alternating order; ratios are median [min, max] over the rounds' pairs.",
         "",
-        "| scenario | variant | req/s (median) | ratio to baseline | p50 | p99 |",
+        "| scenario | variant | req/s (median) | ratio to its reference | p50 | p99 |",
         "|---|---|---|---|---|---|",
     ]
     for scenario in SCENARIOS:
         for key in [k for k in RUNS if k[0] == scenario]:
-            ratio = "1" if key[1] == "baseline" else fmt(ratio_stats(results, *key))
+            ratio = "1" if key[1] == "baseline" else fmt(ratio_stats(ratios, *key))
             lines.append(f"| {scenario} | {key[1]} | {median_of(results, key, 'rps'):,.0f} | "
                          f"{ratio} | {1e6 * median_of(results, key, 'p50'):.0f} us | "
                          f"{1e6 * median_of(results, key, 'p99'):.0f} us |")
@@ -470,15 +490,15 @@ def report(results, sellouts, counts, capacity):
         lines.append(f"- {'met' if ok else 'NOT MET'}: {text}")
 
     for scenario in ["sold out", "opening rush", "before the start"]:
-        r = ratio_stats(results, scenario, "module")
+        r = ratio_stats(ratios, scenario, "module")
         target(r[0] >= 0.95, f"{scenario}: module at {r[0]:.3f} of the baseline (target 0.95)")
-    r = ratio_stats(results, "returning winners", "module")
+    r = ratio_stats(ratios, "returning winners", "module")
     target(r[0] >= 0.97, f"returning winners: module at {r[0]:.3f} of the baseline (target 0.97)")
     for scenario in ["sold out", "opening rush"]:
-        mod, lua = added_us(results, scenario, "module"), added_us(results, scenario, "openresty")
+        mod, lua = added_us(ratios, scenario, "module"), added_us(ratios, scenario, "openresty")
         target(mod <= lua / 4, f"{scenario}: the gate adds {mod:.3f} us per request, the "
                f"OpenResty script {lua:.3f} us (target: at most a quarter, {lua / 4:.3f} us)")
-    many = ratio_stats(results, "returning winners", "module, 100,000 permits", "module")
+    many = ratio_stats(ratios, "returning winners", "module, 100,000 permits")
     target(many[0] >= 0.95, f"returning winners with 100,000 permits at {fmt(many)} of 10,000 "
            "(target: within 5%)")
     for scenario in ["sold out", "returning winners"]:
@@ -529,14 +549,14 @@ def main():
         for n in (gate, lua):
             n.start(["taskset", "-c", "0"])
         prime(gate, lua)
-        results = measure_rounds()
+        results, ratios = measure_rounds()
         sellouts = {"module": sell_out(GATE_PORT, ROUNDS + 1),
                     "openresty": sell_out(LUA_PORT, ROUNDS + 1)}
     finally:
         gate.stop()
         lua.stop()
     counts = instructions()
-    text = report(results, sellouts, counts, capacity())
+    text = report(results, ratios, sellouts, counts, capacity())
     (RESULTS / "report.md").write_text(text)
     (RESULTS / "chart.svg").write_text(chart(results))
     print(text)

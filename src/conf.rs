@@ -10,9 +10,10 @@ use core::ptr::{self, NonNull};
 
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
-    ngx_http_complex_value_t, ngx_int_t, ngx_shared_memory_add, ngx_shm_zone_t, ngx_str_t,
-    ngx_uint_t, NGX_CONF_2MORE, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
-    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
+    ngx_http_complex_value_t, ngx_http_get_variable_index, ngx_int_t, ngx_shared_memory_add,
+    ngx_shm_zone_t, ngx_str_t, ngx_uint_t, NGX_CONF_2MORE, NGX_CONF_TAKE1, NGX_ERROR,
+    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
+    NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
 };
 use ngx::core::{Pool, SlabPool, Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::{ngx_conf_log_error, ngx_log_error, ngx_string};
@@ -25,6 +26,8 @@ use crate::zone::{bucket_count, PermitTable};
 /// One `flash_sale_zone`: the buyer identity and the shared zone holding the permits.
 pub struct ZoneConf {
     pub key: ngx_http_complex_value_t,
+    /// The variable's index when the key is one variable alone: read without the script engine.
+    pub key_var: Option<ngx_uint_t>,
     pub shm_zone: NonNull<ngx_shm_zone_t>,
     /// Set by [`init_zone`] before any worker starts.
     pub table: Option<NonNull<PermitTable>>,
@@ -334,7 +337,19 @@ unsafe extern "C" fn set_zone(
         ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{} \"{}\" is already declared", directive, name);
         return NGX_CONF_ERROR;
     }
-    let zone_conf = pool.allocate(ZoneConf { key, shm_zone: shm, table: None });
+    let key_var = match parse::lone_variable(text(&args[1])) {
+        Some(var) => {
+            let mut var = ngx_str_t { data: var.as_ptr().cast_mut(), len: var.len() };
+            // SAFETY: `cf` is valid during parsing; nginx copies the name.
+            let index = unsafe { ngx_http_get_variable_index(cf, &mut var) };
+            if index == NGX_ERROR as ngx_int_t {
+                return NGX_CONF_ERROR;
+            }
+            Some(index as ngx_uint_t)
+        }
+        None => None,
+    };
+    let zone_conf = pool.allocate(ZoneConf { key, key_var, shm_zone: shm, table: None });
     if zone_conf.is_null() {
         return NGX_CONF_ERROR;
     }

@@ -12,10 +12,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use nginx_sys::{
     ngx_array_push, ngx_chain_t, ngx_conf_t, ngx_http_discard_request_body, ngx_http_err_page_t,
-    ngx_http_finalize_request, ngx_http_handler_pt, ngx_http_output_filter,
-    ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE as PRECONTENT_PHASE, ngx_http_request_t,
-    ngx_http_send_header, ngx_int_t, ngx_list_push, ngx_pool_cleanup_add, ngx_str_t,
-    ngx_table_elt_t, ngx_timeofday, ngx_uint_t, NGX_DECLINED, NGX_DONE, NGX_ERROR,
+    ngx_http_finalize_request, ngx_http_get_flushed_variable, ngx_http_handler_pt,
+    ngx_http_output_filter, ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE as PRECONTENT_PHASE,
+    ngx_http_request_t, ngx_http_send_header, ngx_int_t, ngx_list_push, ngx_pool_cleanup_add,
+    ngx_str_t, ngx_table_elt_t, ngx_timeofday, ngx_uint_t, NGX_DECLINED, NGX_DONE, NGX_ERROR,
     NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_WARN, NGX_OK,
 };
 use ngx::core::{Buffer, Pool, SlabPool};
@@ -77,8 +77,17 @@ unsafe fn gate(r: *mut ngx_http_request_t) -> ngx_int_t {
     }
     // SAFETY: zone configurations live in the cycle's pool, as long as the location does.
     let zone: &ZoneConf = unsafe { zone.as_ref() };
-    let Some(key) = req.get_complex_value(&zone.key) else {
-        return SERVER_ERROR;
+    let key = match zone.key_var {
+        // SAFETY: the index came from ngx_http_get_variable_index for this configuration.
+        Some(index) => match unsafe { ngx_http_get_flushed_variable(r, index).as_ref() } {
+            Some(value) if value.not_found() == 0 => value.as_bytes(),
+            Some(_) => &[],
+            None => return SERVER_ERROR,
+        },
+        None => match req.get_complex_value(&zone.key) {
+            Some(value) => value.as_bytes(),
+            None => return SERVER_ERROR,
+        },
     };
     let (Some(table), Some(slab)) = (
         zone.table,
@@ -92,7 +101,7 @@ unsafe fn gate(r: *mut ngx_http_request_t) -> ngx_int_t {
     let sale = lcf.sale();
     // SAFETY: `table` was created in this zone's slab pool by `init_zone`.
     let mut store = unsafe { ZoneStore::new(&slab, table, now) };
-    let outcome = decide(&sale, key.as_bytes(), now, draw, &mut store);
+    let outcome = decide(&sale, key, now, draw, &mut store);
 
     let log = req.log();
     if store.newly_full() {
@@ -110,7 +119,7 @@ unsafe fn gate(r: *mut ngx_http_request_t) -> ngx_int_t {
             NGX_LOG_WARN,
             log,
             "flash sale key of {} bytes is longer than {} bytes, refused",
-            key.as_bytes().len(),
+            key.len(),
             MAX_KEY_LEN
         );
     }

@@ -117,6 +117,14 @@ pub fn size(s: &str) -> Option<usize> {
     number.parse::<usize>().ok()?.checked_mul(scale)
 }
 
+/// The name of the variable when a key is one variable alone (`$http_authorization`), which
+/// can be read directly instead of through nginx's script engine.
+pub fn lone_variable(key: &str) -> Option<&str> {
+    let name = key.strip_prefix('$')?;
+    let valid = !name.is_empty() && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
+    valid.then_some(name)
+}
+
 /// Splits a `zone=NAME:SIZE` value (without the `zone=` prefix) into its name and size text.
 pub fn zone_name_size(s: &str) -> Option<(&str, &str)> {
     let (name, size) = s.split_once(':')?;
@@ -215,6 +223,15 @@ mod tests {
         assert_eq!(size("32768"), Some(32_768));
         for bad in ["", "m", "10g", "-1m", "1.5m", "10 m", "99999999999999999999999m"] {
             assert_eq!(size(bad), None, "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn lone_variables() {
+        assert_eq!(lone_variable("$http_authorization"), Some("http_authorization"));
+        assert_eq!(lone_variable("$arg_user"), Some("arg_user"));
+        for complex in ["$arg_shop:$cookie_uid", "${arg_user}", "user", "$", "$a-b", "$a$b"] {
+            assert_eq!(lone_variable(complex), None, "{complex:?} is not a lone variable");
         }
     }
 
