@@ -11,9 +11,9 @@ use core::ptr::{self, NonNull};
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
     ngx_http_complex_value_t, ngx_http_get_variable_index, ngx_int_t, ngx_shared_memory_add,
-    ngx_shm_zone_t, ngx_str_t, ngx_uint_t, NGX_CONF_2MORE, NGX_CONF_TAKE1, NGX_ERROR,
-    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
-    NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
+    ngx_shm_zone_t, ngx_str_t, ngx_uint_t, NGX_CONF_2MORE, NGX_CONF_FLAG, NGX_CONF_NOARGS,
+    NGX_CONF_TAKE1, NGX_ERROR, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
+    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
 };
 use ngx::core::{Pool, SlabPool, Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::{ngx_conf_log_error, ngx_log_error, ngx_string};
@@ -28,6 +28,8 @@ pub struct ZoneConf {
     pub key: ngx_http_complex_value_t,
     /// The variable's index when the key is one variable alone: read without the script engine.
     pub key_var: Option<ngx_uint_t>,
+    /// The largest cap a location puts on this zone, for the metrics.
+    pub largest_cap: Option<u64>,
     pub shm_zone: NonNull<ngx_shm_zone_t>,
     /// Set by [`init_zone`] before any worker starts.
     pub table: Option<NonNull<PermitTable>>,
@@ -51,9 +53,20 @@ pub struct LocConf {
     pub block_ratio: Option<BlockRatio>,
     pub max_permits: Option<u64>,
     pub reject_status: Option<u16>,
+    pub permit_ttl_ms: Option<i64>,
+    pub dry_run: Option<bool>,
+    pub log_level: Option<usize>,
+}
+
+/// The http block's configuration: every zone, for the metrics.
+#[derive(Debug, Default)]
+pub struct MainConf {
+    pub zones: Vec<NonNull<ZoneConf>>,
 }
 
 pub const DEFAULT_REJECT_STATUS: u16 = 503;
+/// Rejections are the common case during a sale: logged at `info` unless asked otherwise.
+pub const DEFAULT_LOG_LEVEL: usize = 7;
 
 /// The smallest zone nginx's slab allocator runs well in, as `limit_req_zone` demands.
 const MIN_ZONE_PAGES: usize = 8;
@@ -72,6 +85,14 @@ impl LocConf {
         self.reject_status.unwrap_or(DEFAULT_REJECT_STATUS)
     }
 
+    pub fn dry_run(&self) -> bool {
+        self.dry_run.unwrap_or(false)
+    }
+
+    pub fn log_level(&self) -> usize {
+        self.log_level.unwrap_or(DEFAULT_LOG_LEVEL)
+    }
+
     /// A window whose end is not after its start would admit nobody, ever.
     fn window_is_empty(&self) -> bool {
         matches!((self.start_ms, self.end_ms), (Some(start), Some(end)) if end <= start)
@@ -80,7 +101,9 @@ impl LocConf {
 
 const MAIN: ngx_uint_t = NGX_HTTP_MAIN_CONF as ngx_uint_t;
 const ANY: ngx_uint_t = (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF) as ngx_uint_t;
+const LOC: ngx_uint_t = NGX_HTTP_LOC_CONF as ngx_uint_t;
 const TAKE1: ngx_uint_t = NGX_CONF_TAKE1 as ngx_uint_t;
+const FLAG: ngx_uint_t = NGX_CONF_FLAG as ngx_uint_t;
 
 const fn command(
     name: ngx_str_t,
@@ -91,7 +114,7 @@ const fn command(
     ngx_command_t { name, type_, set: Some(set), conf, offset: 0, post: ptr::null_mut() }
 }
 
-pub static mut COMMANDS: [ngx_command_t; 8] = [
+pub static mut COMMANDS: [ngx_command_t; 12] = [
     command(
         ngx_string!("flash_sale_zone"),
         MAIN | NGX_CONF_2MORE as ngx_uint_t,
@@ -117,6 +140,25 @@ pub static mut COMMANDS: [ngx_command_t; 8] = [
         ngx_string!("flash_sale_reject_status"),
         ANY | TAKE1,
         set_reject_status,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("flash_sale_permit_ttl"),
+        ANY | TAKE1,
+        set_permit_ttl,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(ngx_string!("flash_sale_dry_run"), ANY | FLAG, set_dry_run, NGX_HTTP_LOC_CONF_OFFSET),
+    command(
+        ngx_string!("flash_sale_log_level"),
+        ANY | TAKE1,
+        set_log_level,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("flash_sale_metrics"),
+        LOC | NGX_CONF_NOARGS as ngx_uint_t,
+        crate::endpoints::set_metrics,
         NGX_HTTP_LOC_CONF_OFFSET,
     ),
     ngx_command_t::empty(),
@@ -234,6 +276,40 @@ unsafe extern "C" fn set_reject_status(
     unsafe { set_field(cf, conf, |c| &mut c.reject_status, parse::reject_status, hint) }
 }
 
+unsafe extern "C" fn set_permit_ttl(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let hint = "expected a time such as 30s, 10m or 1h";
+    // SAFETY: called by nginx as a location directive handler.
+    unsafe { set_field(cf, conf, |c| &mut c.permit_ttl_ms, parse::duration_ms, hint) }
+}
+
+unsafe extern "C" fn set_dry_run(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let flag = |s: &str| match s {
+        "on" => Some(true),
+        "off" => Some(false),
+        _ => None,
+    };
+    // SAFETY: called by nginx as a location directive handler.
+    unsafe { set_field(cf, conf, |c| &mut c.dry_run, flag, "expected \"on\" or \"off\"") }
+}
+
+unsafe extern "C" fn set_log_level(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let hint = "expected info, notice, warn or error";
+    // SAFETY: called by nginx as a location directive handler.
+    unsafe { set_field(cf, conf, |c| &mut c.log_level, parse::log_level, hint) }
+}
+
 /// `flash_sale zone=NAME | off;`
 unsafe extern "C" fn set_gate(
     cf: *mut ngx_conf_t,
@@ -275,7 +351,7 @@ unsafe extern "C" fn set_gate(
 unsafe extern "C" fn set_zone(
     cf: *mut ngx_conf_t,
     cmd: *mut ngx_command_t,
-    _conf: *mut c_void,
+    conf: *mut c_void,
 ) -> *mut c_char {
     // SAFETY: called by nginx as a directive handler.
     let args = unsafe { args(cf) };
@@ -321,7 +397,7 @@ unsafe extern "C" fn set_zone(
         ccv.complex_value = &mut key;
         ngx_http_compile_complex_value(&mut ccv)
     };
-    if compiled != Status::NGX_OK.into() {
+    if compiled != Status::NGX_OK.0 {
         return NGX_CONF_ERROR;
     }
 
@@ -349,12 +425,19 @@ unsafe extern "C" fn set_zone(
         }
         None => None,
     };
-    let zone_conf = pool.allocate(ZoneConf { key, key_var, shm_zone: shm, table: None });
-    if zone_conf.is_null() {
+    let zone_conf =
+        pool.allocate(ZoneConf { key, key_var, largest_cap: None, shm_zone: shm, table: None });
+    let Some(zone_conf) = NonNull::new(zone_conf) else {
+        return NGX_CONF_ERROR;
+    };
+    // SAFETY: `conf` is this module's main configuration (NGX_HTTP_MAIN_CONF_OFFSET).
+    let main = unsafe { &mut *conf.cast::<MainConf>() };
+    if main.zones.try_reserve(1).is_err() {
         return NGX_CONF_ERROR;
     }
+    main.zones.push(zone_conf);
     zone.init = Some(init_zone);
-    zone.data = zone_conf.cast();
+    zone.data = zone_conf.as_ptr().cast();
     NGX_CONF_OK
 }
 
@@ -464,6 +547,14 @@ pub unsafe extern "C" fn merge_loc_conf(
     conf.block_ratio = conf.block_ratio.or(prev.block_ratio);
     conf.max_permits = conf.max_permits.or(prev.max_permits);
     conf.reject_status = conf.reject_status.or(prev.reject_status);
+    conf.permit_ttl_ms = conf.permit_ttl_ms.or(prev.permit_ttl_ms);
+    conf.dry_run = conf.dry_run.or(prev.dry_run);
+    conf.log_level = conf.log_level.or(prev.log_level);
+    if let Gate::Zone(mut zone) = conf.gate {
+        // SAFETY: zone configurations live in the cycle's pool; merging is single-threaded.
+        let zone = unsafe { zone.as_mut() };
+        zone.largest_cap = zone.largest_cap.max(conf.max_permits);
+    }
     if conf.window_is_empty() {
         ngx_conf_log_error!(NGX_LOG_EMERG, cf, "the inherited settings leave {}", EMPTY_WINDOW);
         return NGX_CONF_ERROR;

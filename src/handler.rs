@@ -26,7 +26,7 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 use crate::conf::{Gate, ZoneConf};
 use crate::module::{self, FlashSaleModule};
 use crate::sale::{decide, Outcome, Window, MAX_KEY_LEN};
-use crate::zone::ZoneStore;
+use crate::zone::{Stats, ZoneStore};
 
 /// Puts the gate into the precontent phase (postconfiguration).
 pub unsafe extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
@@ -98,19 +98,23 @@ unsafe fn gate(r: *mut ngx_http_request_t) -> ngx_int_t {
     };
 
     let now = now_ms();
-    let sale = lcf.sale();
     // SAFETY: `table` was created in this zone's slab pool by `init_zone`.
-    let mut store = unsafe { ZoneStore::new(&slab, table, now) };
-    let outcome = decide(&sale, key, now, draw, &mut store);
+    let mut store = unsafe { ZoneStore::new(&slab, table, now) }.with_ttl(lcf.permit_ttl_ms);
+    let sale = store.table().overrides.apply(lcf.sale());
+    let verdict = decide(&sale, key, now, draw, &mut store);
+    let outcome = verdict.outcome;
+    let dry_run = lcf.dry_run();
+    Stats::count(&store.table().stats.requests[outcome.counter(dry_run)]);
 
     let log = req.log();
+    // SAFETY: as above.
+    let zone_name = unsafe { zone.shm_zone.as_ref() }.shm.name;
     if store.newly_full() {
         ngx_log_error!(
             NGX_LOG_ERR,
             log,
             "flash_sale_zone \"{}\" is full with {} permits; new buyers get SOLD_OUT",
-            // SAFETY: as above.
-            unsafe { zone.shm_zone.as_ref() }.shm.name,
+            zone_name,
             store.permits()
         );
     }
@@ -123,20 +127,31 @@ unsafe fn gate(r: *mut ngx_http_request_t) -> ngx_int_t {
             MAX_KEY_LEN
         );
     }
-    ngx_log_debug_http!(req, "flash sale: {}", outcome);
+    ngx_log_debug_http!(req, "flash sale: {} in zone \"{}\"", outcome, zone_name);
+    if !outcome.passes() {
+        ngx_log_error!(
+            lcf.log_level(),
+            log,
+            "flash sale: {} in zone \"{}\"{}",
+            outcome,
+            zone_name,
+            if dry_run { ", dry run" } else { "" }
+        );
+    }
 
     // SAFETY: `r` is live.
-    if unsafe { record(r, outcome) }.is_none() {
+    if unsafe { record(r, Decision { outcome, dry_run, seq: verdict.seq.unwrap_or(0) }) }.is_none()
+    {
         return SERVER_ERROR;
     }
-    if outcome.passes() {
+    if outcome.passes() || dry_run {
         return DECLINED;
     }
     // SAFETY: `r` is live and nothing has been sent yet.
     unsafe { reject(r, outcome, &sale.window, lcf.reject_status(), now) }
 }
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     let tp = ngx_timeofday();
     tp.sec * 1000 + tp.msec as i64
 }
@@ -164,8 +179,12 @@ fn draw() -> f64 {
 /// The decision taken for a request. It is kept in a pool cleanup entry because internal
 /// redirects wipe module contexts but not the pool; nginx's realip module does the same.
 #[derive(Clone, Copy)]
-struct Decision {
-    outcome: Outcome,
+pub struct Decision {
+    pub outcome: Outcome,
+    /// The outcome was a rejection that `flash_sale_dry_run` let pass.
+    pub dry_run: bool,
+    /// The permit's number when the request passed with one; 0 otherwise.
+    pub seq: u64,
 }
 
 /// Marks our cleanup entry; there is nothing to clean up.
@@ -177,30 +196,30 @@ fn is_decision(handler: nginx_sys::ngx_pool_cleanup_pt) -> bool {
 
 /// # Safety
 /// `r` is a live request.
-unsafe fn record(r: *mut ngx_http_request_t, outcome: Outcome) -> Option<()> {
+unsafe fn record(r: *mut ngx_http_request_t, decision: Decision) -> Option<()> {
     // SAFETY: the cleanup entry and its data live as long as the request's pool.
     unsafe {
         let cln = ngx_pool_cleanup_add((*r).pool, size_of::<Decision>()).as_mut()?;
         let data = cln.data.cast::<Decision>();
-        data.write(Decision { outcome });
+        data.write(decision);
         cln.handler = Some(decision_marker);
         *(*r).ctx.add(module::module().ctx_index) = data.cast();
     }
     Some(())
 }
 
-/// The outcome decided for this request, if any, also after an internal redirect.
+/// The decision taken for this request, if any, also after an internal redirect.
 ///
 /// # Safety
 /// `r` is a live request.
-pub unsafe fn recorded(r: *mut ngx_http_request_t) -> Option<Outcome> {
+pub unsafe fn recorded(r: *mut ngx_http_request_t) -> Option<Decision> {
     let index = module::module().ctx_index;
     // SAFETY: `ctx` has a slot per http module; ours holds null or a `Decision`, and the pool's
     // cleanup list is null-terminated.
     unsafe {
         let slot = (*r).ctx.add(index);
         if let Some(decision) = (*slot).cast::<Decision>().as_ref() {
-            return Some(decision.outcome);
+            return Some(*decision);
         }
         // Only an internal redirect loses a context; a fresh request has nothing to find.
         if (*r).internal() == 0 {
@@ -210,7 +229,7 @@ pub unsafe fn recorded(r: *mut ngx_http_request_t) -> Option<Outcome> {
         while let Some(entry) = cln.as_ref() {
             if is_decision(entry.handler) {
                 *slot = entry.data;
-                return Some((*entry.data.cast::<Decision>()).outcome);
+                return Some(*entry.data.cast::<Decision>());
             }
             cln = entry.next;
         }
@@ -250,7 +269,7 @@ unsafe fn reject(
             // nginx's special response handler performs the redirect to the error page.
             return status as ngx_int_t;
         }
-        send_text(r, status, outcome.message())
+        send(r, status, ngx_string!("text/plain"), Body::Static(outcome.message()))
     }
 }
 
@@ -301,33 +320,60 @@ unsafe fn has_error_page(r: *mut ngx_http_request_t, status: u16) -> bool {
         .any(|page| page.status == status as ngx_int_t)
 }
 
-/// Sends `body` as the whole response and finalizes the request.
+/// A response body: static text, or bytes to copy into the request's pool.
+pub enum Body<'a> {
+    Static(&'static str),
+    Copied(&'a [u8]),
+}
+
+/// Sends `body` as the whole response and finalizes the request; returns NGX_DONE.
 ///
 /// # Safety
 /// `r` is a live request whose headers have not been sent.
-unsafe fn send_text(r: *mut ngx_http_request_t, status: u16, body: &'static str) -> ngx_int_t {
+pub unsafe fn send(
+    r: *mut ngx_http_request_t,
+    status: u16,
+    content_type: ngx_str_t,
+    body: Body<'_>,
+) -> ngx_int_t {
+    let len = match body {
+        Body::Static(text) => text.len(),
+        Body::Copied(bytes) => bytes.len(),
+    };
     // SAFETY: see the function's contract.
     unsafe {
         let out = &mut (*r).headers_out;
         out.status = ngx_uint_t::from(status);
-        out.content_type = ngx_string!("text/plain");
-        out.content_type_len = out.content_type.len;
-        out.content_length_n = body.len() as i64;
+        out.content_type = content_type;
+        out.content_type_len = content_type.len;
+        out.content_length_n = len as i64;
 
         let mut rc = ngx_http_send_header(r);
         if rc != NGX_ERROR as ngx_int_t && rc <= NGX_OK as ngx_int_t && (*r).header_only() == 0 {
-            rc = match Pool::from_ngx_pool((*r).pool).create_buffer_from_static_str(body) {
-                Some(mut buf) => {
-                    buf.set_last_buf(true);
-                    buf.set_last_in_chain(true);
-                    let mut chain =
-                        ngx_chain_t { buf: buf.as_ngx_buf_mut(), next: ptr::null_mut() };
+            let pool = Pool::from_ngx_pool((*r).pool);
+            let buf = match body {
+                Body::Static(text) => pool.create_buffer_from_static_str(text).map(|mut b| {
+                    b.set_last_buf(true);
+                    b.as_ngx_buf_mut()
+                }),
+                Body::Copied(bytes) => pool.create_buffer(bytes.len()).map(|mut b| {
+                    let buf = b.as_ngx_buf_mut();
+                    ptr::copy_nonoverlapping(bytes.as_ptr(), (*buf).last, bytes.len());
+                    (*buf).last = (*buf).last.add(bytes.len());
+                    b.set_last_buf(true);
+                    buf
+                }),
+            };
+            rc = match buf {
+                Some(buf) => {
+                    (*buf).set_last_in_chain(1);
+                    let mut chain = ngx_chain_t { buf, next: ptr::null_mut() };
                     ngx_http_output_filter(r, &mut chain)
                 }
                 None => NGX_ERROR as ngx_int_t,
             };
         }
-        // The phase checker would take NGX_OK as "go on to the content phase": finalize here.
+        // A phase checker would take NGX_OK as "go on to the content phase": finalize here.
         ngx_http_finalize_request(r, rc);
     }
     NGX_DONE as ngx_int_t

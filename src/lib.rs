@@ -4,8 +4,10 @@
 //! - [`sale`]: the decision (window, draw, cap) and [`parse`]: directive values. No FFI.
 //! - [`zone`]: the permit table in shared memory, and `slab`: nginx's slab pool under it.
 //! - `module`, `conf`, `handler`, `variables`: the nginx glue (the module, directives, phase
-//!   handler, variables).
+//!   handler, variables); `endpoints` and [`metrics`]: the metrics endpoint and its text.
 
+pub mod api;
+pub mod metrics;
 pub mod parse;
 pub mod sale;
 pub mod zone;
@@ -14,6 +16,8 @@ pub mod zone;
 // tests build without it; the t/ suite tests it inside nginx.
 #[cfg(not(test))]
 mod conf;
+#[cfg(not(test))]
+mod endpoints;
 #[cfg(not(test))]
 mod handler;
 #[cfg(not(test))]

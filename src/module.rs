@@ -4,9 +4,9 @@ use core::ffi::c_void;
 use core::ptr::{addr_of, addr_of_mut};
 
 use nginx_sys::{ngx_http_module_t, ngx_module_t, NGX_HTTP_MODULE};
-use ngx::http::{HttpModule, HttpModuleLocationConf};
+use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
 
-use crate::conf::{self, LocConf};
+use crate::conf::{self, LocConf, MainConf};
 use crate::{handler, variables};
 
 pub(crate) struct FlashSaleModule;
@@ -15,6 +15,11 @@ impl HttpModule for FlashSaleModule {
     fn module() -> &'static ngx_module_t {
         module()
     }
+}
+
+// SAFETY: the main configuration this module creates is a `MainConf`.
+unsafe impl HttpModuleMainConf for FlashSaleModule {
+    type MainConf = MainConf;
 }
 
 // SAFETY: the location configuration this module creates is a `LocConf`.
@@ -35,7 +40,7 @@ pub(crate) fn module_tag() -> *mut c_void {
 static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     preconfiguration: Some(variables::register),
     postconfiguration: Some(handler::register),
-    create_main_conf: None,
+    create_main_conf: Some(FlashSaleModule::create_main_conf),
     init_main_conf: None,
     create_srv_conf: None,
     merge_srv_conf: None,

@@ -90,6 +90,19 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// The proleptic Gregorian date of a day since 1970-01-01 (Howard Hinnant's algorithm).
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
 /// Parses a permit cap: a whole number of permits, 0 or more.
 pub fn cap(s: &str) -> Option<u64> {
     if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
@@ -102,6 +115,34 @@ pub fn cap(s: &str) -> Option<u64> {
 pub fn reject_status(s: &str) -> Option<u16> {
     let status: u16 = s.parse().ok().filter(|_| s.bytes().all(|c| c.is_ascii_digit()))?;
     (400..=599).contains(&status).then_some(status)
+}
+
+/// Parses a time span as nginx writes it (`30s`, `10m`, `2h`, `1d`, `500ms`; bare seconds)
+/// into milliseconds; more than zero.
+pub fn duration_ms(s: &str) -> Option<i64> {
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = s.split_at(digits);
+    let scale = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    let ms = number.parse::<i64>().ok()?.checked_mul(scale)?;
+    (ms > 0).then_some(ms)
+}
+
+/// Parses a log level name as `limit_req_log_level` takes it; nginx's numbering.
+pub fn log_level(s: &str) -> Option<usize> {
+    match s {
+        "error" => Some(4),
+        "warn" => Some(5),
+        "notice" => Some(6),
+        "info" => Some(7),
+        _ => None,
+    }
 }
 
 /// Parses a size as nginx writes it: bytes, or a number followed by `k`/`K` or `m`/`M`.
@@ -197,6 +238,16 @@ mod tests {
     }
 
     #[test]
+    fn civil_dates_round_trip() {
+        for days in [-1, 0, 59, 365, 11_016, 18_847, 19_417, 47_482] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
+        }
+        assert_eq!(civil_from_days(18_847), (2021, 8, 8));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
     fn caps() {
         assert_eq!(cap("0"), Some(0));
         assert_eq!(cap("3"), Some(3));
@@ -214,6 +265,27 @@ mod tests {
         for bad in ["399", "600", "200", "", "+503", "5o3", "-503"] {
             assert_eq!(reject_status(bad), None, "{bad:?} must be refused");
         }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration_ms("10m"), Some(600_000));
+        assert_eq!(duration_ms("30s"), Some(30_000));
+        assert_eq!(duration_ms("45"), Some(45_000));
+        assert_eq!(duration_ms("2h"), Some(7_200_000));
+        assert_eq!(duration_ms("1d"), Some(86_400_000));
+        assert_eq!(duration_ms("250ms"), Some(250));
+        for bad in ["", "0", "0s", "-1m", "10x", "m", "1.5m", "10 m", "99999999999999999999d"] {
+            assert_eq!(duration_ms(bad), None, "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn log_levels() {
+        assert_eq!(log_level("info"), Some(7));
+        assert_eq!(log_level("error"), Some(4));
+        assert_eq!(log_level("debug"), None);
+        assert_eq!(log_level("ERROR"), None);
     }
 
     #[test]

@@ -27,7 +27,41 @@ pub enum Outcome {
     Admitted,
 }
 
+/// Counters per zone: one per outcome, and one per outcome in dry run.
+pub const COUNTED: usize = 2 * Outcome::ALL.len();
+
 impl Outcome {
+    pub const ALL: [Outcome; 8] = [
+        Outcome::NoKey,
+        Outcome::KeyTooLong,
+        Outcome::NotStarted,
+        Outcome::Ended,
+        Outcome::Permitted,
+        Outcome::SoldOut,
+        Outcome::Blocked,
+        Outcome::Admitted,
+    ];
+
+    /// The outcome's counter in a zone's statistics.
+    pub const fn counter(self, dry_run: bool) -> usize {
+        self as usize + if dry_run { Outcome::ALL.len() } else { 0 }
+    }
+
+    /// The name in `$flash_sale_status`: with `_DRY_RUN` for a rejection that dry run let pass.
+    pub const fn name(self, dry_run: bool) -> &'static str {
+        if !dry_run || self.passes() {
+            return self.as_str();
+        }
+        match self {
+            Outcome::NoKey => "NO_KEY_DRY_RUN",
+            Outcome::KeyTooLong => "KEY_TOO_LONG_DRY_RUN",
+            Outcome::NotStarted => "NOT_STARTED_DRY_RUN",
+            Outcome::Ended => "ENDED_DRY_RUN",
+            Outcome::SoldOut => "SOLD_OUT_DRY_RUN",
+            _ => "BLOCKED_DRY_RUN",
+        }
+    }
+
     /// The name used in `$flash_sale_status`, logs and response bodies.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -130,7 +164,11 @@ impl BlockRatio {
         if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
             return None;
         }
-        let ratio: f64 = s.parse().ok()?;
+        BlockRatio::new(s.parse().ok()?)
+    }
+
+    /// A ratio from a number, if it is from 0 to 1.
+    pub fn new(ratio: f64) -> Option<BlockRatio> {
         (0.0..=1.0).contains(&ratio).then_some(BlockRatio(ratio))
     }
 
@@ -163,8 +201,8 @@ pub struct Sale {
 /// What the store says about a key before the draw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lookup {
-    /// The key holds a permit.
-    Permitted,
+    /// The key holds permit number .0.
+    Permitted(u64),
     /// No permit for the key, and the cap is reached.
     SoldOut,
     /// No permit for the key, and room under the cap: the key may draw.
@@ -174,10 +212,10 @@ pub enum Lookup {
 /// What the store did when asked to admit a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admission {
-    /// A new permit was stored.
-    Admitted,
-    /// The key already held one (another worker admitted it in the meantime).
-    Permitted,
+    /// A new permit, number .0, was stored.
+    Admitted(u64),
+    /// The key already held permit .0 (another worker admitted it in the meantime).
+    Permitted(u64),
     /// The cap was reached first.
     SoldOut,
     /// The zone had no memory for another permit.
@@ -192,6 +230,19 @@ pub trait PermitStore {
     fn admit(&mut self, key: &[u8], cap: Cap) -> Admission;
 }
 
+/// The outcome of a request, and the number of the permit it passed with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub outcome: Outcome,
+    pub seq: Option<u64>,
+}
+
+impl From<Outcome> for Verdict {
+    fn from(outcome: Outcome) -> Verdict {
+        Verdict { outcome, seq: None }
+    }
+}
+
 /// Decides one request, in the documented order: key, window, permit, cap, draw, admission.
 ///
 /// `draw` is called at most once, and only when the ratio can block someone, so the common
@@ -202,53 +253,59 @@ pub fn decide<S: PermitStore>(
     now_ms: i64,
     draw: impl FnOnce() -> f64,
     store: &mut S,
-) -> Outcome {
+) -> Verdict {
+    let passed = |outcome, seq| Verdict { outcome, seq: Some(seq) };
     if key.is_empty() {
-        return Outcome::NoKey;
+        return Outcome::NoKey.into();
     }
     if key.len() > MAX_KEY_LEN {
-        return Outcome::KeyTooLong;
+        return Outcome::KeyTooLong.into();
     }
     match sale.window.check(now_ms) {
-        Err(Closed::NotStarted) => return Outcome::NotStarted,
-        Err(Closed::Ended) => return Outcome::Ended,
+        Err(Closed::NotStarted) => return Outcome::NotStarted.into(),
+        Err(Closed::Ended) => return Outcome::Ended.into(),
         Ok(()) => {}
     }
     if sale.block_ratio.can_block() {
         match store.lookup(key, sale.cap) {
-            Lookup::Permitted => return Outcome::Permitted,
-            Lookup::SoldOut => return Outcome::SoldOut,
-            Lookup::Open if sale.block_ratio.blocks(draw()) => return Outcome::Blocked,
+            Lookup::Permitted(seq) => return passed(Outcome::Permitted, seq),
+            Lookup::SoldOut => return Outcome::SoldOut.into(),
+            Lookup::Open if sale.block_ratio.blocks(draw()) => return Outcome::Blocked.into(),
             Lookup::Open => {}
         }
     }
     // Admission repeats the permit and cap checks under the same lock as the insert, so two
     // workers racing for the last permit cannot both win it.
     match store.admit(key, sale.cap) {
-        Admission::Admitted => Outcome::Admitted,
-        Admission::Permitted => Outcome::Permitted,
-        Admission::SoldOut | Admission::ZoneFull => Outcome::SoldOut,
+        Admission::Admitted(seq) => passed(Outcome::Admitted, seq),
+        Admission::Permitted(seq) => passed(Outcome::Permitted, seq),
+        Admission::SoldOut | Admission::ZoneFull => Outcome::SoldOut.into(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashSet;
 
     /// A store with the real semantics and none of the memory: a set and a count.
     #[derive(Default)]
     struct SetStore {
-        permits: HashSet<Vec<u8>>,
+        permits: Vec<Vec<u8>>,
         room: Option<usize>,
         lookups: usize,
+    }
+
+    impl SetStore {
+        fn seq(&self, key: &[u8]) -> Option<u64> {
+            self.permits.iter().position(|p| p == key).map(|i| i as u64 + 1)
+        }
     }
 
     impl PermitStore for SetStore {
         fn lookup(&mut self, key: &[u8], cap: Cap) -> Lookup {
             self.lookups += 1;
-            if self.permits.contains(key) {
-                Lookup::Permitted
+            if let Some(seq) = self.seq(key) {
+                Lookup::Permitted(seq)
             } else if cap.is_some_and(|cap| self.permits.len() as u64 >= cap) {
                 Lookup::SoldOut
             } else {
@@ -257,21 +314,31 @@ mod tests {
         }
 
         fn admit(&mut self, key: &[u8], cap: Cap) -> Admission {
-            if self.permits.contains(key) {
-                Admission::Permitted
+            if let Some(seq) = self.seq(key) {
+                Admission::Permitted(seq)
             } else if cap.is_some_and(|cap| self.permits.len() as u64 >= cap) {
                 Admission::SoldOut
             } else if self.room.is_some_and(|room| self.permits.len() >= room) {
                 Admission::ZoneFull
             } else {
-                self.permits.insert(key.to_vec());
-                Admission::Admitted
+                self.permits.push(key.to_vec());
+                Admission::Admitted(self.permits.len() as u64)
             }
         }
     }
 
     fn sale(ratio: f64, cap: Cap) -> Sale {
         Sale { window: Window::default(), block_ratio: BlockRatio(ratio), cap }
+    }
+
+    fn outcome(
+        sale: &Sale,
+        key: &[u8],
+        now_ms: i64,
+        draw: impl FnOnce() -> f64,
+        store: &mut SetStore,
+    ) -> Outcome {
+        decide(sale, key, now_ms, draw, store).outcome
     }
 
     fn never_drawn() -> f64 {
@@ -323,55 +390,81 @@ mod tests {
     fn empty_and_oversized_keys_never_reach_the_store() {
         let mut store = SetStore::default();
         let s = sale(0.0, None);
-        assert_eq!(decide(&s, b"", 0, never_drawn, &mut store), Outcome::NoKey);
+        assert_eq!(outcome(&s, b"", 0, never_drawn, &mut store), Outcome::NoKey);
         let long = vec![b'k'; MAX_KEY_LEN + 1];
-        assert_eq!(decide(&s, &long, 0, never_drawn, &mut store), Outcome::KeyTooLong);
+        assert_eq!(outcome(&s, &long, 0, never_drawn, &mut store), Outcome::KeyTooLong);
         let longest = vec![b'k'; MAX_KEY_LEN];
-        assert_eq!(decide(&s, &longest, 0, never_drawn, &mut store), Outcome::Admitted);
+        assert_eq!(outcome(&s, &longest, 0, never_drawn, &mut store), Outcome::Admitted);
         assert_eq!(store.permits.len(), 1);
     }
 
     #[test]
     fn closed_window_turns_away_even_permit_holders() {
         let mut store = SetStore::default();
-        store.permits.insert(b"alice".to_vec());
+        store.permits.push(b"alice".to_vec());
         let mut s = sale(0.0, None);
         s.window = Window { start_ms: Some(100), end_ms: Some(200) };
-        assert_eq!(decide(&s, b"alice", 99, never_drawn, &mut store), Outcome::NotStarted);
-        assert_eq!(decide(&s, b"alice", 200, never_drawn, &mut store), Outcome::Ended);
-        assert_eq!(decide(&s, b"alice", 150, never_drawn, &mut store), Outcome::Permitted);
+        assert_eq!(outcome(&s, b"alice", 99, never_drawn, &mut store), Outcome::NotStarted);
+        assert_eq!(outcome(&s, b"alice", 200, never_drawn, &mut store), Outcome::Ended);
+        assert_eq!(outcome(&s, b"alice", 150, never_drawn, &mut store), Outcome::Permitted);
     }
 
     #[test]
     fn lucky_once_lucky_always() {
         let mut store = SetStore::default();
         let s = sale(0.5, None);
-        assert_eq!(decide(&s, b"alice", 0, || 0.9, &mut store), Outcome::Admitted);
+        assert_eq!(outcome(&s, b"alice", 0, || 0.9, &mut store), Outcome::Admitted);
         // Later draws would all block, but alice never draws again.
         for _ in 0..10 {
-            assert_eq!(decide(&s, b"alice", 0, never_drawn, &mut store), Outcome::Permitted);
+            assert_eq!(outcome(&s, b"alice", 0, never_drawn, &mut store), Outcome::Permitted);
         }
-        assert_eq!(decide(&s, b"bob", 0, || 0.1, &mut store), Outcome::Blocked);
-        assert!(!store.permits.contains(&b"bob"[..]));
+        assert_eq!(outcome(&s, b"bob", 0, || 0.1, &mut store), Outcome::Blocked);
+        assert!(!store.permits.iter().any(|p| p == b"bob"));
+    }
+
+    #[test]
+    fn passing_verdicts_carry_the_permit_number() {
+        let mut store = SetStore::default();
+        let s = sale(0.5, None);
+        let admitted = decide(&s, b"a", 0, || 0.9, &mut store);
+        assert_eq!(admitted, Verdict { outcome: Outcome::Admitted, seq: Some(1) });
+        assert_eq!(decide(&s, b"b", 0, || 0.9, &mut store).seq, Some(2));
+        assert_eq!(decide(&s, b"a", 0, never_drawn, &mut store).seq, Some(1));
+        assert_eq!(decide(&s, b"c", 0, || 0.1, &mut store), Outcome::Blocked.into());
+    }
+
+    #[test]
+    fn counters_and_dry_run_names() {
+        let mut slots: Vec<usize> =
+            Outcome::ALL.iter().flat_map(|o| [o.counter(false), o.counter(true)]).collect();
+        slots.sort_unstable();
+        assert_eq!(slots, (0..COUNTED).collect::<Vec<_>>());
+        assert_eq!(Outcome::Blocked.name(true), "BLOCKED_DRY_RUN");
+        assert_eq!(Outcome::SoldOut.name(true), "SOLD_OUT_DRY_RUN");
+        assert_eq!(Outcome::Admitted.name(true), "ADMITTED");
+        assert_eq!(Outcome::Blocked.name(false), "BLOCKED");
+        for o in Outcome::ALL {
+            assert!(o.name(true).starts_with(o.as_str()));
+        }
     }
 
     #[test]
     fn ratio_zero_admits_without_a_draw_or_a_lookup() {
         let mut store = SetStore::default();
         let s = sale(0.0, None);
-        assert_eq!(decide(&s, b"a", 0, never_drawn, &mut store), Outcome::Admitted);
-        assert_eq!(decide(&s, b"a", 0, never_drawn, &mut store), Outcome::Permitted);
+        assert_eq!(outcome(&s, b"a", 0, never_drawn, &mut store), Outcome::Admitted);
+        assert_eq!(outcome(&s, b"a", 0, never_drawn, &mut store), Outcome::Permitted);
         assert_eq!(store.lookups, 0);
     }
 
     #[test]
     fn ratio_one_admits_nobody_new_but_keeps_winners() {
         let mut store = SetStore::default();
-        store.permits.insert(b"winner".to_vec());
+        store.permits.push(b"winner".to_vec());
         let s = sale(1.0, None);
-        assert_eq!(decide(&s, b"new", 0, || 0.0, &mut store), Outcome::Blocked);
-        assert_eq!(decide(&s, b"new", 0, || 0.999_999, &mut store), Outcome::Blocked);
-        assert_eq!(decide(&s, b"winner", 0, never_drawn, &mut store), Outcome::Permitted);
+        assert_eq!(outcome(&s, b"new", 0, || 0.0, &mut store), Outcome::Blocked);
+        assert_eq!(outcome(&s, b"new", 0, || 0.999_999, &mut store), Outcome::Blocked);
+        assert_eq!(outcome(&s, b"winner", 0, never_drawn, &mut store), Outcome::Permitted);
     }
 
     #[test]
@@ -379,28 +472,31 @@ mod tests {
         let mut store = SetStore::default();
         let s = sale(0.0, Some(3));
         for key in [&b"u1"[..], b"u2", b"u3"] {
-            assert_eq!(decide(&s, key, 0, never_drawn, &mut store), Outcome::Admitted);
+            assert_eq!(outcome(&s, key, 0, never_drawn, &mut store), Outcome::Admitted);
         }
-        assert_eq!(decide(&s, b"u4", 0, never_drawn, &mut store), Outcome::SoldOut);
-        assert_eq!(decide(&s, b"u2", 0, never_drawn, &mut store), Outcome::Permitted);
+        assert_eq!(outcome(&s, b"u4", 0, never_drawn, &mut store), Outcome::SoldOut);
+        assert_eq!(outcome(&s, b"u2", 0, never_drawn, &mut store), Outcome::Permitted);
         let drawing = sale(0.5, Some(3));
-        assert_eq!(decide(&drawing, b"u5", 0, never_drawn, &mut store), Outcome::SoldOut);
+        assert_eq!(outcome(&drawing, b"u5", 0, never_drawn, &mut store), Outcome::SoldOut);
         assert_eq!(store.permits.len(), 3);
     }
 
     #[test]
     fn cap_zero_sells_nothing() {
         let mut store = SetStore::default();
-        assert_eq!(decide(&sale(0.0, Some(0)), b"a", 0, never_drawn, &mut store), Outcome::SoldOut);
+        assert_eq!(
+            outcome(&sale(0.0, Some(0)), b"a", 0, never_drawn, &mut store),
+            Outcome::SoldOut
+        );
     }
 
     #[test]
     fn a_full_zone_answers_sold_out() {
         let mut store = SetStore { room: Some(1), ..SetStore::default() };
         let s = sale(0.0, None);
-        assert_eq!(decide(&s, b"a", 0, never_drawn, &mut store), Outcome::Admitted);
-        assert_eq!(decide(&s, b"b", 0, never_drawn, &mut store), Outcome::SoldOut);
-        assert_eq!(decide(&s, b"a", 0, never_drawn, &mut store), Outcome::Permitted);
+        assert_eq!(outcome(&s, b"a", 0, never_drawn, &mut store), Outcome::Admitted);
+        assert_eq!(outcome(&s, b"b", 0, never_drawn, &mut store), Outcome::SoldOut);
+        assert_eq!(outcome(&s, b"a", 0, never_drawn, &mut store), Outcome::Permitted);
     }
 
     #[test]
@@ -412,7 +508,7 @@ mod tests {
         let admitted = (0..10_000u32)
             .filter(|i| {
                 let key = i.to_le_bytes();
-                decide(&s, &key, 0, || rng.random::<f64>(), &mut store) == Outcome::Admitted
+                outcome(&s, &key, 0, || rng.random::<f64>(), &mut store) == Outcome::Admitted
             })
             .count();
         assert!((5_700..=6_300).contains(&admitted), "admitted {admitted} of 10000");

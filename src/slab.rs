@@ -19,6 +19,13 @@ impl Arena for LockedSlabPool {
         // The pool is locked: this is `ngx_slab_alloc_locked`.
         Allocator::allocate(self, layout).ok().map(NonNull::cast)
     }
+
+    unsafe fn free(&self, p: NonNull<u8>, size: usize) {
+        if let Ok(layout) = Layout::from_size_align(size, align_of::<usize>()) {
+            // SAFETY: `p` came from `alloc(size)` on this locked pool: `ngx_slab_free_locked`.
+            unsafe { Allocator::deallocate(self, p, layout) }
+        }
+    }
 }
 
 impl Shared for SlabPool {

@@ -2,22 +2,47 @@
 
 use nginx_sys::{
     ngx_conf_t, ngx_http_add_variable, ngx_http_request_t, ngx_http_variable_value_t, ngx_int_t,
-    ngx_uint_t, NGX_ERROR, NGX_HTTP_VAR_NOCACHEABLE, NGX_OK,
+    ngx_str_t, ngx_uint_t, NGX_ERROR, NGX_HTTP_VAR_NOCACHEABLE, NGX_OK,
 };
 use ngx::ngx_string;
 
 use crate::handler::recorded;
 
+type Getter = unsafe extern "C" fn(
+    *mut ngx_http_request_t,
+    *mut ngx_http_variable_value_t,
+    usize,
+) -> ngx_int_t;
+
 /// Declares the module's variables (preconfiguration).
 pub unsafe extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
-    let mut name = ngx_string!("flash_sale_status");
-    let flags = NGX_HTTP_VAR_NOCACHEABLE as ngx_uint_t;
-    // SAFETY: `cf` is valid during preconfiguration; nginx copies the name.
-    let Some(var) = (unsafe { ngx_http_add_variable(cf, &mut name, flags).as_mut() }) else {
-        return NGX_ERROR as ngx_int_t;
-    };
-    var.get_handler = Some(status_variable);
+    let variables: [(ngx_str_t, Getter); 2] = [
+        (ngx_string!("flash_sale_status"), status_variable),
+        (ngx_string!("flash_sale_seq"), seq_variable),
+    ];
+    for (mut name, getter) in variables {
+        let flags = NGX_HTTP_VAR_NOCACHEABLE as ngx_uint_t;
+        // SAFETY: `cf` is valid during preconfiguration; nginx copies the name.
+        let Some(var) = (unsafe { ngx_http_add_variable(cf, &mut name, flags).as_mut() }) else {
+            return NGX_ERROR as ngx_int_t;
+        };
+        var.get_handler = Some(getter);
+    }
     NGX_OK as ngx_int_t
+}
+
+/// Fills `v` with `bytes`, which outlive the request; not found for `None`.
+fn set_value(v: &mut ngx_http_variable_value_t, bytes: Option<&[u8]>) {
+    match bytes {
+        Some(bytes) => {
+            v.data = bytes.as_ptr().cast_mut();
+            v.set_len(bytes.len() as _);
+            v.set_valid(1);
+            v.set_no_cacheable(0);
+            v.set_not_found(0);
+        }
+        None => v.set_not_found(1),
+    }
 }
 
 /// Not found until the gate has decided, like `$limit_req_status`.
@@ -27,17 +52,28 @@ unsafe extern "C" fn status_variable(
     _data: usize,
 ) -> ngx_int_t {
     // SAFETY: nginx passes a live request and a value slot to fill.
-    let (outcome, v) = unsafe { (recorded((*r).main), &mut *v) };
-    match outcome {
-        Some(outcome) => {
-            let name = outcome.as_str();
-            v.data = name.as_ptr().cast_mut();
-            v.set_len(name.len() as _);
-            v.set_valid(1);
-            v.set_no_cacheable(0);
-            v.set_not_found(0);
-        }
-        None => v.set_not_found(1),
+    let (decision, v) = unsafe { (recorded((*r).main), &mut *v) };
+    set_value(v, decision.map(|d| d.outcome.name(d.dry_run).as_bytes()));
+    NGX_OK as ngx_int_t
+}
+
+/// The number of the permit the request passed with; not found otherwise.
+unsafe extern "C" fn seq_variable(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_http_variable_value_t,
+    _data: usize,
+) -> ngx_int_t {
+    // SAFETY: nginx passes a live request and a value slot to fill.
+    let (decision, v) = unsafe { (recorded((*r).main), &mut *v) };
+    let Some(seq) = decision.map(|d| d.seq).filter(|&seq| seq != 0) else {
+        v.set_not_found(1);
+        return NGX_OK as ngx_int_t;
+    };
+    let digits = seq.to_string();
+    // SAFETY: the copy lives in the request's pool, as long as the value is used.
+    match unsafe { ngx_str_t::from_bytes((*r).pool, digits.as_bytes()) } {
+        Some(copy) => set_value(v, Some(copy.as_bytes())),
+        None => return NGX_ERROR as ngx_int_t,
     }
     NGX_OK as ngx_int_t
 }

@@ -5,22 +5,33 @@
 //! allocation holding its header and the whole key, so a lookup touches one bucket slot and
 //! the permits in that bucket's chain, and nothing else.
 //!
+//! Besides its bucket chain, every permit sits on one of two lists: permits with an expiry, in
+//! order of expiry, and permits without, in order of admission. Expired permits are taken off
+//! the front of the first list before each look at the cap, so they stop counting the moment
+//! they expire, and no request ever scans the zone.
+//!
 //! The memory and the lock come from a [`Shared`] region: nginx's slab pool and its `ngx_shmtx`
 //! in a worker (see `slab.rs`), the heap and a `Mutex` in the unit tests below. Everything here
-//! runs under that lock, so the pointer code only has to be right for one writer at a time.
+//! runs under that lock, except the statistics and overrides, which are atomics.
 
 use core::hash::Hasher;
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use siphasher::sip::SipHasher13;
 
-use crate::sale::{Admission, Cap, Lookup, PermitStore};
+use crate::sale::{Admission, Cap, Lookup, PermitStore, Sale, COUNTED};
 
 /// Allocation inside a locked region.
 pub trait Arena {
     /// Allocates `size` bytes aligned for a pointer, or `None` when the region is full.
     fn alloc(&self, size: usize) -> Option<NonNull<u8>>;
+    /// Gives back what `alloc` returned.
+    ///
+    /// # Safety
+    /// `p` came from this arena's `alloc(size)` and is not used afterwards.
+    unsafe fn free(&self, p: NonNull<u8>, size: usize);
 }
 
 /// A region of shared memory with a lock; locking yields the region's arena.
@@ -33,7 +44,115 @@ pub trait Shared {
 
 /// Tells a table laid out by one build of the module from one it cannot read, so that a
 /// reload with a changed layout fails loudly instead of reading garbage.
-const LAYOUT_MAGIC: u64 = 0x464c_5348_5341_4c01; // "FLSHSAL" + version 1
+const LAYOUT_MAGIC: u64 = 0x464c_5348_5341_4c02; // "FLSHSAL" + version 2
+
+/// Counters kept in the zone, exact across workers, updated without the lock.
+#[repr(C)]
+#[derive(Default)]
+pub struct Stats {
+    /// Requests decided, by outcome and dry run: see [`crate::sale::Outcome::counter`].
+    pub requests: [AtomicU64; COUNTED],
+    pub granted: AtomicU64,
+    pub revoked: AtomicU64,
+    pub expired: AtomicU64,
+}
+
+impl Stats {
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Sale settings changed at run time (the admin API's PATCH); they win over the configuration.
+#[repr(C)]
+#[derive(Default)]
+pub struct Overrides {
+    /// Which fields are set: one bit per field, written last, read first.
+    set: AtomicU64,
+    block_ratio: AtomicU64,
+    max_permits: AtomicU64,
+    start_ms: AtomicI64,
+    end_ms: AtomicI64,
+}
+
+/// One override field: `None` leaves it as it is, `Some(None)` clears it.
+pub type Change<T> = Option<Option<T>>;
+
+const RATIO: u64 = 1;
+const CAP: u64 = 2;
+const START: u64 = 4;
+const END: u64 = 8;
+
+impl Overrides {
+    /// The configured sale with the overrides applied.
+    pub fn apply(&self, mut sale: Sale) -> Sale {
+        let set = self.set.load(Ordering::Acquire);
+        if set == 0 {
+            return sale;
+        }
+        if set & RATIO != 0 {
+            let bits = self.block_ratio.load(Ordering::Relaxed);
+            if let Some(ratio) = crate::sale::BlockRatio::new(f64::from_bits(bits)) {
+                sale.block_ratio = ratio;
+            }
+        }
+        if set & CAP != 0 {
+            sale.cap = Some(self.max_permits.load(Ordering::Relaxed));
+        }
+        if set & START != 0 {
+            sale.window.start_ms = Some(self.start_ms.load(Ordering::Relaxed));
+        }
+        if set & END != 0 {
+            sale.window.end_ms = Some(self.end_ms.load(Ordering::Relaxed));
+        }
+        sale
+    }
+
+    /// The overrides now: ratio, cap, start, end.
+    pub fn get(&self) -> (Option<f64>, Option<u64>, Option<i64>, Option<i64>) {
+        let set = self.set.load(Ordering::Acquire);
+        let has = |bit| set & bit != 0;
+        (
+            has(RATIO).then(|| f64::from_bits(self.block_ratio.load(Ordering::Relaxed))),
+            has(CAP).then(|| self.max_permits.load(Ordering::Relaxed)),
+            has(START).then(|| self.start_ms.load(Ordering::Relaxed)),
+            has(END).then(|| self.end_ms.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// Changes some fields; the caller holds the zone's lock, so changes do not interleave.
+    pub fn change(
+        &self,
+        ratio: Change<f64>,
+        cap: Change<u64>,
+        start: Change<i64>,
+        end: Change<i64>,
+    ) {
+        fn update<T>(set: &mut u64, bit: u64, change: Change<T>, store: impl FnOnce(T)) {
+            match change {
+                Some(Some(value)) => {
+                    store(value);
+                    *set |= bit;
+                }
+                Some(None) => *set &= !bit,
+                None => {}
+            }
+        }
+        let mut set = self.set.load(Ordering::Relaxed);
+        update(&mut set, RATIO, ratio, |v| self.block_ratio.store(v.to_bits(), Ordering::Relaxed));
+        update(&mut set, CAP, cap, |v| self.max_permits.store(v, Ordering::Relaxed));
+        update(&mut set, START, start, |v| self.start_ms.store(v, Ordering::Relaxed));
+        update(&mut set, END, end, |v| self.end_ms.store(v, Ordering::Relaxed));
+        self.set.store(set, Ordering::Release);
+    }
+}
+
+/// A list of permits, through their `prev` and `next` links.
+#[repr(C)]
+struct List {
+    head: *mut Permit,
+    tail: *mut Permit,
+}
 
 /// The table's header, at the start of the zone's first allocation; the buckets follow it.
 #[repr(C)]
@@ -43,7 +162,7 @@ pub struct PermitTable {
     sip_key: [u64; 2],
     /// Permits stored now; compared with the cap.
     permits: u64,
-    /// The number the next permit gets (1, 2, 3 ... in the order of admission).
+    /// The number the next permit gets (1, 2, 3 ... in the order of admission, never reused).
     next_seq: u64,
     /// Set when an allocation first fails, so that "zone is full" is logged once.
     full_reported: u64,
@@ -51,17 +170,41 @@ pub struct PermitTable {
     /// can refuse a changed key without reading the previous cycle's configuration.
     key_spec: *const u8,
     key_spec_len: usize,
+    /// Permits with an expiry, soonest first.
+    timed: List,
+    /// Permits without one, oldest first.
+    untimed: List,
+    pub stats: Stats,
+    pub overrides: Overrides,
     mask: u64,
 }
 
-/// One permit: this header, then `key_len` bytes of key.
+/// One permit: this header, then `key_len` bytes of key. 56 bytes, so that a 40-byte key
+/// fits a 128-byte slab chunk and a 200-byte key a 256-byte one.
 #[repr(C)]
 struct Permit {
+    /// The next permit in the same bucket.
     next: *mut Permit,
-    hash: u64,
+    /// Neighbours on the permit's list (`timed` or `untimed`).
+    list_prev: *mut Permit,
+    list_next: *mut Permit,
     seq: u64,
     granted_ms: i64,
-    key_len: u32,
+    /// When the permit stops counting; 0 for never.
+    expires_ms: i64,
+    /// The low half of the key's hash: enough to pick the bucket (tables have far fewer than
+    /// 2^32 buckets) and to skip most key comparisons.
+    hash: u32,
+    key_len: u16,
+}
+
+/// A permit as the outside sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PermitInfo {
+    pub key: Vec<u8>,
+    pub seq: u64,
+    pub granted_ms: i64,
+    pub expires_ms: Option<i64>,
 }
 
 /// Bytes of zone memory a permit's allocation asks for, before the allocator rounds it up.
@@ -90,6 +233,7 @@ impl PermitTable {
             size_of::<Self>().checked_add(buckets.checked_mul(size_of::<*mut Permit>())?)?;
         let spec = arena.alloc(key_spec.len().max(1))?;
         let table = arena.alloc(bytes)?.cast::<Self>();
+        let empty = || List { head: ptr::null_mut(), tail: ptr::null_mut() };
         // SAFETY: the arena returned `bytes` writable, pointer-aligned bytes: room for the
         // header and the bucket array right after it, which we initialise here in full; `spec`
         // has room for the key expression.
@@ -103,6 +247,10 @@ impl PermitTable {
                 full_reported: 0,
                 key_spec: spec.as_ptr(),
                 key_spec_len: key_spec.len(),
+                timed: empty(),
+                untimed: empty(),
+                stats: Stats::default(),
+                overrides: Overrides::default(),
                 mask: buckets as u64 - 1,
             });
             let first = table.as_ptr().add(1).cast::<*mut Permit>();
@@ -118,7 +266,7 @@ impl PermitTable {
         self.magic == LAYOUT_MAGIC
     }
 
-    /// Permits stored now.
+    /// Permits stored now (expired ones may linger until the next locked step takes them off).
     pub fn permits(&self) -> u64 {
         self.permits
     }
@@ -148,7 +296,7 @@ impl PermitTable {
         unsafe {
             let mut p = *self.bucket(hash);
             while let Some(permit) = p.as_ref() {
-                if permit.hash == hash
+                if permit.hash == hash as u32
                     && permit.key_len as usize == key.len()
                     && permit_key(p) == key
                 {
@@ -160,27 +308,152 @@ impl PermitTable {
         None
     }
 
-    fn insert(&mut self, arena: &impl Arena, hash: u64, key: &[u8], now_ms: i64) -> Option<u64> {
-        let key_len = u32::try_from(key.len()).ok()?;
-        let memory = arena.alloc(permit_size(key.len()))?;
-        let permit = memory.cast::<Permit>().as_ptr();
+    /// Stores a new permit; `None` when the zone has no room for it.
+    fn insert(
+        &mut self,
+        arena: &impl Arena,
+        hash: u64,
+        key: &[u8],
+        now_ms: i64,
+        expires_ms: Option<i64>,
+    ) -> Option<u64> {
+        let key_len = u16::try_from(key.len()).ok()?;
+        let permit = arena.alloc(permit_size(key.len()))?.cast::<Permit>().as_ptr();
         let seq = self.next_seq;
         let bucket = self.bucket(hash);
         // SAFETY: the arena gave us `permit_size(key.len())` pointer-aligned bytes: the header
         // and the key after it. The bucket slot is valid (see `bucket`); linking at the head
         // keeps every chain null-terminated.
         unsafe {
-            permit.write(Permit { next: *bucket, hash, seq, granted_ms: now_ms, key_len });
+            permit.write(Permit {
+                next: *bucket,
+                list_prev: ptr::null_mut(),
+                list_next: ptr::null_mut(),
+                seq,
+                granted_ms: now_ms,
+                expires_ms: expires_ms.unwrap_or(0),
+                hash: hash as u32,
+                key_len,
+            });
             ptr::copy_nonoverlapping(key.as_ptr(), permit.add(1).cast::<u8>(), key.len());
             *bucket = permit;
+            self.link(permit);
         }
         self.next_seq += 1;
         self.permits += 1;
+        Stats::count(&self.stats.granted);
         Some(seq)
+    }
+
+    /// Puts a new permit on its list: the timed one in order of expiry (walking back from the
+    /// tail, which is where a permit with the common time-to-live belongs), else at the end.
+    ///
+    /// # Safety
+    /// `permit` is a fully written permit on no list; the lock is held.
+    unsafe fn link(&mut self, permit: *mut Permit) {
+        // SAFETY: see the function's contract; list links point to live permits or are null.
+        unsafe {
+            let expires = (*permit).expires_ms;
+            let list = if expires == 0 { &mut self.untimed } else { &mut self.timed };
+            let mut after = list.tail;
+            if expires != 0 {
+                while let Some(p) = after.as_ref() {
+                    if p.expires_ms <= expires {
+                        break;
+                    }
+                    after = p.list_prev;
+                }
+            }
+            let before = if after.is_null() { list.head } else { (*after).list_next };
+            (*permit).list_prev = after;
+            (*permit).list_next = before;
+            match after.as_mut() {
+                Some(a) => a.list_next = permit,
+                None => list.head = permit,
+            }
+            match before.as_mut() {
+                Some(b) => b.list_prev = permit,
+                None => list.tail = permit,
+            }
+        }
+    }
+
+    /// Takes a permit out of its chain and list and frees it.
+    ///
+    /// # Safety
+    /// `permit` is a permit of this table; the lock is held.
+    unsafe fn remove(&mut self, arena: &impl Arena, permit: NonNull<Permit>) {
+        let p = permit.as_ptr();
+        // SAFETY: see the function's contract; every link is valid or null.
+        unsafe {
+            let mut slot = self.bucket(u64::from((*p).hash));
+            while !(*slot).is_null() && *slot != p {
+                slot = &mut (**slot).next;
+            }
+            if *slot == p {
+                *slot = (*p).next;
+            }
+            let list = if (*p).expires_ms == 0 { &mut self.untimed } else { &mut self.timed };
+            match (*p).list_prev.as_mut() {
+                Some(prev) => prev.list_next = (*p).list_next,
+                None => list.head = (*p).list_next,
+            }
+            match (*p).list_next.as_mut() {
+                Some(next) => next.list_prev = (*p).list_prev,
+                None => list.tail = (*p).list_prev,
+            }
+            let size = permit_size((*p).key_len as usize);
+            arena.free(permit.cast(), size);
+        }
+        self.permits -= 1;
+        // Room again: the next time the zone fills up is worth a log line too.
+        self.full_reported = 0;
+    }
+
+    /// Takes expired permits off the front of the timed list; returns how many.
+    fn expire(&mut self, arena: &impl Arena, now_ms: i64) -> u64 {
+        let mut expired = 0;
+        // SAFETY: the head is a live permit or null; the lock is held.
+        while let Some(head) = NonNull::new(self.timed.head) {
+            if unsafe { head.as_ref() }.expires_ms > now_ms {
+                break;
+            }
+            // SAFETY: `head` is a permit of this table.
+            unsafe { self.remove(arena, head) };
+            expired += 1;
+        }
+        if expired > 0 {
+            self.stats.expired.fetch_add(expired, Ordering::Relaxed);
+        }
+        expired
     }
 
     fn under_cap(&self, cap: Cap) -> bool {
         cap.is_none_or(|cap| self.permits < cap)
+    }
+
+    /// The permit after `p` in list order: timed permits (soonest expiry first), then the
+    /// others (oldest first); the first permit when `p` is null.
+    fn next_in_order(&self, p: *const Permit) -> *mut Permit {
+        // SAFETY: `p` is null or a live permit of this table; the lock is held.
+        match unsafe { p.as_ref() } {
+            None if self.timed.head.is_null() => self.untimed.head,
+            None => self.timed.head,
+            Some(permit) if permit.list_next.is_null() && permit.expires_ms != 0 => {
+                self.untimed.head
+            }
+            Some(permit) => permit.list_next,
+        }
+    }
+
+    /// Permits in list order, starting after `after` (from the first when null).
+    fn permits_after(&self, after: *const Permit) -> impl Iterator<Item = NonNull<Permit>> + '_ {
+        let mut p = self.next_in_order(after);
+        core::iter::from_fn(move || {
+            let current = NonNull::new(p)?;
+            p = self.next_in_order(current.as_ptr());
+            Some(current)
+        })
     }
 }
 
@@ -193,19 +466,48 @@ unsafe fn permit_key<'a>(p: *const Permit) -> &'a [u8] {
     unsafe { core::slice::from_raw_parts(p.add(1).cast::<u8>(), (*p).key_len as usize) }
 }
 
-/// A table and the region it lives in, as the decision sees it: each call takes the lock once.
+fn info(permit: NonNull<Permit>) -> PermitInfo {
+    // SAFETY: callers hold the lock and pass a live permit.
+    let (p, key) = unsafe { (permit.as_ref(), permit_key(permit.as_ptr())) };
+    PermitInfo {
+        key: key.to_vec(),
+        seq: p.seq,
+        granted_ms: p.granted_ms,
+        expires_ms: (p.expires_ms != 0).then_some(p.expires_ms),
+    }
+}
+
+/// A table and the region it lives in: each call takes the lock once.
 pub struct ZoneStore<'a, S: Shared> {
     shared: &'a S,
     table: NonNull<PermitTable>,
     now_ms: i64,
+    ttl_ms: Option<i64>,
     newly_full: bool,
+}
+
+/// A key to grant a permit to, and the permit's time-to-live in milliseconds.
+pub type Grant = (Vec<u8>, Option<i64>);
+
+/// What granting a list of keys did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Grants {
+    pub granted: u64,
+    pub already: u64,
+    pub zone_full: u64,
 }
 
 impl<'a, S: Shared> ZoneStore<'a, S> {
     /// # Safety
     /// `table` was created by [`PermitTable::create`] inside `shared`, and stays mapped for `'a`.
     pub unsafe fn new(shared: &'a S, table: NonNull<PermitTable>, now_ms: i64) -> Self {
-        ZoneStore { shared, table, now_ms, newly_full: false }
+        ZoneStore { shared, table, now_ms, ttl_ms: None, newly_full: false }
+    }
+
+    /// Permits admitted through this store expire `ttl_ms` after admission.
+    pub fn with_ttl(mut self, ttl_ms: Option<i64>) -> Self {
+        self.ttl_ms = ttl_ms;
+        self
     }
 
     /// True once, for the request that first found the zone without room for a permit.
@@ -213,19 +515,90 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
         self.newly_full
     }
 
-    /// Permits stored now, read under the lock.
-    pub fn permits(&self) -> u64 {
-        let _locked = self.shared.lock();
-        // SAFETY: see `new`; the lock is held.
-        unsafe { self.table.as_ref().permits() }
+    /// The table's statistics and overrides, which need no lock.
+    pub fn table(&self) -> &'a PermitTable {
+        // SAFETY: see `new`; only the atomics and immutable fields are read without the lock.
+        unsafe { self.table.as_ref() }
     }
 
-    /// Runs `f` on the table with the lock held.
+    /// Permits stored now, read under the lock after taking expired ones off.
+    pub fn permits(&mut self) -> u64 {
+        self.with_table(|table, _| table.permits())
+    }
+
+    /// Runs `f` on the table with the lock held, after taking expired permits off.
     fn with_table<T>(&mut self, f: impl FnOnce(&mut PermitTable, &S::Locked<'_>) -> T) -> T {
         let locked = self.shared.lock();
         // SAFETY: see `new`; the lock serialises every access to the table across workers.
         let table = unsafe { self.table.as_mut() };
+        table.expire(&locked, self.now_ms);
         f(table, &locked)
+    }
+
+    /// One permit, if `key` holds one.
+    pub fn get(&mut self, key: &[u8]) -> Option<PermitInfo> {
+        self.with_table(|table, _| table.find(table.hash(key), key).map(info))
+    }
+
+    /// Up to `limit` permits, in list order, starting after the permit of `after`. `None` when
+    /// `after` holds no permit (any more).
+    pub fn list(&mut self, after: Option<&[u8]>, limit: usize) -> Option<Vec<PermitInfo>> {
+        self.with_table(|table, _| {
+            let start = match after {
+                Some(key) => table.find(table.hash(key), key)?.as_ptr().cast_const(),
+                None => ptr::null(),
+            };
+            Some(table.permits_after(start).take(limit).map(info).collect())
+        })
+    }
+
+    /// Grants permits to `keys` whatever the cap (an operator's decision); `ttl_ms` per key.
+    pub fn grant(&mut self, keys: &[Grant]) -> Grants {
+        let now_ms = self.now_ms;
+        self.with_table(|table, arena| {
+            let mut grants = Grants::default();
+            for (key, ttl_ms) in keys {
+                let hash = table.hash(key);
+                if table.find(hash, key).is_some() {
+                    grants.already += 1;
+                } else if table
+                    .insert(arena, hash, key, now_ms, ttl_ms.map(|t| now_ms + t))
+                    .is_some()
+                {
+                    grants.granted += 1;
+                } else {
+                    grants.zone_full += 1;
+                }
+            }
+            grants
+        })
+    }
+
+    /// Revokes the permit of `key`; false if it held none.
+    pub fn revoke(&mut self, key: &[u8]) -> bool {
+        self.with_table(|table, arena| match table.find(table.hash(key), key) {
+            Some(permit) => {
+                // SAFETY: `permit` was just found in this table.
+                unsafe { table.remove(arena, permit) };
+                Stats::count(&table.stats.revoked);
+                true
+            }
+            None => false,
+        })
+    }
+
+    /// Revokes every permit; returns how many there were.
+    pub fn clear(&mut self) -> u64 {
+        self.with_table(|table, arena| {
+            let mut revoked = 0;
+            while let Some(permit) = NonNull::new(table.next_in_order(ptr::null())) {
+                // SAFETY: `permit` is on one of this table's lists.
+                unsafe { table.remove(arena, permit) };
+                revoked += 1;
+            }
+            table.stats.revoked.fetch_add(revoked, Ordering::Relaxed);
+            revoked
+        })
     }
 }
 
@@ -233,8 +606,9 @@ impl<S: Shared> PermitStore for ZoneStore<'_, S> {
     fn lookup(&mut self, key: &[u8], cap: Cap) -> Lookup {
         self.with_table(|table, _| {
             let hash = table.hash(key);
-            if table.find(hash, key).is_some() {
-                Lookup::Permitted
+            if let Some(permit) = table.find(hash, key) {
+                // SAFETY: a permit found under the lock is live.
+                Lookup::Permitted(unsafe { permit.as_ref() }.seq)
             } else if table.under_cap(cap) {
                 Lookup::Open
             } else {
@@ -244,17 +618,18 @@ impl<S: Shared> PermitStore for ZoneStore<'_, S> {
     }
 
     fn admit(&mut self, key: &[u8], cap: Cap) -> Admission {
-        let now_ms = self.now_ms;
+        let (now_ms, ttl_ms) = (self.now_ms, self.ttl_ms);
         let (admission, newly_full) = self.with_table(|table, arena| {
             let hash = table.hash(key);
-            if table.find(hash, key).is_some() {
-                return (Admission::Permitted, false);
+            if let Some(permit) = table.find(hash, key) {
+                // SAFETY: a permit found under the lock is live.
+                return (Admission::Permitted(unsafe { permit.as_ref() }.seq), false);
             }
             if !table.under_cap(cap) {
                 return (Admission::SoldOut, false);
             }
-            match table.insert(arena, hash, key, now_ms) {
-                Some(_seq) => (Admission::Admitted, false),
+            match table.insert(arena, hash, key, now_ms, ttl_ms.map(|t| now_ms + t)) {
+                Some(seq) => (Admission::Admitted(seq), false),
                 None => {
                     let first = table.full_reported == 0;
                     table.full_reported = 1;
@@ -270,7 +645,7 @@ impl<S: Shared> PermitStore for ZoneStore<'_, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::alloc::{alloc, Layout};
+    use std::alloc::{alloc, dealloc, Layout};
     use std::cell::Cell;
     use std::sync::{Mutex, MutexGuard};
 
@@ -284,6 +659,9 @@ mod tests {
         fn new(budget: usize) -> Self {
             Heap { used: Mutex::new(Cell::new(0)), budget }
         }
+        fn used(&self) -> usize {
+            self.used.lock().unwrap().get()
+        }
     }
 
     struct HeapLocked<'a>(MutexGuard<'a, Cell<usize>>, usize);
@@ -295,10 +673,15 @@ mod tests {
                 return None;
             }
             self.0.set(used);
-            // The tests leak their tables; a few megabytes per test process.
             let layout = Layout::from_size_align(size, 8).ok()?;
             // SAFETY: `layout` has a non-zero size.
             NonNull::new(unsafe { alloc(layout) })
+        }
+
+        unsafe fn free(&self, p: NonNull<u8>, size: usize) {
+            self.0.set(self.0.get() - size);
+            // SAFETY: `alloc` made `p` with this layout.
+            unsafe { dealloc(p.as_ptr(), Layout::from_size_align_unchecked(size, 8)) }
         }
     }
 
@@ -309,25 +692,35 @@ mod tests {
         }
     }
 
+    // The tests leak their tables; a few megabytes per test process.
     fn table(heap: &Heap, buckets: usize) -> NonNull<PermitTable> {
         PermitTable::create(&heap.lock(), buckets, [1, 2], b"$arg_user").unwrap()
+    }
+
+    fn store(heap: &Heap, t: NonNull<PermitTable>, now_ms: i64) -> ZoneStore<'_, Heap> {
+        // SAFETY: `t` was created in `heap` and the heap outlives the store.
+        unsafe { ZoneStore::new(heap, t, now_ms) }
+    }
+
+    fn keys(list: &[PermitInfo]) -> Vec<&[u8]> {
+        list.iter().map(|p| &p.key[..]).collect()
     }
 
     #[test]
     fn admit_then_permitted_then_cap() {
         let heap = Heap::new(1 << 20);
         let t = table(&heap, 16);
-        let mut store = unsafe { ZoneStore::new(&heap, t, 0) };
-        assert_eq!(store.lookup(b"alice", Some(2)), Lookup::Open);
-        assert_eq!(store.admit(b"alice", Some(2)), Admission::Admitted);
-        assert_eq!(store.lookup(b"alice", Some(2)), Lookup::Permitted);
-        assert_eq!(store.admit(b"alice", Some(2)), Admission::Permitted);
-        assert_eq!(store.admit(b"bob", Some(2)), Admission::Admitted);
-        assert_eq!(store.lookup(b"carol", Some(2)), Lookup::SoldOut);
-        assert_eq!(store.admit(b"carol", Some(2)), Admission::SoldOut);
+        let mut s = store(&heap, t, 0);
+        assert_eq!(s.lookup(b"alice", Some(2)), Lookup::Open);
+        assert_eq!(s.admit(b"alice", Some(2)), Admission::Admitted(1));
+        assert_eq!(s.lookup(b"alice", Some(2)), Lookup::Permitted(1));
+        assert_eq!(s.admit(b"alice", Some(2)), Admission::Permitted(1));
+        assert_eq!(s.admit(b"bob", Some(2)), Admission::Admitted(2));
+        assert_eq!(s.lookup(b"carol", Some(2)), Lookup::SoldOut);
+        assert_eq!(s.admit(b"carol", Some(2)), Admission::SoldOut);
         // A higher cap elsewhere still sees the two permits.
-        assert_eq!(store.admit(b"carol", Some(3)), Admission::Admitted);
-        assert_eq!(store.permits(), 3);
+        assert_eq!(s.admit(b"carol", Some(3)), Admission::Admitted(3));
+        assert_eq!(s.permits(), 3);
     }
 
     #[test]
@@ -335,51 +728,155 @@ mod tests {
         let heap = Heap::new(1 << 20);
         // One bucket: every key collides, so only the full comparison tells them apart.
         let t = table(&heap, 1);
-        let mut store = unsafe { ZoneStore::new(&heap, t, 0) };
-        assert_eq!(store.admit(b"abc", None), Admission::Admitted);
-        assert_eq!(store.lookup(b"ab", None), Lookup::Open);
-        assert_eq!(store.lookup(b"abcd", None), Lookup::Open);
-        assert_eq!(store.lookup(b"abd", None), Lookup::Open);
-        assert_eq!(store.lookup(b"\xffbc", None), Lookup::Open);
-        assert_eq!(store.admit(b"ab", None), Admission::Admitted);
-        assert_eq!(store.lookup(b"abc", None), Lookup::Permitted);
-        assert_eq!(store.lookup(b"ab", None), Lookup::Permitted);
+        let mut s = store(&heap, t, 0);
+        assert_eq!(s.admit(b"abc", None), Admission::Admitted(1));
+        for other in [&b"ab"[..], b"abcd", b"abd", b"\xffbc"] {
+            assert_eq!(s.lookup(other, None), Lookup::Open);
+        }
+        assert_eq!(s.admit(b"ab", None), Admission::Admitted(2));
+        assert_eq!(s.lookup(b"abc", None), Lookup::Permitted(1));
+        assert_eq!(s.lookup(b"ab", None), Lookup::Permitted(2));
     }
 
     #[test]
-    fn permits_get_numbers_in_order_of_admission() {
+    fn permits_are_numbered_in_order_of_admission_and_never_reused() {
         let heap = Heap::new(1 << 20);
-        let mut t = table(&heap, 64);
-        let mut store = unsafe { ZoneStore::new(&heap, t, 42) };
+        let t = table(&heap, 64);
+        let mut s = store(&heap, t, 42);
         for i in 0..100u32 {
-            assert_eq!(store.admit(&i.to_be_bytes(), None), Admission::Admitted);
+            assert_eq!(s.admit(&i.to_be_bytes(), None), Admission::Admitted(u64::from(i) + 1));
         }
-        let t = unsafe { t.as_mut() };
-        for i in 0..100u32 {
-            let key = i.to_be_bytes();
-            let p = t.find(t.hash(&key), &key).unwrap();
-            let p = unsafe { p.as_ref() };
-            assert_eq!((p.seq, p.granted_ms), (u64::from(i) + 1, 42));
-        }
+        let p = s.get(&7u32.to_be_bytes()).unwrap();
+        assert_eq!((p.seq, p.granted_ms, p.expires_ms), (8, 42, None));
+        assert!(s.revoke(&7u32.to_be_bytes()));
+        assert_eq!(s.admit(&7u32.to_be_bytes(), None), Admission::Admitted(101));
     }
 
     #[test]
-    fn a_full_zone_refuses_and_reports_once() {
+    fn a_full_zone_refuses_reports_once_and_again_after_room_is_made() {
         let heap = Heap::new(4096);
         let t = table(&heap, 16);
-        let mut store = unsafe { ZoneStore::new(&heap, t, 0) };
+        let mut s = store(&heap, t, 0);
         let mut admitted = 0;
-        while store.admit(format!("buyer-{admitted}").as_bytes(), None) == Admission::Admitted {
+        while let Admission::Admitted(_) = s.admit(format!("buyer-{admitted}").as_bytes(), None) {
             admitted += 1;
         }
         assert!(admitted > 10, "only {admitted} permits fit");
-        assert!(store.newly_full());
-        let mut later = unsafe { ZoneStore::new(&heap, t, 0) };
+        assert!(s.newly_full());
+        let mut later = store(&heap, t, 0);
         assert_eq!(later.admit(b"someone else", None), Admission::ZoneFull);
         assert!(!later.newly_full(), "the full zone is reported once");
-        // The permits already there still count.
-        assert_eq!(later.admit(b"buyer-0", None), Admission::Permitted);
+        assert_eq!(later.admit(b"buyer-0", None), Admission::Permitted(1));
         assert_eq!(later.permits(), admitted);
+        assert!(later.revoke(b"buyer-0"));
+        assert_eq!(later.admit(b"someone else", None), Admission::Admitted(admitted + 1));
+    }
+
+    #[test]
+    fn expired_permits_stop_counting_and_free_their_memory() {
+        let heap = Heap::new(1 << 20);
+        let t = table(&heap, 16);
+        let empty = heap.used();
+        let mut s = store(&heap, t, 1_000).with_ttl(Some(500));
+        assert_eq!(s.admit(b"a", Some(2)), Admission::Admitted(1));
+        let mut s = store(&heap, t, 1_200).with_ttl(Some(500));
+        assert_eq!(s.admit(b"b", Some(2)), Admission::Admitted(2));
+        assert_eq!(s.admit(b"c", Some(2)), Admission::SoldOut);
+        assert_eq!(s.get(b"a").unwrap().expires_ms, Some(1_500));
+        // At 1,500 a's permit is gone: its slot goes back to the draw, and a must win again.
+        let mut s = store(&heap, t, 1_500).with_ttl(Some(500));
+        assert_eq!(s.lookup(b"a", Some(2)), Lookup::Open);
+        assert_eq!(s.admit(b"c", Some(2)), Admission::Admitted(3));
+        assert_eq!(s.table().stats.expired.load(Ordering::Relaxed), 1);
+        let mut s = store(&heap, t, 10_000);
+        assert_eq!(s.permits(), 0);
+        assert_eq!(heap.used(), empty);
+        assert_eq!(s.table().stats.expired.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn expiry_order_holds_for_mixed_lifetimes() {
+        let heap = Heap::new(1 << 20);
+        let t = table(&heap, 16);
+        let mut s = store(&heap, t, 0);
+        let grants = s.grant(&[
+            (b"late".to_vec(), Some(300)),
+            (b"never".to_vec(), None),
+            (b"soon".to_vec(), Some(100)),
+            (b"middle".to_vec(), Some(200)),
+            (b"soon".to_vec(), Some(999)),
+        ]);
+        assert_eq!(grants, Grants { granted: 4, already: 1, zone_full: 0 });
+        let all = s.list(None, 10).unwrap();
+        assert_eq!(keys(&all), [&b"soon"[..], b"middle", b"late", b"never"]);
+        let mut s = store(&heap, t, 200);
+        assert_eq!(keys(&s.list(None, 10).unwrap()), [&b"late"[..], b"never"]);
+    }
+
+    #[test]
+    fn listing_pages_through_every_permit_once() {
+        let heap = Heap::new(1 << 20);
+        let t = table(&heap, 16);
+        let mut s = store(&heap, t, 0);
+        for i in 0..25 {
+            s.admit(format!("k{i:02}").as_bytes(), None);
+        }
+        s.grant(&[(b"t1".to_vec(), Some(50)), (b"t0".to_vec(), Some(10))]);
+        let mut seen = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = s.list(after.as_deref(), 10).unwrap();
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().map(|p| p.key.clone());
+            seen.extend(page.into_iter().map(|p| p.key));
+        }
+        assert_eq!(seen.len(), 27);
+        assert_eq!(&seen[..3], [b"t0".to_vec(), b"t1".to_vec(), b"k00".to_vec()]);
+        assert_eq!(s.list(Some(b"nobody"), 10), None);
+    }
+
+    #[test]
+    fn revoke_and_clear_give_the_slots_back() {
+        let heap = Heap::new(1 << 20);
+        let t = table(&heap, 4);
+        let empty = heap.used();
+        let mut s = store(&heap, t, 0);
+        for k in [&b"a"[..], b"b", b"c"] {
+            s.admit(k, Some(3));
+        }
+        assert_eq!(s.admit(b"d", Some(3)), Admission::SoldOut);
+        assert!(s.revoke(b"b"));
+        assert!(!s.revoke(b"b"));
+        assert_eq!(s.get(b"b"), None);
+        assert_eq!(s.admit(b"d", Some(3)), Admission::Admitted(4));
+        assert_eq!(s.clear(), 3);
+        assert_eq!(s.permits(), 0);
+        assert_eq!(heap.used(), empty);
+        assert_eq!(s.table().stats.revoked.load(Ordering::Relaxed), 4);
+        assert_eq!(s.table().stats.granted.load(Ordering::Relaxed), 4);
+        assert_eq!(s.admit(b"a", Some(3)), Admission::Admitted(5));
+    }
+
+    #[test]
+    fn overrides_apply_over_the_configuration_until_cleared() {
+        let heap = Heap::new(1 << 20);
+        let t = table(&heap, 16);
+        let s = store(&heap, t, 0);
+        let overrides = &s.table().overrides;
+        let configured = Sale::default();
+        assert_eq!(overrides.apply(configured), configured);
+        overrides.change(Some(Some(0.25)), Some(Some(7)), Some(Some(100)), None);
+        let sale = overrides.apply(configured);
+        assert_eq!(
+            (sale.block_ratio.value(), sale.cap, sale.window.start_ms),
+            (0.25, Some(7), Some(100))
+        );
+        assert_eq!(overrides.get(), (Some(0.25), Some(7), Some(100), None));
+        overrides.change(None, Some(None), None, Some(Some(200)));
+        assert_eq!(overrides.get(), (Some(0.25), None, Some(100), Some(200)));
+        assert_eq!(overrides.apply(configured).cap, None);
     }
 
     #[test]
@@ -390,26 +887,29 @@ mod tests {
         // SAFETY: every access to the table goes through the heap's mutex.
         unsafe impl Sync for SendTable {}
         let shared_table = SendTable(t);
-        let admitted: u64 = std::thread::scope(|s| {
+        let seqs: Vec<u64> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..8)
                 .map(|thread| {
                     let (heap, t) = (&heap, &shared_table);
-                    s.spawn(move || {
-                        let mut store = unsafe { ZoneStore::new(heap, t.0, 0) };
+                    scope.spawn(move || {
+                        let mut s = store(heap, t.0, 0);
                         (0..2_000u32)
-                            .filter(|i| {
-                                let key = format!("{thread}-{i}");
-                                store.admit(key.as_bytes(), Some(100)) == Admission::Admitted
+                            .filter_map(|i| {
+                                match s.admit(format!("{thread}-{i}").as_bytes(), Some(100)) {
+                                    Admission::Admitted(seq) => Some(seq),
+                                    _ => None,
+                                }
                             })
-                            .count() as u64
+                            .collect::<Vec<_>>()
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).sum()
+            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
         });
-        assert_eq!(admitted, 100);
-        let store = unsafe { ZoneStore::new(&heap, t, 0) };
-        assert_eq!(store.permits(), 100);
+        let mut sorted = seqs.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (1..=100).collect::<Vec<_>>());
+        assert_eq!(store(&heap, t, 0).permits(), 100);
     }
 
     #[test]
@@ -418,8 +918,9 @@ mod tests {
         assert_eq!(bucket_count(32 * 1024), 256);
         assert_eq!(bucket_count(0), 16);
         // A typical 40-byte key fits one 128-byte slab chunk with its header.
+        assert_eq!(size_of::<Permit>(), 56);
         assert!(permit_size(40) <= 128);
-        assert!(permit_size(16) <= 64);
+        assert!(permit_size(200) <= 256);
     }
 
     #[test]

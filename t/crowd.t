@@ -1,6 +1,7 @@
 # Across workers, exact: two workers, a crowd of 5,000 buyers over 64 connections, a cap of
 # 100: exactly 100 ADMITTED, each of them passes again afterwards and nobody else does; five
-# times with fresh zones. And the draw: at ratio 0.4, 10,000 new buyers are admitted 60% +- 3%.
+# times with fresh zones; the winners' permit numbers are exactly 1..100, and the metrics count
+# every decision. And the draw: at ratio 0.4, 10,000 new buyers are admitted 60% +- 3%.
 #
 # This file drives nginx itself (a crowd does not fit Test::Nginx's one-request-at-a-time
 # format), with the helpers in t/lib/FlashSale/Crowd.pm.
@@ -8,7 +9,7 @@
 use strict;
 use warnings;
 use Test::More;
-use FlashSale::Crowd qw(start_nginx stop_nginx crowd crowd_port);
+use FlashSale::Crowd qw(start_nginx stop_nginx crowd crowd_port fetch);
 
 my $port = crowd_port();
 
@@ -22,6 +23,8 @@ sub sale_config {
         keepalive_requests 100000;
         add_header X-Sale \$flash_sale_status always;
         add_header X-Worker \$pid always;
+        add_header X-Seq \$flash_sale_seq always;
+        location = /metrics { flash_sale_metrics; }
         location /sale {
             flash_sale zone=sale;
             flash_sale_block_ratio $sale{ratio};
@@ -55,12 +58,22 @@ for my $round (1 .. 5) {
     my %workers = map { $_->{worker} => 1 } @first;
     is(scalar keys %workers, 2, "round $round: both workers decided");
 
-    my %winner = map { $_->{path} => 1 } grep { $_->{sale} eq 'ADMITTED' } @first;
+    my %winner = map { $_->{path} => $_->{seq} } grep { $_->{sale} eq 'ADMITTED' } @first;
+    is(join(',', sort { $a <=> $b } values %winner), join(',', 1 .. 100),
+       "round $round: the winners hold permits 1 to 100, no gap, no repeat");
     my @again = crowd(paths => \@buyers, connections => 64);
     my @passed = grep { $_->{status} == 200 } @again;
     is(scalar @passed, 100, "round $round: 100 pass on the second visit");
     is(scalar(grep { $winner{ $_->{path} } && $_->{sale} eq 'PERMITTED' } @passed), 100,
        "round $round: and they are the winners, PERMITTED");
+    is(scalar(grep { $_->{seq} eq $winner{ $_->{path} } } @passed), 100,
+       "round $round: each with the number it was admitted with");
+    my $metrics = fetch('/metrics')->{body};
+    my %counted = $metrics =~ /^flash_sale_requests_total\{zone="sale",status="(\w+)"\} (\d+)$/mg;
+    is($counted{ADMITTED}, 100, "round $round: the metrics count 100 ADMITTED");
+    is($counted{PERMITTED}, 100, "round $round: and 100 PERMITTED");
+    is(($counted{BLOCKED} // 0) + ($counted{SOLD_OUT} // 0), 9800,
+       "round $round: and every rejection of both visits");
     is(tally(@again)->{SOLD_OUT}, 4900, "round $round: everyone else is SOLD_OUT");
     stop_nginx();
 }

@@ -1,4 +1,4 @@
-# Permits and the permit count survive `nginx -s reload` (SIGHUP) while the zone keeps its name,
+# Permits, their numbers and the permit count survive `nginx -s reload` (SIGHUP) while the zone keeps its name,
 # size and key. Each block reloads the running nginx with its own configuration.
 
 BEGIN { $ENV{TEST_NGINX_USE_HUP} = 1 }
@@ -17,6 +17,7 @@ __DATA__
     flash_sale_zone $arg_user zone=sale:1m;
 --- config
     add_header X-Sale $flash_sale_status always;
+    add_header X-Seq $flash_sale_seq always;
     location /sale {
         flash_sale zone=sale;
         flash_sale_max_permits 2;
@@ -27,6 +28,7 @@ __DATA__
 GET /sale?user=alice
 --- response_headers
 X-Sale: ADMITTED
+X-Seq: 1
 
 
 === TEST 2: after a reload that closes the draw, alice still passes and bob cannot win
@@ -34,6 +36,7 @@ X-Sale: ADMITTED
     flash_sale_zone $arg_user zone=sale:1m;
 --- config
     add_header X-Sale $flash_sale_status always;
+    add_header X-Seq $flash_sale_seq always;
     location /sale {
         flash_sale zone=sale;
         flash_sale_block_ratio 1;
@@ -54,6 +57,7 @@ X-Sale: ADMITTED
     flash_sale_zone $arg_user zone=sale:1m;
 --- config
     add_header X-Sale $flash_sale_status always;
+    add_header X-Seq $flash_sale_seq always;
     location /sale {
         flash_sale zone=sale;
         flash_sale_max_permits 2;
@@ -65,7 +69,7 @@ X-Sale: ADMITTED
 --- error_code eval
 [200, 503, 200]
 --- response_headers eval
-["X-Sale: ADMITTED", "X-Sale: SOLD_OUT", "X-Sale: PERMITTED"]
+["X-Sale: ADMITTED\nX-Seq: 2", "X-Sale: SOLD_OUT\n!X-Seq", "X-Sale: PERMITTED\nX-Seq: 1"]
 
 
 === TEST 4: a reload that changes the zone's key is refused; the running sale goes on
@@ -73,6 +77,7 @@ X-Sale: ADMITTED
     flash_sale_zone $cookie_uid zone=sale:1m;
 --- config
     add_header X-Sale $flash_sale_status always;
+    add_header X-Seq $flash_sale_seq always;
     location /sale {
         flash_sale zone=sale;
         proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/backend;
@@ -91,6 +96,7 @@ flash_sale_zone "sale" uses the "$cookie_uid" key while previously it used the "
     flash_sale_zone $arg_user zone=sale:2m;
 --- config
     add_header X-Sale $flash_sale_status always;
+    add_header X-Seq $flash_sale_seq always;
     location /sale {
         flash_sale zone=sale;
         flash_sale_block_ratio 1;

@@ -16,7 +16,7 @@ use POSIX ();
 use Time::HiRes qw(sleep time);
 
 use Exporter 'import';
-our @EXPORT_OK = qw(start_nginx stop_nginx crowd crowd_port);
+our @EXPORT_OK = qw(start_nginx stop_nginx crowd crowd_port fetch);
 
 my $Root = cwd() . '/t/servroot-crowd';
 my $Port = $ENV{TEST_NGINX_CROWD_PORT} || 1986;
@@ -77,8 +77,8 @@ sub stop_nginx {
 sub error_log { local (@ARGV, $/) = ("$Root/logs/error.log"); <> // '' }
 
 # Sends GET for every path, spread over `connections` concurrent keepalive connections.
-# Returns a list of { path, status, sale, worker } where `sale` is the X-Sale header and
-# `worker` the X-Worker header of the response.
+# Returns a list of { path, status, sale, worker, seq } from the status and the X-Sale,
+# X-Worker and X-Seq headers of each response.
 sub crowd {
     my (%opt) = @_;
     my @paths = @{ $opt{paths} };
@@ -90,7 +90,7 @@ sub crowd {
         if ($pid == 0) {
             close $r;
             my @mine = @paths[grep { $_ % $n == $k } 0 .. $#paths];
-            print $w join('', map { "$_->{path} $_->{status} $_->{sale} $_->{worker}\n" }
+            print $w join('', map { "$_->{path} $_->{status} $_->{sale} $_->{worker} $_->{seq}\n" }
                 run_connection(\@mine));
             close $w;
             POSIX::_exit(0);
@@ -103,12 +103,20 @@ sub crowd {
         my ($pid, $r) = @$kid;
         while (my $line = <$r>) {
             chomp $line;
-            my ($path, $status, $sale, $worker) = split ' ', $line;
-            push @results, { path => $path, status => $status, sale => $sale, worker => $worker };
+            my ($path, $status, $sale, $worker, $seq) = split ' ', $line;
+            push @results, { path => $path, status => $status, sale => $sale, worker => $worker,
+                             seq => $seq };
         }
         waitpid $pid, 0;
     }
     return @results;
+}
+
+# One GET on its own connection: { status, body, ... }.
+sub fetch {
+    my ($path) = @_;
+    my ($res) = run_connection([$path]);
+    return $res;
 }
 
 # One connection, requests in sequence; reconnects when nginx closes it.
@@ -147,14 +155,17 @@ sub read_response {
     my ($length) = $head =~ /^Content-Length:\s*(\d+)/mi;
     my ($sale) = $head =~ /^X-Sale:\s*(\S+)/mi;
     my ($worker) = $head =~ /^X-Worker:\s*(\S+)/mi;
+    my ($seq) = $head =~ /^X-Seq:\s*(\S+)/mi;
     my $close = $head =~ /^Connection:\s*close/mi;
     my $need = length($head) + 2 + ($length // 0);
     while (length $$buf < $need) {
         my $n = sysread $sock, $$buf, 65536, length $$buf;
         return undef unless $n;
     }
+    my $res = { status => $status, sale => $sale // '-', worker => $worker // '-',
+             seq => $seq // '-', close => $close, body => substr($$buf, length($head) + 2, $length // 0) };
     substr($$buf, 0, $need, '');
-    return { status => $status, sale => $sale // '-', worker => $worker // '-', close => $close };
+    return $res;
 }
 
 END { stop_nginx() }

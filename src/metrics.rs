@@ -1,0 +1,140 @@
+//! The zones' counters in Prometheus' text exposition format (version 0.0.4). Plain Rust: the
+//! glue (`endpoints.rs`) reads the zones, this writes the text.
+
+use core::fmt::Write;
+
+use crate::sale::{Outcome, COUNTED};
+
+/// One zone's figures, read from its shared memory.
+#[derive(Clone, Debug, Default)]
+pub struct ZoneMetrics {
+    pub name: String,
+    pub requests: [u64; COUNTED],
+    pub permits: u64,
+    pub granted: u64,
+    pub revoked: u64,
+    pub expired: u64,
+    /// The API's override, else the largest cap a location sets; `None` is unlimited.
+    pub max_permits: Option<u64>,
+    pub bytes_used: u64,
+    pub bytes_total: u64,
+}
+
+/// A metric with one sample per zone: name, type, help, and the zone's value (if any).
+type Family = (&'static str, &'static str, &'static str, fn(&ZoneMetrics) -> Option<u64>);
+
+/// Renders every zone, metric by metric, as Prometheus groups samples.
+pub fn render(zones: &[ZoneMetrics]) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: &dyn Fn(&mut String)| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        samples(&mut out);
+    };
+    family(
+        "flash_sale_requests_total",
+        "counter",
+        "Requests the gate decided, by zone and outcome.",
+        &|out| {
+            for zone in zones {
+                for outcome in Outcome::ALL {
+                    for dry_run in [false, true] {
+                        let count = zone.requests[outcome.counter(dry_run)];
+                        if dry_run && count == 0 {
+                            continue;
+                        }
+                        let status = outcome.name(dry_run);
+                        let _ = writeln!(
+                            out,
+                            "flash_sale_requests_total{{zone=\"{}\",status=\"{status}\"}} {count}",
+                            escape(&zone.name)
+                        );
+                    }
+                }
+            }
+        },
+    );
+    let simple: [Family; 5] = [
+        ("flash_sale_permits", "gauge", "Permits held now.", |z| Some(z.permits)),
+        ("flash_sale_permits_granted_total", "counter", "Permits granted.", |z| Some(z.granted)),
+        ("flash_sale_permits_revoked_total", "counter", "Permits revoked.", |z| Some(z.revoked)),
+        ("flash_sale_permits_expired_total", "counter", "Permits expired.", |z| Some(z.expired)),
+        ("flash_sale_max_permits", "gauge", "The cap on permits.", |z| z.max_permits),
+    ];
+    for (name, kind, help, value) in simple {
+        family(name, kind, help, &|out| {
+            for zone in zones {
+                if let Some(v) = value(zone) {
+                    let _ = writeln!(out, "{name}{{zone=\"{}\"}} {v}", escape(&zone.name));
+                }
+            }
+        });
+    }
+    family(
+        "flash_sale_zone_bytes",
+        "gauge",
+        "Shared memory of the zone, used and total.",
+        &|out| {
+            for zone in zones {
+                let name = escape(&zone.name);
+                let _ = writeln!(
+                    out,
+                    "flash_sale_zone_bytes{{zone=\"{name}\",kind=\"used\"}} {}",
+                    zone.bytes_used
+                );
+                let _ = writeln!(
+                    out,
+                    "flash_sale_zone_bytes{{zone=\"{name}\",kind=\"total\"}} {}",
+                    zone.bytes_total
+                );
+            }
+        },
+    );
+    out
+}
+
+/// Label values escape backslash, quote and newline.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_once_with_a_sample_per_zone() {
+        let mut laptop = ZoneMetrics {
+            name: "laptop".into(),
+            permits: 3,
+            granted: 4,
+            revoked: 1,
+            max_permits: Some(3),
+            bytes_used: 45_056,
+            bytes_total: 1_048_576,
+            ..ZoneMetrics::default()
+        };
+        laptop.requests[Outcome::Admitted.counter(false)] = 4;
+        laptop.requests[Outcome::Blocked.counter(true)] = 2;
+        let phone = ZoneMetrics { name: "ph\"one".into(), ..ZoneMetrics::default() };
+        let text = render(&[laptop, phone]);
+        for line in [
+            "# TYPE flash_sale_requests_total counter",
+            "flash_sale_requests_total{zone=\"laptop\",status=\"ADMITTED\"} 4",
+            "flash_sale_requests_total{zone=\"laptop\",status=\"SOLD_OUT\"} 0",
+            "flash_sale_requests_total{zone=\"laptop\",status=\"BLOCKED_DRY_RUN\"} 2",
+            "flash_sale_requests_total{zone=\"ph\\\"one\",status=\"NO_KEY\"} 0",
+            "flash_sale_permits{zone=\"laptop\"} 3",
+            "flash_sale_permits_granted_total{zone=\"laptop\"} 4",
+            "flash_sale_permits_revoked_total{zone=\"laptop\"} 1",
+            "flash_sale_permits_expired_total{zone=\"laptop\"} 0",
+            "flash_sale_max_permits{zone=\"laptop\"} 3",
+            "flash_sale_zone_bytes{zone=\"laptop\",kind=\"used\"} 45056",
+            "flash_sale_zone_bytes{zone=\"laptop\",kind=\"total\"} 1048576",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("SOLD_OUT_DRY_RUN"), "empty dry-run counters are left out");
+        assert!(!text.contains("flash_sale_max_permits{zone=\"ph"), "no cap, no sample");
+        assert_eq!(text.matches("# TYPE").count(), 7);
+    }
+}
