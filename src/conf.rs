@@ -56,6 +56,7 @@ pub struct LocConf {
     pub permit_ttl_ms: Option<i64>,
     pub dry_run: Option<bool>,
     pub log_level: Option<usize>,
+    pub release_header: Option<ngx_str_t>,
 }
 
 /// The http block's configuration: every zone, for the metrics.
@@ -114,7 +115,7 @@ const fn command(
     ngx_command_t { name, type_, set: Some(set), conf, offset: 0, post: ptr::null_mut() }
 }
 
-pub static mut COMMANDS: [ngx_command_t; 12] = [
+pub static mut COMMANDS: [ngx_command_t; 14] = [
     command(
         ngx_string!("flash_sale_zone"),
         MAIN | NGX_CONF_2MORE as ngx_uint_t,
@@ -153,6 +154,18 @@ pub static mut COMMANDS: [ngx_command_t; 12] = [
         ngx_string!("flash_sale_log_level"),
         ANY | TAKE1,
         set_log_level,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("flash_sale_release_header"),
+        ANY | TAKE1,
+        set_release_header,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("flash_sale_api"),
+        LOC | NGX_CONF_NOARGS as ngx_uint_t,
+        crate::endpoints::set_api,
         NGX_HTTP_LOC_CONF_OFFSET,
     ),
     command(
@@ -308,6 +321,22 @@ unsafe extern "C" fn set_log_level(
     let hint = "expected info, notice, warn or error";
     // SAFETY: called by nginx as a location directive handler.
     unsafe { set_field(cf, conf, |c| &mut c.log_level, parse::log_level, hint) }
+}
+
+unsafe extern "C" fn set_release_header(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: called by nginx as a location directive handler; the word lives in the cycle's
+    // pool, as long as the configuration.
+    let value = unsafe { args(cf) }[1];
+    let header = |s: &str| {
+        let token = !s.is_empty() && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-');
+        token.then_some(value)
+    };
+    // SAFETY: called by nginx as a location directive handler.
+    unsafe { set_field(cf, conf, |c| &mut c.release_header, header, "expected a header name") }
 }
 
 /// `flash_sale zone=NAME | off;`
@@ -550,6 +579,7 @@ pub unsafe extern "C" fn merge_loc_conf(
     conf.permit_ttl_ms = conf.permit_ttl_ms.or(prev.permit_ttl_ms);
     conf.dry_run = conf.dry_run.or(prev.dry_run);
     conf.log_level = conf.log_level.or(prev.log_level);
+    conf.release_header = conf.release_header.or(prev.release_header);
     if let Gate::Zone(mut zone) = conf.gate {
         // SAFETY: zone configurations live in the cycle's pool; merging is single-threaded.
         let zone = unsafe { zone.as_mut() };

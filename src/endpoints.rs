@@ -1,21 +1,29 @@
-//! HTTP endpoints of the module: `flash_sale_metrics` (Prometheus text).
+//! HTTP endpoints of the module: `flash_sale_metrics` (Prometheus text) and `flash_sale_api`
+//! (JSON over the zones). Parsing and JSON are in `api.rs` and `metrics.rs`; this file reads
+//! requests, touches the zones and sends answers.
 
 use core::ffi::{c_char, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use nginx_sys::{
-    ngx_command_t, ngx_conf_t, ngx_http_discard_request_body, ngx_http_request_t, ngx_int_t,
-    ngx_pagesize, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR,
-    NGX_HTTP_NOT_ALLOWED, NGX_OK,
+    ngx_command_t, ngx_conf_t, ngx_http_discard_request_body, ngx_http_finalize_request,
+    ngx_http_read_client_request_body, ngx_http_request_t, ngx_int_t, ngx_list_push, ngx_pagesize,
+    ngx_str_t, ngx_table_elt_t, NGX_DONE, NGX_HTTP_DELETE, NGX_HTTP_GET, NGX_HTTP_HEAD,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_PATCH, NGX_HTTP_POST,
+    NGX_HTTP_SPECIAL_RESPONSE, NGX_OK,
 };
 use ngx::core::{SlabPool, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule, Request};
 use ngx::ngx_string;
 
+use serde_json::{json, Value};
+
+use crate::api::{self, route, ApiError, Route};
 use crate::conf::ZoneConf;
 use crate::handler::{send, Body};
 use crate::metrics::{render, ZoneMetrics};
 use crate::module::FlashSaleModule;
+use crate::sale::Outcome;
 use crate::zone::ZoneStore;
 
 /// `flash_sale_metrics;` makes the location answer with the metrics.
@@ -63,6 +71,337 @@ unsafe fn metrics(r: *mut ngx_http_request_t) -> ngx_int_t {
     let content_type = ngx_string!("text/plain; version=0.0.4");
     // SAFETY: `r` is live and its response has not started.
     unsafe { send(r, 200, content_type, Body::Copied(text.as_bytes())) }
+}
+
+/// `flash_sale_api;` makes the location answer the admin API.
+pub unsafe extern "C" fn set_api(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    _conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: `cf` is the location's configuration context while it is parsed.
+    match NgxHttpCoreModule::location_conf_mut(unsafe { &*cf }) {
+        Some(clcf) => {
+            clcf.handler = Some(api_handler);
+            NGX_CONF_OK
+        }
+        None => NGX_CONF_ERROR,
+    }
+}
+
+const METHODS_ZONES: &str = "GET, HEAD";
+const METHODS_ZONE: &str = "GET, HEAD, PATCH";
+const METHODS_PERMITS: &str = "GET, HEAD, POST, DELETE";
+const METHODS_PERMIT: &str = "GET, HEAD, DELETE";
+
+unsafe extern "C" fn api_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx passes a live request in its content phase.
+    catch_unwind(AssertUnwindSafe(|| unsafe { api(r) }))
+        .unwrap_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t)
+}
+
+/// # Safety
+/// `r` is a live request in its content phase.
+unsafe fn api(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: see the function's contract.
+    let method = unsafe { (*r).method } as u32;
+    let route = match unsafe { relative_path(r) }.and_then(route) {
+        Ok(route) => route,
+        // SAFETY: as above.
+        Err(e) => return unsafe { discard_and_answer(r, Err(e)) },
+    };
+    if method & (NGX_HTTP_POST | NGX_HTTP_PATCH) != 0 {
+        let allowed = matches!(
+            (&route, method),
+            (Route::Permits(_), NGX_HTTP_POST) | (Route::Zone(_), NGX_HTTP_PATCH)
+        );
+        if allowed {
+            // SAFETY: as above; the body lands in memory, in one buffer, where it fits.
+            unsafe {
+                (*r).set_request_body_in_single_buf(1);
+                let rc = ngx_http_read_client_request_body(r, Some(api_body_ready));
+                if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+                    return rc;
+                }
+            }
+            return NGX_DONE as ngx_int_t;
+        }
+    }
+    // SAFETY: as above.
+    unsafe { discard_and_answer(r, serve(r, method, &route, None)) }
+}
+
+/// The request's path below the API's location, still percent-encoded (keys may hold `/`).
+///
+/// # Safety
+/// `r` is a live request.
+unsafe fn relative_path<'a>(r: *mut ngx_http_request_t) -> Result<&'a [u8], ApiError> {
+    // SAFETY: see the function's contract.
+    let req = unsafe { Request::from_ngx_http_request(r) };
+    let raw = req.unparsed_uri().as_bytes();
+    let path = raw.split(|&c| c == b'?').next().unwrap_or(raw);
+    let prefix = NgxHttpCoreModule::location_conf(req).map(|clcf| clcf.name.as_bytes());
+    match prefix.and_then(|prefix| path.strip_prefix(prefix)) {
+        Some(rest) => Ok(rest),
+        None => Err(ApiError::new(404, "no such endpoint; the API's location must be a prefix")),
+    }
+}
+
+unsafe extern "C" fn api_body_ready(r: *mut ngx_http_request_t) {
+    // SAFETY: nginx calls this with the request once its body is read.
+    let rc = catch_unwind(AssertUnwindSafe(|| unsafe {
+        let method = (*r).method as u32;
+        let answer = relative_path(r).and_then(route).and_then(|route| {
+            let body = request_body(r)?;
+            serve(r, method, &route, Some(&body))
+        });
+        respond(r, answer)
+    }))
+    .unwrap_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+    // SAFETY: as above.
+    unsafe { ngx_http_finalize_request(r, rc) };
+}
+
+/// The request body, when it is in memory (it is unless it outgrew client_body_buffer_size).
+///
+/// # Safety
+/// `r` is a live request whose body has been read.
+unsafe fn request_body(r: *mut ngx_http_request_t) -> Result<Vec<u8>, ApiError> {
+    let too_large = || ApiError::new(413, "the body is larger than client_body_buffer_size");
+    let mut body = Vec::new();
+    // SAFETY: see the function's contract; the chain is null-terminated.
+    unsafe {
+        let Some(rb) = (*r).request_body.as_ref() else {
+            return Ok(body);
+        };
+        let mut cl = rb.bufs;
+        while let Some(link) = cl.as_ref() {
+            let buf = &*link.buf;
+            if buf.in_file() != 0 {
+                return Err(too_large());
+            }
+            let len = buf.last.offset_from(buf.pos) as usize;
+            body.extend_from_slice(core::slice::from_raw_parts(buf.pos, len));
+            cl = link.next;
+        }
+    }
+    Ok(body)
+}
+
+/// An answer: a status and a JSON body.
+type Answer = Result<(u16, Value), ApiError>;
+
+/// # Safety
+/// `r` is a live request whose response has not started.
+unsafe fn discard_and_answer(r: *mut ngx_http_request_t, answer: Answer) -> ngx_int_t {
+    // SAFETY: see the function's contract.
+    if unsafe { ngx_http_discard_request_body(r) } != NGX_OK as ngx_int_t {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    }
+    // SAFETY: as above.
+    unsafe { respond(r, answer) }
+}
+
+/// # Safety
+/// `r` is a live request whose response has not started.
+unsafe fn respond(r: *mut ngx_http_request_t, answer: Answer) -> ngx_int_t {
+    let (status, body) = match answer {
+        Ok((status, value)) => (status, value.to_string()),
+        Err(e) => {
+            if e.status == 405 {
+                // SAFETY: see the function's contract.
+                if unsafe { allow_header(r) }.is_none() {
+                    return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+                }
+            }
+            (e.status, e.body())
+        }
+    };
+    let json = ngx_string!("application/json");
+    // SAFETY: as above.
+    unsafe { send(r, status, json, Body::Copied(format!("{body}\n").as_bytes())) }
+}
+
+/// `Allow:` with the methods of the request's route.
+///
+/// # Safety
+/// `r` is a live request whose headers have not been sent.
+unsafe fn allow_header(r: *mut ngx_http_request_t) -> Option<()> {
+    // SAFETY: see the function's contract.
+    let methods = match unsafe { relative_path(r) }.and_then(route).ok()? {
+        Route::Zones => METHODS_ZONES,
+        Route::Zone(_) => METHODS_ZONE,
+        Route::Permits(_) => METHODS_PERMITS,
+        Route::Permit(..) => METHODS_PERMIT,
+    };
+    // SAFETY: as above; the value is static.
+    unsafe {
+        let h = ngx_list_push(&mut (*r).headers_out.headers).cast::<ngx_table_elt_t>().as_mut()?;
+        h.hash = 1;
+        h.key = ngx_string!("Allow");
+        h.value = ngx_str_t { data: methods.as_ptr().cast_mut(), len: methods.len() };
+        h.lowcase_key = core::ptr::null_mut();
+        #[cfg(ngx_table_elt_next)]
+        {
+            h.next = core::ptr::null_mut();
+        }
+    }
+    Some(())
+}
+
+/// Serves one API request.
+///
+/// # Safety
+/// `r` is a live request.
+unsafe fn serve(
+    r: *mut ngx_http_request_t,
+    method: u32,
+    route: &Route,
+    body: Option<&[u8]>,
+) -> Answer {
+    // SAFETY: see the function's contract.
+    let req = unsafe { Request::from_ngx_http_request(r) };
+    let main = FlashSaleModule::main_conf(req)
+        .ok_or_else(|| ApiError::new(500, "no flash sale configuration"))?;
+    // SAFETY: zone configurations live in the cycle's pool, as long as this location.
+    let zones: Vec<&ZoneConf> = main.zones.iter().map(|z| unsafe { z.as_ref() }).collect();
+    let find = |name: &str| {
+        zones
+            .iter()
+            .copied()
+            .find(|z| unsafe { z.shm_zone.as_ref() }.shm.name.as_bytes() == name.as_bytes())
+            .ok_or_else(|| ApiError::new(404, format!("no zone \"{name}\"")))
+    };
+    let not_allowed = || Err(ApiError::new(405, "method not allowed here"));
+    let get = method & (NGX_HTTP_GET | NGX_HTTP_HEAD) != 0;
+    match route {
+        Route::Zones if get => {
+            Ok((200, Value::Array(zones.iter().filter_map(|z| zone_json(z)).collect())))
+        }
+        Route::Zone(name) if get => Ok((200, zone_json(find(name)?).ok_or_else(unavailable)?)),
+        Route::Zone(name) if method == NGX_HTTP_PATCH => {
+            let zone = find(name)?;
+            let patch = api::patch(body.unwrap_or_default())?;
+            with_store(zone, |store, slab| {
+                let overrides = &store.table().overrides;
+                let _locked = slab.lock();
+                let (_, _, start, end) = overrides.get();
+                let start = patch.start_ms.unwrap_or(start);
+                let end = patch.end_ms.unwrap_or(end);
+                if matches!((start, end), (Some(s), Some(e)) if e <= s) {
+                    return Err(ApiError::new(400, "end must be after start"));
+                }
+                overrides.change(
+                    patch.block_ratio,
+                    patch.max_permits,
+                    patch.start_ms,
+                    patch.end_ms,
+                );
+                Ok(())
+            })?;
+            Ok((200, zone_json(zone).ok_or_else(unavailable)?))
+        }
+        Route::Permits(name) if get => {
+            let page = api::page(req_args(r))?;
+            let permits = with_store(find(name)?, |store, _| {
+                store.list(page.after.as_deref(), page.limit).ok_or_else(|| {
+                    ApiError::new(404, "no permit for \"after\"; start again without it")
+                })
+            })?;
+            Ok((200, api::page_json(&permits, page.limit)))
+        }
+        Route::Permits(name) if method == NGX_HTTP_POST => {
+            let zone = find(name)?;
+            let grants = api::grants(body.unwrap_or_default())?;
+            with_store(zone, |store, _| {
+                let done = store.grant(&grants);
+                let permits = store.permits();
+                let cap = store.table().overrides.get().1.or(zone.largest_cap);
+                Ok((
+                    200,
+                    json!({
+                        "granted": done.granted,
+                        "already": done.already,
+                        "zone_full": done.zone_full,
+                        "permits": permits,
+                        "over_cap": cap.is_some_and(|cap| permits > cap),
+                    }),
+                ))
+            })
+        }
+        Route::Permits(name) if method == NGX_HTTP_DELETE => {
+            with_store(find(name)?, |store, _| Ok((200, json!({ "revoked": store.clear() }))))
+        }
+        Route::Permit(name, key) if get => with_store(find(name)?, |store, _| {
+            let permit =
+                store.get(key).ok_or_else(|| ApiError::new(404, "no permit for this key"))?;
+            Ok((200, api::permit_json(&permit)))
+        }),
+        Route::Permit(name, key) if method == NGX_HTTP_DELETE => {
+            with_store(find(name)?, |store, _| {
+                if !store.revoke(key) {
+                    return Err(ApiError::new(404, "no permit for this key"));
+                }
+                Ok((200, json!({ "revoked": 1 })))
+            })
+        }
+        _ => not_allowed(),
+    }
+}
+
+fn unavailable() -> ApiError {
+    ApiError::new(500, "the zone is not available")
+}
+
+/// The request's arguments (after `?`).
+fn req_args<'a>(r: *mut ngx_http_request_t) -> &'a [u8] {
+    // SAFETY: `r` is live while the API serves it.
+    unsafe { (*r).args.as_bytes() }
+}
+
+/// Runs `f` on a store over the zone and its slab pool (for the lock).
+fn with_store<T>(
+    zone: &ZoneConf,
+    f: impl FnOnce(&mut ZoneStore<'_, SlabPool>, &SlabPool) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    // SAFETY: the zone is mapped in every worker; its table was made by `init_zone`.
+    let slab =
+        unsafe { SlabPool::from_shm_zone(zone.shm_zone.as_ref()) }.ok_or_else(unavailable)?;
+    let table = zone.table.ok_or_else(unavailable)?;
+    // SAFETY: `table` was created in this zone's slab pool.
+    let mut store = unsafe { ZoneStore::new(&slab, table, crate::handler::now_ms()) };
+    f(&mut store, &slab)
+}
+
+/// A zone as JSON: settings, permits, memory and counters.
+fn zone_json(zone: &ZoneConf) -> Option<Value> {
+    let m = zone_metrics(zone)?;
+    let table = zone.table?;
+    // SAFETY: the table is mapped; overrides are atomics.
+    let (ratio, cap, start, end) = unsafe { table.as_ref() }.overrides.get();
+    let requests: serde_json::Map<String, Value> = Outcome::ALL
+        .iter()
+        .flat_map(|o| [(*o, false), (*o, true)])
+        .filter(|&(o, dry)| !dry || m.requests[o.counter(true)] > 0)
+        .map(|(o, dry)| (o.name(dry).to_string(), json!(m.requests[o.counter(dry)])))
+        .collect();
+    Some(json!({
+        "name": m.name,
+        "key": zone.key.value.to_string(),
+        "permits": m.permits,
+        "max_permits": m.max_permits,
+        "overrides": {
+            "block_ratio": ratio,
+            "max_permits": cap,
+            "start": start.map(api::rfc3339),
+            "end": end.map(api::rfc3339),
+        },
+        "memory": { "used": m.bytes_used, "total": m.bytes_total },
+        "requests": requests,
+        "granted": m.granted,
+        "revoked": m.revoked,
+        "expired": m.expired,
+    }))
 }
 
 /// Reads a zone's figures: the counters without the lock, the permits and memory with it.

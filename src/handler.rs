@@ -7,16 +7,18 @@
 use core::cell::RefCell;
 use core::ffi::c_void;
 use core::mem::size_of;
-use core::ptr;
+use core::ptr::{self, NonNull};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use nginx_sys::{
     ngx_array_push, ngx_chain_t, ngx_conf_t, ngx_http_discard_request_body, ngx_http_err_page_t,
     ngx_http_finalize_request, ngx_http_get_flushed_variable, ngx_http_handler_pt,
-    ngx_http_output_filter, ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE as PRECONTENT_PHASE,
-    ngx_http_request_t, ngx_http_send_header, ngx_int_t, ngx_list_push, ngx_pool_cleanup_add,
-    ngx_str_t, ngx_table_elt_t, ngx_timeofday, ngx_uint_t, NGX_DECLINED, NGX_DONE, NGX_ERROR,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_WARN, NGX_OK,
+    ngx_http_output_filter, ngx_http_output_header_filter_pt,
+    ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE as PRECONTENT_PHASE, ngx_http_request_t,
+    ngx_http_send_header, ngx_http_top_header_filter, ngx_int_t, ngx_list_part_t, ngx_list_push,
+    ngx_pool_cleanup_add, ngx_str_t, ngx_table_elt_t, ngx_timeofday, ngx_uint_t, NGX_DECLINED,
+    NGX_DONE, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN,
+    NGX_OK,
 };
 use ngx::core::{Buffer, Pool, SlabPool};
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule, Request};
@@ -40,9 +42,80 @@ pub unsafe extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
     if slot.is_null() {
         return NGX_ERROR as ngx_int_t;
     }
-    // SAFETY: `slot` is a fresh element of the array.
-    unsafe { slot.write(Some(gate_handler)) };
+    // SAFETY: `slot` is a fresh element of the array. The header filter chain is built during
+    // postconfiguration, one module after another, as nginx's own filters do.
+    unsafe {
+        slot.write(Some(gate_handler));
+        NEXT_HEADER_FILTER = ngx_http_top_header_filter;
+        ngx_http_top_header_filter = Some(release_filter);
+    }
     NGX_OK as ngx_int_t
+}
+
+static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
+
+/// `flash_sale_release_header`: a backend's answer with that header revokes the buyer's permit.
+unsafe extern "C" fn release_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx passes a live request whose headers are about to be sent.
+    let _ = catch_unwind(AssertUnwindSafe(|| unsafe { release(r) }));
+    // SAFETY: the next filter was set at postconfiguration, before any request.
+    match unsafe { NEXT_HEADER_FILTER } {
+        Some(next) => unsafe { next(r) },
+        None => NGX_ERROR as ngx_int_t,
+    }
+}
+
+/// # Safety
+/// `r` is a live request whose headers have not been sent.
+unsafe fn release(r: *mut ngx_http_request_t) {
+    // SAFETY: see the function's contract.
+    let req = unsafe { Request::from_ngx_http_request(r) };
+    if !req.is_main() || req.upstream().is_none() {
+        return;
+    }
+    let Some(name) = FlashSaleModule::location_conf(req).and_then(|lcf| lcf.release_header) else {
+        return;
+    };
+    // Only the backend's header counts: it is removed before the client sees it.
+    let mut found = false;
+    // SAFETY: the output header list holds `ngx_table_elt_t` in null-terminated parts.
+    unsafe {
+        let mut part: *mut ngx_list_part_t = &mut (*r).headers_out.headers.part;
+        while let Some(p) = part.as_mut() {
+            let elts = core::slice::from_raw_parts_mut(p.elts.cast::<ngx_table_elt_t>(), p.nelts);
+            for h in elts.iter_mut().filter(|h| h.hash != 0) {
+                if h.key.as_bytes().eq_ignore_ascii_case(name.as_bytes()) {
+                    h.hash = 0;
+                    found = true;
+                }
+            }
+            part = p.next;
+        }
+    }
+    // SAFETY: `r` is live.
+    let Some(decision) = (unsafe { recorded(r) }) else {
+        return;
+    };
+    if !found || !decision.outcome.passes() {
+        return;
+    }
+    // SAFETY: zone configurations live as long as the cycle; the key as long as the request.
+    let (zone, key) = unsafe { (decision.zone.as_ref(), decision.key()) };
+    let (Some(table), Some(slab)) =
+        (zone.table, unsafe { SlabPool::from_shm_zone(zone.shm_zone.as_ref()) })
+    else {
+        return;
+    };
+    // SAFETY: `table` was created in this zone's slab pool by `init_zone`.
+    let revoked = unsafe { ZoneStore::new(&slab, table, now_ms()) }.revoke(key);
+    ngx_log_error!(
+        NGX_LOG_NOTICE,
+        req.log(),
+        "flash sale: the backend released permit {} in zone \"{}\"{}",
+        decision.seq,
+        unsafe { zone.shm_zone.as_ref() }.shm.name,
+        if revoked { "" } else { ", which was already gone" }
+    );
 }
 
 unsafe extern "C" fn gate_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
@@ -75,6 +148,7 @@ unsafe fn gate(r: *mut ngx_http_request_t) -> ngx_int_t {
     if unsafe { recorded(r) }.is_some() {
         return DECLINED;
     }
+    let zone_ptr = zone;
     // SAFETY: zone configurations live in the cycle's pool, as long as the location does.
     let zone: &ZoneConf = unsafe { zone.as_ref() };
     let key = match zone.key_var {
@@ -139,9 +213,16 @@ unsafe fn gate(r: *mut ngx_http_request_t) -> ngx_int_t {
         );
     }
 
+    let decision = Decision {
+        outcome,
+        dry_run,
+        seq: verdict.seq.unwrap_or(0),
+        zone: zone_ptr,
+        key: key.as_ptr(),
+        key_len: key.len(),
+    };
     // SAFETY: `r` is live.
-    if unsafe { record(r, Decision { outcome, dry_run, seq: verdict.seq.unwrap_or(0) }) }.is_none()
-    {
+    if unsafe { record(r, decision) }.is_none() {
         return SERVER_ERROR;
     }
     if outcome.passes() || dry_run {
@@ -185,6 +266,22 @@ pub struct Decision {
     pub dry_run: bool,
     /// The permit's number when the request passed with one; 0 otherwise.
     pub seq: u64,
+    /// The zone that decided, and the key, which lives in the request's memory as long as the
+    /// request (for `flash_sale_release_header`).
+    pub zone: NonNull<ZoneConf>,
+    key: *const u8,
+    key_len: usize,
+}
+
+impl Decision {
+    /// The key the request was decided with.
+    ///
+    /// # Safety
+    /// The request the decision belongs to is live.
+    pub unsafe fn key(&self) -> &[u8] {
+        // SAFETY: the key's memory belongs to the request (see the field).
+        unsafe { core::slice::from_raw_parts(self.key, self.key_len) }
+    }
 }
 
 /// Marks our cleanup entry; there is nothing to clean up.
@@ -269,7 +366,10 @@ unsafe fn reject(
             // nginx's special response handler performs the redirect to the error page.
             return status as ngx_int_t;
         }
-        send(r, status, ngx_string!("text/plain"), Body::Static(outcome.message()))
+        let rc = send(r, status, ngx_string!("text/plain"), Body::Static(outcome.message()));
+        // The phase checker would take NGX_OK as "go on to the content phase": finalize here.
+        ngx_http_finalize_request(r, rc);
+        NGX_DONE as ngx_int_t
     }
 }
 
@@ -326,7 +426,8 @@ pub enum Body<'a> {
     Copied(&'a [u8]),
 }
 
-/// Sends `body` as the whole response and finalizes the request; returns NGX_DONE.
+/// Sends `body` as the whole response; returns what a content handler returns (the caller
+/// finalizes the request with it).
 ///
 /// # Safety
 /// `r` is a live request whose headers have not been sent.
@@ -373,8 +474,6 @@ pub unsafe fn send(
                 None => NGX_ERROR as ngx_int_t,
             };
         }
-        // A phase checker would take NGX_OK as "go on to the content phase": finalize here.
-        ngx_http_finalize_request(r, rc);
+        rc
     }
-    NGX_DONE as ngx_int_t
 }
