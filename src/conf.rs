@@ -35,6 +35,23 @@ pub struct ZoneConf {
     pub table: Option<NonNull<PermitTable>>,
 }
 
+impl ZoneConf {
+    pub fn shm(&self) -> &ngx_shm_zone_t {
+        // SAFETY: the shared zone lives as long as the cycle whose configuration holds this.
+        unsafe { self.shm_zone.as_ref() }
+    }
+
+    pub fn name(&self) -> ngx_str_t {
+        self.shm().shm.name
+    }
+
+    /// The zone's slab pool: its memory and its lock.
+    pub fn slab(&self) -> Option<SlabPool> {
+        // SAFETY: nginx maps the zone and initialises its pool before any request.
+        unsafe { SlabPool::from_shm_zone(self.shm()) }
+    }
+}
+
 /// Whether a location is gated, and by which zone.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Gate {
@@ -416,6 +433,7 @@ unsafe extern "C" fn set_zone(
 
     // SAFETY: `cf->pool` is the cycle's pool, alive as long as this configuration.
     let pool = unsafe { Pool::from_ngx_pool((*cf).pool) };
+    // SAFETY: a complex value is plain data; all zeroes is its empty state, as ngx_pcalloc gives.
     let mut key: ngx_http_complex_value_t = unsafe { core::mem::zeroed() };
     let mut key_source = args[1];
     // SAFETY: a zeroed compile request with these fields set is how nginx's own modules call it.

@@ -104,8 +104,8 @@ unsafe extern "C" fn api_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
 /// `r` is a live request in its content phase.
 unsafe fn api(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: see the function's contract.
-    let method = unsafe { (*r).method } as u32;
-    let route = match unsafe { relative_path(r) }.and_then(route) {
+    let (method, path) = unsafe { ((*r).method as u32, relative_path(r)) };
+    let route = match path.and_then(route) {
         Ok(route) => route,
         // SAFETY: as above.
         Err(e) => return unsafe { discard_and_answer(r, Err(e)) },
@@ -269,7 +269,7 @@ unsafe fn serve(
         zones
             .iter()
             .copied()
-            .find(|z| unsafe { z.shm_zone.as_ref() }.shm.name.as_bytes() == name.as_bytes())
+            .find(|z| z.name().as_bytes() == name.as_bytes())
             .ok_or_else(|| ApiError::new(404, format!("no zone \"{name}\"")))
     };
     let not_allowed = || Err(ApiError::new(405, "method not allowed here"));
@@ -364,9 +364,7 @@ fn with_store<T>(
     zone: &ZoneConf,
     f: impl FnOnce(&mut ZoneStore<'_, SlabPool>, &SlabPool) -> Result<T, ApiError>,
 ) -> Result<T, ApiError> {
-    // SAFETY: the zone is mapped in every worker; its table was made by `init_zone`.
-    let slab =
-        unsafe { SlabPool::from_shm_zone(zone.shm_zone.as_ref()) }.ok_or_else(unavailable)?;
+    let slab = zone.slab().ok_or_else(unavailable)?;
     let table = zone.table.ok_or_else(unavailable)?;
     // SAFETY: `table` was created in this zone's slab pool.
     let mut store = unsafe { ZoneStore::new(&slab, table, crate::handler::now_ms()) };
@@ -406,10 +404,10 @@ fn zone_json(zone: &ZoneConf) -> Option<Value> {
 
 /// Reads a zone's figures: the counters without the lock, the permits and memory with it.
 fn zone_metrics(zone: &ZoneConf) -> Option<ZoneMetrics> {
-    // SAFETY: the zone is mapped in every worker; its table was made by `init_zone`.
-    let shm = unsafe { zone.shm_zone.as_ref() };
-    let slab = unsafe { SlabPool::from_shm_zone(shm) }?;
+    let shm = zone.shm();
+    let slab = zone.slab()?;
     let now = crate::handler::now_ms();
+    // SAFETY: the table was created in this zone's slab pool by `init_zone`.
     let mut store = unsafe { ZoneStore::new(&slab, zone.table?, now) };
     let permits = store.permits();
     let table = store.table();

@@ -20,7 +20,7 @@ use nginx_sys::{
     NGX_DONE, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN,
     NGX_OK,
 };
-use ngx::core::{Buffer, Pool, SlabPool};
+use ngx::core::{Buffer, Pool};
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule, Request};
 use ngx::{ngx_log_debug_http, ngx_log_error, ngx_string};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
@@ -59,9 +59,12 @@ unsafe extern "C" fn release_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx passes a live request whose headers are about to be sent.
     let _ = catch_unwind(AssertUnwindSafe(|| unsafe { release(r) }));
     // SAFETY: the next filter was set at postconfiguration, before any request.
-    match unsafe { NEXT_HEADER_FILTER } {
-        Some(next) => unsafe { next(r) },
-        None => NGX_ERROR as ngx_int_t,
+    // SAFETY: and `r` is live.
+    unsafe {
+        match NEXT_HEADER_FILTER {
+            Some(next) => next(r),
+            None => NGX_ERROR as ngx_int_t,
+        }
     }
 }
 
@@ -101,9 +104,7 @@ unsafe fn release(r: *mut ngx_http_request_t) {
     }
     // SAFETY: zone configurations live as long as the cycle; the key as long as the request.
     let (zone, key) = unsafe { (decision.zone.as_ref(), decision.key()) };
-    let (Some(table), Some(slab)) =
-        (zone.table, unsafe { SlabPool::from_shm_zone(zone.shm_zone.as_ref()) })
-    else {
+    let (Some(table), Some(slab)) = (zone.table, zone.slab()) else {
         return;
     };
     // SAFETY: `table` was created in this zone's slab pool by `init_zone`.
@@ -113,7 +114,7 @@ unsafe fn release(r: *mut ngx_http_request_t) {
         req.log(),
         "flash sale: the backend released permit {} in zone \"{}\"{}",
         decision.seq,
-        unsafe { zone.shm_zone.as_ref() }.shm.name,
+        zone.name(),
         if revoked { "" } else { ", which was already gone" }
     );
 }
@@ -163,11 +164,7 @@ unsafe fn gate(r: *mut ngx_http_request_t) -> ngx_int_t {
             None => return SERVER_ERROR,
         },
     };
-    let (Some(table), Some(slab)) = (
-        zone.table,
-        // SAFETY: the zone is mapped in every worker.
-        unsafe { SlabPool::from_shm_zone(zone.shm_zone.as_ref()) },
-    ) else {
+    let (Some(table), Some(slab)) = (zone.table, zone.slab()) else {
         return SERVER_ERROR;
     };
 
@@ -181,8 +178,7 @@ unsafe fn gate(r: *mut ngx_http_request_t) -> ngx_int_t {
     Stats::count(&store.table().stats.requests[outcome.counter(dry_run)]);
 
     let log = req.log();
-    // SAFETY: as above.
-    let zone_name = unsafe { zone.shm_zone.as_ref() }.shm.name;
+    let zone_name = zone.name();
     if store.newly_full() {
         ngx_log_error!(
             NGX_LOG_ERR,

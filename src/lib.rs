@@ -1,3 +1,4 @@
+#![deny(clippy::undocumented_unsafe_blocks)]
 //! ngx_http_flash_sale_module: a flash-sale gate for nginx.
 //!
 //! The layers, from plain Rust to raw nginx:

@@ -413,8 +413,8 @@ impl PermitTable {
     /// Takes expired permits off the front of the timed list; returns how many.
     fn expire(&mut self, arena: &impl Arena, now_ms: i64) -> u64 {
         let mut expired = 0;
-        // SAFETY: the head is a live permit or null; the lock is held.
         while let Some(head) = NonNull::new(self.timed.head) {
+            // SAFETY: the head of a list is a live permit; the lock is held.
             if unsafe { head.as_ref() }.expires_ms > now_ms {
                 break;
             }
@@ -927,9 +927,11 @@ mod tests {
     fn foreign_layouts_are_detected() {
         let heap = Heap::new(1 << 20);
         let mut t = table(&heap, 16);
-        assert!(unsafe { t.as_ref() }.is_compatible());
-        assert_eq!(unsafe { t.as_ref() }.key_spec(), b"$arg_user");
-        unsafe { t.as_mut() }.magic = 7;
-        assert!(!unsafe { t.as_ref() }.is_compatible());
+        // SAFETY: the table is alive and only this test uses it.
+        let t = unsafe { t.as_mut() };
+        assert!(t.is_compatible());
+        assert_eq!(t.key_spec(), b"$arg_user");
+        t.magic = 7;
+        assert!(!t.is_compatible());
     }
 }
