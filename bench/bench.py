@@ -10,6 +10,7 @@ pinned to CPU 0 and wrk to CPU 1; ratios are reported as median [min, max] over 
 """
 
 import http.client
+import json
 import os
 import re
 import shutil
@@ -484,7 +485,16 @@ def report(results, ratios, sellouts, counts, capacity):
             lines.append(f"| {scenario} | {key[1]} | {median_of(results, key, 'rps'):,.0f} | "
                          f"{ratio} | {1e6 * median_of(results, key, 'p50'):.0f} us | "
                          f"{1e6 * median_of(results, key, 'p99'):.0f} us |")
-    lines += ["", "## Against the targets", ""]
+    spreads = [max(x["rps"] for x in results[(sc, "baseline")]) /
+               min(x["rps"] for x in results[(sc, "baseline")]) - 1 for sc in SCENARIOS]
+    lines += ["", "## Reading the figures", "",
+              f"The same baseline, run again and again, varied by up to {100 * max(spreads):.0f}% "
+              "between runs on this machine (a shared virtual machine). Ratios from pairs of "
+              "adjacent runs cancel slow drift but not that jitter, so a single ratio within "
+              "about that much of its target says little; the min and max show the spread. The "
+              "instruction counts at the end do not depend on the machine's load: they are the "
+              "figure to compare builds by.", ""]
+    lines += ["## Against the targets", ""]
 
     def target(ok, text):
         lines.append(f"- {'met' if ok else 'NOT MET'}: {text}")
@@ -557,6 +567,9 @@ def main():
         lua.stop()
     counts = instructions()
     text = report(results, ratios, sellouts, counts, capacity())
+    raw = {"runs": {" / ".join(k): v for k, v in results.items()},
+           "sell_out_seconds": sellouts, "instructions_per_request": counts}
+    (RESULTS / "raw.json").write_text(json.dumps(raw, indent=1) + "\n")
     (RESULTS / "report.md").write_text(text)
     (RESULTS / "chart.svg").write_text(chart(results))
     print(text)

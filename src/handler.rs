@@ -58,8 +58,7 @@ static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
 unsafe extern "C" fn release_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx passes a live request whose headers are about to be sent.
     let _ = catch_unwind(AssertUnwindSafe(|| unsafe { release(r) }));
-    // SAFETY: the next filter was set at postconfiguration, before any request.
-    // SAFETY: and `r` is live.
+    // SAFETY: the next filter was set at postconfiguration, before any request; `r` is live.
     unsafe {
         match NEXT_HEADER_FILTER {
             Some(next) => next(r),
