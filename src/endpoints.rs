@@ -7,10 +7,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_http_discard_request_body, ngx_http_finalize_request,
-    ngx_http_read_client_request_body, ngx_http_request_t, ngx_int_t, ngx_list_push, ngx_pagesize,
-    ngx_str_t, ngx_table_elt_t, NGX_DONE, NGX_HTTP_DELETE, NGX_HTTP_GET, NGX_HTTP_HEAD,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_PATCH, NGX_HTTP_POST,
-    NGX_HTTP_SPECIAL_RESPONSE, NGX_OK,
+    ngx_http_read_client_request_body, ngx_http_request_t, ngx_int_t, ngx_pagesize, ngx_str_t,
+    NGX_DONE, NGX_HTTP_DELETE, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR,
+    NGX_HTTP_NOT_ALLOWED, NGX_HTTP_PATCH, NGX_HTTP_POST, NGX_HTTP_SPECIAL_RESPONSE, NGX_OK,
 };
 use ngx::core::{SlabPool, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule, Request};
@@ -20,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::api::{self, route, ApiError, Route};
 use crate::conf::ZoneConf;
-use crate::handler::{send, Body};
+use crate::handler::{add_header, send, Body};
 use crate::metrics::{render, ZoneMetrics};
 use crate::module::FlashSaleModule;
 use crate::sale::Outcome;
@@ -32,10 +31,22 @@ pub unsafe extern "C" fn set_metrics(
     _cmd: *mut ngx_command_t,
     _conf: *mut c_void,
 ) -> *mut c_char {
+    // SAFETY: called by nginx as a location directive handler.
+    unsafe { set_content_handler(cf, metrics_handler) }
+}
+
+/// Makes the location being parsed answer with `handler`.
+///
+/// # Safety
+/// `cf` is the configuration nginx passes to a location directive handler.
+unsafe fn set_content_handler(
+    cf: *mut ngx_conf_t,
+    handler: unsafe extern "C" fn(*mut ngx_http_request_t) -> ngx_int_t,
+) -> *mut c_char {
     // SAFETY: `cf` is the location's configuration context while it is parsed.
     match NgxHttpCoreModule::location_conf_mut(unsafe { &*cf }) {
         Some(clcf) => {
-            clcf.handler = Some(metrics_handler);
+            clcf.handler = Some(handler);
             NGX_CONF_OK
         }
         None => NGX_CONF_ERROR,
@@ -79,14 +90,8 @@ pub unsafe extern "C" fn set_api(
     _cmd: *mut ngx_command_t,
     _conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: `cf` is the location's configuration context while it is parsed.
-    match NgxHttpCoreModule::location_conf_mut(unsafe { &*cf }) {
-        Some(clcf) => {
-            clcf.handler = Some(api_handler);
-            NGX_CONF_OK
-        }
-        None => NGX_CONF_ERROR,
-    }
+    // SAFETY: called by nginx as a location directive handler.
+    unsafe { set_content_handler(cf, api_handler) }
 }
 
 const METHODS_ZONES: &str = "GET, HEAD";
@@ -234,19 +239,9 @@ unsafe fn allow_header(r: *mut ngx_http_request_t) -> Option<()> {
         Route::Permits(_) => METHODS_PERMITS,
         Route::Permit(..) => METHODS_PERMIT,
     };
+    let value = ngx_str_t { data: methods.as_ptr().cast_mut(), len: methods.len() };
     // SAFETY: as above; the value is static.
-    unsafe {
-        let h = ngx_list_push(&mut (*r).headers_out.headers).cast::<ngx_table_elt_t>().as_mut()?;
-        h.hash = 1;
-        h.key = ngx_string!("Allow");
-        h.value = ngx_str_t { data: methods.as_ptr().cast_mut(), len: methods.len() };
-        h.lowcase_key = core::ptr::null_mut();
-        #[cfg(ngx_table_elt_next)]
-        {
-            h.next = core::ptr::null_mut();
-        }
-    }
-    Some(())
+    unsafe { add_header(r, "Allow", value) }
 }
 
 /// Serves one API request.

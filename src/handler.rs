@@ -370,7 +370,7 @@ unsafe fn reject(
 
 /// # Safety
 /// `r` is a live request whose headers have not been sent.
-unsafe fn add_header(
+pub unsafe fn add_header(
     r: *mut ngx_http_request_t,
     key: &'static str,
     value: ngx_str_t,
