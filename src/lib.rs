@@ -13,6 +13,10 @@ pub mod parse;
 pub mod sale;
 pub mod zone;
 
+// Property tests over every parser that reads untrusted input.
+#[cfg(test)]
+mod hostile_input;
+
 // The glue calls into nginx, whose symbols exist only inside an nginx process, so the unit
 // tests build without it; the t/ suite tests it inside nginx.
 #[cfg(not(test))]

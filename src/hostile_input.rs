@@ -1,0 +1,62 @@
+//! Property tests: the parsers of directive values and of admin API requests take any input
+//! without panicking (a panic in a worker is a crash), and the ones that round-trip do.
+
+use crate::{api, parse, sale::BlockRatio};
+use proptest::prelude::*;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn directive_values_never_panic(s in ".{0,64}") {
+        let _ = parse::rfc3339_ms(&s);
+        let _ = parse::cap(&s);
+        let _ = parse::reject_status(&s);
+        let _ = parse::size(&s);
+        let _ = parse::duration_ms(&s);
+        let _ = parse::log_level(&s);
+        let _ = parse::lone_variable(&s);
+        let _ = parse::zone_name_size(&s);
+        let _ = BlockRatio::parse(&s);
+    }
+
+    #[test]
+    fn api_requests_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = api::route(&body);
+        let _ = api::page(&body);
+        let _ = api::grants(&body);
+        let _ = api::patch(&body);
+        let _ = api::percent_decode(&body);
+    }
+
+    #[test]
+    fn json_shaped_api_bodies_never_panic(s in r#"[\[\]{}",:0-9a-z\- .]{0,80}"#) {
+        let _ = api::grants(s.as_bytes());
+        let _ = api::patch(s.as_bytes());
+    }
+
+    #[test]
+    fn times_round_trip(ms in -62_135_596_800_000i64..253_402_300_799_999) {
+        prop_assert_eq!(parse::rfc3339_ms(&api::rfc3339(ms)), Some(ms));
+    }
+
+    #[test]
+    fn ratios_in_range_parse_and_others_do_not(x in -2.0f64..3.0) {
+        let text = format!("{x}");
+        let parsed = BlockRatio::parse(&text);
+        prop_assert_eq!(parsed.is_some(), (0.0..=1.0).contains(&x));
+    }
+
+    #[test]
+    fn percent_encoding_round_trips(key in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let encoded: String = key.iter().map(|b| format!("%{b:02X}")).collect();
+        prop_assert_eq!(api::percent_decode(encoded.as_bytes()), Some(key));
+    }
+}
+
+#[test]
+fn deeply_nested_json_is_refused_not_overflowed() {
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert_eq!(api::grants(deep.as_bytes()).unwrap_err().status, 400);
+    assert_eq!(api::patch(deep.as_bytes()).unwrap_err().status, 400);
+}
