@@ -7,6 +7,7 @@
 
 use core::ffi::{c_char, c_void};
 use core::ptr::{self, NonNull};
+use std::os::unix::ffi::OsStrExt;
 
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
@@ -19,6 +20,7 @@ use ngx::core::{Pool, SlabPool, Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::{ngx_conf_log_error, ngx_log_error, ngx_string};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
+use crate::journal::{self, StateFile};
 use crate::parse;
 use crate::sale::{BlockRatio, Sale, Window};
 use crate::zone::{bucket_count, PermitTable};
@@ -33,9 +35,28 @@ pub struct ZoneConf {
     pub shm_zone: NonNull<ngx_shm_zone_t>,
     /// Set by [`init_zone`] before any worker starts.
     pub table: Option<NonNull<PermitTable>>,
+    /// `state=PATH`: where the permits are kept across restarts.
+    pub state: Option<StateFile>,
 }
 
 impl ZoneConf {
+    /// Appends a record to the zone's state file, if it has one; says so in `log` if it fails.
+    pub fn journal(&self, record: impl FnOnce() -> String, log: *mut nginx_sys::ngx_log_t) {
+        let Some(file) = &self.state else {
+            return;
+        };
+        if !file.append(&record()) {
+            ngx_log_error!(
+                NGX_LOG_EMERG,
+                log,
+                "flash_sale_zone \"{}\": cannot append to \"{}\": {}",
+                self.name(),
+                file.path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+
     pub fn shm(&self) -> &ngx_shm_zone_t {
         // SAFETY: the shared zone lives as long as the cycle whose configuration holds this.
         unsafe { self.shm_zone.as_ref() }
@@ -405,7 +426,23 @@ unsafe extern "C" fn set_zone(
     let directive = unsafe { (*cmd).name };
 
     let mut zone: Option<(ngx_str_t, usize)> = None;
+    let mut state = None;
     for arg in &args[2..] {
+        if let Some(path) = arg.strip_prefix("state=") {
+            // SAFETY: `cf->cycle` is the cycle being configured.
+            let prefix = unsafe { (*(*cf).cycle).prefix };
+            let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path.as_bytes()));
+            let path =
+                std::path::Path::new(std::ffi::OsStr::from_bytes(prefix.as_bytes())).join(path);
+            match StateFile::open(path) {
+                Ok(file) => state = Some(file),
+                Err(e) => {
+                    ngx_conf_log_error!(NGX_LOG_EMERG, cf, "cannot open \"{}\": {}", arg, e);
+                    return NGX_CONF_ERROR;
+                }
+            }
+            continue;
+        }
         let Some(spec) = arg.strip_prefix("zone=") else {
             ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid parameter \"{}\"", arg);
             return NGX_CONF_ERROR;
@@ -472,8 +509,14 @@ unsafe extern "C" fn set_zone(
         }
         None => None,
     };
-    let zone_conf =
-        pool.allocate(ZoneConf { key, key_var, largest_cap: None, shm_zone: shm, table: None });
+    let zone_conf = pool.allocate(ZoneConf {
+        key,
+        key_var,
+        largest_cap: None,
+        shm_zone: shm,
+        table: None,
+        state,
+    });
     let Some(zone_conf) = NonNull::new(zone_conf) else {
         return NGX_CONF_ERROR;
     };
@@ -575,6 +618,9 @@ unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, old_data: *mut c_v
         }
     }
     conf.table = Some(table);
+    if let Some(file) = &conf.state {
+        journal::load(file, &name.to_string(), key_spec, &pool, table, log);
+    }
     Status::NGX_OK.into()
 }
 

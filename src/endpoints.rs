@@ -23,6 +23,7 @@ use crate::handler::{add_header, send, Body};
 use crate::metrics::{render, ZoneMetrics};
 use crate::module::FlashSaleModule;
 use crate::sale::Outcome;
+use crate::state;
 use crate::zone::ZoneStore;
 
 /// `flash_sale_metrics;` makes the location answer with the metrics.
@@ -310,12 +311,15 @@ unsafe fn serve(
             let grants = api::grants(body.unwrap_or_default())?;
             with_store(zone, |store, _| {
                 let done = store.grant(&grants);
+                for permit in &done.granted {
+                    zone.journal(|| state::grant(permit), req.log());
+                }
                 let permits = store.permits();
                 let cap = store.table().overrides.get().1.or(zone.largest_cap);
                 Ok((
                     200,
                     json!({
-                        "granted": done.granted,
+                        "granted": done.granted.len(),
                         "already": done.already,
                         "zone_full": done.zone_full,
                         "permits": permits,
@@ -325,7 +329,12 @@ unsafe fn serve(
             })
         }
         Route::Permits(name) if method == NGX_HTTP_DELETE => {
-            with_store(find(name)?, |store, _| Ok((200, json!({ "revoked": store.clear() }))))
+            let zone = find(name)?;
+            with_store(zone, |store, _| {
+                let (revoked, next_seq) = store.clear();
+                zone.journal(|| state::clear(next_seq), req.log());
+                Ok((200, json!({ "revoked": revoked })))
+            })
         }
         Route::Permit(name, key) if get => with_store(find(name)?, |store, _| {
             let permit =
@@ -333,10 +342,12 @@ unsafe fn serve(
             Ok((200, api::permit_json(&permit)))
         }),
         Route::Permit(name, key) if method == NGX_HTTP_DELETE => {
-            with_store(find(name)?, |store, _| {
-                if !store.revoke(key) {
-                    return Err(ApiError::new(404, "no permit for this key"));
-                }
+            let zone = find(name)?;
+            with_store(zone, |store, _| {
+                let seq = store
+                    .revoke(key)
+                    .ok_or_else(|| ApiError::new(404, "no permit for this key"))?;
+                zone.journal(|| state::revoke(seq), req.log());
                 Ok((200, json!({ "revoked": 1 })))
             })
         }

@@ -28,7 +28,8 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 use crate::conf::{Gate, ZoneConf};
 use crate::module::{self, FlashSaleModule};
 use crate::sale::{decide, Outcome, Window, MAX_KEY_LEN};
-use crate::zone::{Stats, ZoneStore};
+use crate::state;
+use crate::zone::{PermitInfo, Stats, ZoneStore};
 
 /// Puts the gate into the precontent phase (postconfiguration).
 pub unsafe extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
@@ -108,13 +109,16 @@ unsafe fn release(r: *mut ngx_http_request_t) {
     };
     // SAFETY: `table` was created in this zone's slab pool by `init_zone`.
     let revoked = unsafe { ZoneStore::new(&slab, table, now_ms()) }.revoke(key);
+    if let Some(seq) = revoked {
+        zone.journal(|| state::revoke(seq), req.log());
+    }
     ngx_log_error!(
         NGX_LOG_NOTICE,
         req.log(),
         "flash sale: the backend released permit {} in zone \"{}\"{}",
         decision.seq,
         zone.name(),
-        if revoked { "" } else { ", which was already gone" }
+        if revoked.is_some() { "" } else { ", which was already gone" }
     );
 }
 
@@ -178,6 +182,15 @@ unsafe fn gate(r: *mut ngx_http_request_t) -> ngx_int_t {
 
     let log = req.log();
     let zone_name = zone.name();
+    if let (Outcome::Admitted, Some(seq)) = (outcome, verdict.seq) {
+        let permit = PermitInfo {
+            key: key.to_vec(),
+            seq,
+            granted_ms: now,
+            expires_ms: lcf.permit_ttl_ms.map(|ttl| now + ttl),
+        };
+        zone.journal(|| state::grant(&permit), log);
+    }
     if store.newly_full() {
         ngx_log_error!(
             NGX_LOG_ERR,

@@ -11,6 +11,7 @@ pub mod api;
 pub mod metrics;
 pub mod parse;
 pub mod sale;
+pub mod state;
 pub mod zone;
 
 // Property tests over every parser that reads untrusted input.
@@ -25,6 +26,8 @@ mod conf;
 mod endpoints;
 #[cfg(not(test))]
 mod handler;
+#[cfg(not(test))]
+mod journal;
 #[cfg(not(test))]
 mod module;
 #[cfg(not(test))]

@@ -61,6 +61,31 @@ impl Stats {
     pub fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Every counter with a name for the state file.
+    pub fn named_values(&self) -> Vec<(String, u64)> {
+        let mut all: Vec<(String, u64)> = self
+            .requests
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("requests.{i}"), c.load(Ordering::Relaxed)))
+            .collect();
+        for (name, c) in
+            [("granted", &self.granted), ("revoked", &self.revoked), ("expired", &self.expired)]
+        {
+            all.push((name.to_string(), c.load(Ordering::Relaxed)));
+        }
+        all
+    }
+
+    fn named(&self, name: &str) -> Option<&AtomicU64> {
+        match name {
+            "granted" => Some(&self.granted),
+            "revoked" => Some(&self.revoked),
+            "expired" => Some(&self.expired),
+            _ => self.requests.get(name.strip_prefix("requests.")?.parse::<usize>().ok()?),
+        }
+    }
 }
 
 /// Sale settings changed at run time (the admin API's PATCH); they win over the configuration.
@@ -308,7 +333,7 @@ impl PermitTable {
         None
     }
 
-    /// Stores a new permit; `None` when the zone has no room for it.
+    /// Stores a new permit, numbered next; `None` when the zone has no room for it.
     fn insert(
         &mut self,
         arena: &impl Arena,
@@ -317,9 +342,21 @@ impl PermitTable {
         now_ms: i64,
         expires_ms: Option<i64>,
     ) -> Option<u64> {
-        let key_len = u16::try_from(key.len()).ok()?;
-        let permit = arena.alloc(permit_size(key.len()))?.cast::<Permit>().as_ptr();
         let seq = self.next_seq;
+        self.store(
+            arena,
+            hash,
+            &PermitInfo { key: key.to_vec(), seq, granted_ms: now_ms, expires_ms },
+        )?;
+        self.next_seq += 1;
+        Stats::count(&self.stats.granted);
+        Some(seq)
+    }
+
+    /// Stores `p` as it is (number, times and key); `None` when the zone has no room for it.
+    fn store(&mut self, arena: &impl Arena, hash: u64, p: &PermitInfo) -> Option<()> {
+        let key_len = u16::try_from(p.key.len()).ok()?;
+        let permit = arena.alloc(permit_size(p.key.len()))?.cast::<Permit>().as_ptr();
         let bucket = self.bucket(hash);
         // SAFETY: the arena gave us `permit_size(key.len())` pointer-aligned bytes: the header
         // and the key after it. The bucket slot is valid (see `bucket`); linking at the head
@@ -329,20 +366,49 @@ impl PermitTable {
                 next: *bucket,
                 list_prev: ptr::null_mut(),
                 list_next: ptr::null_mut(),
-                seq,
-                granted_ms: now_ms,
-                expires_ms: expires_ms.unwrap_or(0),
+                seq: p.seq,
+                granted_ms: p.granted_ms,
+                expires_ms: p.expires_ms.unwrap_or(0),
                 hash: hash as u32,
                 key_len,
             });
-            ptr::copy_nonoverlapping(key.as_ptr(), permit.add(1).cast::<u8>(), key.len());
+            ptr::copy_nonoverlapping(p.key.as_ptr(), permit.add(1).cast::<u8>(), p.key.len());
             *bucket = permit;
             self.link(permit);
         }
-        self.next_seq += 1;
         self.permits += 1;
-        Stats::count(&self.stats.granted);
-        Some(seq)
+        Some(())
+    }
+
+    /// Puts back permits read from a state file, with their numbers, and the counters; returns
+    /// how many did not fit.
+    pub fn restore(
+        &mut self,
+        arena: &impl Arena,
+        permits: &[PermitInfo],
+        next_seq: u64,
+        counters: &[(String, u64)],
+    ) -> usize {
+        let mut lost = 0;
+        for p in permits {
+            let hash = self.hash(&p.key);
+            if self.find(hash, &p.key).is_none() && self.store(arena, hash, p).is_none() {
+                lost += 1;
+            }
+            self.next_seq = self.next_seq.max(p.seq + 1);
+        }
+        self.next_seq = self.next_seq.max(next_seq);
+        for (name, value) in counters {
+            if let Some(counter) = self.stats.named(name) {
+                counter.store(*value, Ordering::Relaxed);
+            }
+        }
+        lost
+    }
+
+    /// The next permit's number.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
     }
 
     /// Puts a new permit on its list: the timed one in order of expiry (walking back from the
@@ -490,9 +556,9 @@ pub struct ZoneStore<'a, S: Shared> {
 pub type Grant = (Vec<u8>, Option<i64>);
 
 /// What granting a list of keys did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Grants {
-    pub granted: u64,
+    pub granted: Vec<PermitInfo>,
     pub already: u64,
     pub zone_full: u64,
 }
@@ -561,11 +627,15 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
                 let hash = table.hash(key);
                 if table.find(hash, key).is_some() {
                     grants.already += 1;
-                } else if table
-                    .insert(arena, hash, key, now_ms, ttl_ms.map(|t| now_ms + t))
-                    .is_some()
+                } else if let Some(seq) =
+                    table.insert(arena, hash, key, now_ms, ttl_ms.map(|t| now_ms + t))
                 {
-                    grants.granted += 1;
+                    grants.granted.push(PermitInfo {
+                        key: key.clone(),
+                        seq,
+                        granted_ms: now_ms,
+                        expires_ms: ttl_ms.map(|t| now_ms + t),
+                    });
                 } else {
                     grants.zone_full += 1;
                 }
@@ -574,21 +644,29 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
         })
     }
 
-    /// Revokes the permit of `key`; false if it held none.
-    pub fn revoke(&mut self, key: &[u8]) -> bool {
-        self.with_table(|table, arena| match table.find(table.hash(key), key) {
-            Some(permit) => {
-                // SAFETY: `permit` was just found in this table.
-                unsafe { table.remove(arena, permit) };
-                Stats::count(&table.stats.revoked);
-                true
-            }
-            None => false,
+    /// Revokes the permit of `key`; returns its number, `None` if it held none.
+    pub fn revoke(&mut self, key: &[u8]) -> Option<u64> {
+        self.with_table(|table, arena| {
+            let permit = table.find(table.hash(key), key)?;
+            // SAFETY: `permit` was just found in this table, under the lock.
+            let seq = unsafe { permit.as_ref() }.seq;
+            // SAFETY: as above.
+            unsafe { table.remove(arena, permit) };
+            Stats::count(&table.stats.revoked);
+            Some(seq)
         })
     }
 
-    /// Revokes every permit; returns how many there were.
-    pub fn clear(&mut self) -> u64 {
+    /// The zone for its state file: the next number and every permit.
+    pub fn snapshot(&mut self) -> (u64, Vec<PermitInfo>) {
+        self.with_table(|table, _| {
+            (table.next_seq(), table.permits_after(ptr::null()).map(info).collect())
+        })
+    }
+
+    /// Revokes every permit; returns how many there were, and the next number (every permit
+    /// below it is gone).
+    pub fn clear(&mut self) -> (u64, u64) {
         self.with_table(|table, arena| {
             let mut revoked = 0;
             while let Some(permit) = NonNull::new(table.next_in_order(ptr::null())) {
@@ -597,7 +675,7 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
                 revoked += 1;
             }
             table.stats.revoked.fetch_add(revoked, Ordering::Relaxed);
-            revoked
+            (revoked, table.next_seq())
         })
     }
 }
@@ -748,7 +826,7 @@ mod tests {
         }
         let p = s.get(&7u32.to_be_bytes()).unwrap();
         assert_eq!((p.seq, p.granted_ms, p.expires_ms), (8, 42, None));
-        assert!(s.revoke(&7u32.to_be_bytes()));
+        assert_eq!(s.revoke(&7u32.to_be_bytes()), Some(8));
         assert_eq!(s.admit(&7u32.to_be_bytes(), None), Admission::Admitted(101));
     }
 
@@ -768,7 +846,7 @@ mod tests {
         assert!(!later.newly_full(), "the full zone is reported once");
         assert_eq!(later.admit(b"buyer-0", None), Admission::Permitted(1));
         assert_eq!(later.permits(), admitted);
-        assert!(later.revoke(b"buyer-0"));
+        assert_eq!(later.revoke(b"buyer-0"), Some(1));
         assert_eq!(later.admit(b"someone else", None), Admission::Admitted(admitted + 1));
     }
 
@@ -806,7 +884,9 @@ mod tests {
             (b"middle".to_vec(), Some(200)),
             (b"soon".to_vec(), Some(999)),
         ]);
-        assert_eq!(grants, Grants { granted: 4, already: 1, zone_full: 0 });
+        assert_eq!((grants.granted.len(), grants.already, grants.zone_full), (4, 1, 0));
+        assert_eq!(grants.granted[2].key, b"soon");
+        assert_eq!(grants.granted[2].expires_ms, Some(100));
         let all = s.list(None, 10).unwrap();
         assert_eq!(keys(&all), [&b"soon"[..], b"middle", b"late", b"never"]);
         let mut s = store(&heap, t, 200);
@@ -847,16 +927,38 @@ mod tests {
             s.admit(k, Some(3));
         }
         assert_eq!(s.admit(b"d", Some(3)), Admission::SoldOut);
-        assert!(s.revoke(b"b"));
-        assert!(!s.revoke(b"b"));
+        assert_eq!(s.revoke(b"b"), Some(2));
+        assert_eq!(s.revoke(b"b"), None);
         assert_eq!(s.get(b"b"), None);
         assert_eq!(s.admit(b"d", Some(3)), Admission::Admitted(4));
-        assert_eq!(s.clear(), 3);
+        assert_eq!(s.clear(), (3, 5));
         assert_eq!(s.permits(), 0);
         assert_eq!(heap.used(), empty);
         assert_eq!(s.table().stats.revoked.load(Ordering::Relaxed), 4);
         assert_eq!(s.table().stats.granted.load(Ordering::Relaxed), 4);
         assert_eq!(s.admit(b"a", Some(3)), Admission::Admitted(5));
+    }
+
+    #[test]
+    fn a_snapshot_restores_permits_numbers_and_counters() {
+        let heap = Heap::new(1 << 20);
+        let t = table(&heap, 16);
+        let mut s = store(&heap, t, 0).with_ttl(Some(1_000));
+        s.admit(b"a", None);
+        s.admit(b"b", None);
+        s.revoke(b"a");
+        let (next_seq, permits) = s.snapshot();
+        let counters = s.table().stats.named_values();
+        let fresh = table(&heap, 16);
+        // SAFETY: the fresh table is alive and only this test uses it.
+        let lost =
+            unsafe { &mut *fresh.as_ptr() }.restore(&heap.lock(), &permits, next_seq, &counters);
+        assert_eq!(lost, 0);
+        let mut s = store(&heap, fresh, 0);
+        assert_eq!(s.get(b"b").map(|p| (p.seq, p.expires_ms)), Some((2, Some(1_000))));
+        assert_eq!(s.get(b"a"), None);
+        assert_eq!(s.table().stats.revoked.load(Ordering::Relaxed), 1);
+        assert_eq!(s.admit(b"c", None), Admission::Admitted(3));
     }
 
     #[test]

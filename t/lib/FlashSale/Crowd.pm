@@ -33,6 +33,7 @@ sub start_nginx {
     my $modules = join '', map { "load_module $_;\n" }
         split ' ', $ENV{TEST_NGINX_LOAD_MODULES} // '';
     my $workers = $opt{workers} // 2;
+    my $log_level = $opt{log_level} // 'warn';
     my $user = $> == 0 ? "user root;\n" : '';
     my $temp = join '', map { "    ${_}_temp_path $Root/${_}_temp;\n" }
         qw(client_body proxy fastcgi uwsgi scgi);
@@ -41,7 +42,7 @@ sub start_nginx {
 $modules${user}worker_processes $workers;
 daemon off;
 master_process on;
-error_log logs/error.log warn;
+error_log logs/error.log $log_level;
 pid logs/nginx.pid;
 events { worker_connections 1024; accept_mutex off; }
 http {
@@ -58,13 +59,23 @@ CONF
     }
     my $deadline = time + 10;
     while (time < $deadline) {
-        die "nginx exited at startup: " . `cat $Root/logs/stderr.log $Root/logs/error.log`
-            if waitpid($Pid, POSIX::WNOHANG()) == $Pid;
+        if (waitpid($Pid, POSIX::WNOHANG()) == $Pid) {
+            undef $Pid;
+            die "nginx exited at startup: " . startup_error();
+        }
         my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $Port, Timeout => 1);
         return if $s;
         sleep 0.02;
     }
     die "nginx did not listen on $Port";
+}
+
+sub startup_error { local (@ARGV, $/) = ("$Root/logs/stderr.log"); (<> // '') . error_log() }
+
+# After the test killed nginx itself.
+sub forget_nginx {
+    waitpid $Pid, 0 if $Pid;
+    undef $Pid;
 }
 
 sub stop_nginx {
@@ -74,7 +85,7 @@ sub stop_nginx {
     undef $Pid;
 }
 
-sub error_log { local (@ARGV, $/) = ("$Root/logs/error.log"); <> // '' }
+sub error_log { open my $fh, '<', "$Root/logs/error.log" or return ''; local $/; <$fh> // '' }
 
 # Sends GET for every path, spread over `connections` concurrent keepalive connections.
 # Returns a list of { path, status, sale, worker, seq } from the status and the X-Sale,
