@@ -2,7 +2,7 @@
 -- The requests are built before the run so that wrk spends its time sending, not formatting.
 local ids = tonumber(os.getenv("BENCH_IDS") or "1000000")
 local path = os.getenv("BENCH_PATH") or "/sale"
-local pool_size = math.min(ids, 200000)
+local pool_size = math.min(ids, tonumber(os.getenv("BENCH_POOL") or "200000"))
 local pool = {}
 local next_request = 0
 
