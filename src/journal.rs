@@ -99,21 +99,15 @@ pub fn load(
     // SAFETY: set once at startup; `nginx -t` reads the file but changes nothing.
     let dry = unsafe { nginx_sys::ngx_test_config } != 0;
     let path = file.path.display();
-    let text = match fs::read(&file.path) {
-        Ok(text) => text,
-        Err(e) => {
-            ngx_log_error!(
-                NGX_LOG_WARN,
-                log,
-                "flash_sale_zone \"{}\": cannot read state file \"{}\" ({}); starting empty",
-                zone,
-                path,
-                e
-            );
-            return;
-        }
+    let replay = match fs::read(&file.path) {
+        Ok(text) => state::replay(&text, zone, key_spec, now_ms),
+        // It can be written but not read: keep it for whoever can, and start a new one.
+        Err(e) => state::Replay {
+            next_seq: 1,
+            skipped: vec![format!("the whole file: it cannot be read ({e})")],
+            ..state::Replay::default()
+        },
     };
-    let replay = state::replay(&text, zone, key_spec, now_ms);
     for reason in &replay.skipped {
         ngx_log_error!(
             NGX_LOG_WARN,
