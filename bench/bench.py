@@ -273,6 +273,7 @@ class Nginx:
                 return self
             except OSError:
                 time.sleep(0.05)
+        self.proc.kill()
         sys.exit(f"nginx {self.dir} did not start")
 
     def stop(self):
