@@ -279,87 +279,48 @@ const EMPTY_WINDOW: &str =
 
 const RFC3339_HINT: &str = "expected an RFC 3339 time such as 2021-08-08T00:00:00Z";
 
-unsafe extern "C" fn set_start(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: called by nginx as a location directive handler.
-    unsafe { set_field(cf, conf, |c| &mut c.start_ms, parse::rfc3339_ms, RFC3339_HINT) }
-}
-
-unsafe extern "C" fn set_end(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: called by nginx as a location directive handler.
-    unsafe { set_field(cf, conf, |c| &mut c.end_ms, parse::rfc3339_ms, RFC3339_HINT) }
-}
-
-unsafe extern "C" fn set_block_ratio(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    let hint = "expected a number from 0 to 1";
-    // SAFETY: called by nginx as a location directive handler.
-    unsafe { set_field(cf, conf, |c| &mut c.block_ratio, BlockRatio::parse, hint) }
-}
-
-unsafe extern "C" fn set_max_permits(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    let hint = "expected a whole number of permits, 0 or more";
-    // SAFETY: called by nginx as a location directive handler.
-    unsafe { set_field(cf, conf, |c| &mut c.max_permits, parse::cap, hint) }
-}
-
-unsafe extern "C" fn set_reject_status(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    let hint = "expected a status from 400 to 599";
-    // SAFETY: called by nginx as a location directive handler.
-    unsafe { set_field(cf, conf, |c| &mut c.reject_status, parse::reject_status, hint) }
-}
-
-unsafe extern "C" fn set_permit_ttl(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    let hint = "expected a time such as 30s, 10m or 1h";
-    // SAFETY: called by nginx as a location directive handler.
-    unsafe { set_field(cf, conf, |c| &mut c.permit_ttl_ms, parse::duration_ms, hint) }
-}
-
-unsafe extern "C" fn set_dry_run(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    let flag = |s: &str| match s {
-        "on" => Some(true),
-        "off" => Some(false),
-        _ => None,
+/// Defines the handler of a directive that parses its one argument into a `LocConf` field.
+macro_rules! field_directive {
+    ($handler:ident, $field:ident, $parse:expr, $hint:expr) => {
+        unsafe extern "C" fn $handler(
+            cf: *mut ngx_conf_t,
+            _cmd: *mut ngx_command_t,
+            conf: *mut c_void,
+        ) -> *mut c_char {
+            // SAFETY: nginx calls this as the handler of a location directive.
+            unsafe { set_field(cf, conf, |c| &mut c.$field, $parse, $hint) }
+        }
     };
-    // SAFETY: called by nginx as a location directive handler.
-    unsafe { set_field(cf, conf, |c| &mut c.dry_run, flag, "expected \"on\" or \"off\"") }
 }
 
-unsafe extern "C" fn set_log_level(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    let hint = "expected info, notice, warn or error";
-    // SAFETY: called by nginx as a location directive handler.
-    unsafe { set_field(cf, conf, |c| &mut c.log_level, parse::log_level, hint) }
-}
+field_directive!(set_start, start_ms, parse::rfc3339_ms, RFC3339_HINT);
+field_directive!(set_end, end_ms, parse::rfc3339_ms, RFC3339_HINT);
+field_directive!(set_block_ratio, block_ratio, BlockRatio::parse, "expected a number from 0 to 1");
+field_directive!(
+    set_max_permits,
+    max_permits,
+    parse::cap,
+    "expected a whole number of permits, 0 or more"
+);
+field_directive!(
+    set_reject_status,
+    reject_status,
+    parse::reject_status,
+    "expected a status from 400 to 599"
+);
+field_directive!(
+    set_permit_ttl,
+    permit_ttl_ms,
+    parse::duration_ms,
+    "expected a time such as 30s, 10m or 1h"
+);
+field_directive!(set_dry_run, dry_run, parse::flag, "expected \"on\" or \"off\"");
+field_directive!(
+    set_log_level,
+    log_level,
+    parse::log_level,
+    "expected info, notice, warn or error"
+);
 
 unsafe extern "C" fn set_release_header(
     cf: *mut ngx_conf_t,
@@ -369,10 +330,7 @@ unsafe extern "C" fn set_release_header(
     // SAFETY: called by nginx as a location directive handler; the word lives in the cycle's
     // pool, as long as the configuration.
     let value = unsafe { args(cf) }[1];
-    let header = |s: &str| {
-        let token = !s.is_empty() && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-');
-        token.then_some(value)
-    };
+    let header = |s: &str| parse::header_name(s).then_some(value);
     // SAFETY: called by nginx as a location directive handler.
     unsafe { set_field(cf, conf, |c| &mut c.release_header, header, "expected a header name") }
 }

@@ -134,6 +134,20 @@ pub fn duration_ms(s: &str) -> Option<i64> {
     (ms > 0).then_some(ms)
 }
 
+/// Parses `on` or `off`.
+pub fn flag(s: &str) -> Option<bool> {
+    match s {
+        "on" => Some(true),
+        "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether `s` is a plain header name (letters, digits and dashes).
+pub fn header_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+}
+
 /// Parses a log level name as `limit_req_log_level` takes it; nginx's numbering.
 pub fn log_level(s: &str) -> Option<usize> {
     match s {
@@ -278,6 +292,13 @@ mod tests {
         for bad in ["", "0", "0s", "-1m", "10x", "m", "1.5m", "10 m", "99999999999999999999d"] {
             assert_eq!(duration_ms(bad), None, "{bad:?} must be refused");
         }
+    }
+
+    #[test]
+    fn flags_and_header_names() {
+        assert_eq!((flag("on"), flag("off"), flag("yes")), (Some(true), Some(false), None));
+        assert!(header_name("X-Flash-Sale-Release"));
+        assert!(!header_name("") && !header_name("X Sale") && !header_name("X:Sale"));
     }
 
     #[test]
