@@ -2,10 +2,13 @@
 //! ngx_http_flash_sale_module: a flash-sale gate for nginx.
 //!
 //! The layers, from plain Rust to raw nginx:
-//! - [`sale`]: the decision (window, draw, cap) and [`parse`]: directive values. No FFI.
-//! - [`zone`]: the permit table in shared memory, and `slab`: nginx's slab pool under it.
+//! - [`sale`]: the decision (window, draw, cap); [`parse`]: directive values; [`api`],
+//!   [`metrics`], [`state`]: the admin API's requests and answers, the metrics' text, the state
+//!   file's records. No FFI.
+//! - [`zone`]: the permit table in shared memory, and `slab`: nginx's slab pool under it;
+//!   `journal`: the state file on disk.
 //! - `module`, `conf`, `handler`, `variables`: the nginx glue (the module, directives, phase
-//!   handler, variables); `endpoints` and [`metrics`]: the metrics endpoint and its text.
+//!   handler and header filter, variables); `endpoints`: the admin API and metrics handlers.
 
 pub mod api;
 pub mod metrics;
