@@ -183,13 +183,14 @@ unsafe fn gate(r: *mut ngx_http_request_t) -> ngx_int_t {
     let log = req.log();
     let zone_name = zone.name();
     if let (Outcome::Admitted, Some(seq)) = (outcome, verdict.seq) {
-        let permit = PermitInfo {
+        // The record is only built when the zone has a state file.
+        let permit = || PermitInfo {
             key: key.to_vec(),
             seq,
             granted_ms: now,
             expires_ms: lcf.permit_ttl_ms.map(|ttl| now + ttl),
         };
-        zone.journal(|| state::grant(&permit), log);
+        zone.journal(|| state::grant(&permit()), log);
     }
     if store.newly_full() {
         ngx_log_error!(
