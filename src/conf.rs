@@ -13,8 +13,8 @@ use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
     ngx_http_complex_value_t, ngx_http_get_variable_index, ngx_int_t, ngx_shared_memory_add,
     ngx_shm_zone_t, ngx_str_t, ngx_uint_t, NGX_CONF_2MORE, NGX_CONF_FLAG, NGX_CONF_NOARGS,
-    NGX_CONF_TAKE1, NGX_ERROR, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
-    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
+    NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_ERROR, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
 };
 use ngx::core::{Pool, SlabPool, Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::{ngx_conf_log_error, ngx_log_error, ngx_string};
@@ -22,7 +22,7 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 use crate::journal::{self, StateFile};
 use crate::parse;
-use crate::sale::{BlockRatio, Sale, Window};
+use crate::sale::{BlockRatio, DrawMode, Sale, Window};
 use crate::zone::{bucket_count, PermitTable};
 
 /// One `flash_sale_zone`: the buyer identity and the shared zone holding the permits.
@@ -95,6 +95,7 @@ pub struct LocConf {
     pub dry_run: Option<bool>,
     pub log_level: Option<usize>,
     pub release_header: Option<ngx_str_t>,
+    pub draw: Option<DrawMode>,
 }
 
 /// The http block's configuration: every zone, for the metrics.
@@ -153,7 +154,7 @@ const fn command(
     ngx_command_t { name, type_, set: Some(set), conf, offset: 0, post: ptr::null_mut() }
 }
 
-pub static mut COMMANDS: [ngx_command_t; 14] = [
+pub static mut COMMANDS: [ngx_command_t; 15] = [
     command(
         ngx_string!("flash_sale_zone"),
         MAIN | NGX_CONF_2MORE as ngx_uint_t,
@@ -192,6 +193,12 @@ pub static mut COMMANDS: [ngx_command_t; 14] = [
         ngx_string!("flash_sale_log_level"),
         ANY | TAKE1,
         set_log_level,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("flash_sale_draw"),
+        ANY | NGX_CONF_TAKE12 as ngx_uint_t,
+        set_draw,
         NGX_HTTP_LOC_CONF_OFFSET,
     ),
     command(
@@ -321,6 +328,22 @@ field_directive!(
     parse::log_level,
     "expected info, notice, warn or error"
 );
+
+unsafe extern "C" fn set_draw(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: called by nginx as a location directive handler.
+    let words: Vec<&str> = unsafe { args(cf) }[1..].iter().map(text).collect();
+    let value = words.join(" ");
+    let mode = |_: &str| parse::draw_mode(&words);
+    let hint = format!(
+        "expected per_request, or per_key with an optional interval such as 30s (got \"{value}\")"
+    );
+    // SAFETY: called by nginx as a location directive handler.
+    unsafe { set_field(cf, conf, |c| &mut c.draw, mode, &hint) }
+}
 
 unsafe extern "C" fn set_release_header(
     cf: *mut ngx_conf_t,
@@ -602,6 +625,7 @@ pub unsafe extern "C" fn merge_loc_conf(
     conf.dry_run = conf.dry_run.or(prev.dry_run);
     conf.log_level = conf.log_level.or(prev.log_level);
     conf.release_header = conf.release_header.or(prev.release_header);
+    conf.draw = conf.draw.or(prev.draw);
     if let Gate::Zone(mut zone) = conf.gate {
         // SAFETY: zone configurations live in the cycle's pool; merging is single-threaded.
         let zone = unsafe { zone.as_mut() };

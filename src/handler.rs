@@ -27,7 +27,7 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 use crate::conf::{Gate, ZoneConf};
 use crate::module::{self, FlashSaleModule};
-use crate::sale::{decide, Outcome, Window, MAX_KEY_LEN};
+use crate::sale::{decide, DrawMode, Outcome, Window, MAX_KEY_LEN};
 use crate::state;
 use crate::zone::{PermitInfo, Stats, ZoneStore};
 
@@ -175,7 +175,13 @@ unsafe fn gate(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: `table` was created in this zone's slab pool by `init_zone`.
     let mut store = unsafe { ZoneStore::new(&slab, table, now) }.with_ttl(lcf.permit_ttl_ms);
     let sale = store.table().overrides.apply(lcf.sale());
-    let verdict = decide(&sale, key, now, draw, &mut store);
+    let table = store.table();
+    let verdict = match lcf.draw.unwrap_or_default() {
+        DrawMode::PerRequest => decide(&sale, key, now, draw, &mut store),
+        mode @ DrawMode::PerKey { .. } => {
+            decide(&sale, key, now, || table.keyed_draw(key, mode.round(now)), &mut store)
+        }
+    };
     let outcome = verdict.outcome;
     let dry_run = lcf.dry_run();
     Stats::count(&store.table().stats.requests[outcome.counter(dry_run)]);

@@ -134,6 +134,19 @@ pub fn duration_ms(s: &str) -> Option<i64> {
     (ms > 0).then_some(ms)
 }
 
+/// Parses the arguments of `flash_sale_draw`: `per_request`, or `per_key [interval]`.
+pub fn draw_mode(args: &[&str]) -> Option<crate::sale::DrawMode> {
+    use crate::sale::DrawMode;
+    match args {
+        ["per_request"] => Some(DrawMode::PerRequest),
+        ["per_key"] => Some(DrawMode::PerKey { interval_ms: None }),
+        ["per_key", interval] => {
+            Some(DrawMode::PerKey { interval_ms: Some(duration_ms(interval)?) })
+        }
+        _ => None,
+    }
+}
+
 /// Parses `on` or `off`.
 pub fn flag(s: &str) -> Option<bool> {
     match s {
@@ -291,6 +304,22 @@ mod tests {
         assert_eq!(duration_ms("250ms"), Some(250));
         for bad in ["", "0", "0s", "-1m", "10x", "m", "1.5m", "10 m", "99999999999999999999d"] {
             assert_eq!(duration_ms(bad), None, "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn draw_modes() {
+        use crate::sale::DrawMode;
+        assert_eq!(draw_mode(&["per_request"]), Some(DrawMode::PerRequest));
+        assert_eq!(draw_mode(&["per_key"]), Some(DrawMode::PerKey { interval_ms: None }));
+        assert_eq!(
+            draw_mode(&["per_key", "30s"]),
+            Some(DrawMode::PerKey { interval_ms: Some(30_000) })
+        );
+        for bad in
+            [&["per_key", "0s"][..], &["per_request", "30s"], &["per_ip"], &["per_key", "soon"]]
+        {
+            assert_eq!(draw_mode(bad), None, "{bad:?}");
         }
     }
 

@@ -187,6 +187,27 @@ impl BlockRatio {
     }
 }
 
+/// How often a buyer draws: on every request (each one a new ticket), or once per key and
+/// round of `interval_ms` (the whole sale when `None`), so that retrying gains nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DrawMode {
+    #[default]
+    PerRequest,
+    PerKey {
+        interval_ms: Option<i64>,
+    },
+}
+
+impl DrawMode {
+    /// The round a per-key draw belongs to at `now_ms`.
+    pub fn round(self, now_ms: i64) -> u64 {
+        match self {
+            DrawMode::PerKey { interval_ms: Some(interval) } => now_ms.div_euclid(interval) as u64,
+            _ => 0,
+        }
+    }
+}
+
 /// The most permits a zone hands out through a location; `None` is unlimited.
 pub type Cap = Option<u64>;
 
@@ -512,6 +533,17 @@ mod tests {
             })
             .count();
         assert!((5_700..=6_300).contains(&admitted), "admitted {admitted} of 10000");
+    }
+
+    #[test]
+    fn per_key_rounds() {
+        let every_30s = DrawMode::PerKey { interval_ms: Some(30_000) };
+        assert_eq!(
+            (every_30s.round(0), every_30s.round(29_999), every_30s.round(30_000)),
+            (0, 0, 1)
+        );
+        assert_eq!(DrawMode::PerKey { interval_ms: None }.round(1 << 40), 0);
+        assert_eq!(DrawMode::PerRequest.round(1 << 40), 0);
     }
 
     #[test]

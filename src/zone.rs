@@ -308,6 +308,17 @@ impl PermitTable {
         h.finish()
     }
 
+    /// A draw that depends only on the key, the round and the zone's secret: the same answer
+    /// in every worker for the whole round, so asking again does not draw again, and nothing
+    /// is stored for the losers. Uniform in [0, 1).
+    pub fn keyed_draw(&self, key: &[u8], round: u64) -> f64 {
+        // Another key than the table's, so that draws say nothing about buckets.
+        let mut h = SipHasher13::new_with_keys(!self.sip_key[0], self.sip_key[1].rotate_left(17));
+        h.write_u64(round);
+        h.write(key);
+        (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
     fn bucket(&mut self, hash: u64) -> *mut *mut Permit {
         let index = (hash & self.mask) as usize;
         // SAFETY: `index <= mask`, and `create` laid out `mask + 1` buckets right after the
@@ -959,6 +970,24 @@ mod tests {
         assert_eq!(s.get(b"a"), None);
         assert_eq!(s.table().stats.revoked.load(Ordering::Relaxed), 1);
         assert_eq!(s.admit(b"c", None), Admission::Admitted(3));
+    }
+
+    #[test]
+    fn keyed_draws_are_stable_within_a_round_and_uniform() {
+        let heap = Heap::new(1 << 20);
+        let t = table(&heap, 16);
+        let s = store(&heap, t, 0);
+        let table = s.table();
+        assert_eq!(table.keyed_draw(b"alice", 7), table.keyed_draw(b"alice", 7));
+        assert_ne!(table.keyed_draw(b"alice", 7), table.keyed_draw(b"alice", 8));
+        let below = (0..100_000u32)
+            .filter(|i| table.keyed_draw(format!("buyer{i}").as_bytes(), 1) < 0.1)
+            .count();
+        assert!((9_500..=10_500).contains(&below), "{below} of 100000 below 0.1");
+        let other = PermitTable::create(&heap.lock(), 16, [3, 4], b"$k").unwrap();
+        // SAFETY: the table is alive and only this test uses it.
+        let other = unsafe { other.as_ref() };
+        assert_ne!(table.keyed_draw(b"alice", 1), other.keyed_draw(b"alice", 1), "per zone");
     }
 
     #[test]

@@ -322,7 +322,33 @@ qr/"flash_sale_zone" directive is not allowed here in \S+nginx\.conf:\d+/
 --- error_log eval
 qr/"flash_sale_block_ratio" directive is duplicate in \S+nginx\.conf:\d+/
 
-=== TEST 26: flash_sale given twice in one block
+=== TEST 26: a draw mode that does not exist
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        flash_sale_draw per_ip;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/invalid value "per_ip" in "flash_sale_draw" directive, expected per_request, or per_key with an optional interval such as 30s \(got "per_ip"\) in \S+nginx\.conf:\d+/
+
+=== TEST 27: a per-key draw with a bad interval
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        flash_sale_draw per_key soon;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/invalid value "per_key" in "flash_sale_draw" directive, expected per_request, or per_key with an optional interval such as 30s \(got "per_key soon"\)/
+
+=== TEST 28: flash_sale given twice in one block
 --- http_config
     flash_sale_zone $arg_user zone=sale:1m;
 --- config
@@ -335,7 +361,7 @@ qr/"flash_sale_block_ratio" directive is duplicate in \S+nginx\.conf:\d+/
 --- error_log eval
 qr/"flash_sale" directive is duplicate/
 
-=== TEST 27: the documented grammar, in full, is accepted
+=== TEST 29: the documented grammar, in full, is accepted
 --- http_config
     flash_sale_zone $http_authorization zone=laptop:10m;
     flash_sale_zone "$arg_shop:$cookie_uid" zone=phone:64k;
@@ -347,6 +373,7 @@ qr/"flash_sale" directive is duplicate/
         flash_sale_block_ratio 0.4;
         flash_sale_max_permits 3;
         flash_sale_reject_status 503;
+        flash_sale_draw per_key 30s;
         return 200 "open\n";
     }
     location /phone {
