@@ -386,7 +386,7 @@ fn zone_json(zone: &ZoneConf) -> Option<Value> {
     let requests: serde_json::Map<String, Value> = Outcome::ALL
         .iter()
         .flat_map(|o| [(*o, false), (*o, true)])
-        .filter(|&(o, dry)| !dry || m.requests[o.counter(true)] > 0)
+        .filter(|&(o, dry)| !dry || (!o.passes() && m.requests[o.counter(true)] > 0))
         .map(|(o, dry)| (o.name(dry).to_string(), json!(m.requests[o.counter(dry)])))
         .collect();
     Some(json!({

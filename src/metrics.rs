@@ -39,7 +39,8 @@ pub fn render(zones: &[ZoneMetrics]) -> String {
                 for outcome in Outcome::ALL {
                     for dry_run in [false, true] {
                         let count = zone.requests[outcome.counter(dry_run)];
-                        if dry_run && count == 0 {
+                        // Dry-run rows only once they happen; passing outcomes have none.
+                        if dry_run && (count == 0 || outcome.passes()) {
                             continue;
                         }
                         let status = outcome.name(dry_run);
@@ -115,6 +116,7 @@ mod tests {
         };
         laptop.requests[Outcome::Admitted.counter(false)] = 4;
         laptop.requests[Outcome::Blocked.counter(true)] = 2;
+        laptop.requests[Outcome::Permitted.counter(true)] = 5;
         let phone = ZoneMetrics { name: "ph\"one".into(), ..ZoneMetrics::default() };
         let text = render(&[laptop, phone]);
         for line in [
@@ -134,6 +136,7 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         assert!(!text.contains("SOLD_OUT_DRY_RUN"), "empty dry-run counters are left out");
+        assert_eq!(text.matches("status=\"PERMITTED\"}").count(), 2, "one series per zone");
         assert!(!text.contains("flash_sale_max_permits{zone=\"ph"), "no cap, no sample");
         assert_eq!(text.matches("# TYPE").count(), 7);
     }

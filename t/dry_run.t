@@ -39,14 +39,18 @@ __DATA__
         proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/backend;
     }
     location /backend { return 200 "ok\n"; }
+    location = /metrics { flash_sale_metrics; }
 --- request eval
 ["GET /trial?user=a", "GET /real?user=a", "GET /open?user=b", "GET /open?user=c",
- "GET /real?user=b", "GET /early?user=b", "GET /trial"]
+ "GET /real?user=b", "GET /early?user=b", "GET /trial", "GET /metrics"]
 --- error_code eval
-[200, 503, 200, 200, 200, 200, 200]
+[200, 503, 200, 200, 200, 200, 200, 200]
 --- response_headers eval
 ["X-Sale: BLOCKED_DRY_RUN", "X-Sale: BLOCKED", "X-Sale: ADMITTED", "X-Sale: SOLD_OUT_DRY_RUN",
- "X-Sale: PERMITTED", "X-Sale: NOT_STARTED_DRY_RUN", "X-Sale: NO_KEY_DRY_RUN"]
+ "X-Sale: PERMITTED", "X-Sale: NOT_STARTED_DRY_RUN", "X-Sale: NO_KEY_DRY_RUN", ""]
+--- response_body_like eval
+["", "", "", "", "", "", "",
+ qr/\A(?!(?s:.*)status="ADMITTED"(?s:.*)status="ADMITTED")(?s:.*)^\Qflash_sale_requests_total{zone="sale",status="BLOCKED_DRY_RUN"} 1\E$(?s:.*)^\Qflash_sale_requests_total{zone="sale",status="ADMITTED"} 1\E$/m]
 --- error_log eval
 [qr/\[warn\].*flash sale: BLOCKED in zone "sale", dry run/,
  qr/\[info\].*flash sale: BLOCKED in zone "sale"(?!, dry run)/,
