@@ -7,22 +7,9 @@ use warnings;
 use Test::More;
 use POSIX ();
 use Time::HiRes qw(sleep);
-use FlashSale::Crowd qw(start_nginx stop_nginx crowd crowd_port fetch);
+use FlashSale::Crowd qw(start_nginx stop_nginx crowd crowd_port fetch worker_pids);
 
 my $port = crowd_port();
-
-# The master's children, from /proc.
-sub workers {
-    open my $fh, '<', 't/servroot-crowd/logs/nginx.pid' or die $!;
-    chomp(my $master = <$fh>);
-    my @children;
-    for my $stat (glob '/proc/[0-9]*/stat') {
-        open my $s, '<', $stat or next;
-        my ($pid, $ppid) = (split ' ', scalar <$s>)[0, 3];
-        push @children, $pid if $ppid == $master;
-    }
-    return @children;
-}
 
 for my $round (1 .. 3) {
     start_nginx(workers => 2, http => <<"HTTP");
@@ -42,7 +29,7 @@ for my $round (1 .. 3) {
         location /api/ { flash_sale_api; }
     }
 HTTP
-    my @before = workers();
+    my @before = worker_pids();
     is(scalar @before, 2, "round $round: two workers");
 
     # The crowd runs in a child; the parent kills a worker while it is under way.
@@ -60,7 +47,7 @@ HTTP
     my @buyers = map { "/sale?user=r$round-crash$_" } 1 .. 4000;
     my @again = crowd(paths => \@buyers, connections => 32);
     is(scalar @again, 4000, "round $round: after the kill every buyer is answered");
-    my @after = workers();
+    my @after = worker_pids();
     is(scalar @after, 2, "round $round: the master replaced the killed worker");
     ok(!grep({ $_ == $before[0] } @after), "round $round: the killed worker is gone");
 

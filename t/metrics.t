@@ -58,13 +58,18 @@ POST /metrics
 --- error_code: 405
 
 
-=== TEST 3: the endpoint exists only where it is configured
+=== TEST 3: the endpoints exist only where they are configured
 --- http_config
     flash_sale_zone $arg_user zone=sale:1m;
 --- config
-    location = /metrics {
-        return 404;
+    location /sale {
+        flash_sale zone=sale;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/backend;
     }
---- request
-GET /metrics
---- error_code: 404
+    location /backend { return 200 "ok\n"; }
+--- request eval
+["GET /sale?user=a", "GET /metrics", "GET /api/zones", "GET /sale/metrics?user=a"]
+--- error_code eval
+[200, 404, 404, 200]
+--- response_body_like eval
+["^ok\n\$", "404 Not Found", "404 Not Found", "^ok\n\$"]

@@ -8,7 +8,7 @@ use Test::More;
 use Cwd qw(cwd);
 use File::Path qw(make_path remove_tree);
 use Time::HiRes qw(sleep);
-use FlashSale::Crowd qw(start_nginx stop_nginx crowd crowd_port fetch);
+use FlashSale::Crowd qw(start_nginx stop_nginx crowd crowd_port fetch kill_nginx);
 
 my $port = crowd_port();
 my $dir = cwd() . '/t/servroot-state';
@@ -51,7 +51,7 @@ start_nginx(workers => 2, http => config());
 my $first = seqs(1 .. 30);
 is(scalar(grep { /^ADMITTED/ } values %$first), 30, "30 buyers admitted");
 is(fetch('/api/zones/laptop/permits/buyer7')->{status}, 200, "buyer7 holds a permit");
-fetch_delete('/api/zones/laptop/permits/buyer7');
+is(fetch('/api/zones/laptop/permits/buyer7', 'DELETE')->{status}, 200, "buyer7's permit revoked");
 stop_nginx();
 like(read_file($state), qr/\Aflash-sale-state 1 /, "the master wrote a snapshot at stop");
 
@@ -67,7 +67,7 @@ like(fetch('/metrics')->{body}, qr/^\Qflash_sale_requests_total{zone="laptop",st
 # 2. SIGKILL of everything: the journal alone brings the permits back.
 my @next = map { "new$_" } 1 .. 5;
 my $new = crowd(paths => [map { "/sale?user=$_" } @next], connections => 2);
-kill_everything();
+kill_nginx();
 start_nginx(workers => 2, http => config());
 my $after_kill = seqs(1 .. 30);
 is(scalar(grep { /^PERMITTED/ } values %$after_kill), 30, "after kill -9, the 30 permits are back");
@@ -121,25 +121,3 @@ like(FlashSale::Crowd::startup_error(), qr/cannot open "state=\Q$state\E": Is a 
 remove_tree($dir);
 
 done_testing();
-
-sub fetch_delete {
-    my ($path) = @_;
-    my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port) or die $!;
-    print $sock "DELETE $path HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-    local $/;
-    return <$sock>;
-}
-
-sub kill_everything {
-    open my $pidfile, '<', 't/servroot-crowd/logs/nginx.pid' or die $!;
-    chomp(my $master = <$pidfile>);
-    my @workers;
-    for my $stat (glob '/proc/[0-9]*/stat') {
-        open my $s, '<', $stat or next;
-        my ($pid, $ppid) = (split ' ', scalar <$s>)[0, 3];
-        push @workers, $pid if $ppid == $master;
-    }
-    kill 'KILL', $master, @workers;
-    FlashSale::Crowd::forget_nginx();
-    sleep 0.2;
-}

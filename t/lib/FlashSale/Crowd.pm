@@ -16,7 +16,7 @@ use POSIX ();
 use Time::HiRes qw(sleep time);
 
 use Exporter 'import';
-our @EXPORT_OK = qw(start_nginx stop_nginx crowd crowd_port fetch);
+our @EXPORT_OK = qw(start_nginx stop_nginx crowd crowd_port fetch worker_pids kill_nginx);
 
 my $Root = cwd() . '/t/servroot-crowd';
 my $Port = $ENV{TEST_NGINX_CROWD_PORT} || 1986;
@@ -72,12 +72,6 @@ CONF
 
 sub startup_error { local (@ARGV, $/) = ("$Root/logs/stderr.log"); (<> // '') . error_log() }
 
-# After the test killed nginx itself.
-sub forget_nginx {
-    waitpid $Pid, 0 if $Pid;
-    undef $Pid;
-}
-
 sub stop_nginx {
     return unless $Pid;
     kill 'TERM', $Pid;
@@ -123,16 +117,43 @@ sub crowd {
     return @results;
 }
 
-# One GET on its own connection: { status, body, ... }.
+# One request (GET unless said) on its own connection: { status, body, ... }.
 sub fetch {
-    my ($path) = @_;
-    my ($res) = run_connection([$path]);
+    my ($path, $method) = @_;
+    my ($res) = run_connection([$path], $method);
     return $res;
+}
+
+sub master_pid {
+    open my $fh, '<', "$Root/logs/nginx.pid" or die "no nginx.pid: $!";
+    chomp(my $pid = <$fh>);
+    return $pid;
+}
+
+# The master's children (the workers), from /proc.
+sub worker_pids {
+    my $master = master_pid();
+    my @children;
+    for my $stat (glob '/proc/[0-9]*/stat') {
+        open my $s, '<', $stat or next;
+        my ($pid, $ppid) = (split ' ', scalar <$s>)[0, 3];
+        push @children, $pid if $ppid == $master;
+    }
+    return @children;
+}
+
+# SIGKILL to the master and every worker at once, as a crash would do.
+sub kill_nginx {
+    kill 'KILL', master_pid(), worker_pids();
+    waitpid $Pid, 0 if $Pid;
+    undef $Pid;
+    sleep 0.2;
 }
 
 # One connection, requests in sequence; reconnects when nginx closes it.
 sub run_connection {
-    my ($paths) = @_;
+    my ($paths, $method) = @_;
+    $method //= 'GET';
     my @out;
     my $sock;
     my $buf = '';
@@ -140,7 +161,7 @@ sub run_connection {
         for my $attempt (1 .. 3) {
             $sock ||= IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $Port)
                 or die "connect: $!";
-            print $sock "GET $path HTTP/1.1\r\nHost: localhost\r\n\r\n";
+            print $sock "$method $path HTTP/1.1\r\nHost: localhost\r\n\r\n";
             my $res = read_response($sock, \$buf);
             if ($res) {
                 push @out, { path => $path, %$res };
