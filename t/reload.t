@@ -134,7 +134,7 @@ X-Sale: PERMITTED
 flash_sale_zone "sale" uses the "$cookie_uid" key while previously it used the "$arg_user" key
 
 
-=== TEST 7: a resized zone is a new zone: the permits do not carry over
+=== TEST 7: a resized zone is a new zone: neither the permits nor the overrides carry over
 --- http_config
     flash_sale_zone $arg_user zone=sale:2m;
 --- config
@@ -146,8 +146,12 @@ flash_sale_zone "sale" uses the "$cookie_uid" key while previously it used the "
         proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/backend;
     }
     location /backend { return 200 "ok\n"; }
---- request
-GET /sale?user=alice
---- error_code: 503
---- response_headers
-X-Sale: BLOCKED
+    location /api/ { flash_sale_api; }
+--- request eval
+["GET /sale?user=alice", "GET /api/zones/sale"]
+--- error_code eval
+[503, 200]
+--- response_headers eval
+["X-Sale: BLOCKED", ""]
+--- response_body_like eval
+["", qr/"overrides":\{"block_ratio":null,"end":null,"max_permits":null,"start":null\},"permits":0,/]
