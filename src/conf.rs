@@ -96,6 +96,7 @@ pub struct LocConf {
     pub log_level: Option<usize>,
     pub release_header: Option<ngx_str_t>,
     pub draw: Option<DrawMode>,
+    pub prequeue_ms: Option<i64>,
 }
 
 /// The http block's configuration: every zone, for the metrics.
@@ -118,6 +119,7 @@ impl LocConf {
             window: Window { start_ms: self.start_ms, end_ms: self.end_ms },
             block_ratio: self.block_ratio.unwrap_or(BlockRatio::ADMIT_ALL),
             cap: self.max_permits,
+            prequeue_ms: self.prequeue_ms,
         }
     }
 
@@ -154,7 +156,7 @@ const fn command(
     ngx_command_t { name, type_, set: Some(set), conf, offset: 0, post: ptr::null_mut() }
 }
 
-pub static mut COMMANDS: [ngx_command_t; 15] = [
+pub static mut COMMANDS: [ngx_command_t; 16] = [
     command(
         ngx_string!("flash_sale_zone"),
         MAIN | NGX_CONF_2MORE as ngx_uint_t,
@@ -199,6 +201,12 @@ pub static mut COMMANDS: [ngx_command_t; 15] = [
         ngx_string!("flash_sale_draw"),
         ANY | NGX_CONF_TAKE12 as ngx_uint_t,
         set_draw,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("flash_sale_prequeue"),
+        ANY | TAKE1,
+        set_prequeue,
         NGX_HTTP_LOC_CONF_OFFSET,
     ),
     command(
@@ -320,6 +328,12 @@ field_directive!(
     permit_ttl_ms,
     parse::duration_ms,
     "expected a time such as 30s, 10m or 1h"
+);
+field_directive!(
+    set_prequeue,
+    prequeue_ms,
+    parse::duration_ms,
+    "expected a time such as 5m or 30s"
 );
 field_directive!(set_dry_run, dry_run, parse::flag, "expected \"on\" or \"off\"");
 field_directive!(
@@ -626,6 +640,7 @@ pub unsafe extern "C" fn merge_loc_conf(
     conf.log_level = conf.log_level.or(prev.log_level);
     conf.release_header = conf.release_header.or(prev.release_header);
     conf.draw = conf.draw.or(prev.draw);
+    conf.prequeue_ms = conf.prequeue_ms.or(prev.prequeue_ms);
     if let Gate::Zone(mut zone) = conf.gate {
         // SAFETY: zone configurations live in the cycle's pool; merging is single-threaded.
         let zone = unsafe { zone.as_mut() };

@@ -393,6 +393,7 @@ fn zone_json(zone: &ZoneConf) -> Option<Value> {
         "name": m.name,
         "key": zone.key.value.to_string(),
         "permits": m.permits,
+        "prequeued": m.prequeued,
         "max_permits": m.max_permits,
         "overrides": {
             "block_ratio": ratio,
@@ -415,7 +416,7 @@ fn zone_metrics(zone: &ZoneConf) -> Option<ZoneMetrics> {
     let now = crate::handler::now_ms();
     // SAFETY: the table was created in this zone's slab pool by `init_zone`.
     let mut store = unsafe { ZoneStore::new(&slab, zone.table?, now) };
-    let permits = store.permits();
+    let (permits, prequeued) = store.counts();
     let table = store.table();
     let stats = &table.stats;
     let load = |c: &core::sync::atomic::AtomicU64| c.load(core::sync::atomic::Ordering::Relaxed);
@@ -428,6 +429,7 @@ fn zone_metrics(zone: &ZoneConf) -> Option<ZoneMetrics> {
         name: shm.shm.name.to_string(),
         requests: core::array::from_fn(|i| load(&stats.requests[i])),
         permits,
+        prequeued,
         granted: load(&stats.granted),
         revoked: load(&stats.revoked),
         expired: load(&stats.expired),

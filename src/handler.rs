@@ -188,13 +188,26 @@ unsafe fn gate(r: *mut ngx_http_request_t) -> ngx_int_t {
 
     let log = req.log();
     let zone_name = zone.name();
-    if let (Outcome::Admitted, Some(seq)) = (outcome, verdict.seq) {
+    let settled = store.take_settled();
+    if !settled.is_empty() {
+        ngx_log_error!(
+            NGX_LOG_NOTICE,
+            log,
+            "flash sale: the pre-queue's draw gave {} permits in zone \"{}\"",
+            settled.len(),
+            zone_name
+        );
+        for permit in &settled {
+            zone.journal(|| state::grant(permit), log);
+        }
+    }
+    if let (Outcome::Admitted, Some(held)) = (outcome, verdict.permit) {
         // The record is only built when the zone has a state file.
         let permit = || PermitInfo {
             key: key.to_vec(),
-            seq,
+            seq: held.seq,
             granted_ms: now,
-            expires_ms: lcf.permit_ttl_ms.map(|ttl| now + ttl),
+            expires_ms: held.expires_ms,
         };
         zone.journal(|| state::grant(&permit()), log);
     }
@@ -231,7 +244,7 @@ unsafe fn gate(r: *mut ngx_http_request_t) -> ngx_int_t {
     let decision = Decision {
         outcome,
         dry_run,
-        seq: verdict.seq.unwrap_or(0),
+        seq: verdict.permit.map_or(0, |held| held.seq),
         zone: zone_ptr,
         key: key.as_ptr(),
         key_len: key.len(),
@@ -349,7 +362,8 @@ pub unsafe fn recorded(r: *mut ngx_http_request_t) -> Option<Decision> {
     None
 }
 
-/// Answers a rejection: the status, `Cache-Control: no-store`, `Retry-After` before the start,
+/// Answers a rejection: the status, `Cache-Control: no-store`, `Retry-After` before the start
+/// (pre-queued or not),
 /// and either the location's `error_page` for that status or a one-line plain-text body.
 ///
 /// # Safety
@@ -368,7 +382,7 @@ unsafe fn reject(
             (*r).set_keepalive(0);
         }
         let headers = add_header(r, "Cache-Control", ngx_string!("no-store")).and_then(|()| {
-            if outcome != Outcome::NotStarted {
+            if !matches!(outcome, Outcome::NotStarted | Outcome::Prequeued) {
                 return Some(());
             }
             let seconds = window.seconds_to_start(now).to_string();

@@ -11,6 +11,8 @@ pub struct ZoneMetrics {
     pub name: String,
     pub requests: [u64; COUNTED],
     pub permits: u64,
+    /// Buyers registered for the pre-queue's draw and not drawn yet.
+    pub prequeued: u64,
     pub granted: u64,
     pub revoked: u64,
     pub expired: u64,
@@ -54,8 +56,11 @@ pub fn render(zones: &[ZoneMetrics]) -> String {
             }
         },
     );
-    let simple: [Family; 5] = [
+    let simple: [Family; 6] = [
         ("flash_sale_permits", "gauge", "Permits held now.", |z| Some(z.permits)),
+        ("flash_sale_prequeued", "gauge", "Buyers waiting for the pre-queue's draw.", |z| {
+            Some(z.prequeued)
+        }),
         ("flash_sale_permits_granted_total", "counter", "Permits granted.", |z| Some(z.granted)),
         ("flash_sale_permits_revoked_total", "counter", "Permits revoked.", |z| Some(z.revoked)),
         ("flash_sale_permits_expired_total", "counter", "Permits expired.", |z| Some(z.expired)),
@@ -107,6 +112,7 @@ mod tests {
         let mut laptop = ZoneMetrics {
             name: "laptop".into(),
             permits: 3,
+            prequeued: 12,
             granted: 4,
             revoked: 1,
             max_permits: Some(3),
@@ -126,6 +132,7 @@ mod tests {
             "flash_sale_requests_total{zone=\"laptop\",status=\"BLOCKED_DRY_RUN\"} 2",
             "flash_sale_requests_total{zone=\"ph\\\"one\",status=\"NO_KEY\"} 0",
             "flash_sale_permits{zone=\"laptop\"} 3",
+            "flash_sale_prequeued{zone=\"laptop\"} 12",
             "flash_sale_permits_granted_total{zone=\"laptop\"} 4",
             "flash_sale_permits_revoked_total{zone=\"laptop\"} 1",
             "flash_sale_permits_expired_total{zone=\"laptop\"} 0",

@@ -15,6 +15,8 @@ pub enum Outcome {
     KeyTooLong,
     /// The sale's start time has not come yet.
     NotStarted,
+    /// The sale starts soon: the buyer is registered for the pre-queue's draw at the start.
+    Prequeued,
     /// The sale's end time has passed.
     Ended,
     /// The buyer already holds a permit ("lucky once, lucky always").
@@ -36,6 +38,7 @@ const NAMES: [&str; COUNTED] = [
     "NO_KEY",
     "KEY_TOO_LONG",
     "NOT_STARTED",
+    "PREQUEUED",
     "ENDED",
     "PERMITTED",
     "SOLD_OUT",
@@ -44,6 +47,7 @@ const NAMES: [&str; COUNTED] = [
     "NO_KEY_DRY_RUN",
     "KEY_TOO_LONG_DRY_RUN",
     "NOT_STARTED_DRY_RUN",
+    "PREQUEUED_DRY_RUN",
     "ENDED_DRY_RUN",
     "PERMITTED",
     "SOLD_OUT_DRY_RUN",
@@ -52,10 +56,11 @@ const NAMES: [&str; COUNTED] = [
 ];
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::NoKey,
         Outcome::KeyTooLong,
         Outcome::NotStarted,
+        Outcome::Prequeued,
         Outcome::Ended,
         Outcome::Permitted,
         Outcome::SoldOut,
@@ -103,6 +108,9 @@ impl Outcome {
             Outcome::NoKey => "NO_KEY: this sale needs a buyer identity.\n",
             Outcome::KeyTooLong => "KEY_TOO_LONG: the buyer identity is too long.\n",
             Outcome::NotStarted => "NOT_STARTED: the sale has not started yet.\n",
+            Outcome::Prequeued => {
+                "PREQUEUED: you are in the draw at the start; come back when the sale starts.\n"
+            }
             Outcome::Ended => "ENDED: the sale has ended.\n",
             Outcome::Permitted => "PERMITTED\n",
             Outcome::SoldOut => "SOLD_OUT: the sale is sold out.\n",
@@ -221,13 +229,34 @@ pub struct Sale {
     pub window: Window,
     pub block_ratio: BlockRatio,
     pub cap: Cap,
+    /// `flash_sale_prequeue`: how long before the start buyers are registered for the
+    /// pre-queue's draw.
+    pub prequeue_ms: Option<i64>,
+}
+
+impl Sale {
+    /// Whether a buyer arriving at `now_ms` is registered for the pre-queue: in the last
+    /// `prequeue_ms` before the start.
+    pub fn prequeue_open(&self, now_ms: i64) -> bool {
+        match (self.prequeue_ms, self.window.start_ms) {
+            (Some(lead), Some(start)) => now_ms < start && now_ms >= start.saturating_sub(lead),
+            _ => false,
+        }
+    }
+}
+
+/// A permit as a passing request sees it: its number and when it stops counting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub seq: u64,
+    pub expires_ms: Option<i64>,
 }
 
 /// What the store says about a key before the draw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lookup {
-    /// The key holds permit number .0.
-    Permitted(u64),
+    /// The key holds this permit.
+    Permitted(Held),
     /// No permit for the key, and the cap is reached.
     SoldOut,
     /// No permit for the key, and room under the cap: the key may draw.
@@ -237,38 +266,82 @@ pub enum Lookup {
 /// What the store did when asked to admit a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admission {
-    /// A new permit, number .0, was stored.
-    Admitted(u64),
-    /// The key already held permit .0 (another worker admitted it in the meantime).
-    Permitted(u64),
+    /// A new permit was stored.
+    Admitted(Held),
+    /// The key already held this permit (another worker admitted it in the meantime).
+    Permitted(Held),
     /// The cap was reached first.
     SoldOut,
     /// The zone had no memory for another permit.
     ZoneFull,
 }
 
-/// A permit store as the decision sees it. Each call is one atomic step against every worker.
-pub trait PermitStore {
-    /// Does `key` hold a permit, and if not, is there room under `cap`?
-    fn lookup(&mut self, key: &[u8], cap: Cap) -> Lookup;
-    /// Stores a permit for `key` if it has none and the count is under `cap`.
-    fn admit(&mut self, key: &[u8], cap: Cap) -> Admission;
+/// What the store did when asked to register a key for the pre-queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Registration {
+    /// The key is registered (now, or by an earlier request: once per key).
+    Registered,
+    /// The zone had no memory for the registration.
+    ZoneFull,
 }
 
-/// The outcome of a request, and the number of the permit it passed with.
+/// A permit store as the decision sees it. Each call is one atomic step against every worker.
+///
+/// A store holding pre-queue registrations draws them first thing in the first `lookup` or
+/// `admit` of an open window, in the same atomic step, so nobody arriving after the start is
+/// looked at before the pre-queue's winners hold their permits.
+pub trait PermitStore {
+    /// Does `key` hold a permit, and if not, is there room under the sale's cap?
+    fn lookup(&mut self, key: &[u8], sale: &Sale) -> Lookup;
+    /// Stores a permit for `key` if it has none and the count is under the sale's cap.
+    fn admit(&mut self, key: &[u8], sale: &Sale) -> Admission;
+    /// Registers `key` for the pre-queue's draw at the start.
+    fn register(&mut self, key: &[u8]) -> Registration;
+}
+
+/// The pre-queue's draw: which of `registered` buyers (in order of registration) get a permit,
+/// in the order their permits are numbered. With a cap, `room` of them (all, if fewer), chosen
+/// uniformly; without one, each wins an independent draw against the block ratio.
+///
+/// A partial Fisher-Yates shuffle: every subset of the size is equally likely, and so is every
+/// order, so neither arriving early nor arriving through a fast worker is worth anything.
+pub fn prequeue_winners(
+    registered: usize,
+    room: Option<u64>,
+    ratio: BlockRatio,
+    rng: &mut impl rand::Rng,
+) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..registered).collect();
+    let take = match room {
+        Some(room) => usize::try_from(room).unwrap_or(usize::MAX).min(registered),
+        None => {
+            order.retain(|_| !ratio.blocks(rng.random()));
+            order.len()
+        }
+    };
+    for i in 0..take {
+        let j = rng.random_range(i..order.len());
+        order.swap(i, j);
+    }
+    order.truncate(take);
+    order
+}
+
+/// The outcome of a request, and the permit it passed with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verdict {
     pub outcome: Outcome,
-    pub seq: Option<u64>,
+    pub permit: Option<Held>,
 }
 
 impl From<Outcome> for Verdict {
     fn from(outcome: Outcome) -> Verdict {
-        Verdict { outcome, seq: None }
+        Verdict { outcome, permit: None }
     }
 }
 
-/// Decides one request, in the documented order: key, window, permit, cap, draw, admission.
+/// Decides one request, in the documented order: key, window (and pre-queue), permit, cap,
+/// draw, admission.
 ///
 /// `draw` is called at most once, and only when the ratio can block someone, so the common
 /// cases (ratio 0, returning winners, sold out) never pay for a random number.
@@ -279,7 +352,7 @@ pub fn decide<S: PermitStore>(
     draw: impl FnOnce() -> f64,
     store: &mut S,
 ) -> Verdict {
-    let passed = |outcome, seq| Verdict { outcome, seq: Some(seq) };
+    let passed = |outcome, held| Verdict { outcome, permit: Some(held) };
     if key.is_empty() {
         return Outcome::NoKey.into();
     }
@@ -287,13 +360,20 @@ pub fn decide<S: PermitStore>(
         return Outcome::KeyTooLong.into();
     }
     match sale.window.check(now_ms) {
+        Err(Closed::NotStarted) if sale.prequeue_open(now_ms) => {
+            return match store.register(key) {
+                Registration::Registered => Outcome::Prequeued.into(),
+                // Not registered, and told so: the buyer may still draw after the start.
+                Registration::ZoneFull => Outcome::NotStarted.into(),
+            };
+        }
         Err(Closed::NotStarted) => return Outcome::NotStarted.into(),
         Err(Closed::Ended) => return Outcome::Ended.into(),
         Ok(()) => {}
     }
     if sale.block_ratio.can_block() {
-        match store.lookup(key, sale.cap) {
-            Lookup::Permitted(seq) => return passed(Outcome::Permitted, seq),
+        match store.lookup(key, sale) {
+            Lookup::Permitted(held) => return passed(Outcome::Permitted, held),
             Lookup::SoldOut => return Outcome::SoldOut.into(),
             Lookup::Open if sale.block_ratio.blocks(draw()) => return Outcome::Blocked.into(),
             Lookup::Open => {}
@@ -301,9 +381,9 @@ pub fn decide<S: PermitStore>(
     }
     // Admission repeats the permit and cap checks under the same lock as the insert, so two
     // workers racing for the last permit cannot both win it.
-    match store.admit(key, sale.cap) {
-        Admission::Admitted(seq) => passed(Outcome::Admitted, seq),
-        Admission::Permitted(seq) => passed(Outcome::Permitted, seq),
+    match store.admit(key, sale) {
+        Admission::Admitted(held) => passed(Outcome::Admitted, held),
+        Admission::Permitted(held) => passed(Outcome::Permitted, held),
         Admission::SoldOut | Admission::ZoneFull => Outcome::SoldOut.into(),
     }
 }
@@ -312,48 +392,77 @@ pub fn decide<S: PermitStore>(
 mod tests {
     use super::*;
 
+    use rand::{rngs::SmallRng, SeedableRng};
+
     /// A store with the real semantics and none of the memory: a set and a count.
     #[derive(Default)]
     struct SetStore {
         permits: Vec<Vec<u8>>,
+        registered: Vec<Vec<u8>>,
         room: Option<usize>,
         lookups: usize,
     }
 
     impl SetStore {
-        fn seq(&self, key: &[u8]) -> Option<u64> {
-            self.permits.iter().position(|p| p == key).map(|i| i as u64 + 1)
+        fn held(&self, key: &[u8]) -> Option<Held> {
+            let index = self.permits.iter().position(|p| p == key)?;
+            Some(Held { seq: index as u64 + 1, expires_ms: None })
+        }
+
+        /// The pre-queue's draw, as the trait asks: before anything else in an open window.
+        fn settle(&mut self, sale: &Sale) {
+            if sale.prequeue_ms.is_none() || self.registered.is_empty() {
+                return;
+            }
+            let registered = core::mem::take(&mut self.registered);
+            let room = sale.cap.map(|cap| cap.saturating_sub(self.permits.len() as u64));
+            let mut rng = SmallRng::seed_from_u64(11);
+            for i in prequeue_winners(registered.len(), room, sale.block_ratio, &mut rng) {
+                self.permits.push(registered[i].clone());
+            }
         }
     }
 
     impl PermitStore for SetStore {
-        fn lookup(&mut self, key: &[u8], cap: Cap) -> Lookup {
+        fn lookup(&mut self, key: &[u8], sale: &Sale) -> Lookup {
+            self.settle(sale);
             self.lookups += 1;
-            if let Some(seq) = self.seq(key) {
-                Lookup::Permitted(seq)
-            } else if cap.is_some_and(|cap| self.permits.len() as u64 >= cap) {
+            if let Some(held) = self.held(key) {
+                Lookup::Permitted(held)
+            } else if sale.cap.is_some_and(|cap| self.permits.len() as u64 >= cap) {
                 Lookup::SoldOut
             } else {
                 Lookup::Open
             }
         }
 
-        fn admit(&mut self, key: &[u8], cap: Cap) -> Admission {
-            if let Some(seq) = self.seq(key) {
-                Admission::Permitted(seq)
-            } else if cap.is_some_and(|cap| self.permits.len() as u64 >= cap) {
+        fn admit(&mut self, key: &[u8], sale: &Sale) -> Admission {
+            self.settle(sale);
+            if let Some(held) = self.held(key) {
+                Admission::Permitted(held)
+            } else if sale.cap.is_some_and(|cap| self.permits.len() as u64 >= cap) {
                 Admission::SoldOut
             } else if self.room.is_some_and(|room| self.permits.len() >= room) {
                 Admission::ZoneFull
             } else {
                 self.permits.push(key.to_vec());
-                Admission::Admitted(self.permits.len() as u64)
+                Admission::Admitted(Held { seq: self.permits.len() as u64, expires_ms: None })
             }
+        }
+
+        fn register(&mut self, key: &[u8]) -> Registration {
+            if self.room.is_some_and(|room| self.registered.len() >= room) {
+                return Registration::ZoneFull;
+            }
+            if !self.registered.iter().any(|r| r == key) {
+                self.registered.push(key.to_vec());
+            }
+            Registration::Registered
         }
     }
 
     fn sale(ratio: f64, cap: Cap) -> Sale {
-        Sale { window: Window::default(), block_ratio: BlockRatio(ratio), cap }
+        Sale { window: Window::default(), block_ratio: BlockRatio(ratio), cap, prequeue_ms: None }
     }
 
     fn outcome(
@@ -451,10 +560,12 @@ mod tests {
     fn passing_verdicts_carry_the_permit_number() {
         let mut store = SetStore::default();
         let s = sale(0.5, None);
+        let seq = |v: Verdict| v.permit.map(|held| held.seq);
         let admitted = decide(&s, b"a", 0, || 0.9, &mut store);
-        assert_eq!(admitted, Verdict { outcome: Outcome::Admitted, seq: Some(1) });
-        assert_eq!(decide(&s, b"b", 0, || 0.9, &mut store).seq, Some(2));
-        assert_eq!(decide(&s, b"a", 0, never_drawn, &mut store).seq, Some(1));
+        let first = Held { seq: 1, expires_ms: None };
+        assert_eq!(admitted, Verdict { outcome: Outcome::Admitted, permit: Some(first) });
+        assert_eq!(seq(decide(&s, b"b", 0, || 0.9, &mut store)), Some(2));
+        assert_eq!(seq(decide(&s, b"a", 0, never_drawn, &mut store)), Some(1));
         assert_eq!(decide(&s, b"c", 0, || 0.1, &mut store), Outcome::Blocked.into());
     }
 
@@ -530,7 +641,7 @@ mod tests {
 
     #[test]
     fn the_draw_admits_about_one_minus_the_ratio() {
-        use rand::{rngs::SmallRng, Rng, SeedableRng};
+        use rand::Rng;
         let mut rng = SmallRng::seed_from_u64(7);
         let mut store = SetStore::default();
         let s = sale(0.4, None);
@@ -563,5 +674,94 @@ mod tests {
         assert!(Outcome::Admitted.passes() && Outcome::Permitted.passes());
         assert!(!Outcome::Blocked.passes());
         assert!(Outcome::NotStarted.message().starts_with("NOT_STARTED"));
+    }
+
+    fn prequeued_sale(cap: Cap) -> Sale {
+        Sale {
+            window: Window { start_ms: Some(10_000), end_ms: None },
+            block_ratio: BlockRatio(0.5),
+            cap,
+            prequeue_ms: Some(5_000),
+        }
+    }
+
+    #[test]
+    fn the_prequeue_opens_its_lead_before_the_start() {
+        let s = prequeued_sale(None);
+        assert!(!s.prequeue_open(4_999));
+        assert!(s.prequeue_open(5_000));
+        assert!(s.prequeue_open(9_999));
+        assert!(!s.prequeue_open(10_000));
+        assert!(!Sale { prequeue_ms: None, ..s }.prequeue_open(9_999));
+        let no_start = Sale { window: Window::default(), ..s };
+        assert!(!no_start.prequeue_open(0));
+    }
+
+    #[test]
+    fn prequeued_buyers_hold_the_cap_before_anyone_later_draws() {
+        let mut store = SetStore::default();
+        let s = prequeued_sale(Some(2));
+        assert_eq!(outcome(&s, b"early", 4_000, never_drawn, &mut store), Outcome::NotStarted);
+        for key in [&b"a"[..], b"b", b"c", b"d", b"a", b"a"] {
+            assert_eq!(outcome(&s, key, 6_000, never_drawn, &mut store), Outcome::Prequeued);
+        }
+        assert_eq!(store.registered.len(), 4, "a key registers once, however often it asks");
+        assert!(store.permits.is_empty(), "nobody holds a permit before the start");
+        // The first request after the start is a newcomer: it finds the cap taken.
+        assert_eq!(outcome(&s, b"late", 10_000, || 0.9, &mut store), Outcome::SoldOut);
+        assert_eq!(store.permits.len(), 2);
+        assert!(store.registered.is_empty());
+        let winners = [&b"a"[..], b"b", b"c", b"d"]
+            .into_iter()
+            .filter(|key| outcome(&s, key, 10_001, never_drawn, &mut store) == Outcome::Permitted)
+            .count();
+        assert_eq!(winners, 2);
+    }
+
+    #[test]
+    fn a_full_zone_leaves_a_buyer_out_of_the_prequeue_and_says_so() {
+        let mut store = SetStore { room: Some(1), ..SetStore::default() };
+        let s = prequeued_sale(Some(5));
+        assert_eq!(outcome(&s, b"a", 6_000, never_drawn, &mut store), Outcome::Prequeued);
+        assert_eq!(outcome(&s, b"b", 6_000, never_drawn, &mut store), Outcome::NotStarted);
+    }
+
+    #[test]
+    fn prequeue_winners_are_a_uniform_choice_in_a_uniform_order() {
+        let mut rng = SmallRng::seed_from_u64(5);
+        let (registered, room, trials) = (10, 3, 30_000);
+        let mut chosen = [0u32; 10];
+        let mut first = [0u32; 10];
+        for _ in 0..trials {
+            let winners = prequeue_winners(registered, Some(room), BlockRatio(0.9), &mut rng);
+            assert_eq!(winners.len(), 3);
+            let mut unique = winners.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            assert_eq!(unique.len(), 3, "nobody wins twice");
+            winners.iter().for_each(|&i| chosen[i] += 1);
+            first[winners[0]] += 1;
+        }
+        // Expected 9,000 and 3,000; the bands are about 5 standard deviations wide.
+        assert!(chosen.iter().all(|&c| (8_600..=9_400).contains(&c)), "chosen {chosen:?}");
+        assert!(first.iter().all(|&c| (2_730..=3_270).contains(&c)), "first {first:?}");
+    }
+
+    #[test]
+    fn prequeue_winners_edges() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        let all = |w: Vec<usize>| {
+            let mut w = w;
+            w.sort_unstable();
+            w
+        };
+        assert_eq!(all(prequeue_winners(4, Some(10), BlockRatio(1.0), &mut rng)), [0, 1, 2, 3]);
+        assert!(prequeue_winners(4, Some(0), BlockRatio(0.0), &mut rng).is_empty());
+        assert!(prequeue_winners(0, Some(3), BlockRatio(0.0), &mut rng).is_empty());
+        // Without a cap the block ratio decides, one draw each.
+        assert_eq!(prequeue_winners(50, None, BlockRatio(0.0), &mut rng).len(), 50);
+        assert!(prequeue_winners(50, None, BlockRatio(1.0), &mut rng).is_empty());
+        let half = prequeue_winners(10_000, None, BlockRatio(0.5), &mut rng).len();
+        assert!((4_700..=5_300).contains(&half), "{half} of 10000");
     }
 }

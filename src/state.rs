@@ -230,7 +230,7 @@ mod tests {
     #[test]
     fn a_snapshot_round_trips() {
         let permits = vec![permit("a", 3, None), permit("b\n x", 9, Some(9_000))];
-        let counters = vec![("granted".to_string(), 11), ("requests.7".to_string(), 40)];
+        let counters = vec![("granted".to_string(), 11), ("requests.ADMITTED".to_string(), 40)];
         let text = snapshot("z", b"$k", 12, &counters, &permits);
         let r = replay(text.as_bytes(), "z", b"$k", 0);
         assert_eq!(r.permits, permits);

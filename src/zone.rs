@@ -21,7 +21,12 @@ use core::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use siphasher::sip::SipHasher13;
 
-use crate::sale::{Admission, Cap, Lookup, PermitStore, Sale, COUNTED};
+use rand::{rngs::StdRng, SeedableRng};
+
+use crate::sale::{
+    prequeue_winners, Admission, Cap, Held, Lookup, Outcome, PermitStore, Registration, Sale,
+    COUNTED,
+};
 
 /// Allocation inside a locked region.
 pub trait Arena {
@@ -44,7 +49,7 @@ pub trait Shared {
 
 /// Tells a table laid out by one build of the module from one it cannot read, so that a
 /// reload with a changed layout fails loudly instead of reading garbage.
-const LAYOUT_MAGIC: u64 = 0x464c_5348_5341_4c02; // "FLSHSAL" + version 2
+const LAYOUT_MAGIC: u64 = 0x464c_5348_5341_4c03; // "FLSHSAL" + version 3
 
 /// Counters kept in the zone, exact across workers, updated without the lock.
 #[repr(C)]
@@ -62,13 +67,12 @@ impl Stats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Every counter with a name for the state file.
+    /// Every counter with its name in the state file: outcomes by name, so that a file stays
+    /// readable when outcomes are added.
     pub fn named_values(&self) -> Vec<(String, u64)> {
         let mut all: Vec<(String, u64)> = self
-            .requests
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (format!("requests.{i}"), c.load(Ordering::Relaxed)))
+            .outcome_counters()
+            .map(|(name, c)| (format!("requests.{name}"), c.load(Ordering::Relaxed)))
             .collect();
         for (name, c) in
             [("granted", &self.granted), ("revoked", &self.revoked), ("expired", &self.expired)]
@@ -78,12 +82,24 @@ impl Stats {
         all
     }
 
+    /// Each outcome's counter once (passing outcomes have no dry-run counter of their own).
+    fn outcome_counters(&self) -> impl Iterator<Item = (&'static str, &AtomicU64)> {
+        Outcome::ALL
+            .into_iter()
+            .flat_map(|o| [(o, false), (o, true)])
+            .filter(|&(o, dry_run)| !(dry_run && o.passes()))
+            .map(|(o, dry_run)| (o.name(dry_run), &self.requests[o.counter(dry_run)]))
+    }
+
     fn named(&self, name: &str) -> Option<&AtomicU64> {
         match name {
             "granted" => Some(&self.granted),
             "revoked" => Some(&self.revoked),
             "expired" => Some(&self.expired),
-            _ => self.requests.get(name.strip_prefix("requests.")?.parse::<usize>().ok()?),
+            _ => {
+                let outcome = name.strip_prefix("requests.")?;
+                self.outcome_counters().find(|&(n, _)| n == outcome).map(|(_, c)| c)
+            }
         }
     }
 }
@@ -199,6 +215,9 @@ pub struct PermitTable {
     timed: List,
     /// Permits without one, oldest first.
     untimed: List,
+    /// Keys registered for the pre-queue's draw: a table of its own in the same zone, created
+    /// by the first registration and freed by the draw; null when nobody waits.
+    prequeue: *mut PermitTable,
     pub stats: Stats,
     pub overrides: Overrides,
     mask: u64,
@@ -274,6 +293,7 @@ impl PermitTable {
                 key_spec_len: key_spec.len(),
                 timed: empty(),
                 untimed: empty(),
+                prequeue: ptr::null_mut(),
                 stats: Stats::default(),
                 overrides: Overrides::default(),
                 mask: buckets as u64 - 1,
@@ -509,6 +529,100 @@ impl PermitTable {
         cap.is_none_or(|cap| self.permits < cap)
     }
 
+    /// True the first time the zone is found full since it last had room: worth one log line.
+    fn report_full(&mut self) -> bool {
+        let first = self.full_reported == 0;
+        self.full_reported = 1;
+        first
+    }
+
+    /// Keys waiting for the pre-queue's draw.
+    pub fn prequeued(&self) -> u64 {
+        // SAFETY: the pre-queue is null or a live table of this zone; the lock is held.
+        unsafe { self.prequeue.as_ref() }.map_or(0, |queue| queue.permits)
+    }
+
+    /// Registers `key` for the pre-queue's draw, once per key; false when the zone has no room.
+    fn register(&mut self, arena: &impl Arena, key: &[u8], now_ms: i64) -> bool {
+        if self.prequeue.is_null() {
+            // A quarter of the permits' buckets: registrations last minutes, not the sale.
+            let buckets = ((self.mask as usize + 1) / 4).max(16);
+            match PermitTable::create(arena, buckets, self.sip_key, b"") {
+                Some(queue) => self.prequeue = queue.as_ptr(),
+                None => return false,
+            }
+        }
+        // SAFETY: the pre-queue was created in this zone's arena and only changes under the
+        // lock, which the caller holds.
+        let queue = unsafe { &mut *self.prequeue };
+        let hash = queue.hash(key);
+        // A registration is a permit of the pre-queue's table: its number is the arrival order.
+        queue.find(hash, key).is_some() || queue.insert(arena, hash, key, now_ms, None).is_some()
+    }
+
+    /// The pre-queue's draw: gives permits to a uniform choice of the registered keys that hold
+    /// none (see [`prequeue_winners`]) and frees the pre-queue. Returns the new permits, and
+    /// whether the zone ran out of room for them.
+    fn settle_prequeue(
+        &mut self,
+        arena: &impl Arena,
+        sale: &Sale,
+        now_ms: i64,
+        expires_ms: Option<i64>,
+    ) -> (Vec<PermitInfo>, bool) {
+        let Some(mut queue) = NonNull::new(self.prequeue) else {
+            return (Vec::new(), false);
+        };
+        self.prequeue = ptr::null_mut();
+        // SAFETY: the pre-queue is a live table of this zone, now reachable from here alone;
+        // the lock is held.
+        let queue = unsafe { queue.as_mut() };
+        let mut registered = Vec::new();
+        for entry in queue.permits_after(ptr::null()) {
+            // SAFETY: as above; the entry is live until `destroy` below.
+            let key = unsafe { permit_key(entry.as_ptr()) };
+            registered.push(key.to_vec());
+        }
+        registered.retain(|key| self.find(self.hash(key), key).is_none());
+        // SAFETY: nothing points into the pre-queue any more.
+        unsafe { queue.destroy(arena) };
+
+        // Permits held already (an operator's grants) count against the cap.
+        let room = sale.cap.map(|cap| cap.saturating_sub(self.permits));
+        // A generator of its own, seeded from the system: the draw happens once per sale.
+        let mut rng = StdRng::try_from_os_rng()
+            .unwrap_or_else(|_| StdRng::seed_from_u64(self.sip_key[0] ^ now_ms as u64));
+        let mut granted = Vec::new();
+        for i in prequeue_winners(registered.len(), room, sale.block_ratio, &mut rng) {
+            let key = &registered[i];
+            let Some(seq) = self.insert(arena, self.hash(key), key, now_ms, expires_ms) else {
+                return (granted, true);
+            };
+            granted.push(PermitInfo { key: key.clone(), seq, granted_ms: now_ms, expires_ms });
+        }
+        (granted, false)
+    }
+
+    /// Frees every permit of the table, its key expression and the table itself.
+    ///
+    /// # Safety
+    /// The table was created by [`PermitTable::create`] in `arena`, is not used afterwards, and
+    /// the lock is held.
+    unsafe fn destroy(&mut self, arena: &impl Arena) {
+        while let Some(permit) = NonNull::new(self.next_in_order(ptr::null())) {
+            // SAFETY: `permit` is on one of this table's lists.
+            unsafe { self.remove(arena, permit) };
+        }
+        let bytes = size_of::<Self>() + (self.mask as usize + 1) * size_of::<*mut Permit>();
+        // SAFETY: `create` allocated exactly these two blocks with these sizes.
+        unsafe {
+            if let Some(spec) = NonNull::new(self.key_spec.cast_mut()) {
+                arena.free(spec, self.key_spec_len.max(1));
+            }
+            arena.free(NonNull::from(self).cast(), bytes);
+        }
+    }
+
     /// The permit after `p` in list order: timed permits (soonest expiry first), then the
     /// others (oldest first); the first permit when `p` is null.
     fn next_in_order(&self, p: *const Permit) -> *mut Permit {
@@ -543,6 +657,12 @@ unsafe fn permit_key<'a>(p: *const Permit) -> &'a [u8] {
     unsafe { core::slice::from_raw_parts(p.add(1).cast::<u8>(), (*p).key_len as usize) }
 }
 
+fn held(permit: NonNull<Permit>) -> Held {
+    // SAFETY: callers hold the lock and pass a live permit.
+    let p = unsafe { permit.as_ref() };
+    Held { seq: p.seq, expires_ms: (p.expires_ms != 0).then_some(p.expires_ms) }
+}
+
 fn info(permit: NonNull<Permit>) -> PermitInfo {
     // SAFETY: callers hold the lock and pass a live permit.
     let (p, key) = unsafe { (permit.as_ref(), permit_key(permit.as_ptr())) };
@@ -561,6 +681,7 @@ pub struct ZoneStore<'a, S: Shared> {
     now_ms: i64,
     ttl_ms: Option<i64>,
     newly_full: bool,
+    settled: Vec<PermitInfo>,
 }
 
 /// A key to grant a permit to, and the permit's time-to-live in milliseconds.
@@ -578,7 +699,7 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
     /// # Safety
     /// `table` was created by [`PermitTable::create`] inside `shared`, and stays mapped for `'a`.
     pub unsafe fn new(shared: &'a S, table: NonNull<PermitTable>, now_ms: i64) -> Self {
-        ZoneStore { shared, table, now_ms, ttl_ms: None, newly_full: false }
+        ZoneStore { shared, table, now_ms, ttl_ms: None, newly_full: false, settled: Vec::new() }
     }
 
     /// Permits admitted through this store expire `ttl_ms` after admission.
@@ -592,6 +713,11 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
         self.newly_full
     }
 
+    /// The permits the pre-queue's draw granted in this store's steps (for the state file).
+    pub fn take_settled(&mut self) -> Vec<PermitInfo> {
+        core::mem::take(&mut self.settled)
+    }
+
     /// The table's statistics and overrides, which need no lock.
     pub fn table(&self) -> &'a PermitTable {
         // SAFETY: see `new`; only the atomics and immutable fields are read without the lock.
@@ -603,6 +729,11 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
         self.with_table(|table, _| table.permits())
     }
 
+    /// Permits stored now, and keys waiting for the pre-queue's draw, in one locked step.
+    pub fn counts(&mut self) -> (u64, u64) {
+        self.with_table(|table, _| (table.permits(), table.prequeued()))
+    }
+
     /// Runs `f` on the table with the lock held, after taking expired permits off.
     fn with_table<T>(&mut self, f: impl FnOnce(&mut PermitTable, &S::Locked<'_>) -> T) -> T {
         let locked = self.shared.lock();
@@ -610,6 +741,29 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
         let table = unsafe { self.table.as_mut() };
         table.expire(&locked, self.now_ms);
         f(table, &locked)
+    }
+
+    /// As [`Self::with_table`], for a gate's step: in a sale with a pre-queue, its draw comes
+    /// first, in the same locked step.
+    fn with_sale<T>(
+        &mut self,
+        sale: &Sale,
+        f: impl FnOnce(&mut PermitTable, &S::Locked<'_>) -> T,
+    ) -> T {
+        let (now_ms, expires_ms) = (self.now_ms, self.ttl_ms.map(|ttl| self.now_ms + ttl));
+        let mut settled = None;
+        let result = self.with_table(|table, arena| {
+            if sale.prequeue_ms.is_some() && !table.prequeue.is_null() {
+                let (granted, full) = table.settle_prequeue(arena, sale, now_ms, expires_ms);
+                settled = Some((granted, full && table.report_full()));
+            }
+            f(table, arena)
+        });
+        if let Some((granted, newly_full)) = settled {
+            self.settled.extend(granted);
+            self.newly_full |= newly_full;
+        }
+        result
     }
 
     /// One permit, if `key` holds one.
@@ -692,13 +846,12 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
 }
 
 impl<S: Shared> PermitStore for ZoneStore<'_, S> {
-    fn lookup(&mut self, key: &[u8], cap: Cap) -> Lookup {
-        self.with_table(|table, _| {
+    fn lookup(&mut self, key: &[u8], sale: &Sale) -> Lookup {
+        self.with_sale(sale, |table, _| {
             let hash = table.hash(key);
             if let Some(permit) = table.find(hash, key) {
-                // SAFETY: a permit found under the lock is live.
-                Lookup::Permitted(unsafe { permit.as_ref() }.seq)
-            } else if table.under_cap(cap) {
+                Lookup::Permitted(held(permit))
+            } else if table.under_cap(sale.cap) {
                 Lookup::Open
             } else {
                 Lookup::SoldOut
@@ -706,28 +859,40 @@ impl<S: Shared> PermitStore for ZoneStore<'_, S> {
         })
     }
 
-    fn admit(&mut self, key: &[u8], cap: Cap) -> Admission {
-        let (now_ms, ttl_ms) = (self.now_ms, self.ttl_ms);
-        let (admission, newly_full) = self.with_table(|table, arena| {
+    fn admit(&mut self, key: &[u8], sale: &Sale) -> Admission {
+        let (now_ms, expires_ms) = (self.now_ms, self.ttl_ms.map(|ttl| self.now_ms + ttl));
+        let (admission, newly_full) = self.with_sale(sale, |table, arena| {
             let hash = table.hash(key);
             if let Some(permit) = table.find(hash, key) {
-                // SAFETY: a permit found under the lock is live.
-                return (Admission::Permitted(unsafe { permit.as_ref() }.seq), false);
+                return (Admission::Permitted(held(permit)), false);
             }
-            if !table.under_cap(cap) {
+            if !table.under_cap(sale.cap) {
                 return (Admission::SoldOut, false);
             }
-            match table.insert(arena, hash, key, now_ms, ttl_ms.map(|t| now_ms + t)) {
-                Some(seq) => (Admission::Admitted(seq), false),
-                None => {
-                    let first = table.full_reported == 0;
-                    table.full_reported = 1;
-                    (Admission::ZoneFull, first)
-                }
+            match table.insert(arena, hash, key, now_ms, expires_ms) {
+                Some(seq) => (Admission::Admitted(Held { seq, expires_ms }), false),
+                None => (Admission::ZoneFull, table.report_full()),
             }
         });
         self.newly_full |= newly_full;
         admission
+    }
+
+    fn register(&mut self, key: &[u8]) -> Registration {
+        let now_ms = self.now_ms;
+        let (registered, newly_full) = self.with_table(|table, arena| {
+            if table.register(arena, key, now_ms) {
+                (true, false)
+            } else {
+                (false, table.report_full())
+            }
+        });
+        self.newly_full |= newly_full;
+        if registered {
+            Registration::Registered
+        } else {
+            Registration::ZoneFull
+        }
     }
 }
 
@@ -791,6 +956,16 @@ mod tests {
         unsafe { ZoneStore::new(heap, t, now_ms) }
     }
 
+    /// A sale with this cap and nothing else: what the store's steps read.
+    fn capped(cap: Cap) -> Sale {
+        Sale { cap, ..Sale::default() }
+    }
+
+    /// A permit without expiry, as steps report it.
+    fn seq(seq: u64) -> Held {
+        Held { seq, expires_ms: None }
+    }
+
     fn keys(list: &[PermitInfo]) -> Vec<&[u8]> {
         list.iter().map(|p| &p.key[..]).collect()
     }
@@ -800,15 +975,15 @@ mod tests {
         let heap = Heap::new(1 << 20);
         let t = table(&heap, 16);
         let mut s = store(&heap, t, 0);
-        assert_eq!(s.lookup(b"alice", Some(2)), Lookup::Open);
-        assert_eq!(s.admit(b"alice", Some(2)), Admission::Admitted(1));
-        assert_eq!(s.lookup(b"alice", Some(2)), Lookup::Permitted(1));
-        assert_eq!(s.admit(b"alice", Some(2)), Admission::Permitted(1));
-        assert_eq!(s.admit(b"bob", Some(2)), Admission::Admitted(2));
-        assert_eq!(s.lookup(b"carol", Some(2)), Lookup::SoldOut);
-        assert_eq!(s.admit(b"carol", Some(2)), Admission::SoldOut);
+        assert_eq!(s.lookup(b"alice", &capped(Some(2))), Lookup::Open);
+        assert_eq!(s.admit(b"alice", &capped(Some(2))), Admission::Admitted(seq(1)));
+        assert_eq!(s.lookup(b"alice", &capped(Some(2))), Lookup::Permitted(seq(1)));
+        assert_eq!(s.admit(b"alice", &capped(Some(2))), Admission::Permitted(seq(1)));
+        assert_eq!(s.admit(b"bob", &capped(Some(2))), Admission::Admitted(seq(2)));
+        assert_eq!(s.lookup(b"carol", &capped(Some(2))), Lookup::SoldOut);
+        assert_eq!(s.admit(b"carol", &capped(Some(2))), Admission::SoldOut);
         // A higher cap elsewhere still sees the two permits.
-        assert_eq!(s.admit(b"carol", Some(3)), Admission::Admitted(3));
+        assert_eq!(s.admit(b"carol", &capped(Some(3))), Admission::Admitted(seq(3)));
         assert_eq!(s.permits(), 3);
     }
 
@@ -818,13 +993,13 @@ mod tests {
         // One bucket: every key collides, so only the full comparison tells them apart.
         let t = table(&heap, 1);
         let mut s = store(&heap, t, 0);
-        assert_eq!(s.admit(b"abc", None), Admission::Admitted(1));
+        assert_eq!(s.admit(b"abc", &capped(None)), Admission::Admitted(seq(1)));
         for other in [&b"ab"[..], b"abcd", b"abd", b"\xffbc"] {
-            assert_eq!(s.lookup(other, None), Lookup::Open);
+            assert_eq!(s.lookup(other, &capped(None)), Lookup::Open);
         }
-        assert_eq!(s.admit(b"ab", None), Admission::Admitted(2));
-        assert_eq!(s.lookup(b"abc", None), Lookup::Permitted(1));
-        assert_eq!(s.lookup(b"ab", None), Lookup::Permitted(2));
+        assert_eq!(s.admit(b"ab", &capped(None)), Admission::Admitted(seq(2)));
+        assert_eq!(s.lookup(b"abc", &capped(None)), Lookup::Permitted(seq(1)));
+        assert_eq!(s.lookup(b"ab", &capped(None)), Lookup::Permitted(seq(2)));
     }
 
     #[test]
@@ -833,12 +1008,15 @@ mod tests {
         let t = table(&heap, 64);
         let mut s = store(&heap, t, 42);
         for i in 0..100u32 {
-            assert_eq!(s.admit(&i.to_be_bytes(), None), Admission::Admitted(u64::from(i) + 1));
+            assert_eq!(
+                s.admit(&i.to_be_bytes(), &capped(None)),
+                Admission::Admitted(seq(u64::from(i) + 1))
+            );
         }
         let p = s.get(&7u32.to_be_bytes()).unwrap();
         assert_eq!((p.seq, p.granted_ms, p.expires_ms), (8, 42, None));
         assert_eq!(s.revoke(&7u32.to_be_bytes()), Some(8));
-        assert_eq!(s.admit(&7u32.to_be_bytes(), None), Admission::Admitted(101));
+        assert_eq!(s.admit(&7u32.to_be_bytes(), &capped(None)), Admission::Admitted(seq(101)));
     }
 
     #[test]
@@ -847,18 +1025,21 @@ mod tests {
         let t = table(&heap, 16);
         let mut s = store(&heap, t, 0);
         let mut admitted = 0;
-        while let Admission::Admitted(_) = s.admit(format!("buyer-{admitted}").as_bytes(), None) {
+        while let Admission::Admitted(_) =
+            s.admit(format!("buyer-{admitted}").as_bytes(), &capped(None))
+        {
             admitted += 1;
         }
         assert!(admitted > 10, "only {admitted} permits fit");
         assert!(s.newly_full());
+        // "buyer-x" needs as much room as "buyer-0": the room its revocation gives back.
         let mut later = store(&heap, t, 0);
-        assert_eq!(later.admit(b"someone else", None), Admission::ZoneFull);
+        assert_eq!(later.admit(b"buyer-x", &capped(None)), Admission::ZoneFull);
         assert!(!later.newly_full(), "the full zone is reported once");
-        assert_eq!(later.admit(b"buyer-0", None), Admission::Permitted(1));
+        assert_eq!(later.admit(b"buyer-0", &capped(None)), Admission::Permitted(seq(1)));
         assert_eq!(later.permits(), admitted);
         assert_eq!(later.revoke(b"buyer-0"), Some(1));
-        assert_eq!(later.admit(b"someone else", None), Admission::Admitted(admitted + 1));
+        assert_eq!(later.admit(b"buyer-x", &capped(None)), Admission::Admitted(seq(admitted + 1)));
     }
 
     #[test]
@@ -867,15 +1048,19 @@ mod tests {
         let t = table(&heap, 16);
         let empty = heap.used();
         let mut s = store(&heap, t, 1_000).with_ttl(Some(500));
-        assert_eq!(s.admit(b"a", Some(2)), Admission::Admitted(1));
+        let a = Held { seq: 1, expires_ms: Some(1_500) };
+        assert_eq!(s.admit(b"a", &capped(Some(2))), Admission::Admitted(a));
+        assert_eq!(s.lookup(b"a", &capped(Some(2))), Lookup::Permitted(a));
         let mut s = store(&heap, t, 1_200).with_ttl(Some(500));
-        assert_eq!(s.admit(b"b", Some(2)), Admission::Admitted(2));
-        assert_eq!(s.admit(b"c", Some(2)), Admission::SoldOut);
+        let b = Held { seq: 2, expires_ms: Some(1_700) };
+        assert_eq!(s.admit(b"b", &capped(Some(2))), Admission::Admitted(b));
+        assert_eq!(s.admit(b"c", &capped(Some(2))), Admission::SoldOut);
         assert_eq!(s.get(b"a").unwrap().expires_ms, Some(1_500));
         // At 1,500 a's permit is gone: its slot goes back to the draw, and a must win again.
         let mut s = store(&heap, t, 1_500).with_ttl(Some(500));
-        assert_eq!(s.lookup(b"a", Some(2)), Lookup::Open);
-        assert_eq!(s.admit(b"c", Some(2)), Admission::Admitted(3));
+        assert_eq!(s.lookup(b"a", &capped(Some(2))), Lookup::Open);
+        let c = Held { seq: 3, expires_ms: Some(2_000) };
+        assert_eq!(s.admit(b"c", &capped(Some(2))), Admission::Admitted(c));
         assert_eq!(s.table().stats.expired.load(Ordering::Relaxed), 1);
         let mut s = store(&heap, t, 10_000);
         assert_eq!(s.permits(), 0);
@@ -910,7 +1095,7 @@ mod tests {
         let t = table(&heap, 16);
         let mut s = store(&heap, t, 0);
         for i in 0..25 {
-            s.admit(format!("k{i:02}").as_bytes(), None);
+            s.admit(format!("k{i:02}").as_bytes(), &capped(None));
         }
         s.grant(&[(b"t1".to_vec(), Some(50)), (b"t0".to_vec(), Some(10))]);
         let mut seen = Vec::new();
@@ -935,19 +1120,19 @@ mod tests {
         let empty = heap.used();
         let mut s = store(&heap, t, 0);
         for k in [&b"a"[..], b"b", b"c"] {
-            s.admit(k, Some(3));
+            s.admit(k, &capped(Some(3)));
         }
-        assert_eq!(s.admit(b"d", Some(3)), Admission::SoldOut);
+        assert_eq!(s.admit(b"d", &capped(Some(3))), Admission::SoldOut);
         assert_eq!(s.revoke(b"b"), Some(2));
         assert_eq!(s.revoke(b"b"), None);
         assert_eq!(s.get(b"b"), None);
-        assert_eq!(s.admit(b"d", Some(3)), Admission::Admitted(4));
+        assert_eq!(s.admit(b"d", &capped(Some(3))), Admission::Admitted(seq(4)));
         assert_eq!(s.clear(), (3, 5));
         assert_eq!(s.permits(), 0);
         assert_eq!(heap.used(), empty);
         assert_eq!(s.table().stats.revoked.load(Ordering::Relaxed), 4);
         assert_eq!(s.table().stats.granted.load(Ordering::Relaxed), 4);
-        assert_eq!(s.admit(b"a", Some(3)), Admission::Admitted(5));
+        assert_eq!(s.admit(b"a", &capped(Some(3))), Admission::Admitted(seq(5)));
     }
 
     #[test]
@@ -955,8 +1140,8 @@ mod tests {
         let heap = Heap::new(1 << 20);
         let t = table(&heap, 16);
         let mut s = store(&heap, t, 0).with_ttl(Some(1_000));
-        s.admit(b"a", None);
-        s.admit(b"b", None);
+        s.admit(b"a", &capped(None));
+        s.admit(b"b", &capped(None));
         s.revoke(b"a");
         let (next_seq, permits) = s.snapshot();
         let counters = s.table().stats.named_values();
@@ -969,7 +1154,7 @@ mod tests {
         assert_eq!(s.get(b"b").map(|p| (p.seq, p.expires_ms)), Some((2, Some(1_000))));
         assert_eq!(s.get(b"a"), None);
         assert_eq!(s.table().stats.revoked.load(Ordering::Relaxed), 1);
-        assert_eq!(s.admit(b"c", None), Admission::Admitted(3));
+        assert_eq!(s.admit(b"c", &capped(None)), Admission::Admitted(seq(3)));
     }
 
     #[test]
@@ -1026,8 +1211,10 @@ mod tests {
                         let mut s = store(heap, t.0, 0);
                         (0..2_000u32)
                             .filter_map(|i| {
-                                match s.admit(format!("{thread}-{i}").as_bytes(), Some(100)) {
-                                    Admission::Admitted(seq) => Some(seq),
+                                match s
+                                    .admit(format!("{thread}-{i}").as_bytes(), &capped(Some(100)))
+                                {
+                                    Admission::Admitted(held) => Some(held.seq),
                                     _ => None,
                                 }
                             })
@@ -1064,5 +1251,64 @@ mod tests {
         assert_eq!(t.key_spec(), b"$arg_user");
         t.magic = 7;
         assert!(!t.is_compatible());
+    }
+
+    fn prequeued(cap: Cap) -> Sale {
+        Sale { cap, prequeue_ms: Some(60_000), ..Sale::default() }
+    }
+
+    #[test]
+    fn the_prequeue_is_drawn_in_the_first_step_of_the_sale_and_freed() {
+        let heap = Heap::new(1 << 20);
+        let t = table(&heap, 64);
+        let empty = heap.used();
+        let mut s = store(&heap, t, 0);
+        for i in 0..50 {
+            for _ in 0..3 {
+                assert_eq!(s.register(format!("early-{i}").as_bytes()), Registration::Registered);
+            }
+        }
+        assert_eq!(s.table().prequeued(), 50, "one registration per key");
+        s.grant(&[(b"early-7".to_vec(), None)]);
+        // A step without the pre-queue (the API, another location) leaves it waiting.
+        assert_eq!(s.admit(b"other", &capped(None)), Admission::Admitted(seq(2)));
+        assert_eq!(s.table().prequeued(), 50);
+
+        let mut s = store(&heap, t, 1_000).with_ttl(Some(60_000));
+        assert_eq!(s.lookup(b"late", &prequeued(Some(12))), Lookup::SoldOut);
+        let settled = s.take_settled();
+        assert_eq!(settled.len(), 10, "the cap's worth, less the permits already held");
+        assert!(settled.iter().all(|p| p.key.starts_with(b"early-") && p.key != b"early-7"));
+        assert!(settled.iter().all(|p| p.expires_ms == Some(61_000) && p.granted_ms == 1_000));
+        let mut numbers: Vec<u64> = settled.iter().map(|p| p.seq).collect();
+        numbers.sort_unstable();
+        assert_eq!(numbers, (3..=12).collect::<Vec<_>>());
+        assert_eq!(s.table().prequeued(), 0);
+        assert_eq!(s.permits(), 12);
+        assert!(s.take_settled().is_empty(), "drawn once");
+
+        s.clear();
+        assert_eq!(heap.used(), empty, "the pre-queue's memory is given back");
+    }
+
+    #[test]
+    fn the_prequeue_draw_stops_at_a_full_zone() {
+        let heap = Heap::new(8192);
+        let t = table(&heap, 16);
+        let mut s = store(&heap, t, 0);
+        let mut registered = 0;
+        while s.register(format!("buyer-{registered}").as_bytes()) == Registration::Registered {
+            registered += 1;
+        }
+        assert!(s.newly_full());
+        assert!(registered > 20, "only {registered} registrations fit");
+        let mut s = store(&heap, t, 1);
+        let lookup = s.lookup(b"late", &prequeued(None));
+        let settled = s.take_settled().len();
+        assert!(settled > 20 && settled <= registered, "{settled} of {registered} drawn");
+        assert_eq!(s.permits(), settled as u64);
+        if settled < registered {
+            assert_eq!(lookup, Lookup::Open);
+        }
     }
 }

@@ -361,7 +361,33 @@ qr/invalid value "per_key" in "flash_sale_draw" directive, expected per_request,
 --- error_log eval
 qr/"flash_sale" directive is duplicate/
 
-=== TEST 29: the documented grammar, in full, is accepted
+=== TEST 29: a pre-queue needs a time
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        flash_sale_prequeue 5 minutes;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/invalid number of arguments in "flash_sale_prequeue" directive in \S+nginx\.conf:\d+/
+
+=== TEST 30: a pre-queue of no time at all
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        flash_sale_prequeue 0s;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/invalid value "0s" in "flash_sale_prequeue" directive, expected a time such as 5m or 30s in \S+nginx\.conf:\d+/
+
+=== TEST 31: the documented grammar, in full, is accepted
 --- http_config
     flash_sale_zone $http_authorization zone=laptop:10m;
     flash_sale_zone "$arg_shop:$cookie_uid" zone=phone:64k;
@@ -374,6 +400,7 @@ qr/"flash_sale" directive is duplicate/
         flash_sale_max_permits 3;
         flash_sale_reject_status 503;
         flash_sale_draw per_key 30s;
+        flash_sale_prequeue 5m;
         return 200 "open\n";
     }
     location /phone {

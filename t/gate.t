@@ -289,3 +289,37 @@ HEAD /sale?user=a
 --- response_headers
 Cache-Control: no-store
 Content-Length: 39
+
+
+=== TEST 13: in the pre-queue's last minutes: PREQUEUED with Retry-After, once per buyer
+--- config
+    add_header X-Sale $flash_sale_status always;
+    location /soon {
+        flash_sale zone=sale;
+        flash_sale_start 2099-01-01T00:00:00Z;
+        flash_sale_prequeue 36500d;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/backend;
+    }
+    location /later {
+        flash_sale zone=sale;
+        flash_sale_start 2099-01-01T00:00:00Z;
+        flash_sale_prequeue 5m;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/backend;
+    }
+    location /backend { return 200 "ok\n"; }
+    location /metrics { flash_sale_metrics; }
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- request eval
+["GET /soon?user=a", "GET /soon?user=a", "GET /soon?user=b", "GET /later?user=c", "GET /metrics"]
+--- error_code eval
+[503, 503, 503, 503, 200]
+--- response_body_like eval
+["^PREQUEUED: you are in the draw at the start; come back when the sale starts\.\n\\z",
+ "^PREQUEUED", "^PREQUEUED", "^NOT_STARTED", 'flash_sale_prequeued\{zone="sale"\} 2\n']
+--- response_headers_like eval
+["X-Sale: PREQUEUED\nCache-Control: no-store\nRetry-After: \\d{9,10}", "X-Sale: PREQUEUED",
+ "X-Sale: PREQUEUED", "X-Sale: NOT_STARTED\nRetry-After: \\d{9,10}", ""]
+--- no_error_log
+[error]
+
