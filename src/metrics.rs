@@ -145,6 +145,6 @@ mod tests {
         assert!(!text.contains("SOLD_OUT_DRY_RUN"), "empty dry-run counters are left out");
         assert_eq!(text.matches("status=\"PERMITTED\"}").count(), 2, "one series per zone");
         assert!(!text.contains("flash_sale_max_permits{zone=\"ph"), "no cap, no sample");
-        assert_eq!(text.matches("# TYPE").count(), 7);
+        assert_eq!(text.matches("# TYPE").count(), 8);
     }
 }
