@@ -1,8 +1,10 @@
-//! Property tests: the parsers of directive values and of admin API requests take any input
+//! Property tests: the parsers of directive values, admin API requests and tokens take any input
 //! without panicking (a panic in a worker is a crash), and the ones that round-trip do.
 
-use crate::{api, parse, sale::BlockRatio};
+use crate::{api, parse, sale::BlockRatio, token};
 use proptest::prelude::*;
+
+const SECRET: &[u8] = b"a secret of at least thirty-two bytes";
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
@@ -45,6 +47,27 @@ proptest! {
         let text = format!("{x}");
         let parsed = BlockRatio::parse(&text);
         prop_assert_eq!(parsed.is_some(), (0.0..=1.0).contains(&x));
+    }
+
+    #[test]
+    fn tokens_from_the_wire_never_panic(t in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let _ = token::verify(SECRET, &t, "zone", b"key", 0);
+    }
+
+    #[test]
+    fn tokens_round_trip_and_any_changed_byte_is_refused(
+        zone in ".{1,16}", key in ".{1,40}", seq in 1u64.., flip in any::<prop::sample::Index>()
+    ) {
+        let claims = token::Claims { zone: &zone, key: &key, seq, expires_ms: None };
+        let signed = token::sign(SECRET, &claims).unwrap_or_default();
+        prop_assert_eq!(
+            token::verify(SECRET, signed.as_bytes(), &zone, key.as_bytes(), 0),
+            Ok((seq, None))
+        );
+        let mut tampered = signed.into_bytes();
+        let i = flip.index(tampered.len());
+        tampered[i] ^= 0x01;
+        prop_assert!(token::verify(SECRET, &tampered, &zone, key.as_bytes(), 0).is_err());
     }
 
     #[test]

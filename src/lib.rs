@@ -4,7 +4,7 @@
 //! The layers, from plain Rust to raw nginx:
 //! - [`sale`]: the decision (window, draw, cap); [`parse`]: directive values; [`api`],
 //!   [`metrics`], [`state`]: the admin API's requests and answers, the metrics' text, the state
-//!   file's records. No FFI.
+//!   file's records; [`token`]: signed permits for the checkout. No FFI.
 //! - [`zone`]: the permit table in shared memory, and `slab`: nginx's slab pool under it;
 //!   `journal`: the state file on disk.
 //! - `module`, `conf`, `handler`, `variables`: the nginx glue (the module, directives, phase
@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod parse;
 pub mod sale;
 pub mod state;
+pub mod token;
 pub mod zone;
 
 // Property tests over every parser that reads untrusted input.
