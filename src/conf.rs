@@ -23,6 +23,7 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 use crate::journal::{self, StateFile};
 use crate::parse;
 use crate::sale::{BlockRatio, DrawMode, Sale, Window};
+use crate::token;
 use crate::zone::{bucket_count, PermitTable};
 
 /// One `flash_sale_zone`: the buyer identity and the shared zone holding the permits.
@@ -82,6 +83,19 @@ pub enum Gate {
     Zone(NonNull<ZoneConf>),
 }
 
+/// `flash_sale_verify`: whether a location checks permit tokens, for which zone, and where the
+/// token is (the `Authorization: Bearer` header when `token` is `None`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Verify {
+    #[default]
+    Unset,
+    Off,
+    Zone {
+        zone: NonNull<ZoneConf>,
+        token: Option<NonNull<ngx_http_complex_value_t>>,
+    },
+}
+
 /// The location configuration; `None` is "not set here", resolved by [`merge_loc_conf`].
 #[derive(Debug, Default)]
 pub struct LocConf {
@@ -97,6 +111,9 @@ pub struct LocConf {
     pub release_header: Option<ngx_str_t>,
     pub draw: Option<DrawMode>,
     pub prequeue_ms: Option<i64>,
+    /// `flash_sale_token_secret`: the file's secret, in the cycle's pool.
+    pub token_secret: Option<ngx_str_t>,
+    pub verify: Verify,
 }
 
 /// The http block's configuration: every zone, for the metrics.
@@ -156,7 +173,7 @@ const fn command(
     ngx_command_t { name, type_, set: Some(set), conf, offset: 0, post: ptr::null_mut() }
 }
 
-pub static mut COMMANDS: [ngx_command_t; 16] = [
+pub static mut COMMANDS: [ngx_command_t; 18] = [
     command(
         ngx_string!("flash_sale_zone"),
         MAIN | NGX_CONF_2MORE as ngx_uint_t,
@@ -213,6 +230,18 @@ pub static mut COMMANDS: [ngx_command_t; 16] = [
         ngx_string!("flash_sale_release_header"),
         ANY | TAKE1,
         set_release_header,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("flash_sale_token_secret"),
+        ANY | TAKE1,
+        set_token_secret,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("flash_sale_verify"),
+        ANY | NGX_CONF_TAKE12 as ngx_uint_t,
+        set_verify,
         NGX_HTTP_LOC_CONF_OFFSET,
     ),
     command(
@@ -390,22 +419,154 @@ unsafe extern "C" fn set_gate(
         lcf.gate = Gate::Off;
         return NGX_CONF_OK;
     }
+    // SAFETY: called by nginx as a directive handler.
+    match unsafe { zone_parameter(cf, value) } {
+        Some(zone) => {
+            lcf.gate = Gate::Zone(zone);
+            NGX_CONF_OK
+        }
+        None => NGX_CONF_ERROR,
+    }
+}
+
+/// The zone named by a `zone=NAME` parameter, declared earlier by `flash_sale_zone`; says what
+/// is wrong in the error log otherwise.
+///
+/// # Safety
+/// `cf` is the configuration nginx passes to a directive handler.
+unsafe fn zone_parameter(cf: *mut ngx_conf_t, value: &ngx_str_t) -> Option<NonNull<ZoneConf>> {
     let Some(mut name) = value.strip_prefix("zone=").filter(|n| !n.is_empty()) else {
         ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid parameter \"{}\"", value);
-        return NGX_CONF_ERROR;
+        return None;
     };
     // Size 0 looks the zone up by name; it is known once its `flash_sale_zone` set its data.
     // SAFETY: `cf` is valid during parsing; the module's address is its shared-memory tag.
     let shm_zone = unsafe { ngx_shared_memory_add(cf, &mut name, 0, crate::module::module_tag()) };
     // SAFETY: a non-null zone from ngx_shared_memory_add stays valid for the cycle.
-    let Some(zone) = (unsafe { shm_zone.as_ref() }) else {
-        return NGX_CONF_ERROR;
-    };
-    let Some(zone_conf) = NonNull::new(zone.data.cast::<ZoneConf>()) else {
+    let zone = unsafe { shm_zone.as_ref() }?;
+    let zone_conf = NonNull::new(zone.data.cast::<ZoneConf>());
+    if zone_conf.is_none() {
         ngx_conf_log_error!(NGX_LOG_EMERG, cf, "unknown flash_sale_zone \"{}\"", name);
+    }
+    zone_conf
+}
+
+/// Compiles a value with variables into the cycle's pool.
+///
+/// # Safety
+/// `cf` is the configuration nginx passes to a directive handler.
+unsafe fn complex_value(
+    cf: *mut ngx_conf_t,
+    mut source: ngx_str_t,
+) -> Option<NonNull<ngx_http_complex_value_t>> {
+    // SAFETY: `cf->pool` is the cycle's pool; a complex value is plain data whose empty state
+    // is all zeroes, and a zeroed compile request with these fields set is how nginx's own
+    // modules call the compiler.
+    unsafe {
+        let pool = Pool::from_ngx_pool((*cf).pool);
+        let value = NonNull::new(pool.allocate(core::mem::zeroed::<ngx_http_complex_value_t>()))?;
+        let mut ccv: ngx_http_compile_complex_value_t = core::mem::zeroed();
+        ccv.cf = cf;
+        ccv.value = &mut source;
+        ccv.complex_value = value.as_ptr();
+        (ngx_http_compile_complex_value(&mut ccv) == Status::NGX_OK.0).then_some(value)
+    }
+}
+
+/// `flash_sale_token_secret FILE;`: the HMAC secret of `$flash_sale_token` and
+/// `flash_sale_verify`, read once, at configuration time.
+unsafe extern "C" fn set_token_secret(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: `conf` is this module's location configuration (NGX_HTTP_LOC_CONF_OFFSET).
+    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+    // SAFETY: called by nginx as a directive handler.
+    let args = unsafe { args(cf) };
+    if lcf.token_secret.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    // Relative paths start at the configuration's directory, as for ssl_session_ticket_key.
+    // SAFETY: `cf->cycle` is the cycle being configured.
+    let conf_prefix = unsafe { (*(*cf).cycle).conf_prefix };
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(conf_prefix.as_bytes()))
+        .join(std::ffi::OsStr::from_bytes(args[1].as_bytes()));
+    let contents = match std::fs::read(&path) {
+        Ok(contents) => contents,
+        Err(e) => {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "cannot read \"{}\" in \"{}\" directive: {}",
+                path.display(),
+                args[0],
+                e
+            );
+            return NGX_CONF_ERROR;
+        }
+    };
+    let secret = match token::secret_from_file(&contents) {
+        Ok(secret) => secret,
+        Err(len) => {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "the secret in \"{}\" is {} bytes long, \"{}\" needs at least {}",
+                path.display(),
+                len,
+                args[0],
+                token::MIN_SECRET_LEN
+            );
+            return NGX_CONF_ERROR;
+        }
+    };
+    // SAFETY: `cf->pool` is the cycle's pool, alive as long as this configuration.
+    match unsafe { ngx_str_t::from_bytes((*cf).pool, secret) } {
+        Some(copy) => {
+            lcf.token_secret = Some(copy);
+            NGX_CONF_OK
+        }
+        None => NGX_CONF_ERROR,
+    }
+}
+
+/// `flash_sale_verify zone=NAME [token=VALUE] | off;`
+unsafe extern "C" fn set_verify(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: `conf` is this module's location configuration (NGX_HTTP_LOC_CONF_OFFSET).
+    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+    // SAFETY: called by nginx as a directive handler.
+    let args = unsafe { args(cf) };
+    if lcf.verify != Verify::Unset {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    if args[1].as_bytes() == b"off" && args.len() == 2 {
+        lcf.verify = Verify::Off;
+        return NGX_CONF_OK;
+    }
+    // SAFETY: called by nginx as a directive handler.
+    let Some(zone) = (unsafe { zone_parameter(cf, &args[1]) }) else {
         return NGX_CONF_ERROR;
     };
-    lcf.gate = Gate::Zone(zone_conf);
+    let token = match args.get(2) {
+        None => None,
+        Some(arg) => {
+            let Some(source) = arg.strip_prefix("token=").filter(|v| !v.is_empty()) else {
+                ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid parameter \"{}\"", arg);
+                return NGX_CONF_ERROR;
+            };
+            // SAFETY: called by nginx as a directive handler.
+            match unsafe { complex_value(cf, source) } {
+                Some(value) => Some(value),
+                None => return NGX_CONF_ERROR,
+            }
+        }
+    };
+    lcf.verify = Verify::Zone { zone, token };
     NGX_CONF_OK
 }
 
@@ -463,22 +624,12 @@ unsafe extern "C" fn set_zone(
         return NGX_CONF_ERROR;
     };
 
-    // SAFETY: `cf->pool` is the cycle's pool, alive as long as this configuration.
-    let pool = unsafe { Pool::from_ngx_pool((*cf).pool) };
-    // SAFETY: a complex value is plain data; all zeroes is its empty state, as ngx_pcalloc gives.
-    let mut key: ngx_http_complex_value_t = unsafe { core::mem::zeroed() };
-    let mut key_source = args[1];
-    // SAFETY: a zeroed compile request with these fields set is how nginx's own modules call it.
-    let compiled = unsafe {
-        let mut ccv: ngx_http_compile_complex_value_t = core::mem::zeroed();
-        ccv.cf = cf;
-        ccv.value = &mut key_source;
-        ccv.complex_value = &mut key;
-        ngx_http_compile_complex_value(&mut ccv)
-    };
-    if compiled != Status::NGX_OK.0 {
+    // SAFETY: called by nginx as a directive handler.
+    let Some(key) = (unsafe { complex_value(cf, args[1]) }) else {
         return NGX_CONF_ERROR;
-    }
+    };
+    // SAFETY: a compiled complex value is plain data; the copy points to the same program.
+    let key = unsafe { key.as_ptr().read() };
 
     // SAFETY: `cf` is valid during parsing; the module's address is its shared-memory tag.
     let shm_zone =
@@ -504,6 +655,8 @@ unsafe extern "C" fn set_zone(
         }
         None => None,
     };
+    // SAFETY: `cf->pool` is the cycle's pool, alive as long as this configuration.
+    let pool = unsafe { Pool::from_ngx_pool((*cf).pool) };
     let zone_conf = pool.allocate(ZoneConf {
         key,
         key_var,
@@ -641,6 +794,18 @@ pub unsafe extern "C" fn merge_loc_conf(
     conf.release_header = conf.release_header.or(prev.release_header);
     conf.draw = conf.draw.or(prev.draw);
     conf.prequeue_ms = conf.prequeue_ms.or(prev.prequeue_ms);
+    conf.token_secret = conf.token_secret.or(prev.token_secret);
+    if conf.verify == Verify::Unset {
+        conf.verify = prev.verify;
+    }
+    if matches!(conf.verify, Verify::Zone { .. }) && conf.token_secret.is_none() {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "\"flash_sale_verify\" needs a \"flash_sale_token_secret\" to check tokens with"
+        );
+        return NGX_CONF_ERROR;
+    }
     if let Gate::Zone(mut zone) = conf.gate {
         // SAFETY: zone configurations live in the cycle's pool; merging is single-threaded.
         let zone = unsafe { zone.as_mut() };

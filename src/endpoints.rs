@@ -406,6 +406,7 @@ fn zone_json(zone: &ZoneConf) -> Option<Value> {
         "granted": m.granted,
         "revoked": m.revoked,
         "expired": m.expired,
+        "tokens": { "valid": m.tokens_valid, "refused": m.tokens_refused },
     }))
 }
 
@@ -433,6 +434,8 @@ fn zone_metrics(zone: &ZoneConf) -> Option<ZoneMetrics> {
         granted: load(&stats.granted),
         revoked: load(&stats.revoked),
         expired: load(&stats.expired),
+        tokens_valid: load(&stats.tokens_valid),
+        tokens_refused: load(&stats.tokens_refused),
         max_permits: table.overrides.get().1.or(zone.largest_cap),
         // SAFETY: nginx sets the page size at startup.
         bytes_used: total.saturating_sub(free_pages * unsafe { ngx_pagesize } as u64),

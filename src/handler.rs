@@ -11,24 +11,26 @@ use core::ptr::{self, NonNull};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use nginx_sys::{
-    ngx_array_push, ngx_chain_t, ngx_conf_t, ngx_http_discard_request_body, ngx_http_err_page_t,
-    ngx_http_finalize_request, ngx_http_get_flushed_variable, ngx_http_handler_pt,
-    ngx_http_output_filter, ngx_http_output_header_filter_pt,
+    ngx_array_push, ngx_chain_t, ngx_conf_t, ngx_http_complex_value_t,
+    ngx_http_discard_request_body, ngx_http_err_page_t, ngx_http_finalize_request,
+    ngx_http_get_flushed_variable, ngx_http_handler_pt, ngx_http_output_filter,
+    ngx_http_output_header_filter_pt,
     ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE as PRECONTENT_PHASE, ngx_http_request_t,
     ngx_http_send_header, ngx_http_top_header_filter, ngx_int_t, ngx_list_part_t, ngx_list_push,
     ngx_pool_cleanup_add, ngx_str_t, ngx_table_elt_t, ngx_timeofday, ngx_uint_t, NGX_DECLINED,
-    NGX_DONE, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN,
-    NGX_OK,
+    NGX_DONE, NGX_ERROR, NGX_HTTP_FORBIDDEN, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR,
+    NGX_LOG_NOTICE, NGX_LOG_WARN, NGX_OK,
 };
 use ngx::core::{Buffer, Pool};
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule, Request};
 use ngx::{ngx_log_debug_http, ngx_log_error, ngx_string};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
-use crate::conf::{Gate, ZoneConf};
+use crate::conf::{Gate, LocConf, Verify, ZoneConf};
 use crate::module::{self, FlashSaleModule};
-use crate::sale::{decide, DrawMode, Outcome, Window, MAX_KEY_LEN};
+use crate::sale::{decide, DrawMode, Outcome, MAX_KEY_LEN};
 use crate::state;
+use crate::token;
 use crate::zone::{PermitInfo, Stats, ZoneStore};
 
 /// Puts the gate into the precontent phase (postconfiguration).
@@ -144,28 +146,28 @@ unsafe fn gate(r: *mut ngx_http_request_t) -> ngx_int_t {
     let Some(lcf) = FlashSaleModule::location_conf(req) else {
         return DECLINED;
     };
-    let Gate::Zone(zone) = lcf.gate else {
+    if !matches!(lcf.gate, Gate::Zone(_)) && !matches!(lcf.verify, Verify::Zone { .. }) {
         return DECLINED;
-    };
+    }
     // Internal redirects (error_page, try_files, rewrite ... last) come back through here.
     // SAFETY: `r` is live.
     if unsafe { recorded(r) }.is_some() {
         return DECLINED;
     }
+    if let Verify::Zone { zone, token } = lcf.verify {
+        // A valid token proves the permit: the gate, if any, is not asked again.
+        // SAFETY: `r` is live; zone configurations live as long as the location.
+        return unsafe { verify(r, lcf, zone, token) };
+    }
+    let Gate::Zone(zone) = lcf.gate else {
+        return DECLINED;
+    };
     let zone_ptr = zone;
     // SAFETY: zone configurations live in the cycle's pool, as long as the location does.
     let zone: &ZoneConf = unsafe { zone.as_ref() };
-    let key = match zone.key_var {
-        // SAFETY: the index came from ngx_http_get_variable_index for this configuration.
-        Some(index) => match unsafe { ngx_http_get_flushed_variable(r, index).as_ref() } {
-            Some(value) if value.not_found() == 0 => value.as_bytes(),
-            Some(_) => &[],
-            None => return SERVER_ERROR,
-        },
-        None => match req.get_complex_value(&zone.key) {
-            Some(value) => value.as_bytes(),
-            None => return SERVER_ERROR,
-        },
+    // SAFETY: `r` is live.
+    let Some(key) = (unsafe { request_key(r, zone) }) else {
+        return SERVER_ERROR;
     };
     let (Some(table), Some(slab)) = (zone.table, zone.slab()) else {
         return SERVER_ERROR;
@@ -245,6 +247,7 @@ unsafe fn gate(r: *mut ngx_http_request_t) -> ngx_int_t {
         outcome,
         dry_run,
         seq: verdict.permit.map_or(0, |held| held.seq),
+        expires_ms: verdict.permit.and_then(|held| held.expires_ms),
         zone: zone_ptr,
         key: key.as_ptr(),
         key_len: key.len(),
@@ -256,8 +259,120 @@ unsafe fn gate(r: *mut ngx_http_request_t) -> ngx_int_t {
     if outcome.passes() || dry_run {
         return DECLINED;
     }
+    let retry_after = matches!(outcome, Outcome::NotStarted | Outcome::Prequeued)
+        .then(|| sale.window.seconds_to_start(now));
+    let status = outcome.status(lcf.reject_status());
     // SAFETY: `r` is live and nothing has been sent yet.
-    unsafe { reject(r, outcome, &sale.window, lcf.reject_status(), now) }
+    unsafe { reject(r, status, outcome.message(), retry_after) }
+}
+
+/// The buyer's key: the zone's key expression evaluated for this request; `None` on an error.
+///
+/// # Safety
+/// `r` is a live request; the key lives in its memory.
+unsafe fn request_key<'r>(r: *mut ngx_http_request_t, zone: &ZoneConf) -> Option<&'r [u8]> {
+    match zone.key_var {
+        // SAFETY: the index came from ngx_http_get_variable_index for this configuration.
+        Some(index) => match unsafe { ngx_http_get_flushed_variable(r, index).as_ref() } {
+            Some(value) if value.not_found() == 0 => Some(value.as_bytes()),
+            Some(_) => Some(&[]),
+            None => None,
+        },
+        None => {
+            // SAFETY: `r` is live.
+            let req = unsafe { Request::from_ngx_http_request(r) };
+            let value = req.get_complex_value(&zone.key)?.as_bytes();
+            // SAFETY: the value lives in the request's pool, as long as the request.
+            Some(unsafe { core::slice::from_raw_parts(value.as_ptr(), value.len()) })
+        }
+    }
+}
+
+/// `flash_sale_verify`: passes a request whose token is a valid permit of `zone` for its own
+/// key, and answers 403 with the reason otherwise.
+///
+/// # Safety
+/// `r` is a live main request in its precontent phase; `zone` and `token` belong to its
+/// location's configuration.
+unsafe fn verify(
+    r: *mut ngx_http_request_t,
+    lcf: &LocConf,
+    zone_ptr: NonNull<ZoneConf>,
+    token: Option<NonNull<ngx_http_complex_value_t>>,
+) -> ngx_int_t {
+    const SERVER_ERROR: ngx_int_t = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    // SAFETY: see the function's contract.
+    let (req, zone) = unsafe { (Request::from_ngx_http_request(r), zone_ptr.as_ref()) };
+    // SAFETY: `r` is live.
+    let Some(key) = (unsafe { request_key(r, zone) }) else {
+        return SERVER_ERROR;
+    };
+    let token = match token {
+        // SAFETY: the complex value was compiled by `flash_sale_verify` for this location.
+        Some(value) => match req.get_complex_value(unsafe { value.as_ref() }) {
+            Some(value) => value.as_bytes(),
+            None => return SERVER_ERROR,
+        },
+        // SAFETY: `r` is live.
+        None => unsafe { bearer_token(r) },
+    };
+    // `flash_sale_verify` is refused at configuration time without a secret.
+    let Some(secret) = lcf.token_secret else {
+        return SERVER_ERROR;
+    };
+    let zone_name = zone.name();
+    let name = zone_name.to_str().unwrap_or_default();
+    let checked = token::verify(secret.as_bytes(), token, name, key, now_ms());
+    if let Some(table) = zone.table {
+        // SAFETY: the table lives in the zone's shared memory; its counters are atomics.
+        let stats = unsafe { &table.as_ref().stats };
+        Stats::count(if checked.is_ok() { &stats.tokens_valid } else { &stats.tokens_refused });
+    }
+    let refusal = match checked {
+        Ok((seq, expires_ms)) => {
+            let outcome = Outcome::Permitted;
+            let (key, key_len) = (key.as_ptr(), key.len());
+            let decision =
+                Decision { outcome, dry_run: false, seq, expires_ms, zone: zone_ptr, key, key_len };
+            // SAFETY: `r` is live.
+            return match unsafe { record(r, decision) } {
+                Some(()) => NGX_DECLINED as ngx_int_t,
+                None => SERVER_ERROR,
+            };
+        }
+        Err(refusal) => refusal,
+    };
+    let dry_run = lcf.dry_run();
+    ngx_log_error!(
+        lcf.log_level(),
+        req.log(),
+        "flash sale: {} in zone \"{}\"{}",
+        refusal.as_str(),
+        zone_name,
+        if dry_run { ", dry run" } else { "" }
+    );
+    if dry_run {
+        return NGX_DECLINED as ngx_int_t;
+    }
+    // SAFETY: `r` is live and nothing has been sent yet.
+    unsafe { reject(r, NGX_HTTP_FORBIDDEN as u16, refusal.message(), None) }
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header; empty without one.
+///
+/// # Safety
+/// `r` is a live request.
+unsafe fn bearer_token<'r>(r: *mut ngx_http_request_t) -> &'r [u8] {
+    // SAFETY: the header, when present, lives as long as the request.
+    let Some(header) = (unsafe { (*r).headers_in.authorization.as_ref() }) else {
+        return &[];
+    };
+    // SAFETY: as above.
+    let value = unsafe { core::slice::from_raw_parts(header.value.data, header.value.len) };
+    match value.split_at_checked(7) {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case(b"Bearer ") => token.trim_ascii(),
+        _ => &[],
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -294,6 +409,8 @@ pub struct Decision {
     pub dry_run: bool,
     /// The permit's number when the request passed with one; 0 otherwise.
     pub seq: u64,
+    /// When that permit expires, if it does.
+    pub expires_ms: Option<i64>,
     /// The zone that decided, and the key, which lives in the request's memory as long as the
     /// request (for `flash_sale_release_header`).
     pub zone: NonNull<ZoneConf>,
@@ -362,30 +479,28 @@ pub unsafe fn recorded(r: *mut ngx_http_request_t) -> Option<Decision> {
     None
 }
 
-/// Answers a rejection: the status, `Cache-Control: no-store`, `Retry-After` before the start
-/// (pre-queued or not),
-/// and either the location's `error_page` for that status or a one-line plain-text body.
+/// Answers a rejection: the status, `Cache-Control: no-store`, `Retry-After` when given (the
+/// seconds to the start), and either the location's `error_page` for that status or the
+/// one-line plain-text `message`.
 ///
 /// # Safety
 /// `r` is a live request whose response has not started.
 unsafe fn reject(
     r: *mut ngx_http_request_t,
-    outcome: Outcome,
-    window: &Window,
-    reject_status: u16,
-    now: i64,
+    status: u16,
+    message: &'static str,
+    retry_after: Option<i64>,
 ) -> ngx_int_t {
-    let status = outcome.status(reject_status);
     // SAFETY: see the function's contract.
     unsafe {
         if ngx_http_discard_request_body(r) != NGX_OK as ngx_int_t {
             (*r).set_keepalive(0);
         }
         let headers = add_header(r, "Cache-Control", ngx_string!("no-store")).and_then(|()| {
-            if !matches!(outcome, Outcome::NotStarted | Outcome::Prequeued) {
+            let Some(seconds) = retry_after else {
                 return Some(());
-            }
-            let seconds = window.seconds_to_start(now).to_string();
+            };
+            let seconds = seconds.to_string();
             add_header(r, "Retry-After", ngx_str_t::from_bytes((*r).pool, seconds.as_bytes())?)
         });
         if headers.is_none() {
@@ -395,7 +510,7 @@ unsafe fn reject(
             // nginx's special response handler performs the redirect to the error page.
             return status as ngx_int_t;
         }
-        let rc = send(r, status, ngx_string!("text/plain"), Body::Static(outcome.message()));
+        let rc = send(r, status, ngx_string!("text/plain"), Body::Static(message));
         // The phase checker would take NGX_OK as "go on to the content phase": finalize here.
         ngx_http_finalize_request(r, rc);
         NGX_DONE as ngx_int_t

@@ -16,6 +16,8 @@ pub struct ZoneMetrics {
     pub granted: u64,
     pub revoked: u64,
     pub expired: u64,
+    pub tokens_valid: u64,
+    pub tokens_refused: u64,
     /// The API's override, else the largest cap a location sets; `None` is unlimited.
     pub max_permits: Option<u64>,
     pub bytes_used: u64,
@@ -56,7 +58,7 @@ pub fn render(zones: &[ZoneMetrics]) -> String {
             }
         },
     );
-    let simple: [Family; 6] = [
+    let simple: [Family; 8] = [
         ("flash_sale_permits", "gauge", "Permits held now.", |z| Some(z.permits)),
         ("flash_sale_prequeued", "gauge", "Buyers waiting for the pre-queue's draw.", |z| {
             Some(z.prequeued)
@@ -65,6 +67,12 @@ pub fn render(zones: &[ZoneMetrics]) -> String {
         ("flash_sale_permits_revoked_total", "counter", "Permits revoked.", |z| Some(z.revoked)),
         ("flash_sale_permits_expired_total", "counter", "Permits expired.", |z| Some(z.expired)),
         ("flash_sale_max_permits", "gauge", "The cap on permits.", |z| z.max_permits),
+        ("flash_sale_tokens_valid_total", "counter", "Tokens flash_sale_verify passed.", |z| {
+            Some(z.tokens_valid)
+        }),
+        ("flash_sale_tokens_refused_total", "counter", "Tokens flash_sale_verify refused.", |z| {
+            Some(z.tokens_refused)
+        }),
     ];
     for (name, kind, help, value) in simple {
         family(name, kind, help, &|out| {
@@ -115,6 +123,7 @@ mod tests {
             prequeued: 12,
             granted: 4,
             revoked: 1,
+            tokens_refused: 2,
             max_permits: Some(3),
             bytes_used: 45_056,
             bytes_total: 1_048_576,
@@ -137,6 +146,8 @@ mod tests {
             "flash_sale_permits_revoked_total{zone=\"laptop\"} 1",
             "flash_sale_permits_expired_total{zone=\"laptop\"} 0",
             "flash_sale_max_permits{zone=\"laptop\"} 3",
+            "flash_sale_tokens_valid_total{zone=\"laptop\"} 0",
+            "flash_sale_tokens_refused_total{zone=\"laptop\"} 2",
             "flash_sale_zone_bytes{zone=\"laptop\",kind=\"used\"} 45056",
             "flash_sale_zone_bytes{zone=\"laptop\",kind=\"total\"} 1048576",
         ] {
@@ -145,6 +156,6 @@ mod tests {
         assert!(!text.contains("SOLD_OUT_DRY_RUN"), "empty dry-run counters are left out");
         assert_eq!(text.matches("status=\"PERMITTED\"}").count(), 2, "one series per zone");
         assert!(!text.contains("flash_sale_max_permits{zone=\"ph"), "no cap, no sample");
-        assert_eq!(text.matches("# TYPE").count(), 8);
+        assert_eq!(text.matches("# TYPE").count(), 10);
     }
 }

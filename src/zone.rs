@@ -60,6 +60,9 @@ pub struct Stats {
     pub granted: AtomicU64,
     pub revoked: AtomicU64,
     pub expired: AtomicU64,
+    /// Tokens `flash_sale_verify` checked for this zone, passed and refused.
+    pub tokens_valid: AtomicU64,
+    pub tokens_refused: AtomicU64,
 }
 
 impl Stats {
@@ -74,12 +77,21 @@ impl Stats {
             .outcome_counters()
             .map(|(name, c)| (format!("requests.{name}"), c.load(Ordering::Relaxed)))
             .collect();
-        for (name, c) in
-            [("granted", &self.granted), ("revoked", &self.revoked), ("expired", &self.expired)]
-        {
+        for (name, c) in self.totals() {
             all.push((name.to_string(), c.load(Ordering::Relaxed)));
         }
         all
+    }
+
+    /// The counters besides the outcomes', by their names in the state file.
+    fn totals(&self) -> [(&'static str, &AtomicU64); 5] {
+        [
+            ("granted", &self.granted),
+            ("revoked", &self.revoked),
+            ("expired", &self.expired),
+            ("tokens_valid", &self.tokens_valid),
+            ("tokens_refused", &self.tokens_refused),
+        ]
     }
 
     /// Each outcome's counter once (passing outcomes have no dry-run counter of their own).
@@ -92,14 +104,9 @@ impl Stats {
     }
 
     fn named(&self, name: &str) -> Option<&AtomicU64> {
-        match name {
-            "granted" => Some(&self.granted),
-            "revoked" => Some(&self.revoked),
-            "expired" => Some(&self.expired),
-            _ => {
-                let outcome = name.strip_prefix("requests.")?;
-                self.outcome_counters().find(|&(n, _)| n == outcome).map(|(_, c)| c)
-            }
+        match name.strip_prefix("requests.") {
+            Some(outcome) => self.outcome_counters().find(|&(n, _)| n == outcome).map(|(_, c)| c),
+            None => self.totals().into_iter().find(|&(n, _)| n == name).map(|(_, c)| c),
         }
     }
 }

@@ -387,7 +387,75 @@ qr/invalid number of arguments in "flash_sale_prequeue" directive in \S+nginx\.c
 --- error_log eval
 qr/invalid value "0s" in "flash_sale_prequeue" directive, expected a time such as 5m or 30s in \S+nginx\.conf:\d+/
 
-=== TEST 31: the documented grammar, in full, is accepted
+=== TEST 31: a token secret that cannot be read
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+    flash_sale_token_secret /nonexistent/token.key;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr{cannot read "/nonexistent/token.key" in "flash_sale_token_secret" directive: No such file or directory \(os error 2\) in \S+nginx\.conf:\d+}
+
+=== TEST 32: a token secret too short for HS256
+--- user_files
+>>> short.key
+too short a key
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        flash_sale_token_secret ../html/short.key;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr{the secret in "\S+/html/short\.key" is 15 bytes long, "flash_sale_token_secret" needs at least 32 in \S+nginx\.conf:\d+}
+
+=== TEST 33: verifying tokens needs their secret
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /checkout {
+        flash_sale_verify zone=sale;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/"flash_sale_verify" needs a "flash_sale_token_secret" to check tokens with/
+
+=== TEST 34: verifying tokens of an unknown zone
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /checkout {
+        flash_sale_verify zone=other;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/unknown flash_sale_zone "other" in \S+nginx\.conf:\d+/
+
+=== TEST 35: a bad token parameter
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /checkout {
+        flash_sale_verify zone=sale cookie=$cookie_t;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/invalid parameter "cookie=\$cookie_t" in \S+nginx\.conf:\d+/
+
+=== TEST 36: the documented grammar, in full, is accepted
+--- user_files
+>>> token.key
+0123456789abcdef0123456789abcdef
 --- http_config
     flash_sale_zone $http_authorization zone=laptop:10m;
     flash_sale_zone "$arg_shop:$cookie_uid" zone=phone:64k;
@@ -410,6 +478,12 @@ qr/invalid value "0s" in "flash_sale_prequeue" directive, expected a time such a
     }
     location /off {
         flash_sale off;
+        flash_sale_verify off;
+        return 200 "open\n";
+    }
+    location /checkout {
+        flash_sale_token_secret ../html/token.key;
+        flash_sale_verify zone=laptop token=$cookie_permit;
         return 200 "open\n";
     }
 --- request

@@ -24,12 +24,18 @@ my $Pid;
 
 sub crowd_port { $Port }
 
-# Starts nginx with `$http` inside its http block, on a fresh root (so fresh zones).
+# Starts nginx with `$http` inside its http block, on a fresh root (so fresh zones); `files`
+# maps names under conf/ to their contents.
 sub start_nginx {
     my (%opt) = @_;
     stop_nginx();
     remove_tree($Root);
     make_path("$Root/conf", "$Root/logs");
+    for my $name (keys %{ $opt{files} // {} }) {
+        open my $f, '>', "$Root/conf/$name" or die "$name: $!";
+        print $f $opt{files}{$name};
+        close $f;
+    }
     my $modules = join '', map { "load_module $_;\n" }
         split ' ', $ENV{TEST_NGINX_LOAD_MODULES} // '';
     my $workers = $opt{workers} // 2;
@@ -117,10 +123,11 @@ sub crowd {
     return @results;
 }
 
-# One request (GET unless said) on its own connection: { status, body, ... }.
+# One request (GET unless said, with extra header lines if given) on its own connection:
+# { status, body, headers, ... }.
 sub fetch {
-    my ($path, $method) = @_;
-    my ($res) = run_connection([$path], $method);
+    my ($path, $method, @headers) = @_;
+    my ($res) = run_connection([$path], $method, \@headers);
     return $res;
 }
 
@@ -152,8 +159,9 @@ sub kill_nginx {
 
 # One connection, requests in sequence; reconnects when nginx closes it.
 sub run_connection {
-    my ($paths, $method) = @_;
+    my ($paths, $method, $headers) = @_;
     $method //= 'GET';
+    my $extra = join '', map { "$_\r\n" } @{ $headers // [] };
     my @out;
     my $sock;
     my $buf = '';
@@ -161,7 +169,7 @@ sub run_connection {
         for my $attempt (1 .. 3) {
             $sock ||= IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $Port)
                 or die "connect: $!";
-            print $sock "$method $path HTTP/1.1\r\nHost: localhost\r\n\r\n";
+            print $sock "$method $path HTTP/1.1\r\nHost: localhost\r\n$extra\r\n";
             my $res = read_response($sock, \$buf);
             if ($res) {
                 push @out, { path => $path, %$res };
@@ -195,7 +203,8 @@ sub read_response {
         return undef unless $n;
     }
     my $res = { status => $status, sale => $sale // '-', worker => $worker // '-',
-             seq => $seq // '-', close => $close, body => substr($$buf, length($head) + 2, $length // 0) };
+             seq => $seq // '-', close => $close, headers => $head,
+             body => substr($$buf, length($head) + 2, $length // 0) };
     substr($$buf, 0, $need, '');
     return $res;
 }
