@@ -4,6 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::parse;
+use crate::remote::Reply;
 use crate::zone::{Grant, PermitInfo};
 
 /// What a path under the API's location names.
@@ -225,6 +226,30 @@ pub fn permit_json(p: &PermitInfo) -> Value {
     })
 }
 
+/// The answer to an API request on a zone kept in Redis, from Redis's reply; `key` is the
+/// permit's key for a single permit.
+pub fn remote_answer(key: &[u8], reply: Reply) -> Result<(u16, Value), ApiError> {
+    let no_permit = || ApiError::new(404, "no permit for this key");
+    match reply {
+        Reply::Permit(held) => {
+            let held = held.ok_or_else(no_permit)?;
+            Ok((
+                200,
+                json!({
+                    "key": String::from_utf8_lossy(key),
+                    "seq": held.seq,
+                    "expires": held.expires_ms.map(rfc3339),
+                }),
+            ))
+        }
+        Reply::Revoked(seq) => seq.map(|_| (200, json!({ "revoked": 1 }))).ok_or_else(no_permit),
+        Reply::Cleared(revoked) => Ok((200, json!({ "revoked": revoked }))),
+        Reply::Admission(_) | Reply::Permits(_) => {
+            Err(ApiError::new(500, "unexpected reply from Redis"))
+        }
+    }
+}
+
 /// A page of permits and the cursor of the next one.
 pub fn page_json(permits: &[PermitInfo], limit: usize) -> Value {
     let next =
@@ -353,5 +378,21 @@ mod tests {
         assert_eq!(page["next"], "alice");
         assert_eq!(page_json(&[], 2)["next"], Value::Null);
         assert_eq!(ApiError::new(404, "no \"zone\"").body(), r#"{"error":"no \"zone\""}"#);
+    }
+
+    #[test]
+    fn redis_replies_answer_like_the_zone() {
+        use crate::sale::Held;
+        let held = Held { seq: 4, expires_ms: Some(1_628_380_800_000) };
+        let (status, body) = remote_answer(b"amy", Reply::Permit(Some(held))).unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body, json!({ "key": "amy", "seq": 4, "expires": "2021-08-08T00:00:00.000Z" }));
+        assert_eq!(remote_answer(b"amy", Reply::Permit(None)).unwrap_err().status, 404);
+        assert_eq!(
+            remote_answer(b"amy", Reply::Revoked(Some(4))).unwrap().1,
+            json!({ "revoked": 1 })
+        );
+        assert_eq!(remote_answer(b"amy", Reply::Revoked(None)).unwrap_err().status, 404);
+        assert_eq!(remote_answer(b"", Reply::Cleared(7)).unwrap().1, json!({ "revoked": 7 }));
     }
 }

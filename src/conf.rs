@@ -12,9 +12,10 @@ use std::os::unix::ffi::OsStrExt;
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
     ngx_http_complex_value_t, ngx_http_get_variable_index, ngx_int_t, ngx_shared_memory_add,
-    ngx_shm_zone_t, ngx_str_t, ngx_uint_t, NGX_CONF_2MORE, NGX_CONF_FLAG, NGX_CONF_NOARGS,
-    NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_ERROR, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
-    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG,
+    ngx_shm_zone_t, ngx_str_t, ngx_thread_pool_add, ngx_thread_pool_t, ngx_uint_t, NGX_CONF_2MORE,
+    NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_ERROR, NGX_HTTP_LOC_CONF,
+    NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF,
+    NGX_LOG_EMERG,
 };
 use ngx::core::{Pool, SlabPool, Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::{ngx_conf_log_error, ngx_log_error, ngx_string};
@@ -22,6 +23,7 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 use crate::journal::{self, StateFile};
 use crate::parse;
+use crate::remote::Settings;
 use crate::sale::{BlockRatio, DrawMode, Sale, Window};
 use crate::token;
 use crate::zone::{bucket_count, PermitTable};
@@ -38,6 +40,14 @@ pub struct ZoneConf {
     pub table: Option<NonNull<PermitTable>>,
     /// `state=PATH`: where the permits are kept across restarts.
     pub state: Option<StateFile>,
+    /// `flash_sale_redis`: the permits are kept in Redis, shared by several hosts.
+    pub redis: Option<NonNull<RedisConf>>,
+}
+
+/// A zone's Redis: where it is, and the thread pool its round trips run on.
+pub struct RedisConf {
+    pub settings: Settings,
+    pub threads: NonNull<ngx_thread_pool_t>,
 }
 
 impl ZoneConf {
@@ -71,6 +81,12 @@ impl ZoneConf {
     pub fn slab(&self) -> Option<SlabPool> {
         // SAFETY: nginx maps the zone and initialises its pool before any request.
         unsafe { SlabPool::from_shm_zone(self.shm()) }
+    }
+
+    /// The zone's Redis, when its permits are kept there.
+    pub fn redis(&self) -> Option<&RedisConf> {
+        // SAFETY: the Redis configuration lives in the cycle's pool, as this zone does.
+        self.redis.map(|redis| unsafe { &*redis.as_ptr() })
     }
 }
 
@@ -173,11 +189,17 @@ const fn command(
     ngx_command_t { name, type_, set: Some(set), conf, offset: 0, post: ptr::null_mut() }
 }
 
-pub static mut COMMANDS: [ngx_command_t; 18] = [
+pub static mut COMMANDS: [ngx_command_t; 19] = [
     command(
         ngx_string!("flash_sale_zone"),
         MAIN | NGX_CONF_2MORE as ngx_uint_t,
         set_zone,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+    ),
+    command(
+        ngx_string!("flash_sale_redis"),
+        MAIN | NGX_CONF_2MORE as ngx_uint_t,
+        set_redis,
         NGX_HTTP_MAIN_CONF_OFFSET,
     ),
     command(ngx_string!("flash_sale"), ANY | TAKE1, set_gate, NGX_HTTP_LOC_CONF_OFFSET),
@@ -487,24 +509,10 @@ unsafe extern "C" fn set_token_secret(
     if lcf.token_secret.is_some() {
         return c"is duplicate".as_ptr().cast_mut();
     }
-    // Relative paths start at the configuration's directory, as for ssl_session_ticket_key.
-    // SAFETY: `cf->cycle` is the cycle being configured.
-    let conf_prefix = unsafe { (*(*cf).cycle).conf_prefix };
-    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(conf_prefix.as_bytes()))
-        .join(std::ffi::OsStr::from_bytes(args[1].as_bytes()));
-    let contents = match std::fs::read(&path) {
-        Ok(contents) => contents,
-        Err(e) => {
-            ngx_conf_log_error!(
-                NGX_LOG_EMERG,
-                cf,
-                "cannot read \"{}\" in \"{}\" directive: {}",
-                path.display(),
-                args[0],
-                e
-            );
-            return NGX_CONF_ERROR;
-        }
+    // SAFETY: called by nginx as a directive handler.
+    let Some((path, contents)) = (unsafe { read_conf_file(cf, args[1].as_bytes(), &args[0]) })
+    else {
+        return NGX_CONF_ERROR;
     };
     let secret = match token::secret_from_file(&contents) {
         Ok(secret) => secret,
@@ -567,6 +575,99 @@ unsafe extern "C" fn set_verify(
         }
     };
     lcf.verify = Verify::Zone { zone, token };
+    NGX_CONF_OK
+}
+
+/// Reads a file named in a directive, relative to the configuration's directory as
+/// `ssl_session_ticket_key` is; says what failed in the error log otherwise.
+///
+/// # Safety
+/// `cf` is the configuration nginx passes to a directive handler.
+unsafe fn read_conf_file(
+    cf: *mut ngx_conf_t,
+    name: &[u8],
+    directive: &ngx_str_t,
+) -> Option<(std::path::PathBuf, Vec<u8>)> {
+    // SAFETY: `cf->cycle` is the cycle being configured.
+    let conf_prefix = unsafe { (*(*cf).cycle).conf_prefix };
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(conf_prefix.as_bytes()))
+        .join(std::ffi::OsStr::from_bytes(name));
+    match std::fs::read(&path) {
+        Ok(contents) => Some((path, contents)),
+        Err(e) => {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "cannot read \"{}\" in \"{}\" directive: {}",
+                path.display(),
+                directive,
+                e
+            );
+            None
+        }
+    }
+}
+
+/// `flash_sale_redis zone=NAME server=HOST:PORT [password=FILE] [timeout=TIME] [prefix=STRING]
+/// [on_error=closed|open] [cache=TIME];`
+unsafe extern "C" fn set_redis(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    _conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: called by nginx as a directive handler.
+    let args = unsafe { args(cf) };
+    // SAFETY: called by nginx as a directive handler.
+    let Some(mut zone) = (unsafe { zone_parameter(cf, &args[1]) }) else {
+        return NGX_CONF_ERROR;
+    };
+    // SAFETY: zone configurations live in the cycle's pool; parsing is single-threaded.
+    let zone = unsafe { zone.as_mut() };
+    if zone.redis.is_some() {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "flash_sale_zone \"{}\" already has a \"{}\"",
+            zone.name(),
+            args[0]
+        );
+        return NGX_CONF_ERROR;
+    }
+    if zone.state.is_some() {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "flash_sale_zone \"{}\" has a state file; a zone kept in Redis needs none",
+            zone.name()
+        );
+        return NGX_CONF_ERROR;
+    }
+    let mut settings = match Settings::parse(args[2..].iter().map(text)) {
+        Ok(settings) => settings,
+        Err(e) => {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{} in \"{}\" directive", e, args[0]);
+            return NGX_CONF_ERROR;
+        }
+    };
+    if let Some(file) = settings.password_file.clone() {
+        // SAFETY: called by nginx as a directive handler.
+        let Some((_, contents)) = (unsafe { read_conf_file(cf, file.as_bytes(), &args[0]) }) else {
+            return NGX_CONF_ERROR;
+        };
+        let password = String::from_utf8_lossy(&contents);
+        settings.password = Some(password.trim_end_matches(['\n', '\r']).to_string());
+    }
+    // nginx's own "default" pool (32 threads unless a `thread_pool default` says otherwise).
+    // SAFETY: `cf` is valid during parsing; a null name asks for the default pool.
+    let Some(threads) = NonNull::new(unsafe { ngx_thread_pool_add(cf, ptr::null_mut()) }) else {
+        return NGX_CONF_ERROR;
+    };
+    // SAFETY: `cf->pool` is the cycle's pool, alive as long as this configuration.
+    let pool = unsafe { Pool::from_ngx_pool((*cf).pool) };
+    let Some(redis) = NonNull::new(pool.allocate(RedisConf { settings, threads })) else {
+        return NGX_CONF_ERROR;
+    };
+    zone.redis = Some(redis);
     NGX_CONF_OK
 }
 
@@ -664,6 +765,7 @@ unsafe extern "C" fn set_zone(
         shm_zone: shm,
         table: None,
         state,
+        redis: None,
     });
     let Some(zone_conf) = NonNull::new(zone_conf) else {
         return NGX_CONF_ERROR;
@@ -810,6 +912,17 @@ pub unsafe extern "C" fn merge_loc_conf(
         // SAFETY: zone configurations live in the cycle's pool; merging is single-threaded.
         let zone = unsafe { zone.as_mut() };
         zone.largest_cap = zone.largest_cap.max(conf.max_permits);
+        // The pre-queue's draw happens inside one host's zone; with Redis, hosts would each
+        // draw their own.
+        if zone.redis.is_some() && conf.prequeue_ms.is_some() {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "\"flash_sale_prequeue\" cannot be used with flash_sale_zone \"{}\", which is kept in Redis",
+                zone.name()
+            );
+            return NGX_CONF_ERROR;
+        }
     }
     if conf.window_is_empty() {
         ngx_conf_log_error!(NGX_LOG_EMERG, cf, "the inherited settings leave {}", EMPTY_WINDOW);

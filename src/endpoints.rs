@@ -22,9 +22,11 @@ use crate::conf::ZoneConf;
 use crate::handler::{add_header, send, Body};
 use crate::metrics::{render, ZoneMetrics};
 use crate::module::FlashSaleModule;
+use crate::offload;
+use crate::remote::{Command, Reply};
 use crate::sale::Outcome;
 use crate::state;
-use crate::zone::ZoneStore;
+use crate::zone::{Stats, ZoneStore};
 
 /// `flash_sale_metrics;` makes the location answer with the metrics.
 pub unsafe extern "C" fn set_metrics(
@@ -134,7 +136,146 @@ unsafe fn api(r: *mut ngx_http_request_t) -> ngx_int_t {
         }
     }
     // SAFETY: as above.
-    unsafe { discard_and_answer(r, serve(r, method, &route, None)) }
+    match unsafe { on_redis(r, method, &route) } {
+        Some(Ok((zone, command))) => {
+            // SAFETY: as above.
+            unsafe { ask_redis(r, zone, command) }
+        }
+        // SAFETY: as above.
+        Some(Err(e)) => unsafe { discard_and_answer(r, Err(e)) },
+        // SAFETY: as above.
+        None => unsafe { discard_and_answer(r, serve(r, method, &route, None)) },
+    }
+}
+
+/// For a zone kept in Redis, the command a permit route runs there; `None` for a zone kept
+/// here, or a route that only reads this host's zone.
+///
+/// # Safety
+/// `r` is a live request.
+unsafe fn on_redis(
+    r: *mut ngx_http_request_t,
+    method: u32,
+    route: &Route,
+) -> Option<Result<(&'static ZoneConf, Command), ApiError>> {
+    let (name, key) = match route {
+        Route::Permits(name) => (name, None),
+        Route::Permit(name, key) => (name, Some(key)),
+        _ => return None,
+    };
+    // SAFETY: see the function's contract.
+    let zone = unsafe { zone_named(r, name) }?;
+    zone.redis?;
+    let get = method & (NGX_HTTP_GET | NGX_HTTP_HEAD) != 0;
+    let now_ms = crate::handler::now_ms();
+    let command = match key {
+        Some(key) if get => Command::Get { key: key.clone(), now_ms },
+        Some(key) if method == NGX_HTTP_DELETE => Command::Revoke { key: key.clone() },
+        None if method == NGX_HTTP_DELETE => Command::Clear,
+        None if get || method == NGX_HTTP_POST => {
+            return Some(Err(ApiError::new(
+                501,
+                "a zone kept in Redis lists and grants permits in Redis; use redis-cli",
+            )))
+        }
+        _ => return None,
+    };
+    Some(Ok((zone, command)))
+}
+
+/// The zone of this name, as the request's configuration declares it.
+///
+/// # Safety
+/// `r` is a live request.
+unsafe fn zone_named(r: *mut ngx_http_request_t, name: &str) -> Option<&'static ZoneConf> {
+    // SAFETY: see the function's contract.
+    let req = unsafe { Request::from_ngx_http_request(r) };
+    let main = FlashSaleModule::main_conf(req)?;
+    // SAFETY: zone configurations live in the cycle's pool, as long as any request of it.
+    main.zones
+        .iter()
+        .map(|z| unsafe { &*z.as_ptr() })
+        .find(|z| z.name().as_bytes() == name.as_bytes())
+}
+
+/// Runs an API command on Redis, with the request waiting; [`redis_answered`] answers.
+///
+/// # Safety
+/// `r` is a live request in its content phase; `zone` is kept in Redis.
+unsafe fn ask_redis(r: *mut ngx_http_request_t, zone: &ZoneConf, command: Command) -> ngx_int_t {
+    const SERVER_ERROR: ngx_int_t = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    let Some(redis) = zone.redis() else {
+        return SERVER_ERROR;
+    };
+    // SAFETY: see the function's contract.
+    unsafe {
+        if ngx_http_discard_request_body(r) != NGX_OK as ngx_int_t {
+            return SERVER_ERROR;
+        }
+        let name = zone.name().to_string();
+        if !offload::post(r, redis.threads, &redis.settings, name, command, redis_answered) {
+            return SERVER_ERROR;
+        }
+        // The answer finalizes the request once more.
+        let main = &mut *(*r).main;
+        main.set_count(main.count() + 1);
+    }
+    NGX_DONE as ngx_int_t
+}
+
+/// Answers an API request with Redis's reply; a revocation is applied to this host's cache
+/// too, so that it is seen here at once.
+///
+/// # Safety
+/// `r` is the live request `ask_redis` left waiting.
+unsafe fn redis_answered(r: *mut ngx_http_request_t, reply: Result<Reply, String>, _asked_ms: i64) {
+    // SAFETY: see the function's contract.
+    let rc = catch_unwind(AssertUnwindSafe(|| unsafe {
+        let route = relative_path(r).and_then(route);
+        let (zone, key) = match &route {
+            Ok(Route::Permit(name, key)) => (zone_named(r, name), key.as_slice()),
+            Ok(Route::Permits(name)) => (zone_named(r, name), &[][..]),
+            _ => (None, &[][..]),
+        };
+        let answer = match (zone, reply) {
+            (Some(zone), reply) => {
+                forget_here(zone, key, &reply);
+                match reply {
+                    Ok(reply) => api::remote_answer(key, reply),
+                    Err(e) => Err(ApiError::new(502, format!("redis did not answer: {e}"))),
+                }
+            }
+            (None, _) => Err(ApiError::new(500, "the zone is not available")),
+        };
+        respond(r, answer)
+    }))
+    .unwrap_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+    // SAFETY: as above; this is the finalization `ask_redis` counted.
+    unsafe { ngx_http_finalize_request(r, rc) };
+}
+
+/// Counts a round trip, and drops what this host knew of revoked permits.
+fn forget_here(zone: &ZoneConf, key: &[u8], reply: &Result<Reply, String>) {
+    let (Some(table), Some(slab)) = (zone.table, zone.slab()) else {
+        return;
+    };
+    // SAFETY: the table was created in this zone's slab pool by `init_zone`.
+    let mut store = unsafe { ZoneStore::new(&slab, table, crate::handler::now_ms()) };
+    let stats = &store.table().stats;
+    Stats::count(&stats.redis_calls);
+    match reply {
+        Ok(Reply::Revoked(Some(_))) => {
+            store.forget(key);
+            Stats::count(&stats.revoked);
+        }
+        Ok(Reply::Cleared(n)) => {
+            // `clear` counts the permits known here; Redis knows them all.
+            let (here, _) = store.clear();
+            stats.revoked.fetch_add(n.saturating_sub(here), core::sync::atomic::Ordering::Relaxed);
+        }
+        Err(_) => Stats::count(&stats.redis_errors),
+        _ => {}
+    }
 }
 
 /// The request's path below the API's location, still percent-encoded (keys may hold `/`).
@@ -407,6 +548,13 @@ fn zone_json(zone: &ZoneConf) -> Option<Value> {
         "revoked": m.revoked,
         "expired": m.expired,
         "tokens": { "valid": m.tokens_valid, "refused": m.tokens_refused },
+        "redis": zone.redis().map(|redis| json!({
+            "server": redis.settings.server(),
+            "prefix": redis.settings.prefix,
+            "up": m.redis_up == Some(1),
+            "calls": m.redis_calls,
+            "errors": m.redis_errors,
+        })),
     }))
 }
 
@@ -436,6 +584,9 @@ fn zone_metrics(zone: &ZoneConf) -> Option<ZoneMetrics> {
         expired: load(&stats.expired),
         tokens_valid: load(&stats.tokens_valid),
         tokens_refused: load(&stats.tokens_refused),
+        redis_calls: zone.redis.map(|_| load(&stats.redis_calls)),
+        redis_errors: zone.redis.map(|_| load(&stats.redis_errors)),
+        redis_up: zone.redis.map(|_| u64::from(!table.link.is_down())),
         max_permits: table.overrides.get().1.or(zone.largest_cap),
         // SAFETY: nginx sets the page size at startup.
         bytes_used: total.saturating_sub(free_pages * unsafe { ngx_pagesize } as u64),

@@ -4,15 +4,18 @@
 //! The layers, from plain Rust to raw nginx:
 //! - [`sale`]: the decision (window, draw, cap); [`parse`]: directive values; [`api`],
 //!   [`metrics`], [`state`]: the admin API's requests and answers, the metrics' text, the state
-//!   file's records; [`token`]: signed permits for the checkout. No FFI.
+//!   file's records; [`token`]: signed permits for the checkout; [`remote`]: a sale kept in
+//!   Redis (its scripts, replies and the link's health). No FFI.
 //! - [`zone`]: the permit table in shared memory, and `slab`: nginx's slab pool under it;
 //!   `journal`: the state file on disk.
 //! - `module`, `conf`, `handler`, `variables`: the nginx glue (the module, directives, phase
-//!   handler and header filter, variables); `endpoints`: the admin API and metrics handlers.
+//!   handler and header filter, variables); `offload`: Redis's round trips on nginx's thread
+//!   pool; `endpoints`: the admin API and metrics handlers.
 
 pub mod api;
 pub mod metrics;
 pub mod parse;
+pub mod remote;
 pub mod sale;
 pub mod state;
 pub mod token;
@@ -34,6 +37,8 @@ mod handler;
 mod journal;
 #[cfg(not(test))]
 mod module;
+#[cfg(not(test))]
+mod offload;
 #[cfg(not(test))]
 mod slab;
 #[cfg(not(test))]

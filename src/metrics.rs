@@ -18,6 +18,10 @@ pub struct ZoneMetrics {
     pub expired: u64,
     pub tokens_valid: u64,
     pub tokens_refused: u64,
+    /// For a zone kept in Redis: round trips, failed ones, and whether Redis answers (1 or 0).
+    pub redis_calls: Option<u64>,
+    pub redis_errors: Option<u64>,
+    pub redis_up: Option<u64>,
     /// The API's override, else the largest cap a location sets; `None` is unlimited.
     pub max_permits: Option<u64>,
     pub bytes_used: u64,
@@ -58,7 +62,7 @@ pub fn render(zones: &[ZoneMetrics]) -> String {
             }
         },
     );
-    let simple: [Family; 8] = [
+    let simple: [Family; 11] = [
         ("flash_sale_permits", "gauge", "Permits held now.", |z| Some(z.permits)),
         ("flash_sale_prequeued", "gauge", "Buyers waiting for the pre-queue's draw.", |z| {
             Some(z.prequeued)
@@ -72,6 +76,13 @@ pub fn render(zones: &[ZoneMetrics]) -> String {
         }),
         ("flash_sale_tokens_refused_total", "counter", "Tokens flash_sale_verify refused.", |z| {
             Some(z.tokens_refused)
+        }),
+        ("flash_sale_redis_calls_total", "counter", "Round trips to Redis.", |z| z.redis_calls),
+        ("flash_sale_redis_errors_total", "counter", "Round trips to Redis that failed.", |z| {
+            z.redis_errors
+        }),
+        ("flash_sale_redis_up", "gauge", "Whether Redis answered the last round trip.", |z| {
+            z.redis_up
         }),
     ];
     for (name, kind, help, value) in simple {
@@ -124,6 +135,9 @@ mod tests {
             granted: 4,
             revoked: 1,
             tokens_refused: 2,
+            redis_calls: Some(9),
+            redis_errors: Some(1),
+            redis_up: Some(0),
             max_permits: Some(3),
             bytes_used: 45_056,
             bytes_total: 1_048_576,
@@ -148,6 +162,9 @@ mod tests {
             "flash_sale_max_permits{zone=\"laptop\"} 3",
             "flash_sale_tokens_valid_total{zone=\"laptop\"} 0",
             "flash_sale_tokens_refused_total{zone=\"laptop\"} 2",
+            "flash_sale_redis_calls_total{zone=\"laptop\"} 9",
+            "flash_sale_redis_errors_total{zone=\"laptop\"} 1",
+            "flash_sale_redis_up{zone=\"laptop\"} 0",
             "flash_sale_zone_bytes{zone=\"laptop\",kind=\"used\"} 45056",
             "flash_sale_zone_bytes{zone=\"laptop\",kind=\"total\"} 1048576",
         ] {
@@ -156,6 +173,7 @@ mod tests {
         assert!(!text.contains("SOLD_OUT_DRY_RUN"), "empty dry-run counters are left out");
         assert_eq!(text.matches("status=\"PERMITTED\"}").count(), 2, "one series per zone");
         assert!(!text.contains("flash_sale_max_permits{zone=\"ph"), "no cap, no sample");
-        assert_eq!(text.matches("# TYPE").count(), 10);
+        assert!(!text.contains("flash_sale_redis_up{zone=\"ph"), "a local zone has no Redis");
+        assert_eq!(text.matches("# TYPE").count(), 13);
     }
 }

@@ -25,6 +25,9 @@ pub enum Outcome {
     SoldOut,
     /// The draw turned this buyer away this time.
     Blocked,
+    /// The sale's shared store (Redis) did not answer in time: a new buyer cannot be admitted
+    /// without it (`on_error=closed`).
+    Unavailable,
     /// The buyer won the draw and now holds a new permit.
     Admitted,
 }
@@ -43,6 +46,7 @@ const NAMES: [&str; COUNTED] = [
     "PERMITTED",
     "SOLD_OUT",
     "BLOCKED",
+    "UNAVAILABLE",
     "ADMITTED",
     "NO_KEY_DRY_RUN",
     "KEY_TOO_LONG_DRY_RUN",
@@ -52,11 +56,12 @@ const NAMES: [&str; COUNTED] = [
     "PERMITTED",
     "SOLD_OUT_DRY_RUN",
     "BLOCKED_DRY_RUN",
+    "UNAVAILABLE_DRY_RUN",
     "ADMITTED",
 ];
 
 impl Outcome {
-    pub const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::NoKey,
         Outcome::KeyTooLong,
         Outcome::NotStarted,
@@ -65,6 +70,7 @@ impl Outcome {
         Outcome::Permitted,
         Outcome::SoldOut,
         Outcome::Blocked,
+        Outcome::Unavailable,
         Outcome::Admitted,
     ];
 
@@ -115,6 +121,7 @@ impl Outcome {
             Outcome::Permitted => "PERMITTED\n",
             Outcome::SoldOut => "SOLD_OUT: the sale is sold out.\n",
             Outcome::Blocked => "BLOCKED: you were not drawn this time.\n",
+            Outcome::Unavailable => "UNAVAILABLE: the sale cannot take new buyers right now.\n",
             Outcome::Admitted => "ADMITTED\n",
         }
     }
@@ -261,6 +268,9 @@ pub enum Lookup {
     SoldOut,
     /// No permit for the key, and room under the cap: the key may draw.
     Open,
+    /// The key held a permit when last asked, but only the sale's shared store can say
+    /// whether it still does: ask it before any draw.
+    Recheck,
 }
 
 /// What the store did when asked to admit a key.
@@ -285,18 +295,22 @@ pub enum Registration {
     ZoneFull,
 }
 
-/// A permit store as the decision sees it. Each call is one atomic step against every worker.
+/// A permit store as the draw sees it. Each call is one atomic step against every worker.
 ///
 /// A store holding pre-queue registrations draws them first thing in the first `lookup` or
 /// `admit` of an open window, in the same atomic step, so nobody arriving after the start is
 /// looked at before the pre-queue's winners hold their permits.
-pub trait PermitStore {
+pub trait PermitLookup {
     /// Does `key` hold a permit, and if not, is there room under the sale's cap?
     fn lookup(&mut self, key: &[u8], sale: &Sale) -> Lookup;
-    /// Stores a permit for `key` if it has none and the count is under the sale's cap.
-    fn admit(&mut self, key: &[u8], sale: &Sale) -> Admission;
     /// Registers `key` for the pre-queue's draw at the start.
     fn register(&mut self, key: &[u8]) -> Registration;
+}
+
+/// A store that also admits: the zone itself, where the admission is one more locked step.
+pub trait PermitStore: PermitLookup {
+    /// Stores a permit for `key` if it has none and the count is under the sale's cap.
+    fn admit(&mut self, key: &[u8], sale: &Sale) -> Admission;
 }
 
 /// The pre-queue's draw: which of `registered` buyers (in order of registration) get a permit,
@@ -340,11 +354,74 @@ impl From<Outcome> for Verdict {
     }
 }
 
-/// Decides one request, in the documented order: key, window (and pre-queue), permit, cap,
-/// draw, admission.
+/// How far the checks before the admission got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Decided without an admission.
+    Decided(Verdict),
+    /// The key may have a permit that only the sale's shared store knows of: ask it first.
+    Recheck,
+    /// Everything passed (the draw too, if any): admit the key.
+    Admit,
+}
+
+/// Everything before the admission, in the documented order: key, window (and pre-queue),
+/// permit, cap, draw.
 ///
 /// `draw` is called at most once, and only when the ratio can block someone, so the common
 /// cases (ratio 0, returning winners, sold out) never pay for a random number.
+pub fn draw_step(
+    sale: &Sale,
+    key: &[u8],
+    now_ms: i64,
+    draw: impl FnOnce() -> f64,
+    store: &mut impl PermitLookup,
+) -> Step {
+    let decided = |outcome: Outcome| Step::Decided(outcome.into());
+    if key.is_empty() {
+        return decided(Outcome::NoKey);
+    }
+    if key.len() > MAX_KEY_LEN {
+        return decided(Outcome::KeyTooLong);
+    }
+    match sale.window.check(now_ms) {
+        Err(Closed::NotStarted) if sale.prequeue_open(now_ms) => {
+            return match store.register(key) {
+                Registration::Registered => decided(Outcome::Prequeued),
+                // Not registered, and told so: the buyer may still draw after the start.
+                Registration::ZoneFull => decided(Outcome::NotStarted),
+            };
+        }
+        Err(Closed::NotStarted) => return decided(Outcome::NotStarted),
+        Err(Closed::Ended) => return decided(Outcome::Ended),
+        Ok(()) => {}
+    }
+    if sale.block_ratio.can_block() {
+        match store.lookup(key, sale) {
+            Lookup::Permitted(held) => {
+                return Step::Decided(Verdict { outcome: Outcome::Permitted, permit: Some(held) })
+            }
+            Lookup::SoldOut => return decided(Outcome::SoldOut),
+            Lookup::Recheck => return Step::Recheck,
+            Lookup::Open if sale.block_ratio.blocks(draw()) => return decided(Outcome::Blocked),
+            Lookup::Open => {}
+        }
+    }
+    Step::Admit
+}
+
+/// The verdict an admission gives.
+pub fn admitted(admission: Admission) -> Verdict {
+    let passed = |outcome, held| Verdict { outcome, permit: Some(held) };
+    match admission {
+        Admission::Admitted(held) => passed(Outcome::Admitted, held),
+        Admission::Permitted(held) => passed(Outcome::Permitted, held),
+        Admission::SoldOut | Admission::ZoneFull => Outcome::SoldOut.into(),
+    }
+}
+
+/// Decides one request against a store that admits on its own: [`draw_step`], then the
+/// admission.
 pub fn decide<S: PermitStore>(
     sale: &Sale,
     key: &[u8],
@@ -352,39 +429,12 @@ pub fn decide<S: PermitStore>(
     draw: impl FnOnce() -> f64,
     store: &mut S,
 ) -> Verdict {
-    let passed = |outcome, held| Verdict { outcome, permit: Some(held) };
-    if key.is_empty() {
-        return Outcome::NoKey.into();
-    }
-    if key.len() > MAX_KEY_LEN {
-        return Outcome::KeyTooLong.into();
-    }
-    match sale.window.check(now_ms) {
-        Err(Closed::NotStarted) if sale.prequeue_open(now_ms) => {
-            return match store.register(key) {
-                Registration::Registered => Outcome::Prequeued.into(),
-                // Not registered, and told so: the buyer may still draw after the start.
-                Registration::ZoneFull => Outcome::NotStarted.into(),
-            };
-        }
-        Err(Closed::NotStarted) => return Outcome::NotStarted.into(),
-        Err(Closed::Ended) => return Outcome::Ended.into(),
-        Ok(()) => {}
-    }
-    if sale.block_ratio.can_block() {
-        match store.lookup(key, sale) {
-            Lookup::Permitted(held) => return passed(Outcome::Permitted, held),
-            Lookup::SoldOut => return Outcome::SoldOut.into(),
-            Lookup::Open if sale.block_ratio.blocks(draw()) => return Outcome::Blocked.into(),
-            Lookup::Open => {}
-        }
-    }
-    // Admission repeats the permit and cap checks under the same lock as the insert, so two
-    // workers racing for the last permit cannot both win it.
-    match store.admit(key, sale) {
-        Admission::Admitted(held) => passed(Outcome::Admitted, held),
-        Admission::Permitted(held) => passed(Outcome::Permitted, held),
-        Admission::SoldOut | Admission::ZoneFull => Outcome::SoldOut.into(),
+    match draw_step(sale, key, now_ms, draw, store) {
+        Step::Decided(verdict) => verdict,
+        // Admission repeats the permit and cap checks under the same lock as the insert, so
+        // two workers racing for the last permit cannot both win it. A store that admits
+        // itself has nothing to recheck.
+        Step::Admit | Step::Recheck => admitted(store.admit(key, sale)),
     }
 }
 
@@ -423,7 +473,7 @@ mod tests {
         }
     }
 
-    impl PermitStore for SetStore {
+    impl PermitLookup for SetStore {
         fn lookup(&mut self, key: &[u8], sale: &Sale) -> Lookup {
             self.settle(sale);
             self.lookups += 1;
@@ -436,6 +486,18 @@ mod tests {
             }
         }
 
+        fn register(&mut self, key: &[u8]) -> Registration {
+            if self.room.is_some_and(|room| self.registered.len() >= room) {
+                return Registration::ZoneFull;
+            }
+            if !self.registered.iter().any(|r| r == key) {
+                self.registered.push(key.to_vec());
+            }
+            Registration::Registered
+        }
+    }
+
+    impl PermitStore for SetStore {
         fn admit(&mut self, key: &[u8], sale: &Sale) -> Admission {
             self.settle(sale);
             if let Some(held) = self.held(key) {
@@ -448,16 +510,6 @@ mod tests {
                 self.permits.push(key.to_vec());
                 Admission::Admitted(Held { seq: self.permits.len() as u64, expires_ms: None })
             }
-        }
-
-        fn register(&mut self, key: &[u8]) -> Registration {
-            if self.room.is_some_and(|room| self.registered.len() >= room) {
-                return Registration::ZoneFull;
-            }
-            if !self.registered.iter().any(|r| r == key) {
-                self.registered.push(key.to_vec());
-            }
-            Registration::Registered
         }
     }
 

@@ -23,9 +23,11 @@ use siphasher::sip::SipHasher13;
 
 use rand::{rngs::StdRng, SeedableRng};
 
+use crate::remote::Link;
+
 use crate::sale::{
-    prequeue_winners, Admission, Cap, Held, Lookup, Outcome, PermitStore, Registration, Sale,
-    COUNTED,
+    prequeue_winners, Admission, Cap, Held, Lookup, Outcome, PermitLookup, PermitStore,
+    Registration, Sale, COUNTED,
 };
 
 /// Allocation inside a locked region.
@@ -49,7 +51,7 @@ pub trait Shared {
 
 /// Tells a table laid out by one build of the module from one it cannot read, so that a
 /// reload with a changed layout fails loudly instead of reading garbage.
-const LAYOUT_MAGIC: u64 = 0x464c_5348_5341_4c03; // "FLSHSAL" + version 3
+const LAYOUT_MAGIC: u64 = 0x464c_5348_5341_4c04; // "FLSHSAL" + version 4
 
 /// Counters kept in the zone, exact across workers, updated without the lock.
 #[repr(C)]
@@ -63,6 +65,9 @@ pub struct Stats {
     /// Tokens `flash_sale_verify` checked for this zone, passed and refused.
     pub tokens_valid: AtomicU64,
     pub tokens_refused: AtomicU64,
+    /// Round trips to Redis for a zone kept there, and those that failed.
+    pub redis_calls: AtomicU64,
+    pub redis_errors: AtomicU64,
 }
 
 impl Stats {
@@ -84,13 +89,15 @@ impl Stats {
     }
 
     /// The counters besides the outcomes', by their names in the state file.
-    fn totals(&self) -> [(&'static str, &AtomicU64); 5] {
+    fn totals(&self) -> [(&'static str, &AtomicU64); 7] {
         [
             ("granted", &self.granted),
             ("revoked", &self.revoked),
             ("expired", &self.expired),
             ("tokens_valid", &self.tokens_valid),
             ("tokens_refused", &self.tokens_refused),
+            ("redis_calls", &self.redis_calls),
+            ("redis_errors", &self.redis_errors),
         ]
     }
 
@@ -227,6 +234,8 @@ pub struct PermitTable {
     prequeue: *mut PermitTable,
     pub stats: Stats,
     pub overrides: Overrides,
+    /// For a zone kept in Redis: the link's health and the last SOLD_OUT, shared by workers.
+    pub link: Link,
     mask: u64,
 }
 
@@ -303,6 +312,7 @@ impl PermitTable {
                 prequeue: ptr::null_mut(),
                 stats: Stats::default(),
                 overrides: Overrides::default(),
+                link: Link::default(),
                 mask: buckets as u64 - 1,
             });
             let first = table.as_ptr().add(1).cast::<*mut Permit>();
@@ -836,6 +846,56 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
         })
     }
 
+    /// For a zone kept in Redis: what this host knows of `key`'s permit, and whether it
+    /// learned it less than `cache_ms` ago (a cached permit's `granted_ms` is when it last
+    /// heard of it).
+    pub fn cached(&mut self, key: &[u8], cache_ms: i64) -> Cached {
+        let now_ms = self.now_ms;
+        self.with_table(|table, _| match table.find(table.hash(key), key) {
+            // SAFETY: `permit` was just found in this table, under the lock.
+            Some(permit) if now_ms - unsafe { permit.as_ref() }.granted_ms < cache_ms => {
+                Cached::Fresh(held(permit))
+            }
+            Some(_) => Cached::Stale,
+            None => Cached::Absent,
+        })
+    }
+
+    /// For a zone kept in Redis: keeps the permit Redis gave `key` (`new` when it was just
+    /// admitted), as heard of now; false when the zone has no room for it.
+    pub fn remember(&mut self, key: &[u8], permit: Held, new: bool) -> bool {
+        let now_ms = self.now_ms;
+        self.with_table(|table, arena| {
+            let hash = table.hash(key);
+            if let Some(old) = table.find(hash, key) {
+                // SAFETY: `old` was just found in this table, under the lock.
+                unsafe { table.remove(arena, old) };
+            }
+            let info = PermitInfo {
+                key: key.to_vec(),
+                seq: permit.seq,
+                granted_ms: now_ms,
+                expires_ms: permit.expires_ms,
+            };
+            let stored = table.store(arena, hash, &info).is_some();
+            if stored && new {
+                Stats::count(&table.stats.granted);
+            }
+            stored
+        })
+    }
+
+    /// For a zone kept in Redis: drops what this host knew of `key`'s permit, which Redis no
+    /// longer has.
+    pub fn forget(&mut self, key: &[u8]) {
+        self.with_table(|table, arena| {
+            if let Some(permit) = table.find(table.hash(key), key) {
+                // SAFETY: `permit` was just found in this table, under the lock.
+                unsafe { table.remove(arena, permit) };
+            }
+        })
+    }
+
     /// Revokes every permit; returns how many there were, and the next number (every permit
     /// below it is gone).
     pub fn clear(&mut self) -> (u64, u64) {
@@ -852,7 +912,40 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
     }
 }
 
-impl<S: Shared> PermitStore for ZoneStore<'_, S> {
+/// What a host knows of a key's permit in a zone kept in Redis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cached {
+    /// Heard of within the cache time: trusted without asking.
+    Fresh(Held),
+    /// Heard of longer ago: Redis may have revoked it since.
+    Stale,
+    Absent,
+}
+
+/// The draw's view of a zone kept in Redis: this host's cache of permits and of SOLD_OUT.
+/// Redis alone knows the count, so the cap is left to it.
+pub struct RemoteView<'s, 'a, S: Shared> {
+    pub store: &'s mut ZoneStore<'a, S>,
+    pub cache_ms: i64,
+}
+
+impl<S: Shared> PermitLookup for RemoteView<'_, '_, S> {
+    fn lookup(&mut self, key: &[u8], _sale: &Sale) -> Lookup {
+        let now_ms = self.store.now_ms;
+        match self.store.cached(key, self.cache_ms) {
+            Cached::Fresh(held) => Lookup::Permitted(held),
+            Cached::Stale => Lookup::Recheck,
+            Cached::Absent if self.store.table().link.known_sold_out(now_ms) => Lookup::SoldOut,
+            Cached::Absent => Lookup::Open,
+        }
+    }
+
+    fn register(&mut self, key: &[u8]) -> Registration {
+        self.store.register(key)
+    }
+}
+
+impl<S: Shared> PermitLookup for ZoneStore<'_, S> {
     fn lookup(&mut self, key: &[u8], sale: &Sale) -> Lookup {
         self.with_sale(sale, |table, _| {
             let hash = table.hash(key);
@@ -864,25 +957,6 @@ impl<S: Shared> PermitStore for ZoneStore<'_, S> {
                 Lookup::SoldOut
             }
         })
-    }
-
-    fn admit(&mut self, key: &[u8], sale: &Sale) -> Admission {
-        let (now_ms, expires_ms) = (self.now_ms, self.ttl_ms.map(|ttl| self.now_ms + ttl));
-        let (admission, newly_full) = self.with_sale(sale, |table, arena| {
-            let hash = table.hash(key);
-            if let Some(permit) = table.find(hash, key) {
-                return (Admission::Permitted(held(permit)), false);
-            }
-            if !table.under_cap(sale.cap) {
-                return (Admission::SoldOut, false);
-            }
-            match table.insert(arena, hash, key, now_ms, expires_ms) {
-                Some(seq) => (Admission::Admitted(Held { seq, expires_ms }), false),
-                None => (Admission::ZoneFull, table.report_full()),
-            }
-        });
-        self.newly_full |= newly_full;
-        admission
     }
 
     fn register(&mut self, key: &[u8]) -> Registration {
@@ -900,6 +974,27 @@ impl<S: Shared> PermitStore for ZoneStore<'_, S> {
         } else {
             Registration::ZoneFull
         }
+    }
+}
+
+impl<S: Shared> PermitStore for ZoneStore<'_, S> {
+    fn admit(&mut self, key: &[u8], sale: &Sale) -> Admission {
+        let (now_ms, expires_ms) = (self.now_ms, self.ttl_ms.map(|ttl| self.now_ms + ttl));
+        let (admission, newly_full) = self.with_sale(sale, |table, arena| {
+            let hash = table.hash(key);
+            if let Some(permit) = table.find(hash, key) {
+                return (Admission::Permitted(held(permit)), false);
+            }
+            if !table.under_cap(sale.cap) {
+                return (Admission::SoldOut, false);
+            }
+            match table.insert(arena, hash, key, now_ms, expires_ms) {
+                Some(seq) => (Admission::Admitted(Held { seq, expires_ms }), false),
+                None => (Admission::ZoneFull, table.report_full()),
+            }
+        });
+        self.newly_full |= newly_full;
+        admission
     }
 }
 
@@ -1317,5 +1412,55 @@ mod tests {
         if settled < registered {
             assert_eq!(lookup, Lookup::Open);
         }
+    }
+
+    #[test]
+    fn a_redis_zone_trusts_what_it_heard_for_the_cache_time() {
+        let heap = Heap::new(1 << 20);
+        let t = table(&heap, 64);
+        let sale = capped(Some(1));
+        let mut s = store(&heap, t, 1_000);
+        assert_eq!(RemoteView { store: &mut s, cache_ms: 500 }.lookup(b"amy", &sale), Lookup::Open);
+        assert!(s.remember(b"amy", seq(41), true));
+        // Redis decides the cap: one permit here says nothing about it.
+        assert_eq!(RemoteView { store: &mut s, cache_ms: 500 }.lookup(b"bob", &sale), Lookup::Open);
+        let mut s = store(&heap, t, 1_499);
+        let mut view = RemoteView { store: &mut s, cache_ms: 500 };
+        assert_eq!(view.lookup(b"amy", &sale), Lookup::Permitted(seq(41)));
+        let mut s = store(&heap, t, 1_500);
+        assert_eq!(s.cached(b"amy", 500), Cached::Stale);
+        assert_eq!(
+            RemoteView { store: &mut s, cache_ms: 500 }.lookup(b"amy", &sale),
+            Lookup::Recheck
+        );
+        // Heard of again: fresh again, under the number Redis gave, counted as granted once.
+        assert!(s.remember(b"amy", seq(41), false));
+        assert_eq!(s.cached(b"amy", 500), Cached::Fresh(seq(41)));
+        assert_eq!(s.permits(), 1);
+        assert_eq!(s.table().stats.granted.load(Ordering::Relaxed), 1);
+        s.forget(b"amy");
+        assert_eq!(s.cached(b"amy", 500), Cached::Absent);
+        assert_eq!(s.permits(), 0);
+        s.table().link.sold_out(1_500, 500);
+        assert_eq!(
+            RemoteView { store: &mut s, cache_ms: 500 }.lookup(b"cy", &sale),
+            Lookup::SoldOut
+        );
+        let mut s = store(&heap, t, 2_000);
+        assert_eq!(RemoteView { store: &mut s, cache_ms: 500 }.lookup(b"cy", &sale), Lookup::Open);
+    }
+
+    #[test]
+    fn a_remembered_permit_keeps_its_expiry() {
+        let heap = Heap::new(1 << 20);
+        let t = table(&heap, 64);
+        let mut s = store(&heap, t, 1_000);
+        assert!(s.remember(b"amy", Held { seq: 3, expires_ms: Some(1_200) }, true));
+        assert_eq!(
+            s.cached(b"amy", 10_000),
+            Cached::Fresh(Held { seq: 3, expires_ms: Some(1_200) })
+        );
+        let mut s = store(&heap, t, 1_200);
+        assert_eq!(s.cached(b"amy", 10_000), Cached::Absent, "gone at its expiry");
     }
 }

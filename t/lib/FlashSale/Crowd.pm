@@ -2,7 +2,9 @@ package FlashSale::Crowd;
 
 # Helpers for tests that need a crowd: start nginx with a whole configuration of our own (in
 # t/servroot-crowd, as a child process), and send many requests at once over many keepalive
-# connections, each connection in a child process of its own.
+# connections, each connection in a child process of its own. Several nginx "hosts" can run
+# at once (`host => NAME`, each in t/servroot-crowd-NAME on a port of its own), and a Redis
+# server for them (`start_redis`).
 #
 # Environment: TEST_NGINX_BINARY, TEST_NGINX_LOAD_MODULES (as for Test::Nginx), and
 # TEST_NGINX_CROWD_PORT (default 1986).
@@ -16,11 +18,15 @@ use POSIX ();
 use Time::HiRes qw(sleep time);
 
 use Exporter 'import';
-our @EXPORT_OK = qw(start_nginx stop_nginx crowd crowd_port fetch worker_pids kill_nginx);
+our @EXPORT_OK = qw(start_nginx stop_nginx crowd crowd_port fetch fetch_at worker_pids kill_nginx
+                    error_log start_redis stop_redis redis_cli);
 
-my $Root = cwd() . '/t/servroot-crowd';
-my $Port = $ENV{TEST_NGINX_CROWD_PORT} || 1986;
-my $Pid;
+my $Base = cwd() . '/t/servroot-crowd';
+our $Root = $Base;
+our $Port = $ENV{TEST_NGINX_CROWD_PORT} || 1986;
+our $Pid;
+# Hosts started with `host => NAME`: their pids and roots.
+my %Hosts;
 
 sub crowd_port { $Port }
 
@@ -28,7 +34,18 @@ sub crowd_port { $Port }
 # maps names under conf/ to their contents.
 sub start_nginx {
     my (%opt) = @_;
-    stop_nginx();
+    if (defined $opt{host}) {
+        my $name = delete $opt{host};
+        stop_nginx($name);
+        local $Root = "$Base-$name";
+        local $Pid;
+        my $port = delete $opt{port} // die "a host needs a port";
+        start_nginx(%opt, wait_port => $port);
+        $Hosts{$name} = { pid => $Pid, root => $Root };
+        return;
+    }
+    stop_nginx() unless $opt{wait_port};
+    my $wait_port = $opt{wait_port} // $Port;
     remove_tree($Root);
     make_path("$Root/conf", "$Root/logs");
     for my $name (keys %{ $opt{files} // {} }) {
@@ -69,39 +86,59 @@ CONF
             undef $Pid;
             die "nginx exited at startup: " . startup_error();
         }
-        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $Port, Timeout => 1);
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $wait_port,
+                                      Timeout => 1);
         return if $s;
         sleep 0.02;
     }
-    die "nginx did not listen on $Port";
+    die "nginx did not listen on $wait_port";
 }
 
 sub startup_error { local (@ARGV, $/) = ("$Root/logs/stderr.log"); (<> // '') . error_log() }
 
+# Stops the host of that name, or the default one.
 sub stop_nginx {
+    my ($name) = @_;
+    if (defined $name) {
+        my $host = delete $Hosts{$name} or return;
+        kill 'TERM', $host->{pid};
+        waitpid $host->{pid}, 0;
+        return;
+    }
     return unless $Pid;
     kill 'TERM', $Pid;
     waitpid $Pid, 0;
     undef $Pid;
 }
 
-sub error_log { open my $fh, '<', "$Root/logs/error.log" or return ''; local $/; <$fh> // '' }
+# The error log of the host of that name, or of the default one.
+sub error_log {
+    my ($name) = @_;
+    my $root = defined $name ? "$Base-$name" : $Root;
+    open my $fh, '<', "$root/logs/error.log" or return '';
+    local $/;
+    <$fh> // '';
+}
 
 # Sends GET for every path, spread over `connections` concurrent keepalive connections.
 # Returns a list of { path, status, sale, worker, seq } from the status and the X-Sale,
 # X-Worker and X-Seq headers of each response.
+# With `ports`, connection k goes to the k-th port, round robin: several hosts at once, and
+# each result says which (`port`).
 sub crowd {
     my (%opt) = @_;
     my @paths = @{ $opt{paths} };
     my $n = $opt{connections} // 64;
+    my @ports = @{ $opt{ports} // [$Port] };
     my @kids;
     for my $k (0 .. $n - 1) {
         pipe(my $r, my $w) or die $!;
         my $pid = fork // die $!;
         if ($pid == 0) {
             close $r;
+            local $Port = $ports[$k % @ports];
             my @mine = @paths[grep { $_ % $n == $k } 0 .. $#paths];
-            print $w join('', map { "$_->{path} $_->{status} $_->{sale} $_->{worker} $_->{seq}\n" }
+            print $w join('', map { "$_->{path} $_->{status} $_->{sale} $_->{worker} $_->{seq} $Port\n" }
                 run_connection(\@mine));
             close $w;
             POSIX::_exit(0);
@@ -114,9 +151,9 @@ sub crowd {
         my ($pid, $r) = @$kid;
         while (my $line = <$r>) {
             chomp $line;
-            my ($path, $status, $sale, $worker, $seq) = split ' ', $line;
+            my ($path, $status, $sale, $worker, $seq, $port) = split ' ', $line;
             push @results, { path => $path, status => $status, sale => $sale, worker => $worker,
-                             seq => $seq };
+                             seq => $seq, port => $port };
         }
         waitpid $pid, 0;
     }
@@ -129,6 +166,65 @@ sub fetch {
     my ($path, $method, @headers) = @_;
     my ($res) = run_connection([$path], $method, \@headers);
     return $res;
+}
+
+# As `fetch`, from the host listening on `$port`.
+sub fetch_at {
+    my ($port, @request) = @_;
+    local $Port = $port;
+    return fetch(@request);
+}
+
+my $Redis;
+my $RedisPort;
+
+# Starts redis-server on 127.0.0.1:`port`, as a child, with its files in t/servroot-redis
+# (emptied first when `fresh`); `args` are more of its options (e.g. [qw(--appendonly yes)]).
+# Waits until it answers.
+sub start_redis {
+    my (%opt) = @_;
+    my ($port, @args) = ($opt{port}, @{ $opt{args} // [] });
+    stop_redis();
+    my $dir = cwd() . '/t/servroot-redis';
+    remove_tree($dir) if $opt{fresh};
+    make_path($dir);
+    $RedisPort = $port;
+    $Redis = fork // die "fork: $!";
+    if ($Redis == 0) {
+        open STDOUT, '>>', "$dir/redis.log";
+        exec 'redis-server', '--port', $port, '--bind', '127.0.0.1', '--dir', $dir,
+            '--save', '', @args;
+        exit 127;
+    }
+    my $deadline = time + 10;
+    while (time < $deadline) {
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port, Timeout => 1);
+        if ($s) {
+            print $s "PING\r\n";
+            my $line = <$s> // '';
+            # PONG, or NOAUTH when a password is set: either way it serves.
+            return if $line =~ /PONG|NOAUTH/;
+        }
+        sleep 0.05;
+    }
+    die "redis-server did not answer on $port";
+}
+
+# Stops Redis: by SIGKILL, as a crash would, when `$how` is 'KILL'.
+sub stop_redis {
+    my ($how) = @_;
+    return unless $Redis;
+    kill $how // 'TERM', $Redis;
+    waitpid $Redis, 0;
+    undef $Redis;
+}
+
+# Runs redis-cli against the test's Redis; returns its output.
+sub redis_cli {
+    my (@args) = @_;
+    open my $cli, '-|', 'redis-cli', '-p', $RedisPort, '--no-auth-warning', @args or die $!;
+    local $/;
+    return <$cli> // '';
 }
 
 sub master_pid {
@@ -209,6 +305,10 @@ sub read_response {
     return $res;
 }
 
-END { stop_nginx() }
+END {
+    stop_nginx();
+    stop_nginx($_) for keys %Hosts;
+    stop_redis();
+}
 
 1;

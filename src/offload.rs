@@ -1,0 +1,109 @@
+//! Redis's round trips off the event loop: the request that needs one is suspended, the
+//! command runs on one of nginx's thread pool threads, and the request goes on in its worker
+//! when the reply is in. The worker serves other requests meanwhile.
+//!
+//! The suspended request is held as nginx holds one waiting for a thread's file read: its
+//! main request's `blocked` count keeps it (and its memory) alive even if the client leaves.
+
+use core::ffi::c_void;
+use core::ptr::NonNull;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use nginx_sys::{
+    ngx_event_t, ngx_http_request_t, ngx_http_run_posted_requests, ngx_int_t, ngx_log_t,
+    ngx_thread_pool_t, ngx_thread_task_alloc, ngx_thread_task_post, NGX_OK,
+};
+
+use crate::remote::{self, Command, Reply, Settings};
+
+/// What to do in the worker with Redis's reply: called with the request, which is live again,
+/// the reply, and when the round trip was asked (Unix milliseconds).
+pub type Done = unsafe fn(*mut ngx_http_request_t, Result<Reply, String>, i64);
+
+/// One round trip: everything the thread needs, owned, and where its reply goes.
+struct Job {
+    settings: Settings,
+    zone: String,
+    command: Command,
+    reply: Option<Result<Reply, String>>,
+    request: NonNull<ngx_http_request_t>,
+    asked_ms: i64,
+    done: Done,
+}
+
+/// Runs `command` for the request `r` on `threads`; `done` gets the reply. False when the task
+/// could not be queued (nginx has logged why); the request is then not suspended.
+///
+/// # Safety
+/// `r` is a live request, which its caller leaves waiting (`NGX_AGAIN`/`NGX_DONE`) on true.
+pub unsafe fn post(
+    r: *mut ngx_http_request_t,
+    threads: NonNull<ngx_thread_pool_t>,
+    settings: &Settings,
+    zone: String,
+    command: Command,
+    done: Done,
+) -> bool {
+    let Some(request) = NonNull::new(r) else {
+        return false;
+    };
+    let asked_ms = crate::handler::now_ms();
+    let job = Box::new(Job {
+        settings: settings.clone(),
+        zone,
+        command,
+        reply: None,
+        request,
+        asked_ms,
+        done,
+    });
+    // SAFETY: `r` is live; the task lives in its pool, which outlives the task since the
+    // request is blocked until the task's event has run.
+    unsafe {
+        let Some(task) = ngx_thread_task_alloc((*r).pool, 0).as_mut() else {
+            return false;
+        };
+        let job = Box::into_raw(job);
+        task.ctx = job.cast();
+        task.handler = Some(run_in_thread);
+        task.event.data = job.cast();
+        task.event.handler = Some(reply_in_worker);
+        if ngx_thread_task_post(threads.as_ptr(), task) != NGX_OK as ngx_int_t {
+            drop(Box::from_raw(job));
+            return false;
+        }
+        let main = &mut *(*r).main;
+        main.set_blocked(main.blocked() + 1);
+        (*r).set_aio(1);
+    }
+    true
+}
+
+/// On a pool thread: the round trip itself. Touches the job alone, never the request.
+unsafe extern "C" fn run_in_thread(data: *mut c_void, _log: *mut ngx_log_t) {
+    // SAFETY: `post` made `data` a job that nothing else touches until this returns and
+    // nginx's thread pool hands the task back to the worker.
+    let job = unsafe { &mut *data.cast::<Job>() };
+    let reply =
+        catch_unwind(AssertUnwindSafe(|| remote::run(&job.settings, &job.zone, &job.command)));
+    job.reply = Some(reply.unwrap_or_else(|_| Err("the Redis client panicked".to_string())));
+}
+
+/// In the worker, once the thread is done: releases the request and hands it the reply.
+unsafe extern "C" fn reply_in_worker(ev: *mut ngx_event_t) {
+    // SAFETY: the event's data is the job `post` leaked; the thread is done with it.
+    let job = unsafe { Box::from_raw((*ev).data.cast::<Job>()) };
+    let r = job.request.as_ptr();
+    // SAFETY: the request stayed alive while blocked; it is released here, once.
+    unsafe {
+        let c = (*r).connection;
+        let main = &mut *(*r).main;
+        main.set_blocked(main.blocked() - 1);
+        (*r).set_aio(0);
+        let Job { reply, done, asked_ms, .. } = *job;
+        let reply = reply.unwrap_or_else(|| Err("the round trip did not run".to_string()));
+        // A panic must not unwind into nginx; `done` answers 500 on its own errors.
+        let _ = catch_unwind(AssertUnwindSafe(|| done(r, reply, asked_ms)));
+        ngx_http_run_posted_requests(c);
+    }
+}

@@ -1,0 +1,546 @@
+//! A sale shared by several nginx hosts through Redis, in plain Rust: the settings, the
+//! atomic steps (Lua scripts, one round trip each), their replies, and the link's health.
+//!
+//! Nothing here knows about nginx. The glue (`offload.rs`) runs [`run`] on one of nginx's
+//! thread pool threads so that no worker waits for Redis, and hands the reply back to the
+//! worker that asked.
+
+use core::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+use redis::{ConnectionAddr, ConnectionInfo, RedisConnectionInfo, Script};
+
+use crate::parse;
+use crate::sale::{Cap, Held};
+
+/// What a host does with a new buyer when Redis does not answer in time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnError {
+    /// Turns the buyer away (`UNAVAILABLE`): never more than the cap, whatever happens.
+    #[default]
+    Closed,
+    /// Admits against this host's own zone and cap: the sale goes on, the cap holds per host.
+    Open,
+}
+
+/// `flash_sale_redis`: where a zone's permits live and how to talk to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub host: String,
+    pub port: u16,
+    /// `password=FILE`: the file's path, read by the glue.
+    pub password_file: Option<String>,
+    pub password: Option<String>,
+    /// The longest a connection, a write or a read may take.
+    pub timeout_ms: u64,
+    /// Put before every key, so that several sales (or test runs) share one Redis.
+    pub prefix: String,
+    pub on_error: OnError,
+    /// How long a host trusts what Redis told it (a winner's permit, SOLD_OUT) before asking
+    /// again; also how soon a revocation on one host is seen by the others.
+    pub cache_ms: i64,
+}
+
+pub const DEFAULT_TIMEOUT_MS: u64 = 50;
+pub const DEFAULT_CACHE_MS: i64 = 1000;
+pub const DEFAULT_PREFIX: &str = "flash_sale:";
+/// While Redis is down, one request per host tries it again this often.
+pub const RETRY_MS: i64 = 1000;
+
+impl Settings {
+    /// Parses the directive's parameters after `zone=NAME`; the error names the bad one.
+    pub fn parse<'a>(params: impl IntoIterator<Item = &'a str>) -> Result<Settings, String> {
+        let mut settings = Settings {
+            host: String::new(),
+            port: 0,
+            password_file: None,
+            password: None,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            prefix: DEFAULT_PREFIX.to_string(),
+            on_error: OnError::Closed,
+            cache_ms: DEFAULT_CACHE_MS,
+        };
+        for param in params {
+            let invalid = || format!("invalid parameter \"{param}\"");
+            let (name, value) = param.split_once('=').ok_or_else(invalid)?;
+            match name {
+                "server" => {
+                    let (host, port) = value.rsplit_once(':').ok_or_else(invalid)?;
+                    let port = port.parse().ok().filter(|&p| p > 0).ok_or_else(invalid)?;
+                    // An IPv6 address is written in brackets, as in nginx's `listen`.
+                    let host =
+                        host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+                    if host.is_empty() {
+                        return Err(invalid());
+                    }
+                    settings.host = host.to_string();
+                    settings.port = port;
+                }
+                "password" if !value.is_empty() => settings.password_file = Some(value.into()),
+                "timeout" => {
+                    let ms = parse::duration_ms(value).filter(|&ms| ms > 0).ok_or_else(invalid)?;
+                    settings.timeout_ms = ms as u64;
+                }
+                "prefix" => settings.prefix = value.to_string(),
+                "on_error" => {
+                    settings.on_error = match value {
+                        "closed" => OnError::Closed,
+                        "open" => OnError::Open,
+                        _ => return Err(invalid()),
+                    }
+                }
+                "cache" => {
+                    settings.cache_ms = parse::duration_ms(value).ok_or_else(invalid)?;
+                }
+                _ => return Err(invalid()),
+            }
+        }
+        if settings.host.is_empty() {
+            return Err("a \"server=HOST:PORT\" parameter is required".to_string());
+        }
+        Ok(settings)
+    }
+
+    /// `HOST:PORT`, for log messages.
+    pub fn server(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    fn connection_info(&self) -> ConnectionInfo {
+        ConnectionInfo {
+            addr: ConnectionAddr::Tcp(self.host.clone(), self.port),
+            redis: RedisConnectionInfo { password: self.password.clone(), ..Default::default() },
+        }
+    }
+}
+
+/// One atomic step on a zone's permits in Redis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Admits `key` if it holds no permit and the permits are under the cap. With `recheck`,
+    /// only says whether the key still holds a permit.
+    Admit { key: Vec<u8>, cap: Cap, now_ms: i64, expires_ms: Option<i64>, recheck: bool },
+    /// The permit of `key`, if it holds one.
+    Get { key: Vec<u8>, now_ms: i64 },
+    /// Revokes the permit of `key`.
+    Revoke { key: Vec<u8> },
+    /// Revokes every permit; the numbering goes on.
+    Clear,
+    /// Every permit (at most the cap's worth, in a sold-out sale): lets a host turn away
+    /// unknown keys without asking, knowing none of them holds a permit.
+    Permits { now_ms: i64 },
+}
+
+/// What Redis said about a key's admission.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Admitted(Held),
+    Permitted(Held),
+    SoldOut,
+    /// A recheck found no permit for the key (any more).
+    NotHeld,
+}
+
+/// Redis's reply to a [`Command`], in the command's order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Admission(Answer),
+    Permit(Option<Held>),
+    Revoked(Option<u64>),
+    Cleared(u64),
+    /// Every permit in Redis, by key, in order of number.
+    Permits(Vec<(Vec<u8>, Held)>),
+}
+
+/// The zone's three keys. The braces are a hash tag: in a Redis Cluster, a zone's keys sit in
+/// one slot, as a script's keys must.
+pub fn keys(prefix: &str, zone: &str) -> [String; 3] {
+    ["permits", "expiry", "seq"].map(|part| format!("{prefix}{{{zone}}}:{part}"))
+}
+
+/// KEYS: permits (key -> "seq:expires_ms", 0 for never), expiry (a sorted set of the keys by
+/// expiry), seq (the last number given). ARGV: key, cap (-1 for none), now_ms, expires_ms
+/// (0 for never), recheck (1 to only look). Replies {code, permit}: 0 admitted, 1 held,
+/// 2 sold out, 3 not held.
+const ADMIT: &str = r"
+local now = tonumber(ARGV[3])
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, 1000)
+for _, k in ipairs(gone) do
+  redis.call('HDEL', KEYS[1], k)
+  redis.call('ZREM', KEYS[2], k)
+end
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if held then
+  local expires = tonumber(string.match(held, ':(%d+)$'))
+  if expires == 0 or expires > now then return {1, held} end
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+if ARGV[5] == '1' then return {3, ''} end
+local cap = tonumber(ARGV[2])
+if cap >= 0 and redis.call('HLEN', KEYS[1]) >= cap then return {2, ''} end
+local permit = redis.call('INCR', KEYS[3]) .. ':' .. ARGV[4]
+if ARGV[4] ~= '0' then redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1]) end
+redis.call('HSET', KEYS[1], ARGV[1], permit)
+return {0, permit}
+";
+
+/// KEYS as for [`ADMIT`]; ARGV: key. Replies the revoked permit, or nil.
+const REVOKE: &str = r"
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if not held then return false end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return held
+";
+
+/// KEYS as for [`ADMIT`]. Replies how many permits there were.
+const CLEAR: &str = r"
+local n = redis.call('HLEN', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2])
+return n
+";
+
+static SCRIPTS: LazyLock<[Script; 3]> =
+    LazyLock::new(|| [Script::new(ADMIT), Script::new(REVOKE), Script::new(CLEAR)]);
+
+/// A permit as the scripts store it: `seq:expires_ms`, 0 for never.
+pub fn parse_permit(value: &str) -> Option<Held> {
+    let (seq, expires) = value.split_once(':')?;
+    let seq = seq.parse().ok().filter(|&s| s > 0)?;
+    let expires: i64 = expires.parse().ok()?;
+    Some(Held { seq, expires_ms: (expires != 0).then_some(expires) })
+}
+
+/// Maps the admission script's reply to an [`Answer`].
+pub fn parse_admission(code: i64, permit: &str) -> Option<Answer> {
+    match code {
+        0 => Some(Answer::Admitted(parse_permit(permit)?)),
+        1 => Some(Answer::Permitted(parse_permit(permit)?)),
+        2 => Some(Answer::SoldOut),
+        3 => Some(Answer::NotHeld),
+        _ => None,
+    }
+}
+
+/// Connections kept open between requests, by server, in this worker process. A connection
+/// that failed is dropped, never put back.
+static IDLE: Mutex<Vec<(String, redis::Connection)>> = Mutex::new(Vec::new());
+
+/// The most idle connections kept per worker: as many as nginx's thread pool has threads.
+const MAX_IDLE: usize = 32;
+
+/// Runs `command` on the zone's permits in Redis, on a kept connection if there is one.
+/// Blocks for up to a few times the timeout: call it off the worker's event loop.
+pub fn run(settings: &Settings, zone: &str, command: &Command) -> Result<Reply, String> {
+    let server = settings.server();
+    let kept = IDLE.lock().ok().and_then(|mut idle| {
+        let i = idle.iter().position(|(s, _)| *s == server)?;
+        Some(idle.swap_remove(i).1)
+    });
+    let reused = kept.is_some();
+    let mut conn = match kept {
+        Some(conn) => conn,
+        None => connect(settings)?,
+    };
+    let mut reply = execute(&mut conn, settings, zone, command);
+    if reply.is_err() && reused {
+        // A kept connection may have been closed by a restarted Redis: try once on a fresh
+        // one. Every command is idempotent per key, so a repeat admits nobody twice.
+        conn = connect(settings)?;
+        reply = execute(&mut conn, settings, zone, command);
+    }
+    let reply = reply.map_err(|e| e.to_string())?;
+    if let Ok(mut idle) = IDLE.lock() {
+        if idle.len() < MAX_IDLE {
+            idle.push((server, conn));
+        }
+    }
+    Ok(reply)
+}
+
+fn connect(settings: &Settings) -> Result<redis::Connection, String> {
+    let timeout = Some(Duration::from_millis(settings.timeout_ms));
+    let client = redis::Client::open(settings.connection_info()).map_err(|e| e.to_string())?;
+    let conn = client
+        .get_connection_with_timeout(Duration::from_millis(settings.timeout_ms))
+        .map_err(|e| e.to_string())?;
+    conn.set_read_timeout(timeout).map_err(|e| e.to_string())?;
+    conn.set_write_timeout(timeout).map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
+fn execute(
+    conn: &mut redis::Connection,
+    settings: &Settings,
+    zone: &str,
+    command: &Command,
+) -> redis::RedisResult<Reply> {
+    let [permits, expiry, seq] = keys(&settings.prefix, zone);
+    let [admit, revoke, clear] = &*SCRIPTS;
+    let malformed = || redis::RedisError::from((redis::ErrorKind::TypeError, "unexpected reply"));
+    match command {
+        Command::Admit { key, cap, now_ms, expires_ms, recheck } => {
+            let cap = cap.map_or(-1, |c| i64::try_from(c).unwrap_or(i64::MAX));
+            let (code, permit): (i64, String) = admit
+                .key(&permits)
+                .key(&expiry)
+                .key(&seq)
+                .arg(key.as_slice())
+                .arg(cap)
+                .arg(now_ms)
+                .arg(expires_ms.unwrap_or(0))
+                .arg(u8::from(*recheck))
+                .invoke(conn)?;
+            parse_admission(code, &permit).map(Reply::Admission).ok_or_else(malformed)
+        }
+        Command::Get { key, now_ms } => {
+            let permit: Option<String> =
+                redis::cmd("HGET").arg(&permits).arg(key.as_slice()).query(conn)?;
+            let held = permit.as_deref().and_then(parse_permit);
+            Ok(Reply::Permit(held.filter(|h| h.expires_ms.is_none_or(|e| e > *now_ms))))
+        }
+        Command::Revoke { key } => {
+            let permit: Option<String> =
+                revoke.key(&permits).key(&expiry).key(&seq).arg(key.as_slice()).invoke(conn)?;
+            Ok(Reply::Revoked(permit.as_deref().and_then(parse_permit).map(|h| h.seq)))
+        }
+        Command::Clear => {
+            let cleared: u64 = clear.key(&permits).key(&expiry).key(&seq).invoke(conn)?;
+            Ok(Reply::Cleared(cleared))
+        }
+        Command::Permits { now_ms } => {
+            let all: Vec<(Vec<u8>, String)> = redis::cmd("HGETALL").arg(&permits).query(conn)?;
+            Ok(Reply::Permits(live_permits(all, *now_ms)))
+        }
+    }
+}
+
+/// The permits of an HGETALL that are still valid at `now_ms`, in order of number.
+pub fn live_permits(all: Vec<(Vec<u8>, String)>, now_ms: i64) -> Vec<(Vec<u8>, Held)> {
+    let mut live: Vec<(Vec<u8>, Held)> = all
+        .into_iter()
+        .filter_map(|(key, value)| Some((key, parse_permit(&value)?)))
+        .filter(|(_, held)| held.expires_ms.is_none_or(|e| e > now_ms))
+        .collect();
+    live.sort_by_key(|(_, held)| held.seq);
+    live
+}
+
+/// The link's health, kept in the zone so that every worker of a host shares it: whether
+/// Redis is down, since when, and when the next try is due. Atomics only, no lock.
+#[repr(C)]
+#[derive(Default)]
+pub struct Link {
+    /// When Redis last failed; 0 while it answers.
+    down_since_ms: AtomicI64,
+    /// While down: when one request may try again.
+    retry_at_ms: AtomicI64,
+    /// Until when Redis's SOLD_OUT is trusted without asking.
+    sold_out_until_ms: AtomicI64,
+    /// When one request may next copy every permit from Redis (see [`Command::Permits`]).
+    copy_at_ms: AtomicI64,
+}
+
+/// What a failure or a success changed, for one log line per incident.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// This failure started an incident.
+    WentDown,
+    /// This success ended an incident that lasted this long.
+    CameBack {
+        down_ms: i64,
+    },
+    Unchanged,
+}
+
+impl Link {
+    /// Whether a request may ask Redis now: always while it answers; while it is down, one
+    /// request per host every [`RETRY_MS`], so a dead Redis costs one timeout a second, not
+    /// one per request.
+    pub fn may_ask(&self, now_ms: i64) -> bool {
+        if self.down_since_ms.load(Ordering::Acquire) == 0 {
+            return true;
+        }
+        let due = self.retry_at_ms.load(Ordering::Acquire);
+        now_ms >= due
+            && self
+                .retry_at_ms
+                .compare_exchange(due, now_ms + RETRY_MS, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.down_since_ms.load(Ordering::Acquire) != 0
+    }
+
+    /// Redis failed to answer at `now_ms`.
+    pub fn failed(&self, now_ms: i64) -> Change {
+        // 0 means "up", so a clock at 0 still records a failure.
+        let since = now_ms.max(1);
+        self.retry_at_ms.fetch_max(now_ms + RETRY_MS, Ordering::AcqRel);
+        match self.down_since_ms.compare_exchange(0, since, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => Change::WentDown,
+            Err(_) => Change::Unchanged,
+        }
+    }
+
+    /// Redis answered at `now_ms` a round trip asked at `asked_ms`. Only a round trip asked
+    /// after the failure proves Redis is back: an older one may have been answered just
+    /// before it went away.
+    pub fn answered(&self, asked_ms: i64, now_ms: i64) -> Change {
+        let since = self.down_since_ms.load(Ordering::Acquire);
+        if since == 0 || asked_ms < since {
+            return Change::Unchanged;
+        }
+        match self.down_since_ms.compare_exchange(since, 0, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => Change::CameBack { down_ms: now_ms - since },
+            Err(_) => Change::Unchanged,
+        }
+    }
+
+    /// Whether this request is the one (per host and cache time) that copies every permit
+    /// from Redis after a SOLD_OUT, so that SOLD_OUT can be trusted for unknown keys.
+    pub fn claim_copy(&self, now_ms: i64, cache_ms: i64) -> bool {
+        let due = self.copy_at_ms.load(Ordering::Acquire);
+        now_ms >= due
+            && self
+                .copy_at_ms
+                .compare_exchange(due, now_ms + cache_ms, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    /// Remembers Redis's SOLD_OUT for `cache_ms`: the host holds a copy of every permit.
+    pub fn sold_out(&self, now_ms: i64, cache_ms: i64) {
+        self.sold_out_until_ms.store(now_ms.saturating_add(cache_ms), Ordering::Release);
+    }
+
+    /// Whether Redis said SOLD_OUT recently enough to trust it.
+    pub fn known_sold_out(&self, now_ms: i64) -> bool {
+        now_ms < self.sold_out_until_ms.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_take_defaults_and_every_parameter() {
+        let s = Settings::parse(["server=127.0.0.1:6379"]).unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("127.0.0.1", 6379));
+        assert_eq!(s.timeout_ms, DEFAULT_TIMEOUT_MS);
+        assert_eq!(s.cache_ms, DEFAULT_CACHE_MS);
+        assert_eq!(s.on_error, OnError::Closed);
+        assert_eq!(s.prefix, DEFAULT_PREFIX);
+        let s = Settings::parse([
+            "server=redis.local:7000",
+            "password=redis.pass",
+            "timeout=200ms",
+            "prefix=shop:",
+            "on_error=open",
+            "cache=5s",
+        ])
+        .unwrap();
+        assert_eq!(s.server(), "redis.local:7000");
+        assert_eq!(s.password_file.as_deref(), Some("redis.pass"));
+        assert_eq!((s.timeout_ms, s.cache_ms), (200, 5000));
+        assert_eq!((s.prefix.as_str(), s.on_error), ("shop:", OnError::Open));
+        assert_eq!(Settings::parse(["server=[::1]:6379"]).unwrap().host, "::1");
+    }
+
+    #[test]
+    fn settings_name_the_bad_parameter() {
+        for bad in [
+            "server=localhost",
+            "server=:6379",
+            "server=h:0",
+            "server=h:65536",
+            "server=h:x",
+            "timeout=0",
+            "timeout=fast",
+            "on_error=maybe",
+            "cache=-1s",
+            "password=",
+            "colour=blue",
+            "server",
+        ] {
+            let err = Settings::parse(["server=h:1", bad]).unwrap_err();
+            assert_eq!(err, format!("invalid parameter \"{bad}\""));
+        }
+        assert!(Settings::parse(["timeout=1s"]).unwrap_err().contains("server=HOST:PORT"));
+    }
+
+    #[test]
+    fn keys_share_a_cluster_slot_and_the_prefix() {
+        assert_eq!(
+            keys("shop:", "sale"),
+            ["shop:{sale}:permits", "shop:{sale}:expiry", "shop:{sale}:seq"]
+        );
+    }
+
+    #[test]
+    fn replies_parse_strictly() {
+        let held = |seq, expires_ms| Held { seq, expires_ms };
+        assert_eq!(parse_permit("7:0"), Some(held(7, None)));
+        assert_eq!(parse_permit("8:1700000000123"), Some(held(8, Some(1_700_000_000_123))));
+        for bad in ["", "7", ":0", "0:0", "x:0", "7:x", "-1:0"] {
+            assert_eq!(parse_permit(bad), None, "{bad:?}");
+        }
+        assert_eq!(parse_admission(0, "3:0"), Some(Answer::Admitted(held(3, None))));
+        assert_eq!(parse_admission(1, "3:0"), Some(Answer::Permitted(held(3, None))));
+        assert_eq!(parse_admission(2, ""), Some(Answer::SoldOut));
+        assert_eq!(parse_admission(3, ""), Some(Answer::NotHeld));
+        assert_eq!(parse_admission(0, ""), None);
+        assert_eq!(parse_admission(4, "3:0"), None);
+    }
+
+    #[test]
+    fn a_down_link_is_tried_once_per_retry_interval_and_logged_once() {
+        let link = Link::default();
+        assert!(link.may_ask(1_000) && !link.is_down());
+        assert_eq!(link.failed(1_000), Change::WentDown);
+        assert_eq!(link.failed(1_010), Change::Unchanged, "one incident, one log line");
+        assert!(link.is_down());
+        assert!(!link.may_ask(1_500), "no try before the retry interval");
+        assert!(link.may_ask(1_000 + RETRY_MS + 10), "one try when due");
+        assert!(!link.may_ask(1_000 + RETRY_MS + 11), "and only one");
+        assert_eq!(link.answered(990, 2_400), Change::Unchanged, "asked before it failed");
+        assert!(link.is_down());
+        assert_eq!(link.answered(2_010, 2_500), Change::CameBack { down_ms: 1_500 });
+        assert_eq!(link.answered(2_510, 2_600), Change::Unchanged);
+        assert!(link.may_ask(2_600));
+    }
+
+    #[test]
+    fn a_copy_of_the_permits_keeps_the_live_ones_in_order() {
+        let all = vec![
+            (b"cy".to_vec(), "3:0".to_string()),
+            (b"amy".to_vec(), "1:500".to_string()),
+            (b"bob".to_vec(), "2:2000".to_string()),
+            (b"bad".to_vec(), "junk".to_string()),
+        ];
+        let live = live_permits(all, 1_000);
+        let keys: Vec<&[u8]> = live.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(keys, [&b"bob"[..], b"cy"]);
+        assert_eq!(live[0].1, Held { seq: 2, expires_ms: Some(2_000) });
+    }
+
+    #[test]
+    fn one_request_per_cache_time_copies_the_permits() {
+        let link = Link::default();
+        assert!(link.claim_copy(5_000, 1_000));
+        assert!(!link.claim_copy(5_500, 1_000));
+        assert!(link.claim_copy(6_000, 1_000));
+    }
+
+    #[test]
+    fn sold_out_is_trusted_for_the_cache_time() {
+        let link = Link::default();
+        assert!(!link.known_sold_out(0));
+        link.sold_out(10_000, 1_000);
+        assert!(link.known_sold_out(10_999));
+        assert!(!link.known_sold_out(11_000));
+    }
+}

@@ -1,0 +1,277 @@
+# Several hosts, one sale: two nginx instances (2 workers each) keep a zone in one Redis.
+# - Five rounds of 5,000 buyers split across both hosts, at once: exactly the cap admitted in
+#   total, numbered 1 to the cap with no repeat; every winner then passes through the other host.
+# - A permit revoked through host A's API stops passing on host B once B's cache time is up.
+# - Redis killed during a burst and started again: nobody is admitted while it is away, new
+#   buyers get UNAVAILABLE (known winners still pass), each host logs the incident once, and
+#   the sale fills up to exactly the cap after it is back.
+# - Redis stopped (SIGSTOP) answers nothing: a new buyer gets UNAVAILABLE after the timeout.
+# - on_error=open: with Redis away, a host admits against its own cap.
+# - A sold-out sale sends Redis almost nothing: the host remembers SOLD_OUT for its cache time.
+#
+# Needs redis-server (Debian's redis-server package, installed by scripts/install-deps).
+
+use strict;
+use warnings;
+use Test::More;
+use POSIX ();
+use Time::HiRes qw(sleep time);
+use FlashSale::Crowd
+    qw(start_nginx stop_nginx crowd crowd_port fetch_at error_log start_redis stop_redis redis_cli);
+
+my $a_port = crowd_port();
+my $b_port = $a_port + 1;
+my $redis_port = $a_port + 10000;
+my $password = 'the-test-redis-password';
+my %files = ('redis.pass' => "$password\n");
+
+# Every write on disk before Redis answers, so that a killed Redis comes back as it was.
+my @durable = ('--requirepass', $password, '--appendonly', 'yes', '--appendfsync', 'always');
+start_redis(port => $redis_port, fresh => 1, args => \@durable);
+
+# One host's configuration: the sale at /sale, the API, the metrics, and a backend.
+sub host_config {
+    my (%opt) = @_;
+    my $port = $opt{port};
+    my $redis = $opt{redis} // "server=127.0.0.1:$redis_port password=redis.pass";
+    return <<"HTTP";
+    flash_sale_zone \$arg_user zone=sale:10m;
+    flash_sale_redis zone=sale $redis prefix=$opt{prefix} $opt{extra};
+    server {
+        listen 127.0.0.1:$port;
+        keepalive_requests 100000;
+        add_header X-Sale \$flash_sale_status always;
+        add_header X-Worker \$pid always;
+        add_header X-Seq \$flash_sale_seq always;
+        location /sale {
+            flash_sale zone=sale;
+            flash_sale_block_ratio $opt{ratio};
+            flash_sale_max_permits $opt{cap};
+            proxy_pass http://127.0.0.1:$port/backend;
+        }
+        location /backend { return 200 "ok\\n"; }
+        location /api/ { flash_sale_api; }
+        location /metrics { flash_sale_metrics; }
+    }
+HTTP
+}
+
+sub start_hosts {
+    my (%opt) = @_;
+    my $extra = $opt{extra} // '';
+    for ([a => $a_port], [b => $b_port]) {
+        my ($name, $port) = @$_;
+        start_nginx(host => $name, port => $port, workers => 2, files => \%files,
+                    log_level => 'info', http => host_config(%opt, port => $port, extra => $extra));
+    }
+}
+
+sub tally {
+    my %count;
+    $count{ $_->{sale} }++ for @_;
+    return \%count;
+}
+
+sub metric {
+    my ($port, $name) = @_;
+    my $body = fetch_at($port, '/metrics')->{body};
+    return $body =~ /^$name\{zone="sale"\} (\d+)$/m ? $1 : undef;
+}
+
+sub other { $_[0] == $a_port ? $b_port : $a_port }
+
+for my $round (1 .. 5) {
+    start_hosts(prefix => "round$round:", ratio => 0.5, cap => 100, extra => 'cache=10s');
+    my @buyers = map { "/sale?user=r$round-buyer$_" } 1 .. 5000;
+    my @first = crowd(paths => \@buyers, connections => 64, ports => [$a_port, $b_port]);
+    my $count = tally(@first);
+    diag explain $count if $ENV{DEBUG_REDIS};
+    is(scalar @first, 5000, "round $round: every buyer got an answer");
+    is($count->{ADMITTED} // 0, 100, "round $round: exactly the cap is admitted over both hosts");
+    my %by_host;
+    $by_host{ $_->{port} }++ for grep { $_->{sale} eq 'ADMITTED' } @first;
+    ok(($by_host{$a_port} // 0) > 0 && ($by_host{$b_port} // 0) > 0,
+       "round $round: both hosts admitted some (A " . ($by_host{$a_port} // 0) . ', B '
+       . ($by_host{$b_port} // 0) . ')');
+    is(($count->{BLOCKED} // 0) + ($count->{SOLD_OUT} // 0), 4900,
+       "round $round: everyone else is BLOCKED or SOLD_OUT");
+    my %winner = map { $_->{path} => $_ } grep { $_->{sale} eq 'ADMITTED' } @first;
+    is(join(',', sort { $a <=> $b } map { $_->{seq} } values %winner), join(',', 1 .. 100),
+       "round $round: the winners hold permits 1 to 100, no gap, no repeat");
+    is(redis_cli('-a', $password, 'HLEN', "round$round:{sale}:permits"), "100\n",
+       "round $round: Redis holds 100 permits");
+
+    # Every winner through the host that did not admit it: the permit is shared.
+    my $passed = 0;
+    for my $path (sort keys %winner) {
+        my $res = fetch_at(other($winner{$path}{port}), $path);
+        $passed++ if $res->{status} == 200 && $res->{sale} eq 'PERMITTED'
+                     && $res->{seq} eq $winner{$path}{seq};
+    }
+    is($passed, 100, "round $round: every winner passes through the other host, same number");
+    my @losers = grep { !$winner{$_} } @buyers[0 .. 999];
+    my @again = crowd(paths => \@losers, connections => 16, ports => [$b_port, $a_port]);
+    is(scalar(grep { $_->{status} == 200 } @again), 0, "round $round: no loser passes later");
+    stop_nginx($_) for qw(a b);
+}
+
+# Revocation: through A's API, seen on B once B's cache time (1 s here) is up.
+{
+    start_hosts(prefix => 'revoke:', ratio => 0, cap => 1, extra => 'cache=1s');
+    is(fetch_at($a_port, '/sale?user=amy')->{sale}, 'ADMITTED', 'revoke: amy is admitted on A');
+    is(fetch_at($b_port, '/sale?user=amy')->{sale}, 'PERMITTED', 'revoke: and passes on B');
+    my $api = fetch_at($a_port, '/api/zones/sale/permits/amy');
+    like($api->{body}, qr/"seq":1/, 'revoke: the API of A reads the permit from Redis');
+    $api = fetch_at($b_port, '/api/zones/sale/permits/amy', 'DELETE');
+    is($api->{status}, 200, 'revoke: revoked through the API (on B)');
+    is(fetch_at($b_port, '/api/zones/sale/permits/amy')->{status}, 404,
+       'revoke: gone from Redis');
+    is(fetch_at($b_port, '/sale?user=bob')->{sale}, 'ADMITTED',
+       "revoke: bob takes the freed permit on B");
+    sleep 1.1;
+    my $res = fetch_at($a_port, '/sale?user=amy');
+    is($res->{sale}, 'SOLD_OUT', 'revoke: amy no longer passes on A after its cache time');
+    is($res->{status}, 503, 'revoke: with the reject status');
+    stop_nginx($_) for qw(a b);
+}
+
+# Redis killed during a burst, then started again.
+{
+    start_hosts(prefix => 'outage:', ratio => 0.5, cap => 1000, extra => 'cache=10s');
+    my @buyers = map { "/sale?user=out-buyer$_" } 1 .. 8000;
+    my @early = crowd(paths => [@buyers[0 .. 199]], connections => 16,
+                      ports => [$a_port, $b_port]);
+    my %winner = map { $_->{path} => $_ } grep { $_->{sale} eq 'ADMITTED' } @early;
+    ok(keys %winner > 0 && keys %winner < 1000,
+       'outage: some were admitted before Redis went away (' . scalar(keys %winner) . ')');
+
+    # The burst: Redis is killed a moment after it starts.
+    pipe(my $r, my $w) or die $!;
+    my $kid = fork // die $!;
+    if ($kid == 0) {
+        close $r;
+        my @burst = crowd(paths => [@buyers[200 .. 3199]], connections => 32,
+                          ports => [$a_port, $b_port]);
+        print $w "$_->{path} $_->{sale} $_->{seq} $_->{port}\n" for @burst;
+        close $w;
+        POSIX::_exit(0);
+    }
+    close $w;
+    sleep 0.1;
+    stop_redis('KILL');
+    my @burst;
+    while (my $line = <$r>) {
+        my ($path, $sale, $seq, $port) = split ' ', $line;
+        push @burst, { path => $path, sale => $sale, seq => $seq, port => $port };
+    }
+    waitpid $kid, 0;
+    is(scalar @burst, 3000, 'outage: every buyer of the burst got an answer');
+    my $burst = tally(@burst);
+    ok(($burst->{UNAVAILABLE} // 0) > 0,
+       'outage: new buyers got UNAVAILABLE while Redis was away (' . ($burst->{UNAVAILABLE} // 0)
+       . ')');
+    $winner{ $_->{path} } = $_ for grep { $_->{sale} eq 'ADMITTED' } @burst;
+
+    # Redis is away: nobody new is admitted, known winners still pass.
+    my @away = crowd(paths => [@buyers[3200 .. 3999]], connections => 16,
+                     ports => [$a_port, $b_port]);
+    my $away = tally(@away);
+    is($away->{ADMITTED} // 0, 0, 'outage: nobody is admitted while Redis is away');
+    is(($away->{UNAVAILABLE} // 0) + ($away->{BLOCKED} // 0), 800,
+       'outage: new buyers are UNAVAILABLE (or BLOCKED by the draw)');
+    my $known = (grep { $_->{port} == $a_port } values %winner)[0];
+    is(fetch_at($a_port, $known->{path})->{sale}, 'PERMITTED',
+       'outage: a winner the host knows still passes');
+
+    start_redis(port => $redis_port, args => \@durable);
+    sleep 1.1;
+    # A host tries Redis again once a second, with one request (one the draw lets through):
+    # that one is served by Redis.
+    for my $port ($a_port, $b_port) {
+        my $sale = 'BLOCKED';
+        for my $n (1 .. 50) {
+            $sale = fetch_at($port, "/sale?user=probe$port-$n")->{sale};
+            last if $sale ne 'BLOCKED';
+        }
+        is($sale, 'ADMITTED', "outage: the first request after a second finds Redis back ($port)");
+    }
+    my @after = crowd(paths => [@buyers[4000 .. 7999]], connections => 32,
+                      ports => [$a_port, $b_port]);
+    my $after = tally(@after);
+    is($after->{UNAVAILABLE} // 0, 0, 'outage: normal service once Redis is back')
+        or diag join "\n", grep { /flash_sale_redis/ } map { split /\n/, error_log($_) } qw(a b);
+    $winner{ $_->{path} } = $_ for grep { $_->{sale} eq 'ADMITTED' } @after;
+    is(redis_cli('-a', $password, 'HLEN', 'outage:{sale}:permits'), "1000\n",
+       'outage: Redis holds exactly the cap');
+    ok(keys %winner <= 1000, 'outage: never more admitted than the cap (' . keys(%winner) . ')');
+    my %seq;
+    $seq{ $_->{seq} }++ for values %winner;
+    ok(!grep({ $_ > 1 } values %seq), 'outage: no permit number was given twice');
+    for my $host (qw(a b)) {
+        my $log = error_log($host);
+        my $went = () = $log =~ /flash_sale_redis zone "sale": redis at \S+ failed/g;
+        my $back = () = $log =~ /flash_sale_redis zone "sale": redis at \S+ answers again/g;
+        is($went, 1, "outage: host $host logged the incident once")
+            or diag join "\n", grep { /flash_sale_redis/ } split /\n/, $log;
+        is($back, 1, "outage: host $host logged the recovery once");
+    }
+    like(fetch_at($a_port, '/metrics')->{body}, qr/^flash_sale_redis_up\{zone="sale"\} 1$/m,
+         'outage: the metrics say Redis is up again');
+
+    # A sold-out sale asks Redis almost nothing: 1,000 more buyers, within the cache time.
+    my $calls = metric($a_port, 'flash_sale_redis_calls_total');
+    my @sold = crowd(paths => [map { "/sale?user=late$_" } 1 .. 1000], connections => 8,
+                     ports => [$a_port]);
+    my $sold = tally(@sold);
+    is(($sold->{SOLD_OUT} // 0) + ($sold->{BLOCKED} // 0), 1000,
+       'sold out: late buyers are SOLD_OUT (or BLOCKED)');
+    my $more = metric($a_port, 'flash_sale_redis_calls_total') - $calls;
+    ok($more <= 2, "sold out: 1,000 requests cost $more round trips to Redis");
+    stop_nginx($_) for qw(a b);
+}
+
+# Redis that does not answer at all: the timeout, then UNAVAILABLE.
+{
+    start_hosts(prefix => 'stopped:', ratio => 0, cap => 10, extra => 'timeout=100ms');
+    is(fetch_at($a_port, '/sale?user=first')->{sale}, 'ADMITTED', 'stopped: admitted first');
+    my $pid = redis_cli('-a', $password, 'INFO', 'server') =~ /process_id:(\d+)/ ? $1 : 0;
+    kill 'STOP', $pid;
+    my $t0 = time;
+    my $res = fetch_at($a_port, '/sale?user=second');
+    my $took = time - $t0;
+    kill 'CONT', $pid;
+    is($res->{sale}, 'UNAVAILABLE', 'stopped: a new buyer gets UNAVAILABLE');
+    is($res->{status}, 503, 'stopped: with the reject status');
+    ok($took < 2, sprintf('stopped: answered in %.2f s, not left hanging', $took));
+    like(error_log('a'), qr/redis at \S+ failed: .*(timed out|Resource temporarily|os error 11)/i,
+         'stopped: the log says it timed out');
+    is(fetch_at($a_port, '/sale?user=first')->{sale}, 'PERMITTED', 'stopped: the winner passes');
+    stop_nginx($_) for qw(a b);
+}
+
+# on_error=open: Redis away, each host admits against its own cap.
+{
+    start_hosts(prefix => 'open:', ratio => 0, cap => 3,
+                redis => 'server=127.0.0.1:' . ($redis_port + 1), extra => 'on_error=open');
+    my @a = map { fetch_at($a_port, "/sale?user=open-a$_")->{sale} } 1 .. 5;
+    is(join(' ', @a), 'ADMITTED ADMITTED ADMITTED SOLD_OUT SOLD_OUT',
+       'on_error=open: host A admits up to its own cap');
+    my @b = map { fetch_at($b_port, "/sale?user=open-b$_")->{sale} } 1 .. 4;
+    is(join(' ', @b), 'ADMITTED ADMITTED ADMITTED SOLD_OUT', 'on_error=open: and so does B');
+    like(error_log('a'), qr/admitted against this host's own cap of 3 \(on_error=open\)/,
+         'on_error=open: the log says so');
+    stop_nginx($_) for qw(a b);
+}
+
+# A wrong password: the log names Redis's answer.
+{
+    start_hosts(prefix => 'auth:', ratio => 0, cap => 3,
+                redis => "server=127.0.0.1:$redis_port");
+    is(fetch_at($a_port, '/sale?user=x')->{sale}, 'UNAVAILABLE', 'no password: UNAVAILABLE');
+    like(error_log('a'), qr/redis at \S+ failed: .*(NOAUTH|Authentication|unauthenticated)/i,
+         'no password: the log says Redis wants one');
+    stop_nginx($_) for qw(a b);
+}
+
+stop_redis();
+done_testing();
