@@ -1,7 +1,7 @@
 //! Property tests: the parsers of directive values, admin API requests and tokens take any input
 //! without panicking (a panic in a worker is a crash), and the ones that round-trip do.
 
-use crate::{api, parse, sale::BlockRatio, token};
+use crate::{api, parse, remote, sale::BlockRatio, token};
 use proptest::prelude::*;
 
 const SECRET: &[u8] = b"a secret of at least thirty-two bytes";
@@ -20,6 +20,16 @@ proptest! {
         let _ = parse::lone_variable(&s);
         let _ = parse::zone_name_size(&s);
         let _ = BlockRatio::parse(&s);
+    }
+
+    #[test]
+    fn redis_parameters_never_panic(params in proptest::collection::vec("[a-z_]{0,9}=?.{0,20}", 0..6)) {
+        let _ = remote::Settings::parse(params.iter().map(String::as_str));
+    }
+
+    #[test]
+    fn redis_replies_never_panic(code in any::<i64>(), permit in ".{0,30}") {
+        let _ = remote::parse_admission(code, &permit);
     }
 
     #[test]

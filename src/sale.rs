@@ -726,6 +726,50 @@ mod tests {
         assert!(Outcome::Admitted.passes() && Outcome::Permitted.passes());
         assert!(!Outcome::Blocked.passes());
         assert!(Outcome::NotStarted.message().starts_with("NOT_STARTED"));
+        assert_eq!(Outcome::Unavailable.status(503), 503);
+        assert!(!Outcome::Unavailable.passes());
+        assert!(Outcome::Unavailable.message().starts_with("UNAVAILABLE"));
+    }
+
+    /// A store that knows only what it was told: the view of a host of a sale kept elsewhere.
+    struct Remote(Lookup);
+
+    impl PermitLookup for Remote {
+        fn lookup(&mut self, _key: &[u8], _sale: &Sale) -> Lookup {
+            self.0
+        }
+        fn register(&mut self, _key: &[u8]) -> Registration {
+            Registration::Registered
+        }
+    }
+
+    #[test]
+    fn a_permit_only_the_shared_store_knows_is_rechecked_before_any_draw() {
+        let s = sale(0.9, Some(5));
+        let step = |lookup, draw: fn() -> f64| draw_step(&s, b"k", 0, draw, &mut Remote(lookup));
+        assert_eq!(step(Lookup::Recheck, never_drawn), Step::Recheck);
+        let held = Held { seq: 2, expires_ms: None };
+        assert_eq!(
+            step(Lookup::Permitted(held), never_drawn),
+            Step::Decided(Verdict { outcome: Outcome::Permitted, permit: Some(held) })
+        );
+        assert_eq!(step(Lookup::SoldOut, never_drawn), Step::Decided(Outcome::SoldOut.into()));
+        assert_eq!(step(Lookup::Open, || 0.1), Step::Decided(Outcome::Blocked.into()));
+        assert_eq!(step(Lookup::Open, || 0.95), Step::Admit);
+        // A closed window answers before the store is asked anything.
+        let closed = Sale { window: Window { start_ms: Some(10), end_ms: None }, ..s };
+        assert_eq!(
+            draw_step(&closed, b"k", 0, never_drawn, &mut Remote(Lookup::Recheck)),
+            Step::Decided(Outcome::NotStarted.into())
+        );
+    }
+
+    #[test]
+    fn an_admission_gives_its_verdict() {
+        let held = Held { seq: 9, expires_ms: Some(5) };
+        assert_eq!(admitted(Admission::Admitted(held)).outcome, Outcome::Admitted);
+        assert_eq!(admitted(Admission::Permitted(held)).permit, Some(held));
+        assert_eq!(admitted(Admission::ZoneFull), Outcome::SoldOut.into());
     }
 
     fn prequeued_sale(cap: Cap) -> Sale {

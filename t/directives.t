@@ -456,9 +456,13 @@ qr/invalid parameter "cookie=\$cookie_t" in \S+nginx\.conf:\d+/
 --- user_files
 >>> token.key
 0123456789abcdef0123456789abcdef
+>>> redis.pass
+a password
 --- http_config
     flash_sale_zone $http_authorization zone=laptop:10m;
     flash_sale_zone "$arg_shop:$cookie_uid" zone=phone:64k;
+    flash_sale_redis zone=phone server=127.0.0.1:6390 password=../html/redis.pass timeout=100ms
+                     prefix=shop: on_error=open cache=2s;
     flash_sale_start 2021-08-08T00:00:00+00:00;
 --- config
     location /flashsale {
@@ -493,3 +497,101 @@ open
 --- no_error_log
 [emerg]
 [warn]
+
+=== TEST 37: Redis without a server
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+    flash_sale_redis zone=sale timeout=100ms;
+--- config
+    location /sale { flash_sale zone=sale; return 200; }
+--- must_die
+--- error_log eval
+qr/a "server=HOST:PORT" parameter is required in "flash_sale_redis" directive in \S+nginx\.conf:\d+/
+
+=== TEST 38: Redis with a bad parameter
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+    flash_sale_redis zone=sale server=127.0.0.1:6379 timeout=soon;
+--- config
+    location /sale { flash_sale zone=sale; return 200; }
+--- must_die
+--- error_log eval
+qr/invalid parameter "timeout=soon" in "flash_sale_redis" directive in \S+nginx\.conf:\d+/
+
+=== TEST 39: Redis with a server without a port
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+    flash_sale_redis zone=sale server=localhost;
+--- config
+    location /sale { flash_sale zone=sale; return 200; }
+--- must_die
+--- error_log eval
+qr/invalid parameter "server=localhost" in "flash_sale_redis" directive in \S+nginx\.conf:\d+/
+
+=== TEST 40: Redis for an unknown zone
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+    flash_sale_redis zone=other server=127.0.0.1:6379;
+--- config
+    location /sale { flash_sale zone=sale; return 200; }
+--- must_die
+--- error_log eval
+qr/unknown flash_sale_zone "other" in \S+nginx\.conf:\d+/
+
+=== TEST 41: two Redis for one zone
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+    flash_sale_redis zone=sale server=127.0.0.1:6379;
+    flash_sale_redis zone=sale server=127.0.0.1:6380;
+--- config
+    location /sale { flash_sale zone=sale; return 200; }
+--- must_die
+--- error_log eval
+qr/flash_sale_zone "sale" already has a "flash_sale_redis" in \S+nginx\.conf:\d+/
+
+=== TEST 42: a zone in Redis keeps no state file
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m state=sale.state;
+    flash_sale_redis zone=sale server=127.0.0.1:6379;
+--- config
+    location /sale { flash_sale zone=sale; return 200; }
+--- must_die
+--- error_log eval
+qr/flash_sale_zone "sale" has a state file; a zone kept in Redis needs none in \S+nginx\.conf:\d+/
+
+=== TEST 43: no pre-queue for a zone in Redis
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+    flash_sale_redis zone=sale server=127.0.0.1:6379;
+--- config
+    location /sale {
+        flash_sale zone=sale;
+        flash_sale_start 2099-01-01T00:00:00Z;
+        flash_sale_prequeue 5m;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/"flash_sale_prequeue" cannot be used with flash_sale_zone "sale", which is kept in Redis in \S+nginx\.conf:\d+/
+
+=== TEST 44: a Redis password that cannot be read
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+    flash_sale_redis zone=sale server=127.0.0.1:6379 password=/nonexistent/redis.pass;
+--- config
+    location /sale { flash_sale zone=sale; return 200; }
+--- must_die
+--- error_log eval
+qr{cannot read "/nonexistent/redis\.pass" in "flash_sale_redis" directive: No such file or directory \(os error 2\) in \S+nginx\.conf:\d+}
+
+=== TEST 45: Redis is set in the http block only
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /sale {
+        flash_sale_redis zone=sale server=127.0.0.1:6379;
+        return 200;
+    }
+--- must_die
+--- error_log eval
+qr/"flash_sale_redis" directive is not allowed here in \S+nginx\.conf:\d+/
