@@ -226,9 +226,18 @@ pub fn permit_json(p: &PermitInfo) -> Value {
     })
 }
 
-/// The answer to an API request on a zone kept in Redis, from Redis's reply; `key` is the
-/// permit's key for a single permit.
-pub fn remote_answer(key: &[u8], reply: Reply) -> Result<(u16, Value), ApiError> {
+/// What an API request on a zone kept in Redis asked, besides the zone: the permit's key, the
+/// page of a listing, the cap a grant is compared with.
+#[derive(Debug, Default)]
+pub struct RemoteAsk {
+    pub key: Vec<u8>,
+    pub page: Option<Page>,
+    pub cap: Option<u64>,
+}
+
+/// The answer to an API request on a zone kept in Redis, from Redis's reply; the same JSON as
+/// for a zone kept here.
+pub fn remote_answer(ask: &RemoteAsk, reply: Reply) -> Result<(u16, Value), ApiError> {
     let no_permit = || ApiError::new(404, "no permit for this key");
     match reply {
         Reply::Permit(held) => {
@@ -236,7 +245,7 @@ pub fn remote_answer(key: &[u8], reply: Reply) -> Result<(u16, Value), ApiError>
             Ok((
                 200,
                 json!({
-                    "key": String::from_utf8_lossy(key),
+                    "key": String::from_utf8_lossy(&ask.key),
                     "seq": held.seq,
                     "expires": held.expires_ms.map(rfc3339),
                 }),
@@ -244,9 +253,30 @@ pub fn remote_answer(key: &[u8], reply: Reply) -> Result<(u16, Value), ApiError>
         }
         Reply::Revoked(seq) => seq.map(|_| (200, json!({ "revoked": 1 }))).ok_or_else(no_permit),
         Reply::Cleared(revoked) => Ok((200, json!({ "revoked": revoked }))),
-        Reply::Admission(_) | Reply::Permits(_) => {
-            Err(ApiError::new(500, "unexpected reply from Redis"))
+        Reply::Permits(permits) => {
+            let page = ask.page.as_ref().ok_or_else(|| ApiError::new(500, "no page asked"))?;
+            let start = match &page.after {
+                Some(after) => {
+                    1 + permits.iter().position(|p| p.key == *after).ok_or_else(|| {
+                        ApiError::new(404, "no permit for \"after\"; start again without it")
+                    })?
+                }
+                None => 0,
+            };
+            let end = permits.len().min(start.saturating_add(page.limit));
+            Ok((200, page_json(&permits[start..end], page.limit)))
         }
+        Reply::Granted { granted, already, permits } => Ok((
+            200,
+            json!({
+                "granted": granted,
+                "already": already,
+                "zone_full": 0,
+                "permits": permits,
+                "over_cap": ask.cap.is_some_and(|cap| permits > cap),
+            }),
+        )),
+        Reply::Admission(_) => Err(ApiError::new(500, "unexpected reply from Redis")),
     }
 }
 
@@ -383,16 +413,45 @@ mod tests {
     #[test]
     fn redis_replies_answer_like_the_zone() {
         use crate::sale::Held;
+        let amy = RemoteAsk { key: b"amy".to_vec(), ..RemoteAsk::default() };
         let held = Held { seq: 4, expires_ms: Some(1_628_380_800_000) };
-        let (status, body) = remote_answer(b"amy", Reply::Permit(Some(held))).unwrap();
+        let (status, body) = remote_answer(&amy, Reply::Permit(Some(held))).unwrap();
         assert_eq!(status, 200);
         assert_eq!(body, json!({ "key": "amy", "seq": 4, "expires": "2021-08-08T00:00:00.000Z" }));
-        assert_eq!(remote_answer(b"amy", Reply::Permit(None)).unwrap_err().status, 404);
+        assert_eq!(remote_answer(&amy, Reply::Permit(None)).unwrap_err().status, 404);
         assert_eq!(
-            remote_answer(b"amy", Reply::Revoked(Some(4))).unwrap().1,
+            remote_answer(&amy, Reply::Revoked(Some(4))).unwrap().1,
             json!({ "revoked": 1 })
         );
-        assert_eq!(remote_answer(b"amy", Reply::Revoked(None)).unwrap_err().status, 404);
-        assert_eq!(remote_answer(b"", Reply::Cleared(7)).unwrap().1, json!({ "revoked": 7 }));
+        assert_eq!(remote_answer(&amy, Reply::Revoked(None)).unwrap_err().status, 404);
+        let none = RemoteAsk::default();
+        assert_eq!(remote_answer(&none, Reply::Cleared(7)).unwrap().1, json!({ "revoked": 7 }));
+        let granted = Reply::Granted { granted: 2, already: 1, permits: 4 };
+        let capped = RemoteAsk { cap: Some(3), ..RemoteAsk::default() };
+        assert_eq!(remote_answer(&capped, granted).unwrap().1["over_cap"], json!(true));
+    }
+
+    #[test]
+    fn redis_permits_are_listed_in_pages() {
+        let permits: Vec<PermitInfo> = (1..=5)
+            .map(|seq| PermitInfo {
+                key: format!("k{seq}").into_bytes(),
+                seq,
+                granted_ms: 0,
+                expires_ms: None,
+            })
+            .collect();
+        let ask = |after: Option<&str>, limit| RemoteAsk {
+            page: Some(Page { limit, after: after.map(|a| a.as_bytes().to_vec()) }),
+            ..RemoteAsk::default()
+        };
+        let list = |ask: RemoteAsk| remote_answer(&ask, Reply::Permits(permits.clone()));
+        let first = list(ask(None, 2)).unwrap().1;
+        assert_eq!(first["permits"].as_array().unwrap().len(), 2);
+        assert_eq!(first["next"], json!("k2"));
+        let last = list(ask(Some("k4"), 2)).unwrap().1;
+        assert_eq!(last["permits"][0]["key"], json!("k5"));
+        assert_eq!(last["next"], json!(null));
+        assert_eq!(list(ask(Some("gone"), 2)).unwrap_err().status, 404);
     }
 }

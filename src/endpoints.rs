@@ -136,7 +136,7 @@ unsafe fn api(r: *mut ngx_http_request_t) -> ngx_int_t {
         }
     }
     // SAFETY: as above.
-    match unsafe { on_redis(r, method, &route) } {
+    match unsafe { on_redis(r, method, &route, None) } {
         Some(Ok((zone, command))) => {
             // SAFETY: as above.
             unsafe { ask_redis(r, zone, command) }
@@ -149,7 +149,8 @@ unsafe fn api(r: *mut ngx_http_request_t) -> ngx_int_t {
 }
 
 /// For a zone kept in Redis, the command a permit route runs there; `None` for a zone kept
-/// here, or a route that only reads this host's zone.
+/// here, for a route that reads or changes this host's zone only, and for a grant whose body
+/// is not read yet.
 ///
 /// # Safety
 /// `r` is a live request.
@@ -157,6 +158,7 @@ unsafe fn on_redis(
     r: *mut ngx_http_request_t,
     method: u32,
     route: &Route,
+    body: Option<&[u8]>,
 ) -> Option<Result<(&'static ZoneConf, Command), ApiError>> {
     let (name, key) = match route {
         Route::Permits(name) => (name, None),
@@ -169,18 +171,17 @@ unsafe fn on_redis(
     let get = method & (NGX_HTTP_GET | NGX_HTTP_HEAD) != 0;
     let now_ms = crate::handler::now_ms();
     let command = match key {
-        Some(key) if get => Command::Get { key: key.clone(), now_ms },
-        Some(key) if method == NGX_HTTP_DELETE => Command::Revoke { key: key.clone() },
-        None if method == NGX_HTTP_DELETE => Command::Clear,
-        None if get || method == NGX_HTTP_POST => {
-            return Some(Err(ApiError::new(
-                501,
-                "a zone kept in Redis lists and grants permits in Redis; use redis-cli",
-            )))
+        Some(key) if get => Ok(Command::Get { key: key.clone(), now_ms }),
+        Some(key) if method == NGX_HTTP_DELETE => Ok(Command::Revoke { key: key.clone() }),
+        None if method == NGX_HTTP_DELETE => Ok(Command::Clear),
+        // The page is checked here, so that a bad one costs no round trip.
+        None if get => api::page(req_args(r)).map(|_| Command::Permits { now_ms }),
+        None if method == NGX_HTTP_POST => {
+            api::grants(body?).map(|grants| Command::Grant { grants, now_ms })
         }
         _ => return None,
     };
-    Some(Ok((zone, command)))
+    Some(command.map(|command| (zone, command)))
 }
 
 /// The zone of this name, as the request's configuration declares it.
@@ -232,20 +233,24 @@ unsafe fn redis_answered(r: *mut ngx_http_request_t, reply: Result<Reply, String
     // SAFETY: see the function's contract.
     let rc = catch_unwind(AssertUnwindSafe(|| unsafe {
         let route = relative_path(r).and_then(route);
-        let (zone, key) = match &route {
-            Ok(Route::Permit(name, key)) => (zone_named(r, name), key.as_slice()),
-            Ok(Route::Permits(name)) => (zone_named(r, name), &[][..]),
-            _ => (None, &[][..]),
+        let (zone, key) = match route {
+            Ok(Route::Permit(name, key)) => (zone_named(r, &name), key),
+            Ok(Route::Permits(name)) => (zone_named(r, &name), Vec::new()),
+            _ => (None, Vec::new()),
         };
-        let answer = match (zone, reply) {
-            (Some(zone), reply) => {
-                forget_here(zone, key, &reply);
+        let answer = match zone {
+            Some(zone) => {
+                forget_here(zone, &key, &reply);
+                let cap =
+                    zone.table.and_then(|t| t.as_ref().overrides.get().1).or(zone.largest_cap);
+                let page = api::page(req_args(r)).ok();
+                let ask = api::RemoteAsk { key, page, cap };
                 match reply {
-                    Ok(reply) => api::remote_answer(key, reply),
+                    Ok(reply) => api::remote_answer(&ask, reply),
                     Err(e) => Err(ApiError::new(502, format!("redis did not answer: {e}"))),
                 }
             }
-            (None, _) => Err(ApiError::new(500, "the zone is not available")),
+            None => Err(ApiError::new(500, "the zone is not available")),
         };
         respond(r, answer)
     }))
@@ -300,9 +305,18 @@ unsafe extern "C" fn api_body_ready(r: *mut ngx_http_request_t) {
         let method = (*r).method as u32;
         let answer = relative_path(r).and_then(route).and_then(|route| {
             let body = request_body(r)?;
-            serve(r, method, &route, Some(&body))
+            match on_redis(r, method, &route, Some(&body)) {
+                Some(Ok((zone, command))) => Ok(Err((zone, command))),
+                Some(Err(e)) => Err(e),
+                None => serve(r, method, &route, Some(&body)).map(Ok),
+            }
         });
-        respond(r, answer)
+        match answer {
+            // The answer comes with Redis's reply; the request was counted for it.
+            Ok(Err((zone, command))) => ask_redis(r, zone, command),
+            Ok(Ok(answer)) => respond(r, Ok(answer)),
+            Err(e) => respond(r, Err(e)),
+        }
     }))
     .unwrap_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
     // SAFETY: as above.

@@ -31,7 +31,8 @@ use crate::module::{self, FlashSaleModule};
 use crate::offload;
 use crate::remote::{Answer, Change, Command, OnError, Reply};
 use crate::sale::{
-    admitted, decide, draw_step, DrawMode, Outcome, PermitStore, Sale, Step, Verdict, MAX_KEY_LEN,
+    admitted, decide, draw_step, DrawMode, Held, Outcome, PermitStore, Sale, Step, Verdict,
+    MAX_KEY_LEN,
 };
 use crate::state;
 use crate::token;
@@ -459,7 +460,9 @@ unsafe fn decide_with_reply(
             // The copy a SOLD_OUT asked for: with every permit here, unknown keys can be
             // turned away without asking, until the cache time is up.
             link.answered(asked_ms, now);
-            let all_kept = permits.iter().all(|(key, held)| store.remember(key, *held, false));
+            let all_kept = permits.iter().all(|p| {
+                store.remember(&p.key, Held { seq: p.seq, expires_ms: p.expires_ms }, false)
+            });
             if all_kept {
                 link.sold_out(now, redis.settings.cache_ms);
             }

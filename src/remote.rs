@@ -13,6 +13,7 @@ use redis::{ConnectionAddr, ConnectionInfo, RedisConnectionInfo, Script};
 
 use crate::parse;
 use crate::sale::{Cap, Held};
+use crate::zone::{Grant, PermitInfo};
 
 /// What a host does with a new buyer when Redis does not answer in time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -130,6 +131,8 @@ pub enum Command {
     /// Every permit (at most the cap's worth, in a sold-out sale): lets a host turn away
     /// unknown keys without asking, knowing none of them holds a permit.
     Permits { now_ms: i64 },
+    /// Grants permits to keys that hold none, whatever the cap (an operator's decision).
+    Grant { grants: Vec<Grant>, now_ms: i64 },
 }
 
 /// What Redis said about a key's admission.
@@ -149,8 +152,13 @@ pub enum Reply {
     Permit(Option<Held>),
     Revoked(Option<u64>),
     Cleared(u64),
-    /// Every permit in Redis, by key, in order of number.
-    Permits(Vec<(Vec<u8>, Held)>),
+    /// Every permit in Redis, in order of number.
+    Permits(Vec<PermitInfo>),
+    Granted {
+        granted: u64,
+        already: u64,
+        permits: u64,
+    },
 }
 
 /// The zone's three keys. The braces are a hash tag: in a Redis Cluster, a zone's keys sit in
@@ -159,10 +167,10 @@ pub fn keys(prefix: &str, zone: &str) -> [String; 3] {
     ["permits", "expiry", "seq"].map(|part| format!("{prefix}{{{zone}}}:{part}"))
 }
 
-/// KEYS: permits (key -> "seq:expires_ms", 0 for never), expiry (a sorted set of the keys by
-/// expiry), seq (the last number given). ARGV: key, cap (-1 for none), now_ms, expires_ms
-/// (0 for never), recheck (1 to only look). Replies {code, permit}: 0 admitted, 1 held,
-/// 2 sold out, 3 not held.
+/// KEYS: permits (key -> "seq:expires_ms:granted_ms", expires 0 for never), expiry (a sorted
+/// set of the keys by expiry), seq (the last number given). ARGV: key, cap (-1 for none),
+/// now_ms, expires_ms (0 for never), recheck (1 to only look). Replies {code, permit}:
+/// 0 admitted, 1 held, 2 sold out, 3 not held.
 const ADMIT: &str = r"
 local now = tonumber(ARGV[3])
 local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, 1000)
@@ -172,7 +180,7 @@ for _, k in ipairs(gone) do
 end
 local held = redis.call('HGET', KEYS[1], ARGV[1])
 if held then
-  local expires = tonumber(string.match(held, ':(%d+)$'))
+  local expires = tonumber(string.match(held, '^%d+:(%d+)'))
   if expires == 0 or expires > now then return {1, held} end
   redis.call('HDEL', KEYS[1], ARGV[1])
   redis.call('ZREM', KEYS[2], ARGV[1])
@@ -180,10 +188,33 @@ end
 if ARGV[5] == '1' then return {3, ''} end
 local cap = tonumber(ARGV[2])
 if cap >= 0 and redis.call('HLEN', KEYS[1]) >= cap then return {2, ''} end
-local permit = redis.call('INCR', KEYS[3]) .. ':' .. ARGV[4]
+local permit = redis.call('INCR', KEYS[3]) .. ':' .. ARGV[4] .. ':' .. ARGV[3]
 if ARGV[4] ~= '0' then redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1]) end
 redis.call('HSET', KEYS[1], ARGV[1], permit)
 return {0, permit}
+";
+
+/// KEYS as for [`ADMIT`]; ARGV: now_ms, then a key and its expires_ms (0 for never) per permit.
+/// Grants whatever the cap. Replies {granted, already held, permits now}.
+const GRANT: &str = r"
+local granted, already = 0, 0
+for i = 2, #ARGV, 2 do
+  local held = redis.call('HGET', KEYS[1], ARGV[i])
+  local expires = held and tonumber(string.match(held, '^%d+:(%d+)'))
+  if held and (expires == 0 or expires > tonumber(ARGV[1])) then
+    already = already + 1
+  else
+    local permit = redis.call('INCR', KEYS[3]) .. ':' .. ARGV[i + 1] .. ':' .. ARGV[1]
+    if ARGV[i + 1] ~= '0' then
+      redis.call('ZADD', KEYS[2], ARGV[i + 1], ARGV[i])
+    else
+      redis.call('ZREM', KEYS[2], ARGV[i])
+    end
+    redis.call('HSET', KEYS[1], ARGV[i], permit)
+    granted = granted + 1
+  end
+end
+return {granted, already, redis.call('HLEN', KEYS[1])}
 ";
 
 /// KEYS as for [`ADMIT`]; ARGV: key. Replies the revoked permit, or nil.
@@ -202,15 +233,25 @@ redis.call('DEL', KEYS[1], KEYS[2])
 return n
 ";
 
-static SCRIPTS: LazyLock<[Script; 3]> =
-    LazyLock::new(|| [Script::new(ADMIT), Script::new(REVOKE), Script::new(CLEAR)]);
+static SCRIPTS: LazyLock<[Script; 4]> = LazyLock::new(|| {
+    [Script::new(ADMIT), Script::new(REVOKE), Script::new(CLEAR), Script::new(GRANT)]
+});
 
-/// A permit as the scripts store it: `seq:expires_ms`, 0 for never.
+/// A permit as the scripts store it: `seq:expires_ms:granted_ms`, expires 0 for never.
 pub fn parse_permit(value: &str) -> Option<Held> {
-    let (seq, expires) = value.split_once(':')?;
-    let seq = seq.parse().ok().filter(|&s| s > 0)?;
-    let expires: i64 = expires.parse().ok()?;
-    Some(Held { seq, expires_ms: (expires != 0).then_some(expires) })
+    parse_stored(value).map(|(held, _)| held)
+}
+
+/// A stored permit and when it was granted.
+fn parse_stored(value: &str) -> Option<(Held, i64)> {
+    let mut fields = value.split(':');
+    let seq = fields.next()?.parse().ok().filter(|&s| s > 0)?;
+    let expires: i64 = fields.next()?.parse().ok()?;
+    let granted = fields.next()?.parse().ok()?;
+    if fields.next().is_some() {
+        return None;
+    }
+    Some((Held { seq, expires_ms: (expires != 0).then_some(expires) }, granted))
 }
 
 /// Maps the admission script's reply to an [`Answer`].
@@ -278,7 +319,7 @@ fn execute(
     command: &Command,
 ) -> redis::RedisResult<Reply> {
     let [permits, expiry, seq] = keys(&settings.prefix, zone);
-    let [admit, revoke, clear] = &*SCRIPTS;
+    let [admit, revoke, clear, grant] = &*SCRIPTS;
     let malformed = || redis::RedisError::from((redis::ErrorKind::TypeError, "unexpected reply"));
     match command {
         Command::Admit { key, cap, now_ms, expires_ms, recheck } => {
@@ -314,17 +355,34 @@ fn execute(
             let all: Vec<(Vec<u8>, String)> = redis::cmd("HGETALL").arg(&permits).query(conn)?;
             Ok(Reply::Permits(live_permits(all, *now_ms)))
         }
+        Command::Grant { grants, now_ms } => {
+            let mut invocation = grant.key(&permits);
+            invocation.key(&expiry).key(&seq).arg(now_ms);
+            for (key, ttl_ms) in grants {
+                invocation.arg(key.as_slice()).arg(ttl_ms.map_or(0, |ttl| now_ms + ttl));
+            }
+            let (granted, already, permits): (u64, u64, u64) = invocation.invoke(conn)?;
+            Ok(Reply::Granted { granted, already, permits })
+        }
     }
 }
 
 /// The permits of an HGETALL that are still valid at `now_ms`, in order of number.
-pub fn live_permits(all: Vec<(Vec<u8>, String)>, now_ms: i64) -> Vec<(Vec<u8>, Held)> {
-    let mut live: Vec<(Vec<u8>, Held)> = all
+pub fn live_permits(all: Vec<(Vec<u8>, String)>, now_ms: i64) -> Vec<PermitInfo> {
+    let mut live: Vec<PermitInfo> = all
         .into_iter()
-        .filter_map(|(key, value)| Some((key, parse_permit(&value)?)))
-        .filter(|(_, held)| held.expires_ms.is_none_or(|e| e > now_ms))
+        .filter_map(|(key, value)| {
+            let (held, granted_ms) = parse_stored(&value)?;
+            let live = held.expires_ms.is_none_or(|e| e > now_ms);
+            live.then_some(PermitInfo {
+                key,
+                seq: held.seq,
+                granted_ms,
+                expires_ms: held.expires_ms,
+            })
+        })
         .collect();
-    live.sort_by_key(|(_, held)| held.seq);
+    live.sort_by_key(|p| p.seq);
     live
 }
 
@@ -483,17 +541,18 @@ mod tests {
     #[test]
     fn replies_parse_strictly() {
         let held = |seq, expires_ms| Held { seq, expires_ms };
-        assert_eq!(parse_permit("7:0"), Some(held(7, None)));
-        assert_eq!(parse_permit("8:1700000000123"), Some(held(8, Some(1_700_000_000_123))));
-        for bad in ["", "7", ":0", "0:0", "x:0", "7:x", "-1:0"] {
+        assert_eq!(parse_permit("7:0:5"), Some(held(7, None)));
+        assert_eq!(parse_permit("8:1700000000123:5"), Some(held(8, Some(1_700_000_000_123))));
+        for bad in ["", "7", ":0:5", "0:0:5", "x:0:5", "7:x:5", "-1:0:5", "7:0", "7:0:x", "7:0:5:6"]
+        {
             assert_eq!(parse_permit(bad), None, "{bad:?}");
         }
-        assert_eq!(parse_admission(0, "3:0"), Some(Answer::Admitted(held(3, None))));
-        assert_eq!(parse_admission(1, "3:0"), Some(Answer::Permitted(held(3, None))));
+        assert_eq!(parse_admission(0, "3:0:9"), Some(Answer::Admitted(held(3, None))));
+        assert_eq!(parse_admission(1, "3:0:9"), Some(Answer::Permitted(held(3, None))));
         assert_eq!(parse_admission(2, ""), Some(Answer::SoldOut));
         assert_eq!(parse_admission(3, ""), Some(Answer::NotHeld));
         assert_eq!(parse_admission(0, ""), None);
-        assert_eq!(parse_admission(4, "3:0"), None);
+        assert_eq!(parse_admission(4, "3:0:9"), None);
     }
 
     #[test]
@@ -516,15 +575,17 @@ mod tests {
     #[test]
     fn a_copy_of_the_permits_keeps_the_live_ones_in_order() {
         let all = vec![
-            (b"cy".to_vec(), "3:0".to_string()),
-            (b"amy".to_vec(), "1:500".to_string()),
-            (b"bob".to_vec(), "2:2000".to_string()),
+            (b"cy".to_vec(), "3:0:30".to_string()),
+            (b"amy".to_vec(), "1:500:10".to_string()),
+            (b"bob".to_vec(), "2:2000:20".to_string()),
             (b"bad".to_vec(), "junk".to_string()),
         ];
         let live = live_permits(all, 1_000);
-        let keys: Vec<&[u8]> = live.iter().map(|(k, _)| k.as_slice()).collect();
+        let keys: Vec<&[u8]> = live.iter().map(|p| p.key.as_slice()).collect();
         assert_eq!(keys, [&b"bob"[..], b"cy"]);
-        assert_eq!(live[0].1, Held { seq: 2, expires_ms: Some(2_000) });
+        let bob =
+            PermitInfo { key: b"bob".to_vec(), seq: 2, granted_ms: 20, expires_ms: Some(2_000) };
+        assert_eq!(live[0], bob);
     }
 
     #[test]

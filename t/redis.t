@@ -17,7 +17,8 @@ use Test::More;
 use POSIX ();
 use Time::HiRes qw(sleep time);
 use FlashSale::Crowd
-    qw(start_nginx stop_nginx crowd crowd_port fetch_at error_log start_redis stop_redis redis_cli);
+    qw(start_nginx stop_nginx crowd crowd_port fetch_at send_body error_log start_redis stop_redis
+       redis_cli);
 
 my $a_port = crowd_port();
 my $b_port = $a_port + 1;
@@ -132,6 +133,24 @@ for my $round (1 .. 5) {
     my $res = fetch_at($a_port, '/sale?user=amy');
     is($res->{sale}, 'SOLD_OUT', 'revoke: amy no longer passes on A after its cache time');
     is($res->{status}, 503, 'revoke: with the reject status');
+
+    # An operator's grant through A's API, whatever the cap, passes on B; both list it.
+    $api = send_body($a_port, 'POST', '/api/zones/sale/permits', '["vip", {"key": "guest"}]');
+    like($api->{body}, qr/"already":0.*"granted":2.*"over_cap":true.*"permits":3/,
+         'grant: two permits granted in Redis, over the cap of 1, and said so');
+    is(fetch_at($b_port, '/sale?user=vip')->{sale}, 'PERMITTED', 'grant: vip passes on B');
+    my $list = fetch_at($b_port, '/api/zones/sale/permits?limit=2')->{body};
+    like($list, qr/"next":"vip".*"key":"bob","seq":2.*"key":"vip","seq":3/,
+         'list: B lists the permits in Redis, in order, a page at a time');
+    like(fetch_at($b_port, '/api/zones/sale/permits?after=vip')->{body},
+         qr/"next":null.*"key":"guest","seq":4/, 'list: and the next page');
+    is(fetch_at($b_port, '/api/zones/sale/permits?after=nobody')->{status}, 404,
+       'list: an unknown cursor is a 404');
+    is(send_body($a_port, 'POST', '/api/zones/sale/permits', '{}')->{status}, 400,
+       'grant: a bad body is refused before Redis is asked');
+    $api = fetch_at($a_port, '/api/zones/sale/permits', 'DELETE');
+    like($api->{body}, qr/"revoked":3/, 'clear: every permit revoked in Redis');
+    is(redis_cli('-a', $password, 'HLEN', 'revoke:{sale}:permits'), "0\n", 'clear: Redis is empty');
     stop_nginx($_) for qw(a b);
 }
 

@@ -18,7 +18,7 @@ use POSIX ();
 use Time::HiRes qw(sleep time);
 
 use Exporter 'import';
-our @EXPORT_OK = qw(start_nginx stop_nginx crowd crowd_port fetch fetch_at worker_pids kill_nginx
+our @EXPORT_OK = qw(start_nginx stop_nginx crowd crowd_port fetch fetch_at send_body worker_pids kill_nginx
                     error_log start_redis stop_redis redis_cli);
 
 my $Base = cwd() . '/t/servroot-crowd';
@@ -175,6 +175,14 @@ sub fetch_at {
     return fetch(@request);
 }
 
+# A request with a body to the host listening on `$port`.
+sub send_body {
+    my ($port, $method, $path, $body) = @_;
+    local $Port = $port;
+    my ($res) = run_connection([$path], $method, [], $body);
+    return $res;
+}
+
 my $Redis;
 my $RedisPort;
 
@@ -255,9 +263,11 @@ sub kill_nginx {
 
 # One connection, requests in sequence; reconnects when nginx closes it.
 sub run_connection {
-    my ($paths, $method, $headers) = @_;
+    my ($paths, $method, $headers, $body) = @_;
     $method //= 'GET';
+    $body //= '';
     my $extra = join '', map { "$_\r\n" } @{ $headers // [] };
+    $extra .= 'Content-Length: ' . length($body) . "\r\n" if length $body;
     my @out;
     my $sock;
     my $buf = '';
@@ -265,7 +275,7 @@ sub run_connection {
         for my $attempt (1 .. 3) {
             $sock ||= IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $Port)
                 or die "connect: $!";
-            print $sock "$method $path HTTP/1.1\r\nHost: localhost\r\n$extra\r\n";
+            print $sock "$method $path HTTP/1.1\r\nHost: localhost\r\n$extra\r\n$body";
             my $res = read_response($sock, \$buf);
             if ($res) {
                 push @out, { path => $path, %$res };
