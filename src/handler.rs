@@ -344,7 +344,9 @@ unsafe fn remote_gate(
                     Cached::Fresh(held) => {
                         Some(Verdict { outcome: Outcome::Permitted, permit: Some(held) })
                     }
-                    _ if store.table().link.known_sold_out(now) => Some(Outcome::SoldOut.into()),
+                    _ if store.table().link.trusts_sold_out(now, cache_ms) => {
+                        Some(Outcome::SoldOut.into())
+                    }
                     _ => None,
                 };
                 if let Some(verdict) = verdict {
@@ -508,6 +510,7 @@ unsafe fn decide_with_reply(
     let verdict = match answer {
         Answer::Admitted(held) => {
             store.remember(key, held, true);
+            link.not_sold_out();
             passed(Outcome::Admitted, held)
         }
         Answer::Permitted(held) => {

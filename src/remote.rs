@@ -471,12 +471,29 @@ impl Link {
 
     /// Remembers Redis's SOLD_OUT for `cache_ms`: the host holds a copy of every permit.
     pub fn sold_out(&self, now_ms: i64, cache_ms: i64) {
-        self.sold_out_until_ms.store(now_ms.saturating_add(cache_ms), Ordering::Release);
+        self.sold_out_until_ms.store(now_ms.saturating_add(cache_ms).max(1), Ordering::Release);
     }
 
-    /// Whether Redis said SOLD_OUT recently enough to trust it.
-    pub fn known_sold_out(&self, now_ms: i64) -> bool {
-        now_ms < self.sold_out_until_ms.load(Ordering::Acquire)
+    /// Forgets SOLD_OUT: Redis admitted someone, so there is room again.
+    pub fn not_sold_out(&self) {
+        self.sold_out_until_ms.store(0, Ordering::Release);
+    }
+
+    /// Whether a new buyer may be told SOLD_OUT without asking Redis: while what Redis said is
+    /// fresh; once it is stale, one request asks again (false) while the others go on
+    /// trusting it for another `cache_ms`, so that a refresh is one round trip, not a burst.
+    pub fn trusts_sold_out(&self, now_ms: i64, cache_ms: i64) -> bool {
+        let until = self.sold_out_until_ms.load(Ordering::Acquire);
+        if until == 0 || now_ms < until {
+            return until != 0;
+        }
+        let claimed = self.sold_out_until_ms.compare_exchange(
+            until,
+            now_ms.saturating_add(cache_ms),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        claimed.is_err()
     }
 }
 
@@ -599,9 +616,13 @@ mod tests {
     #[test]
     fn sold_out_is_trusted_for_the_cache_time() {
         let link = Link::default();
-        assert!(!link.known_sold_out(0));
+        assert!(!link.trusts_sold_out(0, 1_000));
         link.sold_out(10_000, 1_000);
-        assert!(link.known_sold_out(10_999));
-        assert!(!link.known_sold_out(11_000));
+        assert!(link.trusts_sold_out(10_999, 1_000));
+        assert!(!link.trusts_sold_out(11_000, 1_000), "stale: this request asks again");
+        assert!(link.trusts_sold_out(11_001, 1_000), "the others trust it meanwhile");
+        assert!(!link.trusts_sold_out(12_000, 1_000), "until the next cache time");
+        link.not_sold_out();
+        assert!(!link.trusts_sold_out(12_001, 1_000));
     }
 }

@@ -154,6 +154,23 @@ for my $round (1 .. 5) {
     stop_nginx($_) for qw(a b);
 }
 
+# Permits that expire: the expiry is kept in Redis, and an expired permit's slot goes to the
+# next buyer, whichever host admitted it.
+{
+    start_hosts(prefix => 'ttl:', ratio => 0, cap => 1, extra => 'cache=200ms');
+    my $api = send_body($a_port, 'POST', '/api/zones/sale/permits', '[{"key": "amy", "ttl": "1s"}]');
+    like($api->{body}, qr/"granted":1/, 'ttl: amy is granted a permit of one second on A');
+    like(fetch_at($b_port, '/api/zones/sale/permits/amy')->{body}, qr/"expires":"\d{4}-/,
+         'ttl: B reads its expiry from Redis');
+    is(fetch_at($b_port, '/sale?user=amy')->{sale}, 'PERMITTED', 'ttl: amy passes on B');
+    is(fetch_at($b_port, '/sale?user=bob')->{sale}, 'SOLD_OUT', 'ttl: bob finds it sold out');
+    sleep 1.3;
+    is(fetch_at($a_port, '/sale?user=bob')->{sale}, 'ADMITTED',
+       'ttl: once it expired, bob takes the slot on A');
+    is(fetch_at($b_port, '/sale?user=amy')->{sale}, 'SOLD_OUT', 'ttl: and amy is a new buyer again');
+    stop_nginx($_) for qw(a b);
+}
+
 # Redis killed during a burst, then started again.
 {
     start_hosts(prefix => 'outage:', ratio => 0.5, cap => 1000, extra => 'cache=10s');
