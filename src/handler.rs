@@ -119,6 +119,20 @@ unsafe fn release(r: *mut ngx_http_request_t) {
     if let Some(seq) = revoked {
         zone.journal(|| state::revoke(seq), req.log());
     }
+    if let Some(redis) = zone.redis() {
+        // The response goes on meanwhile: nobody waits for this round trip.
+        let command = Command::Revoke { key: key.to_vec() };
+        let name = zone.name().to_string();
+        if !offload::post_detached(redis.threads, &redis.settings, name, command, released) {
+            ngx_log_error!(
+                NGX_LOG_ERR,
+                req.log(),
+                "flash_sale_redis zone \"{}\": cannot queue the release of permit {}",
+                zone.name(),
+                decision.seq
+            );
+        }
+    }
     ngx_log_error!(
         NGX_LOG_NOTICE,
         req.log(),
@@ -127,6 +141,21 @@ unsafe fn release(r: *mut ngx_http_request_t) {
         zone.name(),
         if revoked.is_some() { "" } else { ", which was already gone" }
     );
+}
+
+/// Redis's reply to a release: logged if it failed (the permit then stays in Redis until it
+/// expires or is revoked through the API).
+unsafe fn released(_r: *mut ngx_http_request_t, reply: Result<Reply, String>, _asked_ms: i64) {
+    if let Err(error) = reply {
+        // SAFETY: the cycle outlives its workers' events.
+        let log = unsafe { (*nginx_sys::ngx_cycle).log };
+        ngx_log_error!(
+            NGX_LOG_ERR,
+            log,
+            "flash_sale_redis: a permit the backend released is still in Redis: {}",
+            error
+        );
+    }
 }
 
 unsafe extern "C" fn gate_handler(r: *mut ngx_http_request_t) -> ngx_int_t {

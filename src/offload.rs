@@ -11,22 +11,25 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use nginx_sys::{
     ngx_event_t, ngx_http_request_t, ngx_http_run_posted_requests, ngx_int_t, ngx_log_t,
-    ngx_thread_pool_t, ngx_thread_task_alloc, ngx_thread_task_post, NGX_OK,
+    ngx_thread_pool_t, ngx_thread_task_post, ngx_thread_task_t, NGX_OK,
 };
 
 use crate::remote::{self, Command, Reply, Settings};
 
-/// What to do in the worker with Redis's reply: called with the request, which is live again,
-/// the reply, and when the round trip was asked (Unix milliseconds).
+/// What to do in the worker with Redis's reply: called with the request, which is live again
+/// (null for a round trip no request waits for), the reply, and when the round trip was asked
+/// (Unix milliseconds).
 pub type Done = unsafe fn(*mut ngx_http_request_t, Result<Reply, String>, i64);
 
-/// One round trip: everything the thread needs, owned, and where its reply goes.
+/// One round trip: nginx's task, everything the thread needs, owned, and where its reply goes.
+/// One allocation, freed when the reply has been handed over.
 struct Job {
+    task: ngx_thread_task_t,
     settings: Settings,
     zone: String,
     command: Command,
     reply: Option<Result<Reply, String>>,
-    request: NonNull<ngx_http_request_t>,
+    request: Option<NonNull<ngx_http_request_t>>,
     asked_ms: i64,
     done: Done,
 }
@@ -47,23 +50,58 @@ pub unsafe fn post(
     let Some(request) = NonNull::new(r) else {
         return false;
     };
-    let asked_ms = crate::handler::now_ms();
-    let job = Box::new(Job {
+    // SAFETY: the job is new; `r` is live.
+    if !unsafe { queue(threads, settings, zone, command, Some(request), done) } {
+        return false;
+    }
+    // SAFETY: `r` is live; it stays so while blocked, until its reply has been handed over.
+    unsafe {
+        let main = &mut *(*r).main;
+        main.set_blocked(main.blocked() + 1);
+        (*r).set_aio(1);
+    }
+    true
+}
+
+/// Runs `command` on `threads` with no request waiting for it (a release by the backend, whose
+/// response is already on its way); `done` gets the reply with a null request.
+pub fn post_detached(
+    threads: NonNull<ngx_thread_pool_t>,
+    settings: &Settings,
+    zone: String,
+    command: Command,
+    done: Done,
+) -> bool {
+    // SAFETY: the job is new and refers to no request.
+    unsafe { queue(threads, settings, zone, command, None, done) }
+}
+
+/// # Safety
+/// `request`, if any, is live and is kept so until the reply is handed over.
+unsafe fn queue(
+    threads: NonNull<ngx_thread_pool_t>,
+    settings: &Settings,
+    zone: String,
+    command: Command,
+    request: Option<NonNull<ngx_http_request_t>>,
+    done: Done,
+) -> bool {
+    let job = Box::into_raw(Box::new(Job {
+        // SAFETY: nginx's task is plain data whose empty state is all zeroes, as
+        // ngx_thread_task_alloc leaves it.
+        task: unsafe { core::mem::zeroed() },
         settings: settings.clone(),
         zone,
         command,
         reply: None,
         request,
-        asked_ms,
+        asked_ms: crate::handler::now_ms(),
         done,
-    });
-    // SAFETY: `r` is live; the task lives in its pool, which outlives the task since the
-    // request is blocked until the task's event has run.
+    }));
+    // SAFETY: `job` is ours until the thread pool takes the task; if it does not, it is
+    // given back here.
     unsafe {
-        let Some(task) = ngx_thread_task_alloc((*r).pool, 0).as_mut() else {
-            return false;
-        };
-        let job = Box::into_raw(job);
+        let task = &mut (*job).task;
         task.ctx = job.cast();
         task.handler = Some(run_in_thread);
         task.event.data = job.cast();
@@ -72,16 +110,13 @@ pub unsafe fn post(
             drop(Box::from_raw(job));
             return false;
         }
-        let main = &mut *(*r).main;
-        main.set_blocked(main.blocked() + 1);
-        (*r).set_aio(1);
     }
     true
 }
 
 /// On a pool thread: the round trip itself. Touches the job alone, never the request.
 unsafe extern "C" fn run_in_thread(data: *mut c_void, _log: *mut ngx_log_t) {
-    // SAFETY: `post` made `data` a job that nothing else touches until this returns and
+    // SAFETY: `queue` made `data` a job that nothing else touches until this returns and
     // nginx's thread pool hands the task back to the worker.
     let job = unsafe { &mut *data.cast::<Job>() };
     let reply =
@@ -91,17 +126,26 @@ unsafe extern "C" fn run_in_thread(data: *mut c_void, _log: *mut ngx_log_t) {
 
 /// In the worker, once the thread is done: releases the request and hands it the reply.
 unsafe extern "C" fn reply_in_worker(ev: *mut ngx_event_t) {
-    // SAFETY: the event's data is the job `post` leaked; the thread is done with it.
+    // SAFETY: the event's data is the job `queue` leaked; the thread is done with it, and
+    // nginx's thread pool no longer refers to its task.
     let job = unsafe { Box::from_raw((*ev).data.cast::<Job>()) };
-    let r = job.request.as_ptr();
+    let Job { reply, done, asked_ms, request, .. } = *job;
+    let reply = reply.unwrap_or_else(|| Err("the round trip did not run".to_string()));
+    let Some(request) = request else {
+        // A panic must not unwind into nginx.
+        // SAFETY: `done` is told there is no request.
+        let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
+            done(core::ptr::null_mut(), reply, asked_ms)
+        }));
+        return;
+    };
+    let r = request.as_ptr();
     // SAFETY: the request stayed alive while blocked; it is released here, once.
     unsafe {
         let c = (*r).connection;
         let main = &mut *(*r).main;
         main.set_blocked(main.blocked() - 1);
         (*r).set_aio(0);
-        let Job { reply, done, asked_ms, .. } = *job;
-        let reply = reply.unwrap_or_else(|| Err("the round trip did not run".to_string()));
         // A panic must not unwind into nginx; `done` answers 500 on its own errors.
         let _ = catch_unwind(AssertUnwindSafe(|| done(r, reply, asked_ms)));
         ngx_http_run_posted_requests(c);

@@ -51,6 +51,17 @@ sub host_config {
             proxy_pass http://127.0.0.1:$port/backend;
         }
         location /backend { return 200 "ok\\n"; }
+        location /pay {
+            flash_sale zone=sale;
+            flash_sale_block_ratio $opt{ratio};
+            flash_sale_max_permits $opt{cap};
+            flash_sale_release_header X-Flash-Sale-Release;
+            proxy_pass http://127.0.0.1:$port/payment-failed;
+        }
+        location /payment-failed {
+            add_header X-Flash-Sale-Release "payment failed" always;
+            return 402 "payment failed\\n";
+        }
         location /api/ { flash_sale_api; }
         location /metrics { flash_sale_metrics; }
     }
@@ -151,6 +162,24 @@ for my $round (1 .. 5) {
     $api = fetch_at($a_port, '/api/zones/sale/permits', 'DELETE');
     like($api->{body}, qr/"revoked":3/, 'clear: every permit revoked in Redis');
     is(redis_cli('-a', $password, 'HLEN', 'revoke:{sale}:permits'), "0\n", 'clear: Redis is empty');
+    stop_nginx($_) for qw(a b);
+}
+
+# A backend's release on one host frees the permit in Redis, for every host.
+{
+    start_hosts(prefix => 'release:', ratio => 0, cap => 1, extra => 'cache=200ms');
+    is(fetch_at($a_port, '/sale?user=amy')->{sale}, 'ADMITTED', 'release: amy is admitted on A');
+    is(fetch_at($b_port, '/sale?user=bob')->{sale}, 'SOLD_OUT', 'release: bob finds it sold out on B');
+    is(fetch_at($a_port, '/pay?user=amy')->{status}, 402, "release: amy's payment fails on A");
+    my $gone;
+    for (1 .. 50) {
+        $gone = fetch_at($b_port, '/api/zones/sale/permits/amy')->{status} == 404 and last;
+        sleep 0.02;
+    }
+    ok($gone, 'release: the permit is gone from Redis');
+    sleep 0.3;
+    is(fetch_at($b_port, '/sale?user=bob')->{sale}, 'ADMITTED', 'release: bob takes the slot on B')
+        or diag error_log('a');
     stop_nginx($_) for qw(a b);
 }
 
