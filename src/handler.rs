@@ -11,15 +11,15 @@ use core::ptr::{self, NonNull};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use nginx_sys::{
-    ngx_array_push, ngx_chain_t, ngx_conf_t, ngx_http_complex_value_t, ngx_http_core_run_phases,
+    ngx_array_push, ngx_chain_t, ngx_conf_t, ngx_http_complex_value_t,
     ngx_http_discard_request_body, ngx_http_err_page_t, ngx_http_finalize_request,
     ngx_http_get_flushed_variable, ngx_http_handler_pt, ngx_http_output_filter,
     ngx_http_output_header_filter_pt,
-    ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE as PRECONTENT_PHASE, ngx_http_request_empty_handler,
-    ngx_http_request_t, ngx_http_send_header, ngx_http_top_header_filter, ngx_int_t,
-    ngx_list_part_t, ngx_list_push, ngx_pool_cleanup_add, ngx_str_t, ngx_table_elt_t,
-    ngx_timeofday, ngx_uint_t, NGX_AGAIN, NGX_DECLINED, NGX_DONE, NGX_ERROR, NGX_HTTP_FORBIDDEN,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN, NGX_OK,
+    ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE as PRECONTENT_PHASE, ngx_http_request_t,
+    ngx_http_send_header, ngx_http_top_header_filter, ngx_int_t, ngx_list_part_t, ngx_list_push,
+    ngx_pool_cleanup_add, ngx_str_t, ngx_table_elt_t, ngx_timeofday, ngx_uint_t, NGX_DECLINED,
+    NGX_DONE, NGX_ERROR, NGX_HTTP_FORBIDDEN, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR,
+    NGX_LOG_NOTICE, NGX_LOG_WARN, NGX_OK,
 };
 use ngx::core::{Buffer, Pool};
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule, Request};
@@ -28,15 +28,11 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 use crate::conf::{Gate, LocConf, Verify, ZoneConf};
 use crate::module::{self, FlashSaleModule};
-use crate::offload;
-use crate::remote::{Answer, Change, Command, OnError, Reply};
-use crate::sale::{
-    admitted, decide, draw_step, DrawMode, Held, Outcome, PermitStore, Sale, Step, Verdict,
-    MAX_KEY_LEN,
-};
+use crate::redis_gate;
+use crate::sale::{decide, DrawMode, Outcome, Sale, Verdict, MAX_KEY_LEN};
 use crate::state;
 use crate::token;
-use crate::zone::{Cached, PermitInfo, PermitTable, RemoteView, Stats, ZoneStore};
+use crate::zone::{PermitInfo, PermitTable, Stats, ZoneStore};
 
 /// Puts the gate into the precontent phase (postconfiguration).
 pub unsafe extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
@@ -119,19 +115,14 @@ unsafe fn release(r: *mut ngx_http_request_t) {
     if let Some(seq) = revoked {
         zone.journal(|| state::revoke(seq), req.log());
     }
-    if let Some(redis) = zone.redis() {
-        // The response goes on meanwhile: nobody waits for this round trip.
-        let command = Command::Revoke { key: key.to_vec() };
-        let name = zone.name().to_string();
-        if !offload::post_detached(redis.threads, &redis.settings, name, command, released) {
-            ngx_log_error!(
-                NGX_LOG_ERR,
-                req.log(),
-                "flash_sale_redis zone \"{}\": cannot queue the release of permit {}",
-                zone.name(),
-                decision.seq
-            );
-        }
+    if !redis_gate::release(zone, key) {
+        ngx_log_error!(
+            NGX_LOG_ERR,
+            req.log(),
+            "flash_sale_redis zone \"{}\": cannot queue the release of permit {}",
+            zone.name(),
+            decision.seq
+        );
     }
     ngx_log_error!(
         NGX_LOG_NOTICE,
@@ -141,21 +132,6 @@ unsafe fn release(r: *mut ngx_http_request_t) {
         zone.name(),
         if revoked.is_some() { "" } else { ", which was already gone" }
     );
-}
-
-/// Redis's reply to a release: logged if it failed (the permit then stays in Redis until it
-/// expires or is revoked through the API).
-unsafe fn released(_r: *mut ngx_http_request_t, reply: Result<Reply, String>, _asked_ms: i64) {
-    if let Err(error) = reply {
-        // SAFETY: the cycle outlives its workers' events.
-        let log = unsafe { (*nginx_sys::ngx_cycle).log };
-        ngx_log_error!(
-            NGX_LOG_ERR,
-            log,
-            "flash_sale_redis: a permit the backend released is still in Redis: {}",
-            error
-        );
-    }
 }
 
 unsafe extern "C" fn gate_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
@@ -209,7 +185,7 @@ unsafe fn gate(r: *mut ngx_http_request_t) -> ngx_int_t {
 
     if zone.redis.is_some() {
         // SAFETY: `r` is live, in its precontent phase.
-        return unsafe { remote_gate(r, lcf, zone_ptr, key) };
+        return unsafe { redis_gate::gate(r, lcf, zone_ptr, key) };
     }
 
     let now = now_ms();
@@ -251,13 +227,26 @@ unsafe fn gate(r: *mut ngx_http_request_t) -> ngx_int_t {
             store.permits()
         );
     }
+    let g = Gated { r, lcf, zone: zone_ptr, key, now, sale };
     // SAFETY: `r` is live, in its precontent phase.
-    unsafe { conclude(r, lcf, zone_ptr, key, now, &sale, verdict) }
+    unsafe { conclude(&g, verdict) }
+}
+
+/// A request the gate decides, and what every step of the decision reads.
+pub struct Gated<'r> {
+    pub r: *mut ngx_http_request_t,
+    pub lcf: &'r LocConf,
+    pub zone: NonNull<ZoneConf>,
+    /// The buyer's key, in the request's memory.
+    pub key: &'r [u8],
+    pub now: i64,
+    /// The location's sale with the zone's overrides applied.
+    pub sale: Sale,
 }
 
 /// The draw for this location's mode: a fresh number per request, or the key's number for
 /// the round.
-fn drawer<'a>(
+pub fn drawer<'a>(
     lcf: &LocConf,
     table: &'a PermitTable,
     key: &'a [u8],
@@ -274,17 +263,10 @@ fn drawer<'a>(
 /// handler returns.
 ///
 /// # Safety
-/// `r` is a live main request in its precontent phase, gated by `zone_ptr`; `key` is its key.
-unsafe fn conclude(
-    r: *mut ngx_http_request_t,
-    lcf: &LocConf,
-    zone_ptr: NonNull<ZoneConf>,
-    key: &[u8],
-    now: i64,
-    sale: &Sale,
-    verdict: Verdict,
-) -> ngx_int_t {
-    // SAFETY: see the function's contract.
+/// `g.r` is a live main request in its precontent phase.
+pub unsafe fn conclude(g: &Gated<'_>, verdict: Verdict) -> ngx_int_t {
+    let Gated { r, lcf, zone: zone_ptr, key, now, ref sale } = *g;
+    // SAFETY: see the function's contract; zone configurations live as long as the location.
     let (req, zone) = unsafe { (Request::from_ngx_http_request(r), zone_ptr.as_ref()) };
     let outcome = verdict.outcome;
     let dry_run = lcf.dry_run();
@@ -338,273 +320,11 @@ unsafe fn conclude(
     unsafe { reject(r, status, outcome.message(), retry_after) }
 }
 
-/// The gate of a zone kept in Redis: the window, this host's cache and the draw first, here;
-/// then, for draw winners and stale permits only, one round trip, with the request suspended.
-///
-/// # Safety
-/// `r` is a live main request in its precontent phase, gated by `zone_ptr`; `key` is its key.
-unsafe fn remote_gate(
-    r: *mut ngx_http_request_t,
-    lcf: &LocConf,
-    zone_ptr: NonNull<ZoneConf>,
-    key: &[u8],
-) -> ngx_int_t {
-    // SAFETY: zone configurations live as long as the location.
-    let zone = unsafe { zone_ptr.as_ref() };
-    let (Some(table), Some(slab), Some(redis)) = (zone.table, zone.slab(), zone.redis()) else {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-    };
-    let cache_ms = redis.settings.cache_ms;
-    let now = now_ms();
-    // SAFETY: `table` was created in this zone's slab pool by `init_zone`.
-    let mut store = unsafe { ZoneStore::new(&slab, table, now) }.with_ttl(lcf.permit_ttl_ms);
-    let sale = store.table().overrides.apply(lcf.sale());
-    let draw = drawer(lcf, store.table(), key, now);
-    let recheck =
-        match draw_step(&sale, key, now, draw, &mut RemoteView { store: &mut store, cache_ms }) {
-            Step::Decided(verdict) => {
-                // SAFETY: `r` is live, in its precontent phase.
-                return unsafe { conclude(r, lcf, zone_ptr, key, now, &sale, verdict) };
-            }
-            Step::Recheck => true,
-            Step::Admit => {
-                // A ratio of 0 draws nobody and so looks nothing up first: the cache, now.
-                let verdict = match store.cached(key, cache_ms) {
-                    Cached::Fresh(held) => {
-                        Some(Verdict { outcome: Outcome::Permitted, permit: Some(held) })
-                    }
-                    _ if store.table().link.trusts_sold_out(now, cache_ms) => {
-                        Some(Outcome::SoldOut.into())
-                    }
-                    _ => None,
-                };
-                if let Some(verdict) = verdict {
-                    // SAFETY: `r` is live, in its precontent phase.
-                    return unsafe { conclude(r, lcf, zone_ptr, key, now, &sale, verdict) };
-                }
-                false
-            }
-        };
-    let link = &store.table().link;
-    if !link.may_ask(now) {
-        // SAFETY: `r` is live, in its precontent phase.
-        return unsafe { without_redis(r, lcf, zone_ptr, key, now, &sale) };
-    }
-    let command = Command::Admit {
-        key: key.to_vec(),
-        cap: sale.cap,
-        now_ms: now,
-        expires_ms: lcf.permit_ttl_ms.map(|ttl| now + ttl),
-        recheck,
-    };
-    // SAFETY: `r` is live, in its precontent phase.
-    unsafe { ask_redis(r, zone, command) }
-}
-
-/// Sends `command` to the zone's Redis and leaves the request waiting for
-/// [`redis_answered`]; returns what the phase handler returns.
-///
-/// # Safety
-/// `r` is a live main request in its precontent phase, gated by `zone`.
-unsafe fn ask_redis(r: *mut ngx_http_request_t, zone: &ZoneConf, command: Command) -> ngx_int_t {
-    let Some(redis) = zone.redis() else {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-    };
-    let zone_name = zone.name().to_string();
-    // SAFETY: `r` is live; it waits for the reply when the task is queued.
-    if !unsafe {
-        offload::post(r, redis.threads, &redis.settings, zone_name, command, redis_answered)
-    } {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-    }
-    // Nothing but the reply may run the phases on while it waits.
-    // SAFETY: `r` is live.
-    unsafe { (*r).write_event_handler = Some(ngx_http_request_empty_handler) };
-    NGX_AGAIN as ngx_int_t
-}
-
-/// Redis's reply to a gate's round trip: decides, then runs the request's phases on.
-///
-/// # Safety
-/// `r` is the live request `remote_gate` suspended.
-unsafe fn redis_answered(r: *mut ngx_http_request_t, reply: Result<Reply, String>, asked_ms: i64) {
-    // SAFETY: see the function's contract.
-    unsafe {
-        // nginx's own function, one symbol in the nginx binary: its address is unique.
-        let waiting = ngx_http_request_empty_handler as *const ();
-        if (*r).write_event_handler.map(|h| h as *const ()) != Some(waiting) {
-            // The request was ended while it waited (nginx set its finalizer): let it end.
-            if let Some(handler) = (*r).write_event_handler {
-                handler(r);
-            }
-            return;
-        }
-        (*r).write_event_handler = Some(ngx_http_core_run_phases);
-        let rc = catch_unwind(AssertUnwindSafe(|| decide_with_reply(r, reply, asked_ms)))
-            .unwrap_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
-        // What the precontent phase's checker does with a handler's answer.
-        if rc == NGX_DECLINED as ngx_int_t {
-            (*r).phase_handler += 1;
-            ngx_http_core_run_phases(r);
-        } else if rc != NGX_AGAIN as ngx_int_t && rc != NGX_DONE as ngx_int_t {
-            ngx_http_finalize_request(r, rc);
-        }
-    }
-}
-
-/// # Safety
-/// `r` is the live request `remote_gate` suspended, back in its worker.
-unsafe fn decide_with_reply(
-    r: *mut ngx_http_request_t,
-    reply: Result<Reply, String>,
-    asked_ms: i64,
-) -> ngx_int_t {
-    const SERVER_ERROR: ngx_int_t = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-    // SAFETY: see the function's contract.
-    let req = unsafe { Request::from_ngx_http_request(r) };
-    let Some(lcf) = FlashSaleModule::location_conf(req) else {
-        return SERVER_ERROR;
-    };
-    let Gate::Zone(zone_ptr) = lcf.gate else {
-        return SERVER_ERROR;
-    };
-    // SAFETY: zone configurations live as long as the location.
-    let zone = unsafe { zone_ptr.as_ref() };
-    // SAFETY: `r` is live; the key's variables are cached, so this is the key asked about.
-    let Some(key) = (unsafe { request_key(r, zone) }) else {
-        return SERVER_ERROR;
-    };
-    let (Some(table), Some(slab), Some(redis)) = (zone.table, zone.slab(), zone.redis()) else {
-        return SERVER_ERROR;
-    };
-    let now = now_ms();
-    // SAFETY: `table` was created in this zone's slab pool by `init_zone`.
-    let mut store = unsafe { ZoneStore::new(&slab, table, now) }.with_ttl(lcf.permit_ttl_ms);
-    let stats = &store.table().stats;
-    let link = &store.table().link;
-    Stats::count(&stats.redis_calls);
-    let sale = store.table().overrides.apply(lcf.sale());
-    let log = req.log();
-    let answer = match reply {
-        Ok(Reply::Admission(answer)) => answer,
-        Ok(Reply::Permits(permits)) => {
-            // The copy a SOLD_OUT asked for: with every permit here, unknown keys can be
-            // turned away without asking, until the cache time is up.
-            link.answered(asked_ms, now);
-            let all_kept = permits.iter().all(|p| {
-                store.remember(&p.key, Held { seq: p.seq, expires_ms: p.expires_ms }, false)
-            });
-            if all_kept {
-                link.sold_out(now, redis.settings.cache_ms);
-            }
-            // SAFETY: `r` is live, in its precontent phase.
-            return unsafe { conclude(r, lcf, zone_ptr, key, now, &sale, Outcome::SoldOut.into()) };
-        }
-        Ok(_) => return SERVER_ERROR,
-        Err(error) => {
-            Stats::count(&stats.redis_errors);
-            if link.failed(now) == Change::WentDown {
-                let consequence = match redis.settings.on_error {
-                    OnError::Closed => "new buyers get UNAVAILABLE".to_string(),
-                    OnError::Open => format!(
-                        "new buyers are admitted against this host's own cap of {} (on_error=open)",
-                        sale.cap.map_or("none".to_string(), |cap| cap.to_string())
-                    ),
-                };
-                ngx_log_error!(
-                    NGX_LOG_ERR,
-                    log,
-                    "flash_sale_redis zone \"{}\": redis at {} failed: {}; {} until it answers",
-                    zone.name(),
-                    redis.settings.server(),
-                    error,
-                    consequence
-                );
-            }
-            // SAFETY: `r` is live, in its precontent phase.
-            return unsafe { without_redis(r, lcf, zone_ptr, key, now, &sale) };
-        }
-    };
-    if let Change::CameBack { down_ms } = link.answered(asked_ms, now) {
-        ngx_log_error!(
-            NGX_LOG_WARN,
-            log,
-            "flash_sale_redis zone \"{}\": redis at {} answers again, after {} ms",
-            zone.name(),
-            redis.settings.server(),
-            down_ms
-        );
-    }
-    let passed = |outcome, held| Verdict { outcome, permit: Some(held) };
-    let verdict = match answer {
-        Answer::Admitted(held) => {
-            store.remember(key, held, true);
-            link.not_sold_out();
-            passed(Outcome::Admitted, held)
-        }
-        Answer::Permitted(held) => {
-            store.remember(key, held, false);
-            passed(Outcome::Permitted, held)
-        }
-        Answer::SoldOut => {
-            store.forget(key);
-            let cache_ms = redis.settings.cache_ms;
-            if cache_ms > 0 && link.claim_copy(now, cache_ms) {
-                // Copy every permit first: a winner admitted through another host must not be
-                // taken for a new buyer here.
-                // SAFETY: `r` is live, in its precontent phase.
-                return unsafe { ask_redis(r, zone, Command::Permits { now_ms: now }) };
-            }
-            Outcome::SoldOut.into()
-        }
-        Answer::NotHeld => {
-            // Revoked since this host last heard: a new buyer now, who draws like any other.
-            store.forget(key);
-            // SAFETY: `r` is live, in its precontent phase.
-            return unsafe { remote_gate(r, lcf, zone_ptr, key) };
-        }
-    };
-    // SAFETY: `r` is live, in its precontent phase.
-    unsafe { conclude(r, lcf, zone_ptr, key, now, &sale, verdict) }
-}
-
-/// A draw winner (or a stale permit) when Redis cannot be asked: a winner this host knows of
-/// passes; for a new buyer, `on_error=closed` answers UNAVAILABLE, `on_error=open` admits
-/// against this host's own zone and cap.
-///
-/// # Safety
-/// `r` is a live main request in its precontent phase, gated by `zone_ptr`; `key` is its key.
-unsafe fn without_redis(
-    r: *mut ngx_http_request_t,
-    lcf: &LocConf,
-    zone_ptr: NonNull<ZoneConf>,
-    key: &[u8],
-    now: i64,
-    sale: &Sale,
-) -> ngx_int_t {
-    // SAFETY: zone configurations live as long as the location.
-    let zone = unsafe { zone_ptr.as_ref() };
-    let open = zone.redis().is_some_and(|redis| redis.settings.on_error == OnError::Open);
-    let (Some(table), Some(slab)) = (zone.table, zone.slab()) else {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-    };
-    // SAFETY: `table` was created in this zone's slab pool by `init_zone`.
-    let mut store = unsafe { ZoneStore::new(&slab, table, now) }.with_ttl(lcf.permit_ttl_ms);
-    let verdict = match store.cached(key, i64::MAX) {
-        // A winner this host knows of passes, however long ago it heard.
-        Cached::Fresh(held) => Verdict { outcome: Outcome::Permitted, permit: Some(held) },
-        _ if open => admitted(store.admit(key, sale)),
-        _ => Outcome::Unavailable.into(),
-    };
-    // SAFETY: see the function's contract.
-    unsafe { conclude(r, lcf, zone_ptr, key, now, sale, verdict) }
-}
-
 /// The buyer's key: the zone's key expression evaluated for this request; `None` on an error.
 ///
 /// # Safety
 /// `r` is a live request; the key lives in its memory.
-unsafe fn request_key<'r>(r: *mut ngx_http_request_t, zone: &ZoneConf) -> Option<&'r [u8]> {
+pub unsafe fn request_key<'r>(r: *mut ngx_http_request_t, zone: &ZoneConf) -> Option<&'r [u8]> {
     match zone.key_var {
         // SAFETY: the index came from ngx_http_get_variable_index for this configuration.
         Some(index) => match unsafe { ngx_http_get_flushed_variable(r, index).as_ref() } {

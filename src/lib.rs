@@ -9,8 +9,9 @@
 //! - [`zone`]: the permit table in shared memory, and `slab`: nginx's slab pool under it;
 //!   `journal`: the state file on disk.
 //! - `module`, `conf`, `handler`, `variables`: the nginx glue (the module, directives, phase
-//!   handler and header filter, variables); `offload`: Redis's round trips on nginx's thread
-//!   pool; `endpoints`: the admin API and metrics handlers.
+//!   handler and header filter, variables); `redis_gate`: the gate's steps for a zone kept in
+//!   Redis, and `offload`: their round trips on nginx's thread pool; `endpoints`: the admin API
+//!   and metrics handlers.
 
 pub mod api;
 pub mod metrics;
@@ -39,6 +40,8 @@ mod journal;
 mod module;
 #[cfg(not(test))]
 mod offload;
+#[cfg(not(test))]
+mod redis_gate;
 #[cfg(not(test))]
 mod slab;
 #[cfg(not(test))]

@@ -1,0 +1,303 @@
+//! The gate's steps for a zone kept in Redis (`flash_sale_redis`): the window, this host's
+//! cache and the draw here; then, for draw winners and permits this host has not heard of
+//! lately, one round trip with the request suspended (see `offload.rs`), and the same
+//! conclusion as for a local zone.
+
+use core::ptr::NonNull;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use nginx_sys::{
+    ngx_http_core_run_phases, ngx_http_finalize_request, ngx_http_request_empty_handler,
+    ngx_http_request_t, ngx_int_t, NGX_AGAIN, NGX_DECLINED, NGX_DONE,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_WARN,
+};
+use ngx::http::{HttpModuleLocationConf, Request};
+use ngx::ngx_log_error;
+
+use crate::conf::{Gate, LocConf, ZoneConf};
+use crate::handler::{conclude, drawer, now_ms, request_key, Gated};
+use crate::module::FlashSaleModule;
+use crate::offload;
+use crate::remote::{Answer, Change, Command, OnError, Reply};
+use crate::sale::{admitted, draw_step, Held, Outcome, PermitStore, Step, Verdict};
+use crate::zone::{Cached, RemoteView, Stats, ZoneStore};
+
+const SERVER_ERROR: ngx_int_t = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+
+/// Decides a request of a zone kept in Redis; returns what the phase handler returns
+/// (`NGX_AGAIN` while Redis is asked).
+///
+/// # Safety
+/// `r` is a live main request in its precontent phase, gated by `zone_ptr`; `key` is its key.
+pub unsafe fn gate(
+    r: *mut ngx_http_request_t,
+    lcf: &LocConf,
+    zone_ptr: NonNull<ZoneConf>,
+    key: &[u8],
+) -> ngx_int_t {
+    // SAFETY: zone configurations live as long as the location.
+    let zone = unsafe { zone_ptr.as_ref() };
+    let (Some(table), Some(slab), Some(redis)) = (zone.table, zone.slab(), zone.redis()) else {
+        return SERVER_ERROR;
+    };
+    let cache_ms = redis.settings.cache_ms;
+    let now = now_ms();
+    // SAFETY: `table` was created in this zone's slab pool by `init_zone`.
+    let mut store = unsafe { ZoneStore::new(&slab, table, now) }.with_ttl(lcf.permit_ttl_ms);
+    let sale = store.table().overrides.apply(lcf.sale());
+    let g = Gated { r, lcf, zone: zone_ptr, key, now, sale };
+    let draw = drawer(lcf, store.table(), key, now);
+    let recheck =
+        match draw_step(&sale, key, now, draw, &mut RemoteView { store: &mut store, cache_ms }) {
+            // SAFETY: `r` is live, in its precontent phase.
+            Step::Decided(verdict) => return unsafe { conclude(&g, verdict) },
+            Step::Recheck => true,
+            Step::Admit => {
+                // A ratio of 0 draws nobody and so looks nothing up first: the cache, now.
+                let known = match store.cached(key, cache_ms) {
+                    Cached::Fresh(held) => Some(passed(Outcome::Permitted, held)),
+                    _ if store.table().link.trusts_sold_out(now, cache_ms) => {
+                        Some(Outcome::SoldOut.into())
+                    }
+                    _ => None,
+                };
+                if let Some(verdict) = known {
+                    // SAFETY: `r` is live, in its precontent phase.
+                    return unsafe { conclude(&g, verdict) };
+                }
+                false
+            }
+        };
+    if !store.table().link.may_ask(now) {
+        // SAFETY: `r` is live, in its precontent phase.
+        return unsafe { without_redis(&g) };
+    }
+    let command = Command::Admit {
+        key: key.to_vec(),
+        cap: sale.cap,
+        now_ms: now,
+        expires_ms: lcf.permit_ttl_ms.map(|ttl| now + ttl),
+        recheck,
+    };
+    // SAFETY: `r` is live, in its precontent phase.
+    unsafe { ask(r, zone, command) }
+}
+
+fn passed(outcome: Outcome, held: Held) -> Verdict {
+    Verdict { outcome, permit: Some(held) }
+}
+
+/// Sends `command` to the zone's Redis and leaves the request waiting for [`answered`];
+/// returns what the phase handler returns.
+///
+/// # Safety
+/// `r` is a live main request in its precontent phase, gated by `zone`.
+unsafe fn ask(r: *mut ngx_http_request_t, zone: &ZoneConf, command: Command) -> ngx_int_t {
+    let Some(redis) = zone.redis() else {
+        return SERVER_ERROR;
+    };
+    let zone_name = zone.name().to_string();
+    // SAFETY: `r` is live; it waits for the reply when the task is queued.
+    if !unsafe { offload::post(r, redis.threads, &redis.settings, zone_name, command, answered) } {
+        return SERVER_ERROR;
+    }
+    // Nothing but the reply may run the phases on while it waits.
+    // SAFETY: `r` is live.
+    unsafe { (*r).write_event_handler = Some(ngx_http_request_empty_handler) };
+    NGX_AGAIN as ngx_int_t
+}
+
+/// Redis's reply to a gate's round trip: decides, then runs the request's phases on.
+///
+/// # Safety
+/// `r` is the live request [`ask`] suspended.
+unsafe fn answered(r: *mut ngx_http_request_t, reply: Result<Reply, String>, asked_ms: i64) {
+    // SAFETY: see the function's contract.
+    unsafe {
+        // nginx's own function, one symbol in the nginx binary: its address is unique.
+        let waiting = ngx_http_request_empty_handler as *const ();
+        if (*r).write_event_handler.map(|h| h as *const ()) != Some(waiting) {
+            // The request was ended while it waited (nginx set its finalizer): let it end.
+            if let Some(handler) = (*r).write_event_handler {
+                handler(r);
+            }
+            return;
+        }
+        (*r).write_event_handler = Some(ngx_http_core_run_phases);
+        let rc = catch_unwind(AssertUnwindSafe(|| decide_with_reply(r, reply, asked_ms)))
+            .unwrap_or(SERVER_ERROR);
+        // What the precontent phase's checker does with a handler's answer.
+        if rc == NGX_DECLINED as ngx_int_t {
+            (*r).phase_handler += 1;
+            ngx_http_core_run_phases(r);
+        } else if rc != NGX_AGAIN as ngx_int_t && rc != NGX_DONE as ngx_int_t {
+            ngx_http_finalize_request(r, rc);
+        }
+    }
+}
+
+/// # Safety
+/// `r` is the live request [`ask`] suspended, back in its worker.
+unsafe fn decide_with_reply(
+    r: *mut ngx_http_request_t,
+    reply: Result<Reply, String>,
+    asked_ms: i64,
+) -> ngx_int_t {
+    // SAFETY: see the function's contract.
+    let req = unsafe { Request::from_ngx_http_request(r) };
+    let Some(lcf) = FlashSaleModule::location_conf(req) else {
+        return SERVER_ERROR;
+    };
+    let Gate::Zone(zone_ptr) = lcf.gate else {
+        return SERVER_ERROR;
+    };
+    // SAFETY: zone configurations live as long as the location.
+    let zone = unsafe { zone_ptr.as_ref() };
+    // SAFETY: `r` is live; the key's variables are cached, so this is the key asked about.
+    let Some(key) = (unsafe { request_key(r, zone) }) else {
+        return SERVER_ERROR;
+    };
+    let (Some(table), Some(slab), Some(redis)) = (zone.table, zone.slab(), zone.redis()) else {
+        return SERVER_ERROR;
+    };
+    let now = now_ms();
+    // SAFETY: `table` was created in this zone's slab pool by `init_zone`.
+    let mut store = unsafe { ZoneStore::new(&slab, table, now) }.with_ttl(lcf.permit_ttl_ms);
+    let (stats, link) = (&store.table().stats, &store.table().link);
+    Stats::count(&stats.redis_calls);
+    let sale = store.table().overrides.apply(lcf.sale());
+    let g = Gated { r, lcf, zone: zone_ptr, key, now, sale };
+    let log = req.log();
+    let answer = match reply {
+        Ok(Reply::Admission(answer)) => answer,
+        Ok(Reply::Permits(permits)) => {
+            // The copy a SOLD_OUT asked for: with every permit here, unknown keys can be
+            // turned away without asking, until the cache time is up.
+            link.answered(asked_ms, now);
+            let all_kept = permits.iter().all(|p| {
+                store.remember(&p.key, Held { seq: p.seq, expires_ms: p.expires_ms }, false)
+            });
+            if all_kept {
+                link.sold_out(now, redis.settings.cache_ms);
+            }
+            // SAFETY: `r` is live, in its precontent phase.
+            return unsafe { conclude(&g, Outcome::SoldOut.into()) };
+        }
+        Ok(_) => return SERVER_ERROR,
+        Err(error) => {
+            Stats::count(&stats.redis_errors);
+            if link.failed(now) == Change::WentDown {
+                let consequence = match redis.settings.on_error {
+                    OnError::Closed => "new buyers get UNAVAILABLE".to_string(),
+                    OnError::Open => format!(
+                        "new buyers are admitted against this host's own cap of {} (on_error=open)",
+                        sale.cap.map_or("none".to_string(), |cap| cap.to_string())
+                    ),
+                };
+                ngx_log_error!(
+                    NGX_LOG_ERR,
+                    log,
+                    "flash_sale_redis zone \"{}\": redis at {} failed: {}; {} until it answers",
+                    zone.name(),
+                    redis.settings.server(),
+                    error,
+                    consequence
+                );
+            }
+            // SAFETY: `r` is live, in its precontent phase.
+            return unsafe { without_redis(&g) };
+        }
+    };
+    if let Change::CameBack { down_ms } = link.answered(asked_ms, now) {
+        ngx_log_error!(
+            NGX_LOG_WARN,
+            log,
+            "flash_sale_redis zone \"{}\": redis at {} answers again, after {} ms",
+            zone.name(),
+            redis.settings.server(),
+            down_ms
+        );
+    }
+    let verdict = match answer {
+        Answer::Admitted(held) => {
+            store.remember(key, held, true);
+            link.not_sold_out();
+            passed(Outcome::Admitted, held)
+        }
+        Answer::Permitted(held) => {
+            store.remember(key, held, false);
+            passed(Outcome::Permitted, held)
+        }
+        Answer::SoldOut => {
+            store.forget(key);
+            let cache_ms = redis.settings.cache_ms;
+            if cache_ms > 0 && link.claim_copy(now, cache_ms) {
+                // Copy every permit first: a winner admitted through another host must not be
+                // taken for a new buyer here.
+                // SAFETY: `r` is live, in its precontent phase.
+                return unsafe { ask(r, zone, Command::Permits { now_ms: now }) };
+            }
+            Outcome::SoldOut.into()
+        }
+        Answer::NotHeld => {
+            // Revoked since this host last heard: a new buyer now, who draws like any other.
+            store.forget(key);
+            // SAFETY: `r` is live, in its precontent phase.
+            return unsafe { gate(r, lcf, zone_ptr, key) };
+        }
+    };
+    // SAFETY: `r` is live, in its precontent phase.
+    unsafe { conclude(&g, verdict) }
+}
+
+/// A draw winner (or a stale permit) when Redis cannot be asked: a winner this host knows of
+/// passes; for a new buyer, `on_error=closed` answers UNAVAILABLE, `on_error=open` admits
+/// against this host's own zone and cap.
+///
+/// # Safety
+/// `g` is a live main request in its precontent phase.
+unsafe fn without_redis(g: &Gated<'_>) -> ngx_int_t {
+    // SAFETY: zone configurations live as long as the location.
+    let zone = unsafe { g.zone.as_ref() };
+    let open = zone.redis().is_some_and(|redis| redis.settings.on_error == OnError::Open);
+    let (Some(table), Some(slab)) = (zone.table, zone.slab()) else {
+        return SERVER_ERROR;
+    };
+    // SAFETY: `table` was created in this zone's slab pool by `init_zone`.
+    let mut store = unsafe { ZoneStore::new(&slab, table, g.now) }.with_ttl(g.lcf.permit_ttl_ms);
+    let verdict = match store.cached(g.key, i64::MAX) {
+        // A winner this host knows of passes, however long ago it heard.
+        Cached::Fresh(held) => passed(Outcome::Permitted, held),
+        _ if open => admitted(store.admit(g.key, &g.sale)),
+        _ => Outcome::Unavailable.into(),
+    };
+    // SAFETY: see the function's contract.
+    unsafe { conclude(g, verdict) }
+}
+
+/// Revokes a permit the backend released (`flash_sale_release_header`) in Redis too. The
+/// response goes on meanwhile: nobody waits for this round trip. False when it could not be
+/// queued.
+pub fn release(zone: &ZoneConf, key: &[u8]) -> bool {
+    let Some(redis) = zone.redis() else {
+        return true;
+    };
+    let command = Command::Revoke { key: key.to_vec() };
+    let name = zone.name().to_string();
+    offload::post_detached(redis.threads, &redis.settings, name, command, released)
+}
+
+/// Redis's reply to a release: logged if it failed (the permit then stays in Redis until it
+/// expires or is revoked through the API).
+unsafe fn released(_r: *mut ngx_http_request_t, reply: Result<Reply, String>, _asked_ms: i64) {
+    if let Err(error) = reply {
+        // SAFETY: the cycle outlives its workers' events.
+        let log = unsafe { (*nginx_sys::ngx_cycle).log };
+        ngx_log_error!(
+            NGX_LOG_ERR,
+            log,
+            "flash_sale_redis: a permit the backend released is still in Redis: {}",
+            error
+        );
+    }
+}
