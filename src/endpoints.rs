@@ -240,7 +240,7 @@ unsafe fn redis_answered(r: *mut ngx_http_request_t, reply: Result<Reply, String
         };
         let answer = match zone {
             Some(zone) => {
-                forget_here(zone, &key, &reply);
+                apply_here(zone, &key, &reply);
                 let cap =
                     zone.table.and_then(|t| t.as_ref().overrides.get().1).or(zone.largest_cap);
                 let page = api::page(req_args(r)).ok();
@@ -259,8 +259,8 @@ unsafe fn redis_answered(r: *mut ngx_http_request_t, reply: Result<Reply, String
     unsafe { ngx_http_finalize_request(r, rc) };
 }
 
-/// Counts a round trip, and drops what this host knew of revoked permits.
-fn forget_here(zone: &ZoneConf, key: &[u8], reply: &Result<Reply, String>) {
+/// Counts a round trip, and applies a revocation to this host's cache of permits.
+fn apply_here(zone: &ZoneConf, key: &[u8], reply: &Result<Reply, String>) {
     let (Some(table), Some(slab)) = (zone.table, zone.slab()) else {
         return;
     };
@@ -303,24 +303,29 @@ unsafe extern "C" fn api_body_ready(r: *mut ngx_http_request_t) {
     // SAFETY: nginx calls this with the request once its body is read.
     let rc = catch_unwind(AssertUnwindSafe(|| unsafe {
         let method = (*r).method as u32;
-        let answer = relative_path(r).and_then(route).and_then(|route| {
+        let next = relative_path(r).and_then(route).and_then(|route| {
             let body = request_body(r)?;
             match on_redis(r, method, &route, Some(&body)) {
-                Some(Ok((zone, command))) => Ok(Err((zone, command))),
-                Some(Err(e)) => Err(e),
-                None => serve(r, method, &route, Some(&body)).map(Ok),
+                Some(asked) => asked.map(Next::AskRedis),
+                None => serve(r, method, &route, Some(&body)).map(Next::Answer),
             }
         });
-        match answer {
+        match next {
             // The answer comes with Redis's reply; the request was counted for it.
-            Ok(Err((zone, command))) => ask_redis(r, zone, command),
-            Ok(Ok(answer)) => respond(r, Ok(answer)),
+            Ok(Next::AskRedis((zone, command))) => ask_redis(r, zone, command),
+            Ok(Next::Answer(answer)) => respond(r, Ok(answer)),
             Err(e) => respond(r, Err(e)),
         }
     }))
     .unwrap_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
     // SAFETY: as above.
     unsafe { ngx_http_finalize_request(r, rc) };
+}
+
+/// What a request whose body is read leads to: an answer now, or a round trip to Redis.
+enum Next {
+    Answer((u16, Value)),
+    AskRedis((&'static ZoneConf, Command)),
 }
 
 /// The request body, when it is in memory (it is unless it outgrew client_body_buffer_size).

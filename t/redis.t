@@ -121,6 +121,12 @@ for my $round (1 .. 5) {
                      && $res->{seq} eq $winner{$path}{seq};
     }
     is($passed, 100, "round $round: every winner passes through the other host, same number");
+    if ($round == 1) {
+        my ($connections) = redis_cli('-a', $password, 'INFO', 'stats')
+            =~ /total_connections_received:(\d+)/;
+        ok($connections < 500, "round 1: connections to Redis are kept and reused ($connections "
+           . 'for about 5,000 round trips)');
+    }
     my @losers = grep { !$winner{$_} } @buyers[0 .. 999];
     my @again = crowd(paths => \@losers, connections => 16, ports => [$b_port, $a_port]);
     is(scalar(grep { $_->{status} == 200 } @again), 0, "round $round: no loser passes later");
