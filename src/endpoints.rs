@@ -229,7 +229,12 @@ unsafe fn ask_redis(r: *mut ngx_http_request_t, zone: &ZoneConf, command: Comman
 ///
 /// # Safety
 /// `r` is the live request `ask_redis` left waiting.
-unsafe fn redis_answered(r: *mut ngx_http_request_t, reply: Result<Reply, String>, _asked_ms: i64) {
+unsafe fn redis_answered(
+    r: *mut ngx_http_request_t,
+    _command: &Command,
+    reply: Result<Reply, String>,
+    _asked_ms: i64,
+) {
     // SAFETY: see the function's contract.
     let rc = catch_unwind(AssertUnwindSafe(|| unsafe {
         let route = relative_path(r).and_then(route);

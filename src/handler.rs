@@ -32,7 +32,7 @@ use crate::redis_gate;
 use crate::sale::{decide, DrawMode, Outcome, Sale, Verdict, MAX_KEY_LEN};
 use crate::state;
 use crate::token;
-use crate::zone::{PermitInfo, PermitTable, Stats, ZoneStore};
+use crate::zone::{keyed_draw, PermitInfo, Stats, ZoneStore};
 
 /// Puts the gate into the precontent phase (postconfiguration).
 pub unsafe extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
@@ -192,7 +192,8 @@ unsafe fn gate(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: `table` was created in this zone's slab pool by `init_zone`.
     let mut store = unsafe { ZoneStore::new(&slab, table, now) }.with_ttl(lcf.permit_ttl_ms);
     let sale = store.table().overrides.apply(lcf.sale());
-    let verdict = decide(&sale, key, now, drawer(lcf, store.table(), key, now), &mut store);
+    let draw = drawer(lcf, store.table().draw_secret(), key, now);
+    let verdict = decide(&sale, key, now, draw, &mut store);
 
     let log = req.log();
     let settled = store.take_settled();
@@ -245,17 +246,17 @@ pub struct Gated<'r> {
 }
 
 /// The draw for this location's mode: a fresh number per request, or the key's number for
-/// the round.
+/// the round, with `secret` (the zone's, or the sale's shared through Redis).
 pub fn drawer<'a>(
     lcf: &LocConf,
-    table: &'a PermitTable,
+    secret: [u64; 2],
     key: &'a [u8],
     now: i64,
 ) -> impl FnOnce() -> f64 + 'a {
     let mode = lcf.draw.unwrap_or_default();
     move || match mode {
         DrawMode::PerRequest => draw(),
-        DrawMode::PerKey { .. } => table.keyed_draw(key, mode.round(now)),
+        DrawMode::PerKey { .. } => keyed_draw(secret, key, mode.round(now)),
     }
 }
 

@@ -17,9 +17,9 @@ use nginx_sys::{
 use crate::remote::{self, Command, Reply, Settings};
 
 /// What to do in the worker with Redis's reply: called with the request, which is live again
-/// (null for a round trip no request waits for), the reply, and when the round trip was asked
+/// (null for a round trip no request waits for), the command, its reply, and when it was asked
 /// (Unix milliseconds).
-pub type Done = unsafe fn(*mut ngx_http_request_t, Result<Reply, String>, i64);
+pub type Done = unsafe fn(*mut ngx_http_request_t, &Command, Result<Reply, String>, i64);
 
 /// One round trip: nginx's task, everything the thread needs, owned, and where its reply goes.
 /// One allocation, freed when the reply has been handed over.
@@ -129,13 +129,13 @@ unsafe extern "C" fn reply_in_worker(ev: *mut ngx_event_t) {
     // SAFETY: the event's data is the job `queue` leaked; the thread is done with it, and
     // nginx's thread pool no longer refers to its task.
     let job = unsafe { Box::from_raw((*ev).data.cast::<Job>()) };
-    let Job { reply, done, asked_ms, request, .. } = *job;
+    let Job { command, reply, done, asked_ms, request, .. } = *job;
     let reply = reply.unwrap_or_else(|| Err("the round trip did not run".to_string()));
     let Some(request) = request else {
         // A panic must not unwind into nginx.
         // SAFETY: `done` is told there is no request.
         let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
-            done(core::ptr::null_mut(), reply, asked_ms)
+            done(core::ptr::null_mut(), &command, reply, asked_ms)
         }));
         return;
     };
@@ -147,7 +147,7 @@ unsafe extern "C" fn reply_in_worker(ev: *mut ngx_event_t) {
         main.set_blocked(main.blocked() - 1);
         (*r).set_aio(0);
         // A panic must not unwind into nginx; `done` answers 500 on its own errors.
-        let _ = catch_unwind(AssertUnwindSafe(|| done(r, reply, asked_ms)));
+        let _ = catch_unwind(AssertUnwindSafe(|| done(r, &command, reply, asked_ms)));
         ngx_http_run_posted_requests(c);
     }
 }

@@ -13,13 +13,14 @@ use nginx_sys::{
 };
 use ngx::http::{HttpModuleLocationConf, Request};
 use ngx::ngx_log_error;
+use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::conf::{Gate, LocConf, ZoneConf};
 use crate::handler::{conclude, drawer, now_ms, request_key, Gated};
 use crate::module::FlashSaleModule;
 use crate::offload;
 use crate::remote::{Answer, Change, Command, OnError, Reply};
-use crate::sale::{admitted, draw_step, Held, Outcome, PermitStore, Step, Verdict};
+use crate::sale::{admitted, draw_step, DrawMode, Held, Outcome, PermitStore, Step, Verdict};
 use crate::zone::{Cached, RemoteView, Stats, ZoneStore};
 
 const SERVER_ERROR: ngx_int_t = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
@@ -46,7 +47,21 @@ pub unsafe fn gate(
     let mut store = unsafe { ZoneStore::new(&slab, table, now) }.with_ttl(lcf.permit_ttl_ms);
     let sale = store.table().overrides.apply(lcf.sale());
     let g = Gated { r, lcf, zone: zone_ptr, key, now, sale };
-    let draw = drawer(lcf, store.table(), key, now);
+    let link = &store.table().link;
+    let per_key = matches!(lcf.draw, Some(DrawMode::PerKey { .. }));
+    let wants_shared = per_key && sale.window.check(now).is_ok() && sale.block_ratio.can_block();
+    let secret = match link.draw_secret() {
+        Some(shared) => shared,
+        // The sale's secret first: a buyer draws the same on every host. Without Redis (or
+        // randomness), this host's own.
+        None if wants_shared && link.may_ask(now) => match random_secret() {
+            // SAFETY: `r` is live, in its precontent phase.
+            Some(proposal) => return unsafe { ask(r, zone, Command::DrawSecret { proposal }) },
+            None => store.table().draw_secret(),
+        },
+        None => store.table().draw_secret(),
+    };
+    let draw = drawer(lcf, secret, key, now);
     let recheck =
         match draw_step(&sale, key, now, draw, &mut RemoteView { store: &mut store, cache_ms }) {
             // SAFETY: `r` is live, in its precontent phase.
@@ -83,6 +98,12 @@ pub unsafe fn gate(
     unsafe { ask(r, zone, command) }
 }
 
+/// A proposal for the sale's per-key draw secret, from the system's randomness.
+fn random_secret() -> Option<[u64; 2]> {
+    let mut rng = StdRng::try_from_os_rng().ok()?;
+    Some([rng.random(), rng.random()])
+}
+
 fn passed(outcome: Outcome, held: Held) -> Verdict {
     Verdict { outcome, permit: Some(held) }
 }
@@ -111,7 +132,12 @@ unsafe fn ask(r: *mut ngx_http_request_t, zone: &ZoneConf, command: Command) -> 
 ///
 /// # Safety
 /// `r` is the live request [`ask`] suspended.
-unsafe fn answered(r: *mut ngx_http_request_t, reply: Result<Reply, String>, asked_ms: i64) {
+unsafe fn answered(
+    r: *mut ngx_http_request_t,
+    command: &Command,
+    reply: Result<Reply, String>,
+    asked_ms: i64,
+) {
     // SAFETY: see the function's contract.
     unsafe {
         // nginx's own function, one symbol in the nginx binary: its address is unique.
@@ -124,7 +150,7 @@ unsafe fn answered(r: *mut ngx_http_request_t, reply: Result<Reply, String>, ask
             return;
         }
         (*r).write_event_handler = Some(ngx_http_core_run_phases);
-        let rc = catch_unwind(AssertUnwindSafe(|| decide_with_reply(r, reply, asked_ms)))
+        let rc = catch_unwind(AssertUnwindSafe(|| decide_with_reply(r, command, reply, asked_ms)))
             .unwrap_or(SERVER_ERROR);
         // What the precontent phase's checker does with a handler's answer.
         if rc == NGX_DECLINED as ngx_int_t {
@@ -140,6 +166,7 @@ unsafe fn answered(r: *mut ngx_http_request_t, reply: Result<Reply, String>, ask
 /// `r` is the live request [`ask`] suspended, back in its worker.
 unsafe fn decide_with_reply(
     r: *mut ngx_http_request_t,
+    command: &Command,
     reply: Result<Reply, String>,
     asked_ms: i64,
 ) -> ngx_int_t {
@@ -168,22 +195,8 @@ unsafe fn decide_with_reply(
     let sale = store.table().overrides.apply(lcf.sale());
     let g = Gated { r, lcf, zone: zone_ptr, key, now, sale };
     let log = req.log();
-    let answer = match reply {
-        Ok(Reply::Admission(answer)) => answer,
-        Ok(Reply::Permits(permits)) => {
-            // The copy a SOLD_OUT asked for: with every permit here, unknown keys can be
-            // turned away without asking, until the cache time is up.
-            link.answered(asked_ms, now);
-            let all_kept = permits.iter().all(|p| {
-                store.remember(&p.key, Held { seq: p.seq, expires_ms: p.expires_ms }, false)
-            });
-            if all_kept {
-                link.sold_out(now, redis.settings.cache_ms);
-            }
-            // SAFETY: `r` is live, in its precontent phase.
-            return unsafe { conclude(&g, Outcome::SoldOut.into()) };
-        }
-        Ok(_) => return SERVER_ERROR,
+    let reply = match reply {
+        Ok(reply) => reply,
         Err(error) => {
             Stats::count(&stats.redis_errors);
             if link.failed(now) == Change::WentDown {
@@ -204,6 +217,11 @@ unsafe fn decide_with_reply(
                     consequence
                 );
             }
+            if let Command::DrawSecret { .. } = command {
+                // Nobody has drawn yet: draw with this host's own secret, Redis being down.
+                // SAFETY: `r` is live, in its precontent phase.
+                return unsafe { gate(r, lcf, zone_ptr, key) };
+            }
             // SAFETY: `r` is live, in its precontent phase.
             return unsafe { without_redis(&g) };
         }
@@ -218,10 +236,30 @@ unsafe fn decide_with_reply(
             down_ms
         );
     }
+    let answer = match reply {
+        Reply::Admission(answer) => answer,
+        Reply::Permits(permits) => {
+            // The copy a SOLD_OUT asked for: with every permit here, unknown keys can be
+            // turned away without asking, until the cache time is up.
+            let all_kept = permits.iter().all(|p| {
+                store.remember(&p.key, Held { seq: p.seq, expires_ms: p.expires_ms }, false)
+            });
+            if all_kept {
+                link.sold_out(now, redis.settings.cache_ms);
+            }
+            // SAFETY: `r` is live, in its precontent phase.
+            return unsafe { conclude(&g, Outcome::SoldOut.into()) };
+        }
+        Reply::DrawSecret(secret) => {
+            link.set_draw_secret(secret);
+            // SAFETY: `r` is live, in its precontent phase.
+            return unsafe { gate(r, lcf, zone_ptr, key) };
+        }
+        _ => return SERVER_ERROR,
+    };
     let verdict = match answer {
         Answer::Admitted(held) => {
             store.remember(key, held, true);
-            link.not_sold_out();
             passed(Outcome::Admitted, held)
         }
         Answer::Permitted(held) => {
@@ -289,7 +327,12 @@ pub fn release(zone: &ZoneConf, key: &[u8]) -> bool {
 
 /// Redis's reply to a release: logged if it failed (the permit then stays in Redis until it
 /// expires or is revoked through the API).
-unsafe fn released(_r: *mut ngx_http_request_t, reply: Result<Reply, String>, _asked_ms: i64) {
+unsafe fn released(
+    _r: *mut ngx_http_request_t,
+    _command: &Command,
+    reply: Result<Reply, String>,
+    _asked_ms: i64,
+) {
     if let Err(error) = reply {
         // SAFETY: the cycle outlives its workers' events.
         let log = unsafe { (*nginx_sys::ngx_cycle).log };

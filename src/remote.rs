@@ -5,7 +5,7 @@
 //! thread pool threads so that no worker waits for Redis, and hands the reply back to the
 //! worker that asked.
 
-use core::sync::atomic::{AtomicI64, Ordering};
+use core::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
@@ -133,6 +133,9 @@ pub enum Command {
     Permits { now_ms: i64 },
     /// Grants permits to keys that hold none, whatever the cap (an operator's decision).
     Grant { grants: Vec<Grant>, now_ms: i64 },
+    /// The sale's secret for per-key draws, `proposal` if it has none yet: the same on every
+    /// host, so that a buyer draws once per round whichever host he asks.
+    DrawSecret { proposal: [u64; 2] },
 }
 
 /// What Redis said about a key's admission.
@@ -159,12 +162,14 @@ pub enum Reply {
         already: u64,
         permits: u64,
     },
+    DrawSecret([u64; 2]),
 }
 
-/// The zone's three keys. The braces are a hash tag: in a Redis Cluster, a zone's keys sit in
-/// one slot, as a script's keys must.
-pub fn keys(prefix: &str, zone: &str) -> [String; 3] {
-    ["permits", "expiry", "seq"].map(|part| format!("{prefix}{{{zone}}}:{part}"))
+/// The zone's keys: permits, expiry, seq (see [`ADMIT`]) and draw (the per-key draws'
+/// secret). The braces are a hash tag: in a Redis Cluster, a zone's keys sit in one slot, as a
+/// script's keys must.
+pub fn keys(prefix: &str, zone: &str) -> [String; 4] {
+    ["permits", "expiry", "seq", "draw"].map(|part| format!("{prefix}{{{zone}}}:{part}"))
 }
 
 /// KEYS: permits (key -> "seq:expires_ms:granted_ms", expires 0 for never), expiry (a sorted
@@ -226,6 +231,12 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 return held
 ";
 
+/// KEYS: draw; ARGV: a proposed secret. Keeps the first secret ever proposed; replies it.
+const DRAW_SECRET: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
+";
+
 /// KEYS as for [`ADMIT`]. Replies how many permits there were.
 const CLEAR: &str = r"
 local n = redis.call('HLEN', KEYS[1])
@@ -233,9 +244,21 @@ redis.call('DEL', KEYS[1], KEYS[2])
 return n
 ";
 
-static SCRIPTS: LazyLock<[Script; 4]> = LazyLock::new(|| {
-    [Script::new(ADMIT), Script::new(REVOKE), Script::new(CLEAR), Script::new(GRANT)]
-});
+static SCRIPTS: LazyLock<[Script; 5]> =
+    LazyLock::new(|| [ADMIT, REVOKE, CLEAR, GRANT, DRAW_SECRET].map(Script::new));
+
+/// A draw secret as it is kept in Redis: two 16-digit hexadecimal numbers.
+pub fn format_secret(secret: [u64; 2]) -> String {
+    format!("{:016x}{:016x}", secret[0], secret[1])
+}
+
+pub fn parse_secret(text: &str) -> Option<[u64; 2]> {
+    if text.len() != 32 || !text.is_ascii() {
+        return None;
+    }
+    let half = |s: &str| u64::from_str_radix(s, 16).ok();
+    Some([half(&text[..16])?, half(&text[16..])?])
+}
 
 /// A permit as the scripts store it: `seq:expires_ms:granted_ms`, expires 0 for never.
 pub fn parse_permit(value: &str) -> Option<Held> {
@@ -318,8 +341,8 @@ fn execute(
     zone: &str,
     command: &Command,
 ) -> redis::RedisResult<Reply> {
-    let [permits, expiry, seq] = keys(&settings.prefix, zone);
-    let [admit, revoke, clear, grant] = &*SCRIPTS;
+    let [permits, expiry, seq, draw] = keys(&settings.prefix, zone);
+    let [admit, revoke, clear, grant, draw_secret] = &*SCRIPTS;
     let malformed = || redis::RedisError::from((redis::ErrorKind::TypeError, "unexpected reply"));
     match command {
         Command::Admit { key, cap, now_ms, expires_ms, recheck } => {
@@ -364,6 +387,11 @@ fn execute(
             let (granted, already, permits): (u64, u64, u64) = invocation.invoke(conn)?;
             Ok(Reply::Granted { granted, already, permits })
         }
+        Command::DrawSecret { proposal } => {
+            let secret: String =
+                draw_secret.key(&draw).arg(format_secret(*proposal)).invoke(conn)?;
+            parse_secret(&secret).map(Reply::DrawSecret).ok_or_else(malformed)
+        }
     }
 }
 
@@ -399,6 +427,9 @@ pub struct Link {
     sold_out_until_ms: AtomicI64,
     /// When one request may next copy every permit from Redis (see [`Command::Permits`]).
     copy_at_ms: AtomicI64,
+    /// The sale's secret for per-key draws, from Redis; valid once `draw_secret_known` is 1.
+    draw_secret: [AtomicU64; 2],
+    draw_secret_known: AtomicU64,
 }
 
 /// What a failure or a success changed, for one log line per incident.
@@ -469,14 +500,27 @@ impl Link {
                 .is_ok()
     }
 
+    /// The sale's secret for per-key draws, once a host has it from Redis.
+    pub fn draw_secret(&self) -> Option<[u64; 2]> {
+        (self.draw_secret_known.load(Ordering::Acquire) == 1).then(|| {
+            [
+                self.draw_secret[0].load(Ordering::Relaxed),
+                self.draw_secret[1].load(Ordering::Relaxed),
+            ]
+        })
+    }
+
+    /// Keeps the secret Redis gave. Every host and worker gets the same one, so two workers
+    /// storing it at once store the same value.
+    pub fn set_draw_secret(&self, secret: [u64; 2]) {
+        self.draw_secret[0].store(secret[0], Ordering::Relaxed);
+        self.draw_secret[1].store(secret[1], Ordering::Relaxed);
+        self.draw_secret_known.store(1, Ordering::Release);
+    }
+
     /// Remembers Redis's SOLD_OUT for `cache_ms`: the host holds a copy of every permit.
     pub fn sold_out(&self, now_ms: i64, cache_ms: i64) {
         self.sold_out_until_ms.store(now_ms.saturating_add(cache_ms).max(1), Ordering::Release);
-    }
-
-    /// Forgets SOLD_OUT: Redis admitted someone, so there is room again.
-    pub fn not_sold_out(&self) {
-        self.sold_out_until_ms.store(0, Ordering::Release);
     }
 
     /// Whether a new buyer may be told SOLD_OUT without asking Redis: while what Redis said is
@@ -551,7 +595,7 @@ mod tests {
     fn keys_share_a_cluster_slot_and_the_prefix() {
         assert_eq!(
             keys("shop:", "sale"),
-            ["shop:{sale}:permits", "shop:{sale}:expiry", "shop:{sale}:seq"]
+            ["shop:{sale}:permits", "shop:{sale}:expiry", "shop:{sale}:seq", "shop:{sale}:draw"]
         );
     }
 
@@ -606,6 +650,22 @@ mod tests {
     }
 
     #[test]
+    fn draw_secrets_round_trip_through_their_text() {
+        let secret = [0x0123_4567_89ab_cdef, u64::MAX];
+        assert_eq!(format_secret(secret), "0123456789abcdefffffffffffffffff");
+        assert_eq!(parse_secret(&format_secret(secret)), Some(secret));
+        for bad in
+            ["", "0123", "0123456789abcdefffffffffffffffffff", "g123456789abcdefffffffffffffffff"]
+        {
+            assert_eq!(parse_secret(bad), None, "{bad:?}");
+        }
+        let link = Link::default();
+        assert_eq!(link.draw_secret(), None);
+        link.set_draw_secret(secret);
+        assert_eq!(link.draw_secret(), Some(secret));
+    }
+
+    #[test]
     fn one_request_per_cache_time_copies_the_permits() {
         let link = Link::default();
         assert!(link.claim_copy(5_000, 1_000));
@@ -622,7 +682,5 @@ mod tests {
         assert!(!link.trusts_sold_out(11_000, 1_000), "stale: this request asks again");
         assert!(link.trusts_sold_out(11_001, 1_000), "the others trust it meanwhile");
         assert!(!link.trusts_sold_out(12_000, 1_000), "until the next cache time");
-        link.not_sold_out();
-        assert!(!link.trusts_sold_out(12_001, 1_000));
     }
 }

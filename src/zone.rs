@@ -345,15 +345,15 @@ impl PermitTable {
         h.finish()
     }
 
-    /// A draw that depends only on the key, the round and the zone's secret: the same answer
-    /// in every worker for the whole round, so asking again does not draw again, and nothing
-    /// is stored for the losers. Uniform in [0, 1).
+    /// The zone's secret for per-key draws (see [`keyed_draw`]): another key than the
+    /// table's, so that draws say nothing about buckets.
+    pub fn draw_secret(&self) -> [u64; 2] {
+        [!self.sip_key[0], self.sip_key[1].rotate_left(17)]
+    }
+
+    /// [`keyed_draw`] with the zone's own secret.
     pub fn keyed_draw(&self, key: &[u8], round: u64) -> f64 {
-        // Another key than the table's, so that draws say nothing about buckets.
-        let mut h = SipHasher13::new_with_keys(!self.sip_key[0], self.sip_key[1].rotate_left(17));
-        h.write_u64(round);
-        h.write(key);
-        (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+        keyed_draw(self.draw_secret(), key, round)
     }
 
     fn bucket(&mut self, hash: u64) -> *mut *mut Permit {
@@ -663,6 +663,16 @@ impl PermitTable {
             Some(current)
         })
     }
+}
+
+/// A draw that depends only on the key, the round and a secret: the same answer in every
+/// worker (and, with a secret shared through Redis, on every host) for the whole round, so
+/// asking again does not draw again, and nothing is stored for the losers. Uniform in [0, 1).
+pub fn keyed_draw(secret: [u64; 2], key: &[u8], round: u64) -> f64 {
+    let mut h = SipHasher13::new_with_keys(secret[0], secret[1]);
+    h.write_u64(round);
+    h.write(key);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// The key bytes that follow a permit's header.
