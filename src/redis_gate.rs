@@ -54,11 +54,14 @@ pub unsafe fn gate(
         Some(shared) => shared,
         // The sale's secret first: a buyer draws the same on every host. Without Redis (or
         // randomness), this host's own.
-        None if wants_shared && link.may_ask(now) => match random_secret() {
+        None if wants_shared && link.may_ask(now) => {
+            let command = random_secret().map(|proposal| Command::DrawSecret { proposal });
             // SAFETY: `r` is live, in its precontent phase.
-            Some(proposal) => return unsafe { ask(r, zone, Command::DrawSecret { proposal }) },
-            None => store.table().draw_secret(),
-        },
+            if let Some(waiting) = command.and_then(|command| unsafe { ask(r, zone, command) }) {
+                return waiting;
+            }
+            store.table().draw_secret()
+        }
         None => store.table().draw_secret(),
     };
     let draw = drawer(lcf, secret, key, now);
@@ -94,8 +97,9 @@ pub unsafe fn gate(
         expires_ms: lcf.permit_ttl_ms.map(|ttl| now + ttl),
         recheck,
     };
-    // SAFETY: `r` is live, in its precontent phase.
-    unsafe { ask(r, zone, command) }
+    // SAFETY: `r` is live, in its precontent phase; a task that cannot be queued is Redis
+    // not answering.
+    unsafe { ask(r, zone, command).unwrap_or_else(|| without_redis(&g)) }
 }
 
 /// A proposal for the sale's per-key draw secret, from the system's randomness.
@@ -108,24 +112,23 @@ fn passed(outcome: Outcome, held: Held) -> Verdict {
     Verdict { outcome, permit: Some(held) }
 }
 
-/// Sends `command` to the zone's Redis and leaves the request waiting for [`answered`];
-/// returns what the phase handler returns.
+/// Sends `command` to the zone's Redis and leaves the request waiting for [`answered`]:
+/// `NGX_AGAIN`, for the phase handler to return. `None` when the task could not be queued
+/// (nginx's thread pool queue is full; nginx has logged it).
 ///
 /// # Safety
 /// `r` is a live main request in its precontent phase, gated by `zone`.
-unsafe fn ask(r: *mut ngx_http_request_t, zone: &ZoneConf, command: Command) -> ngx_int_t {
-    let Some(redis) = zone.redis() else {
-        return SERVER_ERROR;
-    };
+unsafe fn ask(r: *mut ngx_http_request_t, zone: &ZoneConf, command: Command) -> Option<ngx_int_t> {
+    let redis = zone.redis()?;
     let zone_name = zone.name().to_string();
     // SAFETY: `r` is live; it waits for the reply when the task is queued.
     if !unsafe { offload::post(r, redis.threads, &redis.settings, zone_name, command, answered) } {
-        return SERVER_ERROR;
+        return None;
     }
     // Nothing but the reply may run the phases on while it waits.
     // SAFETY: `r` is live.
     unsafe { (*r).write_event_handler = Some(ngx_http_request_empty_handler) };
-    NGX_AGAIN as ngx_int_t
+    Some(NGX_AGAIN as ngx_int_t)
 }
 
 /// Redis's reply to a gate's round trip: decides, then runs the request's phases on.
@@ -273,7 +276,9 @@ unsafe fn decide_with_reply(
                 // Copy every permit first: a winner admitted through another host must not be
                 // taken for a new buyer here.
                 // SAFETY: `r` is live, in its precontent phase.
-                return unsafe { ask(r, zone, Command::Permits { now_ms: now }) };
+                if let Some(waiting) = unsafe { ask(r, zone, Command::Permits { now_ms: now }) } {
+                    return waiting;
+                }
             }
             Outcome::SoldOut.into()
         }
