@@ -276,7 +276,7 @@ pub fn remote_answer(ask: &RemoteAsk, reply: Reply) -> Result<(u16, Value), ApiE
                 "over_cap": ask.cap.is_some_and(|cap| permits > cap),
             }),
         )),
-        Reply::Admission(_) | Reply::DrawSecret(_) => {
+        Reply::Admission(_) | Reply::DrawSecret(_) | Reply::Overrides(_) => {
             Err(ApiError::new(500, "unexpected reply from Redis"))
         }
     }

@@ -23,7 +23,8 @@ use crate::handler::{add_header, send, Body};
 use crate::metrics::{render, ZoneMetrics};
 use crate::module::FlashSaleModule;
 use crate::offload;
-use crate::remote::{Command, Reply};
+use crate::redis_gate;
+use crate::remote::{Command, Reply, OVERRIDE_FIELDS};
 use crate::sale::Outcome;
 use crate::state;
 use crate::zone::{Stats, ZoneStore};
@@ -163,6 +164,15 @@ unsafe fn on_redis(
     let (name, key) = match route {
         Route::Permits(name) => (name, None),
         Route::Permit(name, key) => (name, Some(key)),
+        Route::Zone(name) if method == NGX_HTTP_PATCH => {
+            // SAFETY: see the function's contract.
+            let zone = unsafe { zone_named(r, name) }?;
+            zone.redis?;
+            return Some(
+                override_changes(zone, body?)
+                    .map(|changes| (zone, Command::SetOverrides { changes })),
+            );
+        }
         _ => return None,
     };
     // SAFETY: see the function's contract.
@@ -182,6 +192,34 @@ unsafe fn on_redis(
         _ => return None,
     };
     Some(command.map(|command| (zone, command)))
+}
+
+/// A PATCH's changes to a zone kept in Redis, as Redis keeps them; checked here, against the
+/// overrides this host has, so that a bad one costs no round trip.
+fn override_changes(
+    zone: &ZoneConf,
+    body: &[u8],
+) -> Result<Vec<(&'static str, Option<String>)>, ApiError> {
+    let patch = api::patch(body)?;
+    let (_, _, start, end) = zone.table.map_or((None, None, None, None), |table| {
+        // SAFETY: the table lives in the zone's shared memory; overrides are atomics.
+        unsafe { table.as_ref() }.overrides.get()
+    });
+    let start = patch.start_ms.unwrap_or(start);
+    let end = patch.end_ms.unwrap_or(end);
+    if matches!((start, end), (Some(s), Some(e)) if e <= s) {
+        return Err(ApiError::new(400, "end must be after start"));
+    }
+    let [ratio_field, cap_field, start_field, end_field] = OVERRIDE_FIELDS;
+    Ok([
+        (ratio_field, patch.block_ratio.map(|v| v.map(|r| r.to_string()))),
+        (cap_field, patch.max_permits.map(|v| v.map(|c| c.to_string()))),
+        (start_field, patch.start_ms.map(|v| v.map(|t| t.to_string()))),
+        (end_field, patch.end_ms.map(|v| v.map(|t| t.to_string()))),
+    ]
+    .into_iter()
+    .filter_map(|(field, change)| Some((field, change?)))
+    .collect())
 }
 
 /// The zone of this name, as the request's configuration declares it.
@@ -240,10 +278,17 @@ unsafe fn redis_answered(
         let route = relative_path(r).and_then(route);
         let (zone, key) = match route {
             Ok(Route::Permit(name, key)) => (zone_named(r, &name), key),
-            Ok(Route::Permits(name)) => (zone_named(r, &name), Vec::new()),
+            Ok(Route::Permits(name) | Route::Zone(name)) => (zone_named(r, &name), Vec::new()),
             _ => (None, Vec::new()),
         };
         let answer = match zone {
+            Some(zone) if matches!(reply, Ok(Reply::Overrides(_))) => {
+                if let Ok(Reply::Overrides(overrides)) = &reply {
+                    redis_gate::apply_overrides(zone, overrides);
+                }
+                apply_here(zone, &key, &reply);
+                zone_json(zone).map(|json| (200, json)).ok_or_else(unavailable)
+            }
             Some(zone) => {
                 apply_here(zone, &key, &reply);
                 let cap =

@@ -16,10 +16,18 @@ use nginx_sys::{
 
 use crate::remote::{self, Command, Reply, Settings};
 
-/// What to do in the worker with Redis's reply: called with the request, which is live again
-/// (null for a round trip no request waits for), the command, its reply, and when it was asked
-/// (Unix milliseconds).
+/// What to do in the worker with Redis's reply to a request's round trip: called with the
+/// request, which is live again, the command, its reply, and when it was asked (Unix ms).
 pub type Done = unsafe fn(*mut ngx_http_request_t, &Command, Result<Reply, String>, i64);
+
+/// What to do in the worker with Redis's reply to a round trip nobody waits for.
+pub type Detached = Box<dyn FnOnce(&Command, Result<Reply, String>)>;
+
+/// Where a reply goes.
+enum Then {
+    Request(NonNull<ngx_http_request_t>, Done),
+    Detached(Detached),
+}
 
 /// One round trip: nginx's task, everything the thread needs, owned, and where its reply goes.
 /// One allocation, freed when the reply has been handed over.
@@ -29,9 +37,8 @@ struct Job {
     zone: String,
     command: Command,
     reply: Option<Result<Reply, String>>,
-    request: Option<NonNull<ngx_http_request_t>>,
     asked_ms: i64,
-    done: Done,
+    then: Then,
 }
 
 /// Runs `command` for the request `r` on `threads`; `done` gets the reply. False when the task
@@ -50,8 +57,7 @@ pub unsafe fn post(
     let Some(request) = NonNull::new(r) else {
         return false;
     };
-    // SAFETY: the job is new; `r` is live.
-    if !unsafe { queue(threads, settings, zone, command, Some(request), done) } {
+    if !queue(threads, settings, zone, command, Then::Request(request, done)) {
         return false;
     }
     // SAFETY: `r` is live; it stays so while blocked, until its reply has been handed over.
@@ -64,27 +70,24 @@ pub unsafe fn post(
 }
 
 /// Runs `command` on `threads` with no request waiting for it (a release by the backend, whose
-/// response is already on its way); `done` gets the reply with a null request.
+/// response is already on its way; a refresh of the sale's settings); `done` gets the reply
+/// in the worker.
 pub fn post_detached(
     threads: NonNull<ngx_thread_pool_t>,
     settings: &Settings,
     zone: String,
     command: Command,
-    done: Done,
+    done: impl FnOnce(&Command, Result<Reply, String>) + 'static,
 ) -> bool {
-    // SAFETY: the job is new and refers to no request.
-    unsafe { queue(threads, settings, zone, command, None, done) }
+    queue(threads, settings, zone, command, Then::Detached(Box::new(done)))
 }
 
-/// # Safety
-/// `request`, if any, is live and is kept so until the reply is handed over.
-unsafe fn queue(
+fn queue(
     threads: NonNull<ngx_thread_pool_t>,
     settings: &Settings,
     zone: String,
     command: Command,
-    request: Option<NonNull<ngx_http_request_t>>,
-    done: Done,
+    then: Then,
 ) -> bool {
     let job = Box::into_raw(Box::new(Job {
         // SAFETY: nginx's task is plain data whose empty state is all zeroes, as
@@ -94,12 +97,11 @@ unsafe fn queue(
         zone,
         command,
         reply: None,
-        request,
         asked_ms: crate::handler::now_ms(),
-        done,
+        then,
     }));
     // SAFETY: `job` is ours until the thread pool takes the task; if it does not, it is
-    // given back here.
+    // given back here. `threads` is nginx's pool, which lives as long as the cycle.
     unsafe {
         let task = &mut (*job).task;
         task.ctx = job.cast();
@@ -129,15 +131,15 @@ unsafe extern "C" fn reply_in_worker(ev: *mut ngx_event_t) {
     // SAFETY: the event's data is the job `queue` leaked; the thread is done with it, and
     // nginx's thread pool no longer refers to its task.
     let job = unsafe { Box::from_raw((*ev).data.cast::<Job>()) };
-    let Job { command, reply, done, asked_ms, request, .. } = *job;
+    let Job { command, reply, asked_ms, then, .. } = *job;
     let reply = reply.unwrap_or_else(|| Err("the round trip did not run".to_string()));
-    let Some(request) = request else {
-        // A panic must not unwind into nginx.
-        // SAFETY: `done` is told there is no request.
-        let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
-            done(core::ptr::null_mut(), &command, reply, asked_ms)
-        }));
-        return;
+    let (request, done) = match then {
+        Then::Request(request, done) => (request, done),
+        Then::Detached(done) => {
+            // A panic must not unwind into nginx.
+            let _ = catch_unwind(AssertUnwindSafe(|| done(&command, reply)));
+            return;
+        }
     };
     let r = request.as_ptr();
     // SAFETY: the request stayed alive while blocked; it is released here, once.

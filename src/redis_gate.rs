@@ -19,7 +19,7 @@ use crate::conf::{Gate, LocConf, ZoneConf};
 use crate::handler::{conclude, drawer, now_ms, request_key, Gated};
 use crate::module::FlashSaleModule;
 use crate::offload;
-use crate::remote::{Answer, Change, Command, OnError, Reply};
+use crate::remote::{Answer, Change, Command, OnError, Overrides as RemoteOverrides, Reply};
 use crate::sale::{admitted, draw_step, DrawMode, Held, Outcome, PermitStore, Step, Verdict};
 use crate::zone::{Cached, RemoteView, Stats, ZoneStore};
 
@@ -48,6 +48,9 @@ pub unsafe fn gate(
     let sale = store.table().overrides.apply(lcf.sale());
     let g = Gated { r, lcf, zone: zone_ptr, key, now, sale };
     let link = &store.table().link;
+    if link.claim_overrides(now, cache_ms) {
+        refresh_overrides(zone_ptr);
+    }
     let per_key = matches!(lcf.draw, Some(DrawMode::PerKey { .. }));
     let wants_shared = per_key && sale.window.check(now).is_ok() && sale.block_ratio.can_block();
     let secret = match link.draw_secret() {
@@ -327,25 +330,65 @@ pub fn release(zone: &ZoneConf, key: &[u8]) -> bool {
     };
     let command = Command::Revoke { key: key.to_vec() };
     let name = zone.name().to_string();
-    offload::post_detached(redis.threads, &redis.settings, name, command, released)
+    offload::post_detached(redis.threads, &redis.settings, name, command, |_, reply| {
+        if let Err(error) = reply {
+            // The permit stays in Redis until it expires or is revoked through the API.
+            // SAFETY: the cycle outlives its workers' events.
+            let log = unsafe { (*nginx_sys::ngx_cycle).log };
+            ngx_log_error!(
+                NGX_LOG_ERR,
+                log,
+                "flash_sale_redis: a permit the backend released is still in Redis: {}",
+                error
+            );
+        }
+    })
 }
 
-/// Redis's reply to a release: logged if it failed (the permit then stays in Redis until it
-/// expires or is revoked through the API).
-unsafe fn released(
-    _r: *mut ngx_http_request_t,
-    _command: &Command,
-    reply: Result<Reply, String>,
-    _asked_ms: i64,
-) {
-    if let Err(error) = reply {
-        // SAFETY: the cycle outlives its workers' events.
-        let log = unsafe { (*nginx_sys::ngx_cycle).log };
-        ngx_log_error!(
-            NGX_LOG_ERR,
-            log,
-            "flash_sale_redis: a permit the backend released is still in Redis: {}",
-            error
-        );
-    }
+/// Reads the sale's overrides from Redis, for this host to apply when they come; the request
+/// that asked goes on meanwhile.
+fn refresh_overrides(zone_ptr: NonNull<ZoneConf>) {
+    // SAFETY: zone configurations live as long as the cycle, which outlives its events.
+    let zone = unsafe { zone_ptr.as_ref() };
+    let Some(redis) = zone.redis() else {
+        return;
+    };
+    let name = zone.name().to_string();
+    offload::post_detached(
+        redis.threads,
+        &redis.settings,
+        name,
+        Command::Overrides,
+        move |_, reply| {
+            // SAFETY: as above.
+            let zone = unsafe { zone_ptr.as_ref() };
+            if let Some(table) = zone.table {
+                // SAFETY: the table's counters are atomics.
+                let stats = unsafe { &table.as_ref().stats };
+                Stats::count(&stats.redis_calls);
+                if reply.is_err() {
+                    Stats::count(&stats.redis_errors);
+                }
+            }
+            if let Ok(Reply::Overrides(overrides)) = reply {
+                apply_overrides(zone, &overrides);
+            }
+        },
+    );
+}
+
+/// Makes the sale's overrides in Redis this host's: they replace whatever it had.
+pub fn apply_overrides(zone: &ZoneConf, overrides: &RemoteOverrides) {
+    let (Some(table), Some(slab)) = (zone.table, zone.slab()) else {
+        return;
+    };
+    // Changes are made under the zone's lock, so that they do not interleave.
+    let _locked = slab.lock();
+    // SAFETY: the table lives in the zone's shared memory; overrides are atomics.
+    unsafe { table.as_ref() }.overrides.change(
+        Some(overrides.block_ratio),
+        Some(overrides.max_permits),
+        Some(overrides.start_ms),
+        Some(overrides.end_ms),
+    );
 }

@@ -136,6 +136,34 @@ pub enum Command {
     /// The sale's secret for per-key draws, `proposal` if it has none yet: the same on every
     /// host, so that a buyer draws once per round whichever host he asks.
     DrawSecret { proposal: [u64; 2] },
+    /// The sale's overrides (the admin API's PATCH), which every host applies.
+    Overrides,
+    /// Changes overrides: each field's new value, `None` to remove it.
+    SetOverrides { changes: Vec<(&'static str, Option<String>)> },
+}
+
+/// A sale's overrides as Redis keeps them, one field each.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Overrides {
+    pub block_ratio: Option<f64>,
+    pub max_permits: Option<u64>,
+    pub start_ms: Option<i64>,
+    pub end_ms: Option<i64>,
+}
+
+pub const OVERRIDE_FIELDS: [&str; 4] = ["block_ratio", "max_permits", "start_ms", "end_ms"];
+
+impl Overrides {
+    /// Reads the fields of an HGETALL; a field that does not parse is left unset.
+    pub fn from_fields(fields: &[(String, String)]) -> Overrides {
+        let get = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        Overrides {
+            block_ratio: get("block_ratio").and_then(|v| v.parse().ok()),
+            max_permits: get("max_permits").and_then(|v| v.parse().ok()),
+            start_ms: get("start_ms").and_then(|v| v.parse().ok()),
+            end_ms: get("end_ms").and_then(|v| v.parse().ok()),
+        }
+    }
 }
 
 /// What Redis said about a key's admission.
@@ -149,7 +177,7 @@ pub enum Answer {
 }
 
 /// Redis's reply to a [`Command`], in the command's order.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Reply {
     Admission(Answer),
     Permit(Option<Held>),
@@ -163,13 +191,15 @@ pub enum Reply {
         permits: u64,
     },
     DrawSecret([u64; 2]),
+    Overrides(Overrides),
 }
 
-/// The zone's keys: permits, expiry, seq (see [`ADMIT`]) and draw (the per-key draws'
-/// secret). The braces are a hash tag: in a Redis Cluster, a zone's keys sit in one slot, as a
+/// The zone's keys: permits, expiry, seq (see [`ADMIT`]), draw (the per-key draws' secret)
+/// and overrides (a hash of [`OVERRIDE_FIELDS`]). The braces are a hash tag: in a Redis Cluster, a zone's keys sit in one slot, as a
 /// script's keys must.
-pub fn keys(prefix: &str, zone: &str) -> [String; 4] {
-    ["permits", "expiry", "seq", "draw"].map(|part| format!("{prefix}{{{zone}}}:{part}"))
+pub fn keys(prefix: &str, zone: &str) -> [String; 5] {
+    ["permits", "expiry", "seq", "draw", "overrides"]
+        .map(|part| format!("{prefix}{{{zone}}}:{part}"))
 }
 
 /// KEYS: permits (key -> "seq:expires_ms:granted_ms", expires 0 for never), expiry (a sorted
@@ -237,6 +267,19 @@ redis.call('SET', KEYS[1], ARGV[1], 'NX')
 return redis.call('GET', KEYS[1])
 ";
 
+/// KEYS: overrides; ARGV: a field and its value per change, an empty value removing the field.
+/// Replies every field.
+const SET_OVERRIDES: &str = r"
+for i = 1, #ARGV, 2 do
+  if ARGV[i + 1] == '' then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  else
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+return redis.call('HGETALL', KEYS[1])
+";
+
 /// KEYS as for [`ADMIT`]. Replies how many permits there were.
 const CLEAR: &str = r"
 local n = redis.call('HLEN', KEYS[1])
@@ -244,8 +287,8 @@ redis.call('DEL', KEYS[1], KEYS[2])
 return n
 ";
 
-static SCRIPTS: LazyLock<[Script; 5]> =
-    LazyLock::new(|| [ADMIT, REVOKE, CLEAR, GRANT, DRAW_SECRET].map(Script::new));
+static SCRIPTS: LazyLock<[Script; 6]> =
+    LazyLock::new(|| [ADMIT, REVOKE, CLEAR, GRANT, DRAW_SECRET, SET_OVERRIDES].map(Script::new));
 
 /// A draw secret as it is kept in Redis: two 16-digit hexadecimal numbers.
 pub fn format_secret(secret: [u64; 2]) -> String {
@@ -341,8 +384,8 @@ fn execute(
     zone: &str,
     command: &Command,
 ) -> redis::RedisResult<Reply> {
-    let [permits, expiry, seq, draw] = keys(&settings.prefix, zone);
-    let [admit, revoke, clear, grant, draw_secret] = &*SCRIPTS;
+    let [permits, expiry, seq, draw, overrides] = keys(&settings.prefix, zone);
+    let [admit, revoke, clear, grant, draw_secret, set_overrides] = &*SCRIPTS;
     let malformed = || redis::RedisError::from((redis::ErrorKind::TypeError, "unexpected reply"));
     match command {
         Command::Admit { key, cap, now_ms, expires_ms, recheck } => {
@@ -392,6 +435,19 @@ fn execute(
                 draw_secret.key(&draw).arg(format_secret(*proposal)).invoke(conn)?;
             parse_secret(&secret).map(Reply::DrawSecret).ok_or_else(malformed)
         }
+        Command::Overrides => {
+            let fields: Vec<(String, String)> =
+                redis::cmd("HGETALL").arg(&overrides).query(conn)?;
+            Ok(Reply::Overrides(Overrides::from_fields(&fields)))
+        }
+        Command::SetOverrides { changes } => {
+            let mut invocation = set_overrides.key(&overrides);
+            for (field, value) in changes {
+                invocation.arg(*field).arg(value.as_deref().unwrap_or(""));
+            }
+            let fields: Vec<(String, String)> = invocation.invoke(conn)?;
+            Ok(Reply::Overrides(Overrides::from_fields(&fields)))
+        }
     }
 }
 
@@ -427,6 +483,8 @@ pub struct Link {
     sold_out_until_ms: AtomicI64,
     /// When one request may next copy every permit from Redis (see [`Command::Permits`]).
     copy_at_ms: AtomicI64,
+    /// When one request may next read the sale's overrides from Redis.
+    overrides_at_ms: AtomicI64,
     /// The sale's secret for per-key draws, from Redis; valid once `draw_secret_known` is 1.
     draw_secret: [AtomicU64; 2],
     draw_secret_known: AtomicU64,
@@ -497,6 +555,22 @@ impl Link {
             && self
                 .copy_at_ms
                 .compare_exchange(due, now_ms + cache_ms, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    /// Whether this request is the one (per host and cache time) that reads the sale's
+    /// overrides from Redis, so that a change made through any host's API reaches this one.
+    pub fn claim_overrides(&self, now_ms: i64, cache_ms: i64) -> bool {
+        let due = self.overrides_at_ms.load(Ordering::Acquire);
+        now_ms >= due
+            && self
+                .overrides_at_ms
+                .compare_exchange(
+                    due,
+                    now_ms + cache_ms.max(1),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
                 .is_ok()
     }
 
@@ -595,7 +669,13 @@ mod tests {
     fn keys_share_a_cluster_slot_and_the_prefix() {
         assert_eq!(
             keys("shop:", "sale"),
-            ["shop:{sale}:permits", "shop:{sale}:expiry", "shop:{sale}:seq", "shop:{sale}:draw"]
+            [
+                "shop:{sale}:permits",
+                "shop:{sale}:expiry",
+                "shop:{sale}:seq",
+                "shop:{sale}:draw",
+                "shop:{sale}:overrides"
+            ]
         );
     }
 
@@ -647,6 +727,35 @@ mod tests {
         let bob =
             PermitInfo { key: b"bob".to_vec(), seq: 2, granted_ms: 20, expires_ms: Some(2_000) };
         assert_eq!(live[0], bob);
+    }
+
+    #[test]
+    fn overrides_read_their_fields_and_skip_bad_ones() {
+        let fields = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        };
+        assert_eq!(Overrides::from_fields(&[]), Overrides::default());
+        let all = fields(&[
+            ("block_ratio", "0.25"),
+            ("max_permits", "7"),
+            ("start_ms", "1000"),
+            ("end_ms", "2000"),
+        ]);
+        assert_eq!(
+            Overrides::from_fields(&all),
+            Overrides {
+                block_ratio: Some(0.25),
+                max_permits: Some(7),
+                start_ms: Some(1000),
+                end_ms: Some(2000)
+            }
+        );
+        let bad = fields(&[("max_permits", "-1"), ("colour", "blue")]);
+        assert_eq!(Overrides::from_fields(&bad), Overrides::default());
+        let link = Link::default();
+        assert!(link.claim_overrides(100, 1000));
+        assert!(!link.claim_overrides(500, 1000));
+        assert!(link.claim_overrides(1100, 1000));
     }
 
     #[test]

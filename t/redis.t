@@ -215,6 +215,36 @@ for my $round (1 .. 5) {
     stop_nginx($_) for qw(a b);
 }
 
+# Overrides: a PATCH through A's API is kept in Redis and reaches B.
+{
+    start_hosts(prefix => 'patch:', ratio => 0, cap => 1, extra => 'cache=300ms');
+    is(fetch_at($a_port, '/sale?user=p1')->{sale}, 'ADMITTED', 'patch: p1 takes the one permit');
+    is(fetch_at($b_port, '/sale?user=p2')->{sale}, 'SOLD_OUT', 'patch: p2 finds it sold out on B');
+    my $api = send_body($a_port, 'PATCH', '/api/zones/sale', '{"max_permits": 2}');
+    like($api->{body}, qr/"overrides":\{[^}]*"max_permits":2/, 'patch: A keeps a cap of 2');
+    like(redis_cli('-a', $password, 'HGETALL', 'patch:{sale}:overrides'), qr/max_permits\s+2/,
+         'patch: in Redis');
+    is(send_body($a_port, 'PATCH', '/api/zones/sale', '{"max_permits": "two"}')->{status}, 400,
+       'patch: a bad one is refused before Redis is asked');
+    my $sale = '';
+    my $deadline = time + 3;
+    while (time < $deadline) {
+        $sale = fetch_at($b_port, '/sale?user=p3')->{sale};
+        last if $sale eq 'ADMITTED';
+        sleep 0.1;
+    }
+    is($sale, 'ADMITTED', 'patch: B admits under the new cap once its cache time is up');
+    like(fetch_at($b_port, '/api/zones/sale')->{body}, qr/"overrides":\{[^}]*"max_permits":2/,
+         'patch: B shows the override');
+    is(redis_cli('-a', $password, 'HLEN', 'patch:{sale}:permits'), "2\n",
+       'patch: two permits in all');
+    $api = send_body($b_port, 'PATCH', '/api/zones/sale', '{"max_permits": null}');
+    unlike($api->{body}, qr/"overrides":\{[^}]*"max_permits":2/, 'patch: removed through B');
+    is(redis_cli('-a', $password, 'HGETALL', 'patch:{sale}:overrides'), "\n",
+       'patch: and from Redis');
+    stop_nginx($_) for qw(a b);
+}
+
 # Permits that expire: the expiry is kept in Redis, and an expired permit's slot goes to the
 # next buyer, whichever host admitted it.
 {
