@@ -199,8 +199,9 @@ def main():
         "",
         "A host that hears SOLD_OUT copies every permit from Redis and trusts SOLD_OUT for its "
         "cache time (1 s by default); when that is up, one request asks again while the others "
-        "go on trusting it. A sold-out sale so costs about two round trips per host per second "
-        "(one to ask, one to copy), whatever the traffic.",
+        "go on trusting it. A sold-out sale so costs about three round trips per host per "
+        "second (one to ask, one to copy, one to read the sale's overrides), whatever the "
+        "traffic.",
         "",
     ]
     text = "\n".join(lines)
