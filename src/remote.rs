@@ -502,6 +502,16 @@ pub enum Change {
     Unchanged,
 }
 
+/// Whether this caller takes the turn due at `*next_ms` (one caller per turn, across workers);
+/// the next turn is then `period_ms` later.
+fn claim_turn(next_ms: &AtomicI64, now_ms: i64, period_ms: i64) -> bool {
+    let due = next_ms.load(Ordering::Acquire);
+    now_ms >= due
+        && next_ms
+            .compare_exchange(due, now_ms + period_ms, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+}
+
 impl Link {
     /// Whether a request may ask Redis now: always while it answers; while it is down, one
     /// request per host every [`RETRY_MS`], so a dead Redis costs one timeout a second, not
@@ -510,12 +520,7 @@ impl Link {
         if self.down_since_ms.load(Ordering::Acquire) == 0 {
             return true;
         }
-        let due = self.retry_at_ms.load(Ordering::Acquire);
-        now_ms >= due
-            && self
-                .retry_at_ms
-                .compare_exchange(due, now_ms + RETRY_MS, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
+        claim_turn(&self.retry_at_ms, now_ms, RETRY_MS)
     }
 
     pub fn is_down(&self) -> bool {
@@ -550,28 +555,13 @@ impl Link {
     /// Whether this request is the one (per host and cache time) that copies every permit
     /// from Redis after a SOLD_OUT, so that SOLD_OUT can be trusted for unknown keys.
     pub fn claim_copy(&self, now_ms: i64, cache_ms: i64) -> bool {
-        let due = self.copy_at_ms.load(Ordering::Acquire);
-        now_ms >= due
-            && self
-                .copy_at_ms
-                .compare_exchange(due, now_ms + cache_ms, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
+        claim_turn(&self.copy_at_ms, now_ms, cache_ms)
     }
 
     /// Whether this request is the one (per host and cache time) that reads the sale's
     /// overrides from Redis, so that a change made through any host's API reaches this one.
     pub fn claim_overrides(&self, now_ms: i64, cache_ms: i64) -> bool {
-        let due = self.overrides_at_ms.load(Ordering::Acquire);
-        now_ms >= due
-            && self
-                .overrides_at_ms
-                .compare_exchange(
-                    due,
-                    now_ms + cache_ms.max(1),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok()
+        claim_turn(&self.overrides_at_ms, now_ms, cache_ms.max(1))
     }
 
     /// The sale's secret for per-key draws, once a host has it from Redis.
