@@ -247,10 +247,7 @@ unsafe fn decide_with_reply(
         Reply::Permits(permits) => {
             // The copy a SOLD_OUT asked for: with every permit here, unknown keys can be
             // turned away without asking, until the cache time is up.
-            let all_kept = permits.iter().all(|p| {
-                store.remember(&p.key, Held { seq: p.seq, expires_ms: p.expires_ms }, false)
-            });
-            if all_kept {
+            if store.remember_all(&permits) {
                 link.sold_out(now, redis.settings.cache_ms);
             }
             // SAFETY: `r` is live, in its precontent phase.

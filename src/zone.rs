@@ -874,24 +874,32 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
     /// For a zone kept in Redis: keeps the permit Redis gave `key` (`new` when it was just
     /// admitted), as heard of now; false when the zone has no room for it.
     pub fn remember(&mut self, key: &[u8], permit: Held, new: bool) -> bool {
+        let info = PermitInfo {
+            key: key.to_vec(),
+            seq: permit.seq,
+            granted_ms: self.now_ms,
+            expires_ms: permit.expires_ms,
+        };
+        let stored = self.remember_all(core::slice::from_ref(&info));
+        if stored && new {
+            Stats::count(&self.table().stats.granted);
+        }
+        stored
+    }
+
+    /// For a zone kept in Redis: keeps a copy of every permit Redis has, as heard of now, in
+    /// one locked step; false when the zone has no room for them all.
+    pub fn remember_all(&mut self, permits: &[PermitInfo]) -> bool {
         let now_ms = self.now_ms;
         self.with_table(|table, arena| {
-            let hash = table.hash(key);
-            if let Some(old) = table.find(hash, key) {
-                // SAFETY: `old` was just found in this table, under the lock.
-                unsafe { table.remove(arena, old) };
-            }
-            let info = PermitInfo {
-                key: key.to_vec(),
-                seq: permit.seq,
-                granted_ms: now_ms,
-                expires_ms: permit.expires_ms,
-            };
-            let stored = table.store(arena, hash, &info).is_some();
-            if stored && new {
-                Stats::count(&table.stats.granted);
-            }
-            stored
+            permits.iter().all(|p| {
+                let hash = table.hash(&p.key);
+                if let Some(old) = table.find(hash, &p.key) {
+                    // SAFETY: `old` was just found in this table, under the lock.
+                    unsafe { table.remove(arena, old) };
+                }
+                table.store(arena, hash, &PermitInfo { granted_ms: now_ms, ..p.clone() }).is_some()
+            })
         })
     }
 
@@ -1460,6 +1468,34 @@ mod tests {
         );
         let mut s = store(&heap, t, 2_000);
         assert_eq!(RemoteView { store: &mut s, cache_ms: 500 }.lookup(b"cy", &sale), Lookup::Open);
+    }
+
+    #[test]
+    fn a_copy_of_the_permits_replaces_what_was_known_in_one_step() {
+        let heap = Heap::new(1 << 20);
+        let t = table(&heap, 64);
+        let mut s = store(&heap, t, 1_000);
+        assert!(s.remember(b"amy", seq(1), true));
+        let copy: Vec<PermitInfo> = (1..=3)
+            .map(|n| PermitInfo {
+                key: format!("k{n}").into_bytes(),
+                seq: n + 1,
+                granted_ms: 0,
+                expires_ms: None,
+            })
+            .chain([PermitInfo {
+                key: b"amy".to_vec(),
+                seq: 1,
+                granted_ms: 0,
+                expires_ms: Some(9_000),
+            }])
+            .collect();
+        let mut s = store(&heap, t, 2_000);
+        assert!(s.remember_all(&copy));
+        assert_eq!(s.permits(), 4);
+        assert_eq!(s.cached(b"k2", 500), Cached::Fresh(seq(3)), "heard of now, not when granted");
+        assert_eq!(s.cached(b"amy", 500), Cached::Fresh(Held { seq: 1, expires_ms: Some(9_000) }));
+        assert_eq!(s.table().stats.granted.load(Ordering::Relaxed), 1, "copies are not grants");
     }
 
     #[test]
