@@ -12,7 +12,7 @@ export NGINX_SOURCE_DIR NGINX_BUILD_DIR
 
 MODULE := $(BUILD)/modules/ngx_http_flash_sale_module.so
 
-.PHONY: all deps nginx-source build check unit t test run clean
+.PHONY: all deps nginx-source build check unit t test run run-hosts clean
 
 all: build
 
@@ -44,6 +44,10 @@ test: deps
 run: deps build
 	NGINX=$(NGINX) MODULE=$(MODULE) scripts/run
 
+# Two hosts, one sale, through Redis (see "Several hosts" in the README).
+run-hosts: deps build
+	NGINX=$(NGINX) MODULE=$(MODULE) scripts/run-hosts
+
 clean:
 	cargo clean
-	rm -rf $(BUILD) .run t/servroot*
+	rm -rf $(BUILD) .run .run-hosts t/servroot*
