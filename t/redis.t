@@ -18,7 +18,7 @@ use POSIX ();
 use Time::HiRes qw(sleep time);
 use FlashSale::Crowd
     qw(start_nginx stop_nginx crowd crowd_port fetch_at send_body error_log start_redis stop_redis
-       redis_cli);
+       redis_cli reload_nginx);
 
 my $a_port = crowd_port();
 my $b_port = $a_port + 1;
@@ -216,6 +216,21 @@ for my $round (1 .. 5) {
     sleep 0.3;
     is(fetch_at($b_port, '/sale?user=bob')->{sale}, 'ADMITTED', 'release: bob takes the slot on B')
         or diag error_log('a');
+    stop_nginx($_) for qw(a b);
+}
+
+# nginx -s reload on a host: its winners still pass, and the numbering goes on from Redis.
+{
+    start_hosts(prefix => 'reload:', ratio => 0, cap => 5, extra => 'cache=10s');
+    is(fetch_at($a_port, '/sale?user=r1')->{seq}, 1, 'reload: r1 holds permit 1 (on A)');
+    is(fetch_at($b_port, '/sale?user=r2')->{seq}, 2, 'reload: r2 holds permit 2 (on B)');
+    reload_nginx('a');
+    my $res = fetch_at($a_port, '/sale?user=r1');
+    is("$res->{sale} $res->{seq}", 'PERMITTED 1', 'reload: r1 still passes on A, same number');
+    $res = fetch_at($a_port, '/sale?user=r2');
+    is("$res->{sale} $res->{seq}", 'PERMITTED 2', "reload: and so does B's winner");
+    $res = fetch_at($a_port, '/sale?user=r3');
+    is("$res->{sale} $res->{seq}", 'ADMITTED 3', 'reload: the next buyer gets permit 3');
     stop_nginx($_) for qw(a b);
 }
 

@@ -19,7 +19,7 @@ use Time::HiRes qw(sleep time);
 
 use Exporter 'import';
 our @EXPORT_OK = qw(start_nginx stop_nginx crowd crowd_port fetch fetch_at send_body worker_pids kill_nginx
-                    error_log start_redis stop_redis redis_cli);
+                    error_log start_redis stop_redis redis_cli reload_nginx);
 
 my $Base = cwd() . '/t/servroot-crowd';
 our $Root = $Base;
@@ -109,6 +109,33 @@ sub stop_nginx {
     kill 'TERM', $Pid;
     waitpid $Pid, 0;
     undef $Pid;
+}
+
+# `nginx -s reload` for the host of that name: SIGHUP to its master; waits until the old
+# workers are gone and new ones serve.
+sub reload_nginx {
+    my ($name) = @_;
+    my $host = $Hosts{$name} or die "no host $name";
+    my @old = children($host->{pid});
+    kill 'HUP', $host->{pid};
+    my $deadline = time + 10;
+    while (time < $deadline) {
+        my %now = map { $_ => 1 } children($host->{pid});
+        return if !grep({ $now{$_} } @old) && keys %now;
+        sleep 0.05;
+    }
+    die "host $name did not reload";
+}
+
+sub children {
+    my ($parent) = @_;
+    my @children;
+    for my $stat (glob '/proc/[0-9]*/stat') {
+        open my $s, '<', $stat or next;
+        my ($pid, $ppid) = (split ' ', scalar <$s>)[0, 3];
+        push @children, $pid if $ppid == $parent;
+    }
+    return @children;
 }
 
 # The error log of the host of that name, or of the default one.
@@ -242,16 +269,7 @@ sub master_pid {
 }
 
 # The master's children (the workers), from /proc.
-sub worker_pids {
-    my $master = master_pid();
-    my @children;
-    for my $stat (glob '/proc/[0-9]*/stat') {
-        open my $s, '<', $stat or next;
-        my ($pid, $ppid) = (split ' ', scalar <$s>)[0, 3];
-        push @children, $pid if $ppid == $master;
-    }
-    return @children;
-}
+sub worker_pids { children(master_pid()) }
 
 # SIGKILL to the master and every worker at once, as a crash would do.
 sub kill_nginx {
