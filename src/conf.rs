@@ -609,7 +609,7 @@ unsafe fn read_conf_file(
 }
 
 /// `flash_sale_redis zone=NAME server=HOST:PORT [password=FILE] [timeout=TIME] [prefix=STRING]
-/// [on_error=closed|open] [cache=TIME];`
+/// [on_error=closed|open] [cache=TIME] [threads=NAME];`
 unsafe extern "C" fn set_redis(
     cf: *mut ngx_conf_t,
     _cmd: *mut ngx_command_t,
@@ -657,9 +657,20 @@ unsafe extern "C" fn set_redis(
         let password = String::from_utf8_lossy(&contents);
         settings.password = Some(password.trim_end_matches(['\n', '\r']).to_string());
     }
-    // nginx's own "default" pool (32 threads unless a `thread_pool default` says otherwise).
-    // SAFETY: `cf` is valid during parsing; a null name asks for the default pool.
-    let Some(threads) = NonNull::new(unsafe { ngx_thread_pool_add(cf, ptr::null_mut()) }) else {
+    // nginx's "default" pool (32 threads unless `thread_pool default` says otherwise), or the
+    // one `threads=` names, which a `thread_pool` directive must declare, as for `aio threads=`.
+    let mut pool_name = match &settings.threads {
+        // SAFETY: `cf->pool` is the cycle's pool, alive as long as this configuration.
+        Some(name) => match unsafe { ngx_str_t::from_bytes((*cf).pool, name.as_bytes()) } {
+            Some(name) => Some(name),
+            None => return NGX_CONF_ERROR,
+        },
+        None => None,
+    };
+    let name_ptr = pool_name.as_mut().map_or(ptr::null_mut(), |name| name as *mut ngx_str_t);
+    // SAFETY: `cf` is valid during parsing; nginx keeps the name's bytes, which live in the
+    // cycle's pool; a null name asks for the default pool.
+    let Some(threads) = NonNull::new(unsafe { ngx_thread_pool_add(cf, name_ptr) }) else {
         return NGX_CONF_ERROR;
     };
     // SAFETY: `cf->pool` is the cycle's pool, alive as long as this configuration.

@@ -41,6 +41,8 @@ pub struct Settings {
     /// How long a host trusts what Redis told it (a winner's permit, SOLD_OUT) before asking
     /// again; also how soon a revocation on one host is seen by the others.
     pub cache_ms: i64,
+    /// `threads=NAME`: the nginx thread pool the round trips run on; `None` for "default".
+    pub threads: Option<String>,
 }
 
 pub const DEFAULT_TIMEOUT_MS: u64 = 50;
@@ -61,6 +63,7 @@ impl Settings {
             prefix: DEFAULT_PREFIX.to_string(),
             on_error: OnError::Closed,
             cache_ms: DEFAULT_CACHE_MS,
+            threads: None,
         };
         for param in params {
             let invalid = || format!("invalid parameter \"{param}\"");
@@ -94,6 +97,7 @@ impl Settings {
                 "cache" => {
                     settings.cache_ms = parse::duration_ms(value).ok_or_else(invalid)?;
                 }
+                "threads" if !value.is_empty() => settings.threads = Some(value.to_string()),
                 _ => return Err(invalid()),
             }
         }
@@ -624,8 +628,10 @@ mod tests {
             "prefix=shop:",
             "on_error=open",
             "cache=5s",
+            "threads=redis",
         ])
         .unwrap();
+        assert_eq!(s.threads.as_deref(), Some("redis"));
         assert_eq!(s.server(), "redis.local:7000");
         assert_eq!(s.password_file.as_deref(), Some("redis.pass"));
         assert_eq!((s.timeout_ms, s.cache_ms), (200, 5000));
@@ -646,6 +652,7 @@ mod tests {
             "on_error=maybe",
             "cache=-1s",
             "password=",
+            "threads=",
             "colour=blue",
             "server",
         ] {

@@ -595,3 +595,28 @@ qr{cannot read "/nonexistent/redis\.pass" in "flash_sale_redis" directive: No su
 --- must_die
 --- error_log eval
 qr/"flash_sale_redis" directive is not allowed here in \S+nginx\.conf:\d+/
+
+=== TEST 46: Redis on a thread pool nobody declared
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+    flash_sale_redis zone=sale server=127.0.0.1:6379 threads=redis;
+--- config
+    location /sale { flash_sale zone=sale; return 200; }
+--- must_die
+--- error_log eval
+qr/unknown thread pool "redis" in \S+nginx\.conf:\d+/
+
+=== TEST 47: Redis on a thread pool of its own
+--- main_config
+    thread_pool redis threads=4;
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+    flash_sale_redis zone=sale server=127.0.0.1:6379 threads=redis;
+--- config
+    location /open { return 200 "open\n"; }
+--- request
+GET /open
+--- response_body
+open
+--- no_error_log
+[emerg]

@@ -75,8 +75,12 @@ sub start_hosts {
     my $extra = $opt{extra} // '';
     for ([a => $a_port], [b => $b_port]) {
         my ($name, $port) = @$_;
+        # Host a uses nginx's default thread pool, host b one of its own.
+        my ($main, $threads) = $name eq 'b' ? ('thread_pool flash_sale threads=8;',
+                                               ' threads=flash_sale') : ('', '');
         start_nginx(host => $name, port => $port, workers => 2, files => \%files,
-                    log_level => 'info', http => host_config(%opt, port => $port, extra => $extra));
+                    log_level => 'info', main => $main,
+                    http => host_config(%opt, port => $port, extra => $extra . $threads));
     }
 }
 

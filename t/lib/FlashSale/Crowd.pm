@@ -57,12 +57,15 @@ sub start_nginx {
         split ' ', $ENV{TEST_NGINX_LOAD_MODULES} // '';
     my $workers = $opt{workers} // 2;
     my $log_level = $opt{log_level} // 'warn';
+    # Directives of the main context, e.g. `thread_pool`.
+    my $main = $opt{main} // '';
     my $user = $> == 0 ? "user root;\n" : '';
     my $temp = join '', map { "    ${_}_temp_path $Root/${_}_temp;\n" }
         qw(client_body proxy fastcgi uwsgi scgi);
     open my $fh, '>', "$Root/conf/nginx.conf" or die $!;
     print $fh <<"CONF";
 $modules${user}worker_processes $workers;
+$main
 daemon off;
 master_process on;
 error_log logs/error.log $log_level;
