@@ -472,10 +472,8 @@ unsafe fn serve(
     // SAFETY: zone configurations live in the cycle's pool, as long as this location.
     let zones: Vec<&ZoneConf> = main.zones.iter().map(|z| unsafe { z.as_ref() }).collect();
     let find = |name: &str| {
-        zones
-            .iter()
-            .copied()
-            .find(|z| z.name().as_bytes() == name.as_bytes())
+        // SAFETY: see the function's contract.
+        unsafe { zone_named(r, name) }
             .ok_or_else(|| ApiError::new(404, format!("no zone \"{name}\"")))
     };
     let not_allowed = || Err(ApiError::new(405, "method not allowed here"));

@@ -179,14 +179,13 @@ unsafe fn gate(r: *mut ngx_http_request_t) -> ngx_int_t {
     let Some(key) = (unsafe { request_key(r, zone) }) else {
         return SERVER_ERROR;
     };
-    let (Some(table), Some(slab)) = (zone.table, zone.slab()) else {
-        return SERVER_ERROR;
-    };
-
     if zone.redis.is_some() {
         // SAFETY: `r` is live, in its precontent phase.
         return unsafe { redis_gate::gate(r, lcf, zone_ptr, key) };
     }
+    let (Some(table), Some(slab)) = (zone.table, zone.slab()) else {
+        return SERVER_ERROR;
+    };
 
     let now = now_ms();
     // SAFETY: `table` was created in this zone's slab pool by `init_zone`.

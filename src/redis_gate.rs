@@ -73,6 +73,7 @@ pub unsafe fn gate(
             // SAFETY: `r` is live, in its precontent phase.
             Step::Decided(verdict) => return unsafe { conclude(&g, verdict) },
             Step::Recheck => true,
+            Step::Admit if sale.block_ratio.can_block() => false,
             Step::Admit => {
                 // A ratio of 0 draws nobody and so looks nothing up first: the cache, now.
                 let known = match store.cached(key, cache_ms) {
@@ -223,13 +224,17 @@ unsafe fn decide_with_reply(
                     consequence
                 );
             }
-            if let Command::DrawSecret { .. } = command {
-                // Nobody has drawn yet: draw with this host's own secret, Redis being down.
-                // SAFETY: `r` is live, in its precontent phase.
-                return unsafe { gate(r, lcf, zone_ptr, key) };
-            }
+            // What the request goes on with depends on what it was waiting for.
             // SAFETY: `r` is live, in its precontent phase.
-            return unsafe { without_redis(&g) };
+            return unsafe {
+                match command {
+                    // Nobody has drawn yet: draw with this host's own secret.
+                    Command::DrawSecret { .. } => gate(r, lcf, zone_ptr, key),
+                    // Redis had already said SOLD_OUT; only the copy is missing.
+                    Command::Permits { .. } => conclude(&g, Outcome::SoldOut.into()),
+                    _ => without_redis(&g),
+                }
+            };
         }
     };
     if let Change::CameBack { down_ms } = link.answered(asked_ms, now) {
