@@ -16,6 +16,7 @@ proptest! {
         let _ = parse::reject_status(&s);
         let _ = parse::size(&s);
         let _ = parse::duration_ms(&s);
+        let _ = parse::duration_or_zero_ms(&s);
         let _ = parse::log_level(&s);
         let _ = parse::lone_variable(&s);
         let _ = parse::zone_name_size(&s);

@@ -134,6 +134,16 @@ pub fn duration_ms(s: &str) -> Option<i64> {
     (ms > 0).then_some(ms)
 }
 
+/// As [`duration_ms`], and also no time at all (`0`, `0s`, `0ms` ...), for settings where
+/// zero means "never wait" or "never keep".
+pub fn duration_or_zero_ms(s: &str) -> Option<i64> {
+    let zero = s.trim_start_matches('0');
+    if s.starts_with('0') && matches!(zero, "" | "ms" | "s" | "m" | "h" | "d") {
+        return Some(0);
+    }
+    duration_ms(s)
+}
+
 /// Parses the arguments of `flash_sale_draw`: `per_request`, or `per_key [interval]`.
 pub fn draw_mode(args: &[&str]) -> Option<crate::sale::DrawMode> {
     use crate::sale::DrawMode;
@@ -302,6 +312,13 @@ mod tests {
         assert_eq!(duration_ms("2h"), Some(7_200_000));
         assert_eq!(duration_ms("1d"), Some(86_400_000));
         assert_eq!(duration_ms("250ms"), Some(250));
+        for zero in ["0", "0s", "0ms", "00m"] {
+            assert_eq!(duration_or_zero_ms(zero), Some(0), "{zero:?}");
+        }
+        assert_eq!(duration_or_zero_ms("2s"), Some(2_000));
+        for bad in ["", "s", "-0", "0x", "0 s"] {
+            assert_eq!(duration_or_zero_ms(bad), None, "{bad:?}");
+        }
         for bad in ["", "0", "0s", "-1m", "10x", "m", "1.5m", "10 m", "99999999999999999999d"] {
             assert_eq!(duration_ms(bad), None, "{bad:?} must be refused");
         }

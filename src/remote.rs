@@ -50,6 +50,9 @@ pub const DEFAULT_CACHE_MS: i64 = 1000;
 pub const DEFAULT_PREFIX: &str = "flash_sale:";
 /// While Redis is down, one request per host tries it again this often.
 pub const RETRY_MS: i64 = 1000;
+/// A host reads the sale's overrides once per cache time, and at most this often: they change
+/// by hand, and a short cache (or none) is about permits.
+pub const OVERRIDES_MIN_MS: i64 = 1000;
 
 impl Settings {
     /// Parses the directive's parameters after `zone=NAME`; the error names the bad one.
@@ -83,8 +86,7 @@ impl Settings {
                 }
                 "password" if !value.is_empty() => settings.password_file = Some(value.into()),
                 "timeout" => {
-                    let ms = parse::duration_ms(value).filter(|&ms| ms > 0).ok_or_else(invalid)?;
-                    settings.timeout_ms = ms as u64;
+                    settings.timeout_ms = parse::duration_ms(value).ok_or_else(invalid)? as u64;
                 }
                 "prefix" => settings.prefix = value.to_string(),
                 "on_error" => {
@@ -95,7 +97,7 @@ impl Settings {
                     }
                 }
                 "cache" => {
-                    settings.cache_ms = parse::duration_ms(value).ok_or_else(invalid)?;
+                    settings.cache_ms = parse::duration_or_zero_ms(value).ok_or_else(invalid)?;
                 }
                 "threads" if !value.is_empty() => settings.threads = Some(value.to_string()),
                 _ => return Err(invalid()),
@@ -565,7 +567,7 @@ impl Link {
     /// Whether this request is the one (per host and cache time) that reads the sale's
     /// overrides from Redis, so that a change made through any host's API reaches this one.
     pub fn claim_overrides(&self, now_ms: i64, cache_ms: i64) -> bool {
-        claim_turn(&self.overrides_at_ms, now_ms, cache_ms.max(1))
+        claim_turn(&self.overrides_at_ms, now_ms, cache_ms.max(OVERRIDES_MIN_MS))
     }
 
     /// The sale's secret for per-key draws, once a host has it from Redis.
@@ -637,6 +639,7 @@ mod tests {
         assert_eq!((s.timeout_ms, s.cache_ms), (200, 5000));
         assert_eq!((s.prefix.as_str(), s.on_error), ("shop:", OnError::Open));
         assert_eq!(Settings::parse(["server=[::1]:6379"]).unwrap().host, "::1");
+        assert_eq!(Settings::parse(["server=h:1", "cache=0"]).unwrap().cache_ms, 0);
     }
 
     #[test]
@@ -750,9 +753,11 @@ mod tests {
         let bad = fields(&[("max_permits", "-1"), ("colour", "blue")]);
         assert_eq!(Overrides::from_fields(&bad), Overrides::default());
         let link = Link::default();
-        assert!(link.claim_overrides(100, 1000));
-        assert!(!link.claim_overrides(500, 1000));
-        assert!(link.claim_overrides(1100, 1000));
+        assert!(link.claim_overrides(100, 2000));
+        assert!(!link.claim_overrides(2000, 2000));
+        assert!(link.claim_overrides(2100, 0), "once per cache time");
+        assert!(!link.claim_overrides(2200, 0), "and at most once a second");
+        assert!(link.claim_overrides(3100, 0));
     }
 
     #[test]

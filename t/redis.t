@@ -337,6 +337,10 @@ for my $round (1 .. 5) {
     my $known = (grep { $_->{port} == $a_port } values %winner)[0];
     is(fetch_at($a_port, $known->{path})->{sale}, 'PERMITTED',
        'outage: a winner the host knows still passes');
+    like(fetch_at($a_port, '/metrics')->{body}, qr/^flash_sale_redis_up\{zone="sale"\} 0$/m,
+         'outage: the metrics say Redis is down');
+    like(fetch_at($a_port, '/api/zones/sale')->{body}, qr/"redis":\{[^}]*"up":false/,
+         'outage: and so does the zone in the API');
 
     start_redis(port => $redis_port, args => \@durable);
     sleep 1.1;
@@ -396,20 +400,37 @@ for my $round (1 .. 5) {
 
 # Redis that does not answer at all: the timeout, then UNAVAILABLE.
 {
-    start_hosts(prefix => 'stopped:', ratio => 0, cap => 10, extra => 'timeout=100ms');
+    start_hosts(prefix => 'stopped:', ratio => 0, cap => 10, extra => 'timeout=100ms cache=500ms');
     is(fetch_at($a_port, '/sale?user=first')->{sale}, 'ADMITTED', 'stopped: admitted first');
+    sleep 0.6;    # past the cache time: what A knows of "first" is stale when Redis stops
     my $pid = redis_cli('-a', $password, 'INFO', 'server') =~ /process_id:(\d+)/ ? $1 : 0;
     kill 'STOP', $pid;
     my $t0 = time;
     my $res = fetch_at($a_port, '/sale?user=second');
     my $took = time - $t0;
+    my $winner = fetch_at($a_port, '/sale?user=first')->{sale};
     kill 'CONT', $pid;
     is($res->{sale}, 'UNAVAILABLE', 'stopped: a new buyer gets UNAVAILABLE');
     is($res->{status}, 503, 'stopped: with the reject status');
     ok($took < 2, sprintf('stopped: answered in %.2f s, not left hanging', $took));
     like(error_log('a'), qr/redis at \S+ failed: .*(timed out|Resource temporarily|os error 11)/i,
          'stopped: the log says it timed out');
-    is(fetch_at($a_port, '/sale?user=first')->{sale}, 'PERMITTED', 'stopped: the winner passes');
+    is($winner, 'PERMITTED', 'stopped: the winner passes, stale as what the host knows is');
+    stop_nginx($_) for qw(a b);
+}
+
+# cache=0: the host asks Redis about every returning winner, and so sees a revocation at once.
+{
+    start_hosts(prefix => 'nocache:', ratio => 0, cap => 10, extra => 'cache=0');
+    is(fetch_at($a_port, '/sale?user=w')->{sale}, 'ADMITTED', 'cache=0: w is admitted on A');
+    is(fetch_at($b_port, '/sale?user=w')->{sale}, 'PERMITTED', 'cache=0: and passes on B');
+    sleep 0.1;    # B's first read of the overrides, a round trip nobody waits for, is in
+    my $calls = metric($b_port, 'flash_sale_redis_calls_total');
+    fetch_at($b_port, '/sale?user=w') for 1 .. 5;
+    is(metric($b_port, 'flash_sale_redis_calls_total') - $calls, 5,
+       'cache=0: five returning visits, five round trips');
+    fetch_at($a_port, '/api/zones/sale/permits/w', 'DELETE');
+    is(fetch_at($b_port, '/sale?user=w')->{seq}, 2, 'cache=0: revoked on A, a new permit on B');
     stop_nginx($_) for qw(a b);
 }
 
