@@ -129,8 +129,10 @@ like($metrics, qr/^flash_sale_tokens_refused_total\{zone="phone"\} 1$/m,
      'metrics: counted in the zone that checked');
 stop_nginx();
 
-# Another host: the same secret, the checkout only, and no permit in its zones.
-start_nginx(workers => 1, files => \%files, http => <<"HTTP");
+# Another host: the checkout only, no permit in its zones, and the secret in `files`.
+sub start_checkout_host {
+    my ($files) = @_;
+    start_nginx(workers => 1, files => $files, http => <<"HTTP");
     flash_sale_zone \$arg_user zone=shop:1m;
     flash_sale_zone \$arg_user zone=phone:1m;
     server {
@@ -138,20 +140,17 @@ start_nginx(workers => 1, files => \%files, http => <<"HTTP");
 $checkout
     }
 HTTP
+}
+
+# Another host with the same secret.
+start_checkout_host(\%files);
 is(fetch('/checkout?user=alice', 'GET', bearer($token))->{status}, 200,
    'another host with the same secret passes alice');
 is(fetch('/checkout?user=bob', 'GET', bearer($token))->{status}, 403, 'and refuses bob with it');
 stop_nginx();
 
 # And a host with another secret refuses them all.
-start_nginx(workers => 1, files => { 'token.key' => $other_secret }, http => <<"HTTP");
-    flash_sale_zone \$arg_user zone=shop:1m;
-    flash_sale_zone \$arg_user zone=phone:1m;
-    server {
-        listen 127.0.0.1:$port;
-$checkout
-    }
-HTTP
+start_checkout_host({ 'token.key' => $other_secret });
 like(fetch('/checkout?user=alice', 'GET', bearer($token))->{body}, qr/^TOKEN_INVALID/,
      'a host with another secret refuses the token');
 stop_nginx();
