@@ -838,13 +838,19 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
 
     /// Revokes the permit of `key`; returns its number, `None` if it held none.
     pub fn revoke(&mut self, key: &[u8]) -> Option<u64> {
+        let seq = self.take(key)?;
+        Stats::count(&self.table().stats.revoked);
+        Some(seq)
+    }
+
+    /// Takes the permit of `key` out of the table; returns its number.
+    fn take(&mut self, key: &[u8]) -> Option<u64> {
         self.with_table(|table, arena| {
             let permit = table.find(table.hash(key), key)?;
             // SAFETY: `permit` was just found in this table, under the lock.
             let seq = unsafe { permit.as_ref() }.seq;
             // SAFETY: as above.
             unsafe { table.remove(arena, permit) };
-            Stats::count(&table.stats.revoked);
             Some(seq)
         })
     }
@@ -906,12 +912,7 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
     /// For a zone kept in Redis: drops what this host knew of `key`'s permit, which Redis no
     /// longer has.
     pub fn forget(&mut self, key: &[u8]) {
-        self.with_table(|table, arena| {
-            if let Some(permit) = table.find(table.hash(key), key) {
-                // SAFETY: `permit` was just found in this table, under the lock.
-                unsafe { table.remove(arena, permit) };
-            }
-        })
+        self.take(key);
     }
 
     /// Revokes every permit; returns how many there were, and the next number (every permit
