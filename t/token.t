@@ -9,7 +9,7 @@ use Test::More;
 use Digest::SHA qw(hmac_sha256);
 use MIME::Base64 qw(encode_base64url decode_base64url);
 use Time::HiRes qw(sleep);
-use FlashSale::Crowd qw(start_nginx stop_nginx crowd_port fetch);
+use FlashSale::Crowd qw(start_nginx stop_nginx crowd_port fetch error_log);
 
 my $port = crowd_port();
 my $secret = '5f0c7a1e9b2d4c6e8a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f';
@@ -29,6 +29,12 @@ my $checkout = <<"CHECKOUT";
         }
         location /other-sale {
             flash_sale_verify zone=phone;
+            proxy_pass http://127.0.0.1:$port/paid;
+        }
+        location /checkout-dry {
+            flash_sale_verify zone=shop;
+            flash_sale_dry_run on;
+            flash_sale_log_level warn;
             proxy_pass http://127.0.0.1:$port/paid;
         }
         location /paid { return 200 "paid\\n"; }
@@ -127,6 +133,11 @@ like($metrics, qr/^flash_sale_tokens_valid_total\{zone="shop"\} 4$/m, 'metrics: 
 like($metrics, qr/^flash_sale_tokens_refused_total\{zone="shop"\} 9$/m, 'metrics: refused tokens');
 like($metrics, qr/^flash_sale_tokens_refused_total\{zone="phone"\} 1$/m,
      'metrics: counted in the zone that checked');
+
+# Dry run: a refusal is logged and counted, and the request goes on.
+is(fetch('/checkout-dry?user=alice')->{body}, "paid\n", 'dry run: no token, and it passes');
+like(error_log(), qr/\[warn\].*flash sale: TOKEN_MISSING in zone "shop", dry run/,
+     'dry run: the refusal is logged as such');
 stop_nginx();
 
 # Another host: the checkout only, no permit in its zones, and the secret in `files`.
