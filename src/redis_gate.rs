@@ -73,22 +73,7 @@ pub unsafe fn gate(
             // SAFETY: `r` is live, in its precontent phase.
             Step::Decided(verdict) => return unsafe { conclude(&g, verdict) },
             Step::Recheck => true,
-            Step::Admit if sale.block_ratio.can_block() => false,
-            Step::Admit => {
-                // A ratio of 0 draws nobody and so looks nothing up first: the cache, now.
-                let known = match store.cached(key, cache_ms) {
-                    Cached::Fresh(held) => Some(passed(Outcome::Permitted, held)),
-                    _ if store.table().link.trusts_sold_out(now, cache_ms) => {
-                        Some(Outcome::SoldOut.into())
-                    }
-                    _ => None,
-                };
-                if let Some(verdict) = known {
-                    // SAFETY: `r` is live, in its precontent phase.
-                    return unsafe { conclude(&g, verdict) };
-                }
-                false
-            }
+            Step::Admit => false,
         };
     if !store.table().link.may_ask(now) {
         // SAFETY: `r` is live, in its precontent phase.

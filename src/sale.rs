@@ -303,6 +303,12 @@ pub enum Registration {
 pub trait PermitLookup {
     /// Does `key` hold a permit, and if not, is there room under the sale's cap?
     fn lookup(&mut self, key: &[u8], sale: &Sale) -> Lookup;
+    /// Whether to look the key up even when nobody is drawn (a ratio of 0). A store whose
+    /// admission repeats the lookup in the same step does not need to; one whose admission is
+    /// a round trip elsewhere does, to spare it for the buyers it already knows.
+    fn lookup_always(&self) -> bool {
+        false
+    }
     /// Registers `key` for the pre-queue's draw at the start.
     fn register(&mut self, key: &[u8]) -> Registration;
 }
@@ -396,14 +402,17 @@ pub fn draw_step(
         Err(Closed::Ended) => return decided(Outcome::Ended),
         Ok(()) => {}
     }
-    if sale.block_ratio.can_block() {
+    let can_block = sale.block_ratio.can_block();
+    if can_block || store.lookup_always() {
         match store.lookup(key, sale) {
             Lookup::Permitted(held) => {
                 return Step::Decided(Verdict { outcome: Outcome::Permitted, permit: Some(held) })
             }
             Lookup::SoldOut => return decided(Outcome::SoldOut),
             Lookup::Recheck => return Step::Recheck,
-            Lookup::Open if sale.block_ratio.blocks(draw()) => return decided(Outcome::Blocked),
+            Lookup::Open if can_block && sale.block_ratio.blocks(draw()) => {
+                return decided(Outcome::Blocked)
+            }
             Lookup::Open => {}
         }
     }
@@ -738,6 +747,9 @@ mod tests {
         fn lookup(&mut self, _key: &[u8], _sale: &Sale) -> Lookup {
             self.0
         }
+        fn lookup_always(&self) -> bool {
+            true
+        }
         fn register(&mut self, _key: &[u8]) -> Registration {
             Registration::Registered
         }
@@ -762,6 +774,21 @@ mod tests {
             draw_step(&closed, b"k", 0, never_drawn, &mut Remote(Lookup::Recheck)),
             Step::Decided(Outcome::NotStarted.into())
         );
+    }
+
+    #[test]
+    fn a_store_that_admits_elsewhere_is_asked_first_even_at_ratio_zero() {
+        let s = sale(0.0, None);
+        let held = Held { seq: 4, expires_ms: None };
+        assert_eq!(
+            draw_step(&s, b"k", 0, never_drawn, &mut Remote(Lookup::Permitted(held))),
+            Step::Decided(Verdict { outcome: Outcome::Permitted, permit: Some(held) })
+        );
+        assert_eq!(
+            draw_step(&s, b"k", 0, never_drawn, &mut Remote(Lookup::SoldOut)),
+            Step::Decided(Outcome::SoldOut.into())
+        );
+        assert_eq!(draw_step(&s, b"k", 0, never_drawn, &mut Remote(Lookup::Open)), Step::Admit);
     }
 
     #[test]

@@ -964,6 +964,10 @@ impl<S: Shared> PermitLookup for RemoteView<'_, '_, S> {
     fn register(&mut self, key: &[u8]) -> Registration {
         self.store.register(key)
     }
+
+    fn lookup_always(&self) -> bool {
+        true
+    }
 }
 
 impl<S: Shared> PermitLookup for ZoneStore<'_, S> {
