@@ -120,7 +120,14 @@ fn ttl(value: &Value) -> Result<Option<i64>, ApiError> {
             let seconds = n.as_u64().filter(|&s| s > 0 && s < 1 << 40).ok_or_else(bad)?;
             Ok(Some(seconds as i64 * 1000))
         }
-        Value::String(s) => parse::duration_ms(s).map(Some).ok_or_else(bad),
+        Value::String(s) => parse::duration_ms(s).map(Some).ok_or_else(|| {
+            ApiError::new(
+                400,
+                format!(
+                    "invalid ttl \"{s}\": expected seconds, or a time such as \"10m\" or \"1h30m\""
+                ),
+            )
+        }),
         _ => Err(bad()),
     }
 }

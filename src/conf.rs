@@ -306,6 +306,23 @@ unsafe fn set_field<T>(
     parse: impl FnOnce(&str) -> Option<T>,
     complaint: &str,
 ) -> *mut c_char {
+    let parse = |value: &str| parse(value).ok_or_else(|| value.to_owned());
+    // SAFETY: see the function's contract.
+    unsafe { set_field_quoting(cf, conf, field, parse, complaint) }
+}
+
+/// As [`set_field`], for directives with several words: `parse` gets them joined by spaces
+/// and, when it refuses them, names the word that is wrong, which the error quotes.
+///
+/// # Safety
+/// The arguments are those nginx passes to a directive handler whose `conf` is a [`LocConf`].
+unsafe fn set_field_quoting<T>(
+    cf: *mut ngx_conf_t,
+    conf: *mut c_void,
+    field: impl FnOnce(&mut LocConf) -> &mut Option<T>,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+    complaint: &str,
+) -> *mut c_char {
     // SAFETY: `conf` is this module's location configuration (NGX_HTTP_LOC_CONF_OFFSET).
     let lcf = unsafe { &mut *conf.cast::<LocConf>() };
     // SAFETY: see the function's contract.
@@ -314,16 +331,19 @@ unsafe fn set_field<T>(
     if slot.is_some() {
         return c"is duplicate".as_ptr().cast_mut();
     }
-    let Some(value) = parse(text(&args[1])) else {
-        ngx_conf_log_error!(
-            NGX_LOG_EMERG,
-            cf,
-            "invalid value \"{}\" in \"{}\" directive, {}",
-            args[1],
-            args[0],
-            complaint
-        );
-        return NGX_CONF_ERROR;
+    let value = match parse(text(&args[1])) {
+        Ok(value) => value,
+        Err(bad) => {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "invalid value \"{}\" in \"{}\" directive, {}",
+                bad,
+                args[0],
+                complaint
+            );
+            return NGX_CONF_ERROR;
+        }
     };
     *slot = Some(value);
     if lcf.window_is_empty() {
@@ -342,6 +362,8 @@ unsafe fn set_field<T>(
 
 const EMPTY_WINDOW: &str =
     "an empty sale window: \"flash_sale_end\" must be after \"flash_sale_start\"";
+
+const TIME_HINT: &str = "expected a time such as 30s, 10m, 1h30m or 500ms";
 
 const RFC3339_HINT: &str = "expected an RFC 3339 time such as 2021-08-08T00:00:00Z";
 
@@ -374,18 +396,8 @@ field_directive!(
     parse::reject_status,
     "expected a status from 400 to 599"
 );
-field_directive!(
-    set_permit_ttl,
-    permit_ttl_ms,
-    parse::duration_ms,
-    "expected a time such as 30s, 10m or 1h"
-);
-field_directive!(
-    set_prequeue,
-    prequeue_ms,
-    parse::duration_ms,
-    "expected a time such as 5m or 30s"
-);
+field_directive!(set_permit_ttl, permit_ttl_ms, parse::duration_ms, TIME_HINT);
+field_directive!(set_prequeue, prequeue_ms, parse::duration_ms, TIME_HINT);
 field_directive!(set_dry_run, dry_run, parse::flag, "expected \"on\" or \"off\"");
 field_directive!(
     set_log_level,
@@ -401,13 +413,10 @@ unsafe extern "C" fn set_draw(
 ) -> *mut c_char {
     // SAFETY: called by nginx as a location directive handler.
     let words: Vec<&str> = unsafe { args(cf) }[1..].iter().map(text).collect();
-    let value = words.join(" ");
-    let mode = |_: &str| parse::draw_mode(&words);
-    let hint = format!(
-        "expected per_request, or per_key with an optional interval such as 30s (got \"{value}\")"
-    );
+    let mode = |_: &str| parse::draw_mode(&words).map_err(str::to_owned);
+    let hint = "expected per_request, or per_key with an optional interval such as 30s";
     // SAFETY: called by nginx as a location directive handler.
-    unsafe { set_field(cf, conf, |c| &mut c.draw, mode, &hint) }
+    unsafe { set_field_quoting(cf, conf, |c| &mut c.draw, mode, hint) }
 }
 
 unsafe extern "C" fn set_release_header(

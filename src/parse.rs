@@ -117,43 +117,94 @@ pub fn reject_status(s: &str) -> Option<u16> {
     (400..=599).contains(&status).then_some(status)
 }
 
-/// Parses a time span as nginx writes it (`30s`, `10m`, `2h`, `1d`, `500ms`; bare seconds)
-/// into milliseconds; more than zero.
-pub fn duration_ms(s: &str) -> Option<i64> {
-    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
-    let (number, unit) = s.split_at(digits);
-    let scale = match unit {
-        "ms" => 1,
-        "" | "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return None,
-    };
-    let ms = number.parse::<i64>().ok()?.checked_mul(scale)?;
-    (ms > 0).then_some(ms)
+/// Parses a time exactly as nginx parses its millisecond settings (`send_timeout`,
+/// `proxy_read_timeout`, ...): `ngx_parse_time(line, 0)` in nginx's src/core/ngx_parse.c.
+/// Units `w`, `d`, `h`, `m`, `s`, `ms`, each at most once and from the largest down
+/// (`1h30m`, `"1h 30m"`, `1w`, `500ms`); a bare number is seconds; spaces may follow a unit,
+/// and a space after a bare number makes it seconds. Returns milliseconds, 0 or more; `None`
+/// for anything nginx refuses, an overflow included.
+///
+/// Written here rather than calling nginx's function because the pure layers (the admin API's
+/// `ttl`, the Redis settings) parse times in `cargo test`, where nginx's C code is not linked;
+/// t/time.t holds it to nginx's own parser value by value.
+pub fn time_ms(s: &str) -> Option<i64> {
+    // The unit steps in nginx's order; a unit may only follow a larger one.
+    #[derive(Clone, Copy, PartialEq, PartialOrd)]
+    enum Step {
+        // nginx starts millisecond times here, so that years and months (`y`, `M`) are refused.
+        Month,
+        Week,
+        Day,
+        Hour,
+        Min,
+        Sec,
+        Msec,
+        Last,
+    }
+    let mut step = Step::Month;
+    let (mut value, mut total, mut valid) = (0i64, 0i64, false);
+    let mut bytes = s.as_bytes().iter().peekable();
+    while let Some(&c) = bytes.next() {
+        if c.is_ascii_digit() {
+            value = value.checked_mul(10)?.checked_add(i64::from(c - b'0'))?;
+            valid = true;
+            continue;
+        }
+        let (next, scale) = match c {
+            b'w' => (Step::Week, 7 * 86_400_000),
+            b'd' => (Step::Day, 86_400_000),
+            b'h' => (Step::Hour, 3_600_000),
+            b'm' if bytes.peek() == Some(&&b's') => {
+                bytes.next();
+                (Step::Msec, 1)
+            }
+            b'm' => (Step::Min, 60_000),
+            b's' => (Step::Sec, 1_000),
+            // A space ends a bare number of seconds; nothing may follow but another number.
+            b' ' if step < Step::Sec => (Step::Last, 1_000),
+            _ => return None,
+        };
+        if next <= step {
+            return None;
+        }
+        step = next;
+        total = total.checked_add(value.checked_mul(scale)?)?;
+        value = 0;
+        while bytes.peek() == Some(&&b' ') {
+            bytes.next();
+        }
+    }
+    if !valid {
+        return None;
+    }
+    total.checked_add(value.checked_mul(1_000)?)
 }
 
-/// As [`duration_ms`], and also no time at all (`0`, `0s`, `0ms` ...), for settings where
-/// zero means "never wait" or "never keep".
+/// A time as [`time_ms`] reads it, for settings where zero would mean nothing: more than 0 ms.
+pub fn duration_ms(s: &str) -> Option<i64> {
+    time_ms(s).filter(|&ms| ms > 0)
+}
+
+/// As [`time_ms`]: no time at all (`0`, `0s`, `0ms` ...) is allowed, for settings where zero
+/// means "never wait" or "never keep".
 pub fn duration_or_zero_ms(s: &str) -> Option<i64> {
-    let zero = s.trim_start_matches('0');
-    if s.starts_with('0') && matches!(zero, "" | "ms" | "s" | "m" | "h" | "d") {
-        return Some(0);
-    }
-    duration_ms(s)
+    time_ms(s)
 }
 
 /// Parses the arguments of `flash_sale_draw`: `per_request`, or `per_key [interval]`.
-pub fn draw_mode(args: &[&str]) -> Option<crate::sale::DrawMode> {
+/// Errors: the word that is wrong, so that `nginx -t` can quote it.
+pub fn draw_mode<'a>(args: &[&'a str]) -> Result<crate::sale::DrawMode, &'a str> {
     use crate::sale::DrawMode;
-    match args {
-        ["per_request"] => Some(DrawMode::PerRequest),
-        ["per_key"] => Some(DrawMode::PerKey { interval_ms: None }),
+    match *args {
+        ["per_request"] => Ok(DrawMode::PerRequest),
+        ["per_key"] => Ok(DrawMode::PerKey { interval_ms: None }),
         ["per_key", interval] => {
-            Some(DrawMode::PerKey { interval_ms: Some(duration_ms(interval)?) })
+            let interval_ms = duration_ms(interval).ok_or(interval)?;
+            Ok(DrawMode::PerKey { interval_ms: Some(interval_ms) })
         }
-        _ => None,
+        ["per_request", extra, ..] | ["per_key", _, extra, ..] => Err(extra),
+        [mode, ..] => Err(mode),
+        [] => Err(""),
     }
 }
 
@@ -325,18 +376,74 @@ mod tests {
     }
 
     #[test]
+    fn times_as_nginx_reads_them() {
+        for (text, ms) in [
+            ("1h30m", 5_400_000),
+            ("1h 30m", 5_400_000),
+            ("1h   30m 15s", 5_415_000),
+            ("1w", 604_800_000),
+            ("1w2d", 777_600_000),
+            ("500ms", 500),
+            ("1s500ms", 1_500),
+            ("1m 30s", 90_000),
+            ("90", 90_000),
+            ("1h5", 3_605_000),
+            ("5 ", 5_000),
+            ("1 2", 3_000),
+            ("0", 0),
+            ("9223372036854775ms", 9_223_372_036_854_775),
+            ("15250284452w", 15_250_284_452 * 604_800_000),
+            ("9223372036854775807ms", i64::MAX),
+        ] {
+            assert_eq!(time_ms(text), Some(ms), "{text:?}");
+        }
+        for bad in [
+            "",
+            " ",
+            "h",
+            "1y",
+            "1M",
+            "30m1h",
+            "1h1h",
+            "1ms1s",
+            "1s 2 ",
+            "1 s",
+            "1.5h",
+            "-1s",
+            "+1s",
+            "1H",
+            "1h\t30m",
+            "1 2 3",
+            "9223372036854775808ms",
+            "9223372036854776",
+            "15250284453w",
+            "9223372036854775807ms1ms",
+        ] {
+            assert_eq!(time_ms(bad), None, "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
     fn draw_modes() {
         use crate::sale::DrawMode;
-        assert_eq!(draw_mode(&["per_request"]), Some(DrawMode::PerRequest));
-        assert_eq!(draw_mode(&["per_key"]), Some(DrawMode::PerKey { interval_ms: None }));
+        assert_eq!(draw_mode(&["per_request"]), Ok(DrawMode::PerRequest));
+        assert_eq!(draw_mode(&["per_key"]), Ok(DrawMode::PerKey { interval_ms: None }));
         assert_eq!(
             draw_mode(&["per_key", "30s"]),
-            Some(DrawMode::PerKey { interval_ms: Some(30_000) })
+            Ok(DrawMode::PerKey { interval_ms: Some(30_000) })
         );
-        for bad in
-            [&["per_key", "0s"][..], &["per_request", "30s"], &["per_ip"], &["per_key", "soon"]]
-        {
-            assert_eq!(draw_mode(bad), None, "{bad:?}");
+        assert_eq!(
+            draw_mode(&["per_key", "1m 30s"]),
+            Ok(DrawMode::PerKey { interval_ms: Some(90_000) })
+        );
+        for (bad, word) in [
+            (&["per_key", "0s"][..], "0s"),
+            (&["per_request", "30s"], "30s"),
+            (&["per_ip"], "per_ip"),
+            (&["per_key", "soon"], "soon"),
+            (&["per_key", "1m", "30s"], "30s"),
+        ] {
+            assert_eq!(draw_mode(bad), Err(word), "{bad:?}");
         }
     }
 
