@@ -535,7 +535,8 @@ pub unsafe fn recorded(r: *mut ngx_http_request_t) -> Option<Decision> {
 
 /// Answers a rejection: the status, `Cache-Control: no-store`, `Retry-After` when given (the
 /// seconds to the start), and either the location's `error_page` for that status or the
-/// one-line plain-text `message`.
+/// one-line plain-text `message`. A status nginx answers by closing the connection (444, 408,
+/// 499) is handed to nginx as `limit_req` hands it, and nothing is sent.
 ///
 /// # Safety
 /// `r` is a live request whose response has not started.
@@ -545,6 +546,9 @@ unsafe fn reject(
     message: &'static str,
     retry_after: Option<i64>,
 ) -> ngx_int_t {
+    if Outcome::closes_connection(status) {
+        return status as ngx_int_t;
+    }
     // SAFETY: see the function's contract.
     unsafe {
         if ngx_http_discard_request_body(r) != NGX_OK as ngx_int_t {

@@ -108,6 +108,15 @@ impl Outcome {
         }
     }
 
+    /// Whether nginx answers `status` by closing the connection with nothing sent: a handler
+    /// that returns 444 (`NGX_HTTP_CLOSE`), 408 (`NGX_HTTP_REQUEST_TIME_OUT`) or 499
+    /// (`NGX_HTTP_CLIENT_CLOSED_REQUEST`) has its request terminated, logged with that status,
+    /// by `ngx_http_finalize_request` (nginx's src/http/ngx_http_request.c). This is what
+    /// `limit_req_status 444` does, and so does `flash_sale_reject_status 444`.
+    pub const fn closes_connection(status: u16) -> bool {
+        matches!(status, 408 | 444 | 499)
+    }
+
     /// The short plain-text body sent with a rejection.
     pub const fn message(self) -> &'static str {
         match self {
@@ -538,6 +547,16 @@ mod tests {
 
     fn never_drawn() -> f64 {
         panic!("the draw must not run here")
+    }
+
+    #[test]
+    fn statuses_nginx_answers_by_closing() {
+        for status in [444, 408, 499] {
+            assert!(Outcome::closes_connection(status), "{status}");
+        }
+        for status in [400, 403, 429, 503, 599] {
+            assert!(!Outcome::closes_connection(status), "{status}");
+        }
     }
 
     #[test]

@@ -186,7 +186,7 @@ keeps the client's escapes, so the key "bob%2Fsmith" is addressed as bob%252Fsmi
 ["", "", "", "", "", "", "", "Allow: GET, HEAD, POST, DELETE", "Allow: GET, HEAD", "", "", ""]
 --- response_body_like eval
 [qr/^\{"error":"malformed JSON: /, qr/"error":"expected a JSON array of keys"/,
- qr/"error":"ttl is a number of seconds/, qr/"error":"no zone \\"nosuch\\""/,
+ qr/"error":"invalid ttl \\"forever\\": expected seconds/, qr/"error":"no zone \\"nosuch\\""/,
  qr/"error":"block_ratio: expected a number from 0 to 1 or null"/,
  qr/"error":"end must be after start"/, qr/"error":"unknown field \\"colour\\""/,
  qr/"error":"method not allowed here"/, qr/"error":"method not allowed here"/,
