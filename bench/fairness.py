@@ -121,7 +121,12 @@ def prequeue_draw(n):
     start = time.time() + 1.0
     stamp = datetime.fromtimestamp(start, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
     conn = http.client.HTTPConnection("127.0.0.1", PORT)
-    conn.request("PATCH", f"/api/zones/drop{n}", body=json.dumps({"start": stamp + "Z"}))
+    conn.request(
+        "PATCH",
+        f"/api/zones/drop{n}",
+        body=json.dumps({"start": stamp + "Z"}),
+        headers={"Content-Type": "application/json"},
+    )
     conn.getresponse().read()
     time.sleep(max(0.0, start - time.time()) + 0.05)
     first, _ = timed(f"/drop{n}?user=late-1")

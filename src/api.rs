@@ -1,7 +1,9 @@
 //! The admin API's requests and answers, in plain Rust: routes, query strings, JSON bodies.
 //! The glue (`endpoints.rs`) reads the request, calls the zone, and sends what this builds.
 
-use serde_json::{json, Value};
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::{DecodePaddingMode, Engine};
+use serde_json::{json, Map, Value};
 
 use crate::parse;
 use crate::remote::Reply;
@@ -37,8 +39,12 @@ impl ApiError {
 pub const MAX_PAGE: usize = 1000;
 pub const DEFAULT_PAGE: usize = 100;
 
-/// Routes a raw (still percent-encoded) path relative to the API's location.
-pub fn route(path: &[u8]) -> Result<Route, ApiError> {
+/// Routes a raw (still percent-encoded) path relative to the API's location, with its query
+/// string. A permit's key is percent-encoded in the path, or, with `?encoding=base64`, the
+/// key's `key_base64` (any bytes, a zero byte too, which nginx refuses in a path as `%00`).
+/// A query parameter the route does not take is refused (400), so that a mistyped one never
+/// widens what a request does (`DELETE zones/NAME/permits?encodng=base64` revokes nothing).
+pub fn route(path: &[u8], args: &[u8]) -> Result<Route, ApiError> {
     let not_found = || ApiError::new(404, "no such endpoint; try GET zones");
     let path = path.strip_prefix(b"/").unwrap_or(path);
     let parts: Vec<&[u8]> = path.split(|&c| c == b'/').collect();
@@ -47,19 +53,111 @@ pub fn route(path: &[u8]) -> Result<Route, ApiError> {
             percent_decode(raw).ok_or_else(|| ApiError::new(400, "bad percent-encoding"))?;
         String::from_utf8(decoded).map_err(|_| ApiError::new(400, "zone names are UTF-8"))
     };
-    match parts.as_slice() {
-        [b"zones"] | [b"zones", b""] => Ok(Route::Zones),
-        [b"zones", zone] if !zone.is_empty() => Ok(Route::Zone(name(zone)?)),
+    let (route, takes): (Route, &[&[u8]]) = match parts.as_slice() {
+        [b"zones"] | [b"zones", b""] => (Route::Zones, &[]),
+        [b"zones", zone] if !zone.is_empty() => (Route::Zone(name(zone)?), &[]),
         [b"zones", zone, b"permits"] | [b"zones", zone, b"permits", b""] if !zone.is_empty() => {
-            Ok(Route::Permits(name(zone)?))
+            (Route::Permits(name(zone)?), &[b"limit", b"after"])
         }
         [b"zones", zone, b"permits", key] if !zone.is_empty() => {
-            let key =
-                percent_decode(key).ok_or_else(|| ApiError::new(400, "bad percent-encoding"))?;
-            Ok(Route::Permit(name(zone)?, key))
+            let base64 = match query(args).find(|(name, _)| *name == b"encoding") {
+                None => false,
+                Some((_, b"base64")) => true,
+                Some(_) => return Err(ApiError::new(400, "bad encoding: expected base64")),
+            };
+            let key = if base64 {
+                key_from_base64(key).ok_or_else(|| ApiError::new(400, "bad base64 key"))?
+            } else {
+                percent_decode(key).ok_or_else(|| ApiError::new(400, "bad percent-encoding"))?
+            };
+            (Route::Permit(name(zone)?, key), &[b"encoding"])
         }
-        _ => Err(not_found()),
+        _ => return Err(not_found()),
+    };
+    if let Some((unknown, _)) = query(args).find(|(name, _)| !takes.contains(name)) {
+        let unknown = String::from_utf8_lossy(unknown);
+        return Err(ApiError::new(400, format!("unknown parameter \"{unknown}\" here")));
     }
+    Ok(route)
+}
+
+/// The `name=value` pairs of a query string, still percent-encoded.
+fn query(args: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    args.split(|&c| c == b'&').filter(|p| !p.is_empty()).map(|pair| {
+        match pair.iter().position(|&c| c == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &b""[..]),
+        }
+    })
+}
+
+/// Keys in JSON and cursors: base64url without padding (RFC 4648, section 5), which needs no
+/// escaping in a path or a query string; padding is accepted when a client adds it.
+const KEY_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// A key as `key_base64` shows it; lossless for any bytes.
+pub fn key_base64(key: &[u8]) -> String {
+    KEY_BASE64.encode(key)
+}
+
+/// The key a `key_base64` (or a listing's `next`) stands for; `None` if it is not base64url.
+pub fn key_from_base64(text: &[u8]) -> Option<Vec<u8>> {
+    KEY_BASE64.decode(text).ok()
+}
+
+/// The request headers that tell where a request comes from, as the client sent them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Sender<'a> {
+    pub host: Option<&'a [u8]>,
+    pub origin: Option<&'a [u8]>,
+    pub fetch_site: Option<&'a [u8]>,
+    pub content_type: Option<&'a [u8]>,
+}
+
+/// Whether a request that changes something may be served: the defence against other sites'
+/// pages (cross-site request forgery). A browser lets any page send a POST whose body is
+/// `text/plain` or a form to any address, without asking the server first; so a body
+/// (`with_body`: POST, PATCH) must be `Content-Type: application/json`, which another site's
+/// page can only send after a CORS preflight that this API never grants; and a request that
+/// the browser says comes from another site is refused: an `Origin` other than the `Host`
+/// (or `null`), or `Sec-Fetch-Site` other than `same-origin` or `none` (see the Fetch
+/// Metadata and Origin headers in the Fetch standard). `curl` and scripts send neither header.
+///
+/// Errors: 403 for another site, 415 for a body that is not JSON.
+pub fn check_sender(sender: &Sender<'_>, with_body: bool) -> Result<(), ApiError> {
+    let refused = |why: String| ApiError::new(403, format!("refused: {why}"));
+    if let Some(site) = sender.fetch_site {
+        if !site.eq_ignore_ascii_case(b"same-origin") && !site.eq_ignore_ascii_case(b"none") {
+            let site = String::from_utf8_lossy(site);
+            return Err(refused(format!("Sec-Fetch-Site is \"{site}\", not same-origin")));
+        }
+    }
+    if let Some(origin) = sender.origin {
+        let authority = origin
+            .strip_prefix(b"http://")
+            .or_else(|| origin.strip_prefix(b"https://"))
+            .unwrap_or(origin);
+        if !sender.host.is_some_and(|host| host.eq_ignore_ascii_case(authority)) {
+            let origin = String::from_utf8_lossy(origin);
+            return Err(refused(format!("a request from another site (Origin \"{origin}\")")));
+        }
+    }
+    if with_body {
+        let media_type = sender
+            .content_type
+            .and_then(|value| value.split(|&c| c == b';').next())
+            .map(<[u8]>::trim_ascii)
+            .unwrap_or_default();
+        if !media_type.eq_ignore_ascii_case(b"application/json") {
+            return Err(ApiError::new(415, "send the body as Content-Type: application/json"));
+        }
+    }
+    Ok(())
 }
 
 /// Decodes `%XX` escapes; `None` for a malformed one.
@@ -77,7 +175,8 @@ pub fn percent_decode(raw: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// `?limit=N&after=KEY` of a permit listing.
+/// `?limit=N&after=CURSOR` of a permit listing; the cursor is the `next` of the page before
+/// (the last key's `key_base64`).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Page {
     pub limit: usize,
@@ -86,11 +185,7 @@ pub struct Page {
 
 pub fn page(args: &[u8]) -> Result<Page, ApiError> {
     let mut page = Page { limit: DEFAULT_PAGE, after: None };
-    for pair in args.split(|&c| c == b'&').filter(|p| !p.is_empty()) {
-        let (name, value) = match pair.iter().position(|&c| c == b'=') {
-            Some(i) => (&pair[..i], &pair[i + 1..]),
-            None => (pair, &b""[..]),
-        };
+    for (name, value) in query(args) {
         let bad = |what: &str| ApiError::new(400, format!("bad {what}"));
         match name {
             b"limit" => {
@@ -100,7 +195,11 @@ pub fn page(args: &[u8]) -> Result<Page, ApiError> {
                     .ok_or_else(|| bad("limit: a number from 1 to 1000"))?
                     as usize;
             }
-            b"after" => page.after = Some(percent_decode(value).ok_or_else(|| bad("after"))?),
+            b"after" => {
+                let cursor = key_from_base64(value)
+                    .ok_or_else(|| bad("after: expected the \"next\" of the page before"))?;
+                page.after = Some(cursor);
+            }
             _ => {}
         }
     }
@@ -132,7 +231,8 @@ fn ttl(value: &Value) -> Result<Option<i64>, ApiError> {
     }
 }
 
-/// The body of `POST zones/NAME/permits`: `["key", ...]` or `[{"key": "...", "ttl": "10m"}]`.
+/// The body of `POST zones/NAME/permits`: `["key", ...]` or `[{"key": "...", "ttl": "10m"}]`;
+/// `{"key_base64": "..."}` names a key that is not text.
 pub fn grants(body: &[u8]) -> Result<Vec<Grant>, ApiError> {
     let Value::Array(items) = parse_json(body)? else {
         return Err(ApiError::new(400, "expected a JSON array of keys"));
@@ -140,25 +240,33 @@ pub fn grants(body: &[u8]) -> Result<Vec<Grant>, ApiError> {
     if items.is_empty() {
         return Err(ApiError::new(400, "no keys to grant"));
     }
-    let key = |k: &str| -> Result<Vec<u8>, ApiError> {
+    let key = |k: &[u8]| -> Result<Vec<u8>, ApiError> {
         if k.is_empty() || k.len() > crate::sale::MAX_KEY_LEN {
             return Err(ApiError::new(400, "a key is 1 to 1024 bytes"));
         }
-        Ok(k.as_bytes().to_vec())
+        Ok(k.to_vec())
     };
     items
         .iter()
         .map(|item| match item {
-            Value::String(k) => Ok((key(k)?, None)),
+            Value::String(k) => Ok((key(k.as_bytes())?, None)),
             Value::Object(o) => {
-                if let Some(unknown) = o.keys().find(|k| !["key", "ttl"].contains(&k.as_str())) {
+                let known = ["key", "key_base64", "ttl"];
+                if let Some(unknown) = o.keys().find(|k| !known.contains(&k.as_str())) {
                     return Err(ApiError::new(400, format!("unknown field \"{unknown}\"")));
                 }
-                match o.get("key") {
-                    Some(Value::String(k)) => {
-                        Ok((key(k)?, ttl(o.get("ttl").unwrap_or(&Value::Null))?))
+                let ttl = ttl(o.get("ttl").unwrap_or(&Value::Null))?;
+                match (o.get("key"), o.get("key_base64")) {
+                    (Some(Value::String(k)), None) => Ok((key(k.as_bytes())?, ttl)),
+                    (None, Some(Value::String(k))) => {
+                        let bytes = key_from_base64(k.as_bytes())
+                            .ok_or_else(|| ApiError::new(400, "bad key_base64"))?;
+                        Ok((key(&bytes)?, ttl))
                     }
-                    _ => Err(ApiError::new(400, "each object needs a \"key\" string")),
+                    _ => Err(ApiError::new(
+                        400,
+                        "each object needs a \"key\" or a \"key_base64\" string",
+                    )),
                 }
             }
             _ => Err(ApiError::new(400, "each item is a key or an object with a key")),
@@ -223,14 +331,49 @@ pub fn patch(body: &[u8]) -> Result<Patch, ApiError> {
     Ok(patch)
 }
 
-/// A permit as JSON. Keys are shown as text where they are UTF-8, else with escapes.
-pub fn permit_json(p: &PermitInfo) -> Value {
-    json!({
-        "key": String::from_utf8_lossy(&p.key),
-        "seq": p.seq,
-        "granted": rfc3339(p.granted_ms),
-        "expires": p.expires_ms.map(rfc3339),
-    })
+/// What a zone's keys are, for showing them: bytes, or addresses when the key is
+/// `$binary_remote_addr` (4 bytes for IPv4, 16 for IPv6).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeyKind {
+    #[default]
+    Bytes,
+    Address,
+}
+
+impl KeyKind {
+    /// The kind of the keys of a zone whose key expression is `expression`.
+    pub fn of(expression: &[u8]) -> KeyKind {
+        if expression == b"$binary_remote_addr" {
+            KeyKind::Address
+        } else {
+            KeyKind::Bytes
+        }
+    }
+}
+
+/// A key's fields in JSON: `key`, the key as text when it is UTF-8 (else null);
+/// `key_base64`, always, lossless; and for an address key, `address` as text.
+fn key_fields(key: &[u8], kind: KeyKind) -> Map<String, Value> {
+    let mut fields = Map::new();
+    fields.insert("key".into(), json!(core::str::from_utf8(key).ok()));
+    fields.insert("key_base64".into(), json!(key_base64(key)));
+    if kind == KeyKind::Address {
+        let address = match *key {
+            [a, b, c, d] => Some(std::net::Ipv4Addr::new(a, b, c, d).to_string()),
+            _ => <[u8; 16]>::try_from(key).ok().map(|v6| std::net::Ipv6Addr::from(v6).to_string()),
+        };
+        fields.insert("address".into(), json!(address));
+    }
+    fields
+}
+
+/// A permit as JSON: its key's fields, `seq`, `granted` and `expires` (RFC 3339, or null).
+pub fn permit_json(p: &PermitInfo, kind: KeyKind) -> Value {
+    let mut fields = key_fields(&p.key, kind);
+    fields.insert("seq".into(), json!(p.seq));
+    fields.insert("granted".into(), json!(rfc3339(p.granted_ms)));
+    fields.insert("expires".into(), json!(p.expires_ms.map(rfc3339)));
+    Value::Object(fields)
 }
 
 /// What an API request on a zone kept in Redis asked, besides the zone: the permit's key, the
@@ -238,6 +381,7 @@ pub fn permit_json(p: &PermitInfo) -> Value {
 #[derive(Debug, Default)]
 pub struct RemoteAsk {
     pub key: Vec<u8>,
+    pub kind: KeyKind,
     pub page: Option<Page>,
     pub cap: Option<u64>,
 }
@@ -249,14 +393,10 @@ pub fn remote_answer(ask: &RemoteAsk, reply: Reply) -> Result<(u16, Value), ApiE
     match reply {
         Reply::Permit(held) => {
             let held = held.ok_or_else(no_permit)?;
-            Ok((
-                200,
-                json!({
-                    "key": String::from_utf8_lossy(&ask.key),
-                    "seq": held.seq,
-                    "expires": held.expires_ms.map(rfc3339),
-                }),
-            ))
+            let mut fields = key_fields(&ask.key, ask.kind);
+            fields.insert("seq".into(), json!(held.seq));
+            fields.insert("expires".into(), json!(held.expires_ms.map(rfc3339)));
+            Ok((200, Value::Object(fields)))
         }
         Reply::Revoked(seq) => seq.map(|_| (200, json!({ "revoked": 1 }))).ok_or_else(no_permit),
         Reply::Cleared(revoked) => Ok((200, json!({ "revoked": revoked }))),
@@ -271,7 +411,7 @@ pub fn remote_answer(ask: &RemoteAsk, reply: Reply) -> Result<(u16, Value), ApiE
                 None => 0,
             };
             let end = permits.len().min(start.saturating_add(page.limit));
-            Ok((200, page_json(&permits[start..end], page.limit)))
+            Ok((200, page_json(&permits[start..end], page.limit, ask.kind)))
         }
         Reply::Granted { granted, already, permits } => Ok((
             200,
@@ -289,11 +429,11 @@ pub fn remote_answer(ask: &RemoteAsk, reply: Reply) -> Result<(u16, Value), ApiE
     }
 }
 
-/// A page of permits and the cursor of the next one.
-pub fn page_json(permits: &[PermitInfo], limit: usize) -> Value {
-    let next =
-        (permits.len() == limit).then(|| permits.last().map(|p| String::from_utf8_lossy(&p.key)));
-    json!({ "permits": permits.iter().map(permit_json).collect::<Vec<_>>(), "next": next.flatten() })
+/// A page of permits and `next`, the cursor of the next page (null on the last one).
+pub fn page_json(permits: &[PermitInfo], limit: usize, kind: KeyKind) -> Value {
+    let next = (permits.len() == limit).then(|| permits.last().map(|p| key_base64(&p.key)));
+    let permits: Vec<Value> = permits.iter().map(|p| permit_json(p, kind)).collect();
+    json!({ "permits": permits, "next": next.flatten() })
 }
 
 /// Unix milliseconds as RFC 3339 in UTC, with milliseconds.
@@ -310,6 +450,7 @@ mod tests {
 
     #[test]
     fn routes() {
+        let route = |path: &[u8]| route(path, b"");
         assert_eq!(route(b"zones"), Ok(Route::Zones));
         assert_eq!(route(b"/zones/"), Ok(Route::Zones));
         assert_eq!(route(b"zones/laptop"), Ok(Route::Zone("laptop".into())));
@@ -332,13 +473,136 @@ mod tests {
     }
 
     #[test]
+    fn any_key_has_an_address() {
+        // 127.0.0.200 as $binary_remote_addr: zero bytes, and not UTF-8.
+        let key = [127, 0, 0, 200];
+        let address = format!("zones/ip/permits/{}", key_base64(&key));
+        assert_eq!(
+            route(address.as_bytes(), b"encoding=base64"),
+            Ok(Route::Permit("ip".into(), key.to_vec()))
+        );
+        assert_eq!(
+            route(b"zones/ip/permits/fwAAyA==", b"encoding=base64"),
+            Ok(Route::Permit("ip".into(), key.to_vec()))
+        );
+        for (path, args) in [
+            (&b"zones/ip/permits/fwAAyA"[..], &b"encoding=hex"[..]),
+            (b"zones/ip/permits/f*AAyA", b"encoding=base64"),
+            (b"zones/ip/permits/fwAAyA", b"encodng=base64"),
+            (b"zones/ip/permits", b"encoding=base64"),
+            (b"zones/ip", b"limit=1"),
+            (b"zones", b"x"),
+        ] {
+            let refused = route(path, args).unwrap_err();
+            assert_eq!(refused.status, 400, "{:?} {:?}", path, args);
+        }
+        assert_eq!(
+            route(b"zones/ip/permits", b"limit=5&after=fwAAyA"),
+            Ok(Route::Permits("ip".into()))
+        );
+    }
+
+    #[test]
+    fn keys_round_trip_through_json_and_cursors() {
+        for key in [&b"bob"[..], b"\xff1", b"\0", &[127, 0, 0, 200], "caf\u{e9}".as_bytes()] {
+            let p = PermitInfo { key: key.to_vec(), seq: 1, granted_ms: 0, expires_ms: None };
+            let json = permit_json(&p, KeyKind::Bytes);
+            let b64 = json["key_base64"].as_str().unwrap();
+            assert_eq!(key_from_base64(b64.as_bytes()).as_deref(), Some(key));
+            assert_eq!(json["key"], json!(core::str::from_utf8(key).ok()));
+            let next = page_json(&[p], 1, KeyKind::Bytes)["next"].as_str().unwrap().to_owned();
+            let after = page(format!("after={next}").as_bytes()).unwrap().after;
+            assert_eq!(after.as_deref(), Some(key));
+        }
+        // Two addresses that the old lossy text showed alike are told apart.
+        let a = permit_json(
+            &PermitInfo { key: vec![127, 0, 0, 200], seq: 1, granted_ms: 0, expires_ms: None },
+            KeyKind::Address,
+        );
+        let b = permit_json(
+            &PermitInfo { key: vec![127, 0, 0, 201], seq: 2, granted_ms: 0, expires_ms: None },
+            KeyKind::Address,
+        );
+        assert_eq!(
+            (a["address"].as_str(), b["address"].as_str()),
+            (Some("127.0.0.200"), Some("127.0.0.201"))
+        );
+        assert_ne!(a["key_base64"], b["key_base64"]);
+        let v6 = permit_json(
+            &PermitInfo {
+                key: vec![0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                seq: 3,
+                granted_ms: 0,
+                expires_ms: None,
+            },
+            KeyKind::Address,
+        );
+        assert_eq!(v6["address"], "2001:db8::1");
+        assert_eq!(KeyKind::of(b"$binary_remote_addr"), KeyKind::Address);
+        assert_eq!(KeyKind::of(b"$remote_addr"), KeyKind::Bytes);
+    }
+
+    #[test]
+    fn other_sites_pages_cannot_change_anything() {
+        let json = Some(&b"application/json"[..]);
+        let curl =
+            Sender { host: Some(b"127.0.0.1:8080"), content_type: json, ..Sender::default() };
+        assert_eq!(check_sender(&curl, true), Ok(()));
+        assert_eq!(check_sender(&Sender { content_type: None, ..curl }, false), Ok(()));
+        for content_type in [&b"application/json; charset=utf-8"[..], b"Application/JSON"] {
+            let sender = Sender { content_type: Some(content_type), ..curl };
+            assert_eq!(check_sender(&sender, true), Ok(()));
+        }
+        let same_page = Sender {
+            origin: Some(b"http://127.0.0.1:8080"),
+            fetch_site: Some(b"same-origin"),
+            ..curl
+        };
+        assert_eq!(check_sender(&same_page, true), Ok(()));
+        // What a form on another site can send without a preflight.
+        for content_type in [
+            &b"text/plain"[..],
+            b"application/x-www-form-urlencoded",
+            b"multipart/form-data; boundary=x",
+            b"text/plain; a=application/json",
+        ] {
+            let form = Sender { content_type: Some(content_type), ..curl };
+            assert_eq!(check_sender(&form, true).unwrap_err().status, 415);
+        }
+        assert_eq!(
+            check_sender(&Sender { content_type: None, ..curl }, true).unwrap_err().status,
+            415
+        );
+        for (origin, site) in [
+            (Some(&b"http://evil.example"[..]), None),
+            (Some(b"null"), None),
+            (Some(b"http://127.0.0.1:8081"), None),
+            (None, Some(&b"cross-site"[..])),
+            (None, Some(b"same-site")),
+            (Some(b"http://127.0.0.1:8080"), Some(b"cross-site")),
+        ] {
+            let sender = Sender { origin, fetch_site: site, ..curl };
+            assert_eq!(
+                check_sender(&sender, false).unwrap_err().status,
+                403,
+                "{origin:?} {site:?}"
+            );
+            assert_eq!(check_sender(&sender, true).unwrap_err().status, 403);
+        }
+        let no_host = Sender { host: None, origin: Some(b"http://127.0.0.1:8080"), ..curl };
+        assert_eq!(check_sender(&no_host, false).unwrap_err().status, 403);
+    }
+
+    #[test]
     fn pages() {
         assert_eq!(page(b""), Ok(Page { limit: 100, after: None }));
         assert_eq!(
-            page(b"limit=2&after=a%20b"),
+            page(b"limit=2&after=YSBi"),
             Ok(Page { limit: 2, after: Some(b"a b".to_vec()) })
         );
-        for bad in [&b"limit=0"[..], b"limit=1001", b"limit=-1", b"limit=x", b"after=%z"] {
+        for bad in
+            [&b"limit=0"[..], b"limit=1001", b"limit=-1", b"limit=x", b"after=%z", b"after=a b"]
+        {
             assert_eq!(page(bad).unwrap_err().status, 400);
         }
     }
@@ -358,6 +622,10 @@ mod tests {
                 (b"c".to_vec(), None)
             ]
         );
+        assert_eq!(
+            grants(br#"[{"key_base64": "fwAAyA", "ttl": "1h 30m"}]"#).unwrap(),
+            vec![(vec![127, 0, 0, 200], Some(5_400_000))]
+        );
         for bad in [
             &b"["[..],
             b"{}",
@@ -368,6 +636,9 @@ mod tests {
             br#"[{"key": "a", "ttl": -1}]"#,
             br#"[{"key": "a", "ttl": "soon"}]"#,
             br#"[{"key": "a", "owner": "me"}]"#,
+            br#"[{"key": "a", "key_base64": "YQ"}]"#,
+            br#"[{"key_base64": "not base64!"}]"#,
+            br#"[{"key_base64": ""}]"#,
             b"[[[[[[[[]]]]]]]]",
         ] {
             assert_eq!(grants(bad).unwrap_err().status, 400, "{}", String::from_utf8_lossy(bad));
@@ -410,12 +681,12 @@ mod tests {
         assert_eq!(parse::rfc3339_ms(&rfc3339(951_782_400_000)), Some(951_782_400_000));
         let p = PermitInfo { key: b"alice".to_vec(), seq: 3, granted_ms: 0, expires_ms: None };
         assert_eq!(
-            permit_json(&p).to_string(),
-            r#"{"expires":null,"granted":"1970-01-01T00:00:00.000Z","key":"alice","seq":3}"#
+            permit_json(&p, KeyKind::Bytes).to_string(),
+            r#"{"expires":null,"granted":"1970-01-01T00:00:00.000Z","key":"alice","key_base64":"YWxpY2U","seq":3}"#
         );
-        let page = page_json(&[p.clone(), p], 2);
-        assert_eq!(page["next"], "alice");
-        assert_eq!(page_json(&[], 2)["next"], Value::Null);
+        let page = page_json(&[p.clone(), p], 2, KeyKind::Bytes);
+        assert_eq!(page["next"], "YWxpY2U");
+        assert_eq!(page_json(&[], 2, KeyKind::Bytes)["next"], Value::Null);
         assert_eq!(ApiError::new(404, "no \"zone\"").body(), r#"{"error":"no \"zone\""}"#);
     }
 
@@ -426,7 +697,10 @@ mod tests {
         let held = Held { seq: 4, expires_ms: Some(1_628_380_800_000) };
         let (status, body) = remote_answer(&amy, Reply::Permit(Some(held))).unwrap();
         assert_eq!(status, 200);
-        assert_eq!(body, json!({ "key": "amy", "seq": 4, "expires": "2021-08-08T00:00:00.000Z" }));
+        assert_eq!(
+            body,
+            json!({ "key": "amy", "key_base64": "YW15", "seq": 4, "expires": "2021-08-08T00:00:00.000Z" })
+        );
         assert_eq!(remote_answer(&amy, Reply::Permit(None)).unwrap_err().status, 404);
         assert_eq!(
             remote_answer(&amy, Reply::Revoked(Some(4))).unwrap().1,
@@ -457,7 +731,7 @@ mod tests {
         let list = |ask: RemoteAsk| remote_answer(&ask, Reply::Permits(permits.clone()));
         let first = list(ask(None, 2)).unwrap().1;
         assert_eq!(first["permits"].as_array().unwrap().len(), 2);
-        assert_eq!(first["next"], json!("k2"));
+        assert_eq!(first["next"], json!(key_base64(b"k2")));
         let last = list(ask(Some("k4"), 2)).unwrap().1;
         assert_eq!(last["permits"][0]["key"], json!("k5"));
         assert_eq!(last["next"], json!(null));

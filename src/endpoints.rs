@@ -113,28 +113,34 @@ unsafe extern "C" fn api_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
 /// `r` is a live request in its content phase.
 unsafe fn api(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: see the function's contract.
-    let (method, path) = unsafe { ((*r).method as u32, relative_path(r)) };
-    let route = match path.and_then(route) {
+    let (method, route) = unsafe { ((*r).method as u32, request_route(r)) };
+    let route = match route {
         Ok(route) => route,
         // SAFETY: as above.
         Err(e) => return unsafe { discard_and_answer(r, Err(e)) },
     };
-    if method & (NGX_HTTP_POST | NGX_HTTP_PATCH) != 0 {
-        let allowed = matches!(
-            (&route, method),
-            (Route::Permits(_), NGX_HTTP_POST) | (Route::Zone(_), NGX_HTTP_PATCH)
-        );
-        if allowed {
-            // SAFETY: as above; the body lands in memory, in one buffer, where it fits.
-            unsafe {
-                (*r).set_request_body_in_single_buf(1);
-                let rc = ngx_http_read_client_request_body(r, Some(api_body_ready));
-                if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
-                    return rc;
-                }
-            }
-            return NGX_DONE as ngx_int_t;
+    let with_body = matches!(
+        (&route, method),
+        (Route::Permits(_), NGX_HTTP_POST) | (Route::Zone(_), NGX_HTTP_PATCH)
+    );
+    if with_body || method == NGX_HTTP_DELETE {
+        // SAFETY: as above.
+        let req = unsafe { Request::from_ngx_http_request(r) };
+        if let Err(e) = api::check_sender(&sender(req), with_body) {
+            // SAFETY: as above.
+            return unsafe { discard_and_answer(r, Err(e)) };
         }
+    }
+    if with_body {
+        // SAFETY: as above; the body lands in memory, in one buffer, where it fits.
+        unsafe {
+            (*r).set_request_body_in_single_buf(1);
+            let rc = ngx_http_read_client_request_body(r, Some(api_body_ready));
+            if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+                return rc;
+            }
+        }
+        return NGX_DONE as ngx_int_t;
     }
     // SAFETY: as above.
     match unsafe { on_redis(r, method, &route, None) } {
@@ -275,8 +281,7 @@ unsafe fn redis_answered(
 ) {
     // SAFETY: see the function's contract.
     let rc = catch_unwind(AssertUnwindSafe(|| unsafe {
-        let route = relative_path(r).and_then(route);
-        let (zone, key) = match route {
+        let (zone, key) = match request_route(r) {
             Ok(Route::Permit(name, key)) => (zone_named(r, &name), key),
             Ok(Route::Permits(name) | Route::Zone(name)) => (zone_named(r, &name), Vec::new()),
             _ => (None, Vec::new()),
@@ -294,7 +299,7 @@ unsafe fn redis_answered(
                 let cap =
                     zone.table.and_then(|t| t.as_ref().overrides.get().1).or(zone.largest_cap);
                 let page = api::page(req_args(r)).ok();
-                let ask = api::RemoteAsk { key, page, cap };
+                let ask = api::RemoteAsk { key, page, cap, kind: key_kind(zone) };
                 match reply {
                     Ok(reply) => api::remote_answer(&ask, reply),
                     Err(e) => Err(ApiError::new(502, format!("redis did not answer: {e}"))),
@@ -333,6 +338,41 @@ fn apply_here(zone: &ZoneConf, key: &[u8], reply: &Result<Reply, String>) {
     }
 }
 
+/// The headers that tell where a request comes from, for [`api::check_sender`].
+fn sender(req: &Request) -> api::Sender<'_> {
+    let mut sender = api::Sender::default();
+    for (name, value) in req.headers_in_iterator() {
+        let name = name.as_bytes();
+        let slot = if name.eq_ignore_ascii_case(b"host") {
+            &mut sender.host
+        } else if name.eq_ignore_ascii_case(b"origin") {
+            &mut sender.origin
+        } else if name.eq_ignore_ascii_case(b"sec-fetch-site") {
+            &mut sender.fetch_site
+        } else if name.eq_ignore_ascii_case(b"content-type") {
+            &mut sender.content_type
+        } else {
+            continue;
+        };
+        slot.get_or_insert(value.as_bytes());
+    }
+    sender
+}
+
+/// The route of an API request: its path below the location, and its query string.
+///
+/// # Safety
+/// `r` is a live request.
+unsafe fn request_route(r: *mut ngx_http_request_t) -> Result<Route, ApiError> {
+    // SAFETY: see the function's contract.
+    unsafe { relative_path(r) }.and_then(|path| route(path, req_args(r)))
+}
+
+/// How a zone's keys are shown in the API.
+fn key_kind(zone: &ZoneConf) -> api::KeyKind {
+    api::KeyKind::of(zone.key.value.as_bytes())
+}
+
 /// The request's path below the API's location, still percent-encoded (keys may hold `/`).
 ///
 /// # Safety
@@ -353,7 +393,7 @@ unsafe extern "C" fn api_body_ready(r: *mut ngx_http_request_t) {
     // SAFETY: nginx calls this with the request once its body is read.
     let rc = catch_unwind(AssertUnwindSafe(|| unsafe {
         let method = (*r).method as u32;
-        let next = relative_path(r).and_then(route).and_then(|route| {
+        let next = request_route(r).and_then(|route| {
             let body = request_body(r)?;
             match on_redis(r, method, &route, Some(&body)) {
                 Some(asked) => asked.map(Next::AskRedis),
@@ -444,7 +484,7 @@ unsafe fn respond(r: *mut ngx_http_request_t, answer: Answer) -> ngx_int_t {
 /// `r` is a live request whose headers have not been sent.
 unsafe fn allow_header(r: *mut ngx_http_request_t) -> Option<()> {
     // SAFETY: see the function's contract.
-    let methods = match unsafe { relative_path(r) }.and_then(route).ok()? {
+    let methods = match unsafe { request_route(r) }.ok()? {
         Route::Zones => METHODS_ZONES,
         Route::Zone(_) => METHODS_ZONE,
         Route::Permits(_) => METHODS_PERMITS,
@@ -512,7 +552,7 @@ unsafe fn serve(
                     ApiError::new(404, "no permit for \"after\"; start again without it")
                 })
             })?;
-            Ok((200, api::page_json(&permits, page.limit)))
+            Ok((200, api::page_json(&permits, page.limit, key_kind(find(name)?))))
         }
         Route::Permits(name) if method == NGX_HTTP_POST => {
             let zone = find(name)?;
@@ -544,11 +584,14 @@ unsafe fn serve(
                 Ok((200, json!({ "revoked": revoked })))
             })
         }
-        Route::Permit(name, key) if get => with_store(find(name)?, |store, _| {
-            let permit =
-                store.get(key).ok_or_else(|| ApiError::new(404, "no permit for this key"))?;
-            Ok((200, api::permit_json(&permit)))
-        }),
+        Route::Permit(name, key) if get => {
+            let zone = find(name)?;
+            with_store(zone, |store, _| {
+                let permit =
+                    store.get(key).ok_or_else(|| ApiError::new(404, "no permit for this key"))?;
+                Ok((200, api::permit_json(&permit, key_kind(zone))))
+            })
+        }
         Route::Permit(name, key) if method == NGX_HTTP_DELETE => {
             let zone = find(name)?;
             with_store(zone, |store, _| {

@@ -35,7 +35,7 @@ proptest! {
 
     #[test]
     fn api_requests_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
-        let _ = api::route(&body);
+        let _ = api::route(&body, &body);
         let _ = api::page(&body);
         let _ = api::grants(&body);
         let _ = api::patch(&body);

@@ -39,14 +39,15 @@ keeps the client's escapes, so the key "bob%2Fsmith" is addressed as bob%252Fsmi
 ["", "",
  qr/^\[\{.*"name":"sale".*\}\]$/,
  qr/"key":"\$arg_user".*"max_permits":3.*"name":"sale".*"permits":2.*"requests":\{.*"ADMITTED":2/,
- qr/^\{"next":null,"permits":\[\{"expires":null,"granted":"\d{4}-\d\d-\d\dT[\d:.]+Z","key":"alice","seq":1\},\{.*"key":"bob%2Fsmith","seq":2\}\]\}$/,
- qr/^\{"expires":null,"granted":"[^"]+","key":"bob%2Fsmith","seq":2\}$/,
+ qr/^\{"next":null,"permits":\[\{"expires":null,"granted":"\d{4}-\d\d-\d\dT[\d:.]+Z","key":"alice","key_base64":"YWxpY2U","seq":1\},\{.*"key":"bob%2Fsmith","key_base64":"Ym9iJTJGc21pdGg","seq":2\}\]\}$/,
+ qr/^\{"expires":null,"granted":"[^"]+","key":"bob%2Fsmith","key_base64":"Ym9iJTJGc21pdGg","seq":2\}$/,
  qr/^\{"error":"no permit for this key"\}$/,
  qr/^\{"error":"no zone \\"nosuch\\""\}$/,
  qr/^\{"error":"no such endpoint; try GET zones"\}$/]
 
 
-=== TEST 2: permits page by page with limit and after
+=== TEST 2: permits page by page with limit and after (the cursor is the page's "next": the
+last key's key_base64)
 --- http_config
     flash_sale_zone $arg_user zone=sale:1m;
 --- config
@@ -58,14 +59,14 @@ keeps the client's escapes, so the key "bob%2Fsmith" is addressed as bob%252Fsmi
     location /api/ { flash_sale_api; }
 --- request eval
 ["GET /sale?user=u1", "GET /sale?user=u2", "GET /sale?user=u3",
- "GET /api/zones/sale/permits?limit=2", "GET /api/zones/sale/permits?limit=2&after=u2",
- "GET /api/zones/sale/permits?after=nobody", "GET /api/zones/sale/permits?limit=0"]
+ "GET /api/zones/sale/permits?limit=2", "GET /api/zones/sale/permits?limit=2&after=dTI",
+ "GET /api/zones/sale/permits?after=bm9ib2R5", "GET /api/zones/sale/permits?limit=0"]
 --- error_code eval
 [200, 200, 200, 200, 200, 404, 400]
 --- response_body_like eval
 ["", "", "",
- qr/"key":"u1".*"key":"u2".*\],"next":"u2"|"next":"u2","permits":\[.*"key":"u1".*"key":"u2"/,
- qr/^\{"next":null,"permits":\[\{[^\]]*"key":"u3","seq":3\}\]\}$/,
+ qr/^\{"next":"dTI","permits":\[\{[^\]]*"key":"u1".*"key":"u2"[^\]]*\]\}$/,
+ qr/^\{"next":null,"permits":\[\{[^\]]*"key":"u3","key_base64":"dTM","seq":3\}\]\}$/,
  qr/"error":"no permit for \\"after\\"/,
  qr/"error":"bad limit: a number from 1 to 1000"/]
 
@@ -83,6 +84,8 @@ keeps the client's escapes, so the key "bob%2Fsmith" is addressed as bob%252Fsmi
     }
     location /backend { return 200 "ok\n"; }
     location /api/ { flash_sale_api; }
+--- more_headers
+Content-Type: application/json
 --- request eval
 ["POST /api/zones/sale/permits\n[\"vip\", {\"key\": \"press\", \"ttl\": \"1h\"}, \"vip\"]",
  "GET /sale?user=vip", "GET /sale?user=press", "GET /api/zones/sale/permits/press"]
@@ -90,7 +93,7 @@ keeps the client's escapes, so the key "bob%2Fsmith" is addressed as bob%252Fsmi
 [200, 200, 200, 200]
 --- response_body_like eval
 [qr/^\{"already":1,"granted":2,"over_cap":true,"permits":2,"zone_full":0\}$/, "", "",
- qr/"expires":"\d{4}-[^"]+Z","granted":"[^"]+","key":"press","seq":2/]
+ qr/"expires":"\d{4}-[^"]+Z","granted":"[^"]+","key":"press","key_base64":"cHJlc3M","seq":2/]
 --- response_headers eval
 ["", "X-Sale: PERMITTED", "X-Sale: PERMITTED", ""]
 
@@ -136,6 +139,8 @@ keeps the client's escapes, so the key "bob%2Fsmith" is addressed as bob%252Fsmi
     }
     location /backend { return 200 "ok\n"; }
     location /api/ { flash_sale_api; }
+--- more_headers
+Content-Type: application/json
 --- request eval
 ["GET /sale?user=a",
  "PATCH /api/zones/sale\n{\"start\": \"2021-08-08T00:00:00Z\", \"max_permits\": 2}",
@@ -167,6 +172,8 @@ keeps the client's escapes, so the key "bob%2Fsmith" is addressed as bob%252Fsmi
         client_body_buffer_size 1k;
         flash_sale_api;
     }
+--- more_headers
+Content-Type: application/json
 --- request eval
 ["POST /api/zones/sale/permits\n[\"a\", ",
  "POST /api/zones/sale/permits\n{\"key\": \"a\"}",
@@ -190,7 +197,7 @@ keeps the client's escapes, so the key "bob%2Fsmith" is addressed as bob%252Fsmi
  qr/"error":"block_ratio: expected a number from 0 to 1 or null"/,
  qr/"error":"end must be after start"/, qr/"error":"unknown field \\"colour\\""/,
  qr/"error":"method not allowed here"/, qr/"error":"method not allowed here"/,
- qr/"error":"the body is larger than client_body_buffer_size"/, qr/"error":"bad after"/,
+ qr/"error":"the body is larger than client_body_buffer_size"/, qr/"error":"bad after: expected the \\"next\\" of the page before"/,
  qr/"granted":0,.*"overrides":\{"block_ratio":null,"end":null,"max_permits":null,"start":null\},"permits":0,/]
 --- no_error_log
 [alert]

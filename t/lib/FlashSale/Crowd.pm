@@ -205,11 +205,11 @@ sub fetch_at {
     return fetch(@request);
 }
 
-# A request with a body to the host listening on `$port`.
+# A request with a JSON body to the host listening on `$port`, as the admin API wants it.
 sub send_body {
     my ($port, $method, $path, $body) = @_;
     local $Port = $port;
-    my ($res) = run_connection([$path], $method, [], $body);
+    my ($res) = run_connection([$path], $method, ['Content-Type: application/json'], $body);
     return $res;
 }
 
