@@ -4,14 +4,23 @@
 //!
 //! The suspended request is held as nginx holds one waiting for a thread's file read: its
 //! main request's `blocked` count keeps it (and its memory) alive even if the client leaves.
+//!
+//! Every round trip has a deadline, `timeout=` after it was asked: the thread gives up then
+//! (see [`remote::run`]), and a timer in the worker answers for it a little later should the
+//! thread not have started in time (every thread of the pool busy). The timer is not
+//! cancelable, so that a worker that is shutting down gracefully (a reload, a binary upgrade)
+//! stays until every round trip it started has been answered, as nginx keeps an exiting worker
+//! alive for its pending non-cancelable timers: no buyer waiting on Redis is cut off.
 
 use core::ffi::c_void;
-use core::ptr::NonNull;
+use core::ptr::{self, NonNull};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
 
 use nginx_sys::{
-    ngx_event_t, ngx_http_request_t, ngx_http_run_posted_requests, ngx_int_t, ngx_log_t,
-    ngx_thread_pool_t, ngx_thread_task_post, ngx_thread_task_t, NGX_OK,
+    ngx_add_timer, ngx_cycle, ngx_del_timer, ngx_event_t, ngx_http_request_t,
+    ngx_http_run_posted_requests, ngx_int_t, ngx_log_t, ngx_msec_t, ngx_thread_pool_t,
+    ngx_thread_task_post, ngx_thread_task_t, NGX_OK,
 };
 
 use crate::remote::{self, Command, Reply, Settings};
@@ -27,10 +36,15 @@ pub type Detached = Box<dyn FnOnce(&Command, Result<Reply, String>)>;
 enum Then {
     Request(NonNull<ngx_http_request_t>, Done),
     Detached(Detached),
+    /// Answered already, by the worker's timer: the thread's reply, when it comes, is dropped.
+    Answered,
 }
 
 /// One round trip: nginx's task, everything the thread needs, owned, and where its reply goes.
-/// One allocation, freed when the reply has been handed over.
+/// One allocation, freed when the thread is done with it and the reply has been handed over.
+///
+/// The thread reads `settings`, `zone`, `command` and `deadline` and writes `reply`; the
+/// worker touches `then` and `timer` alone while the thread runs.
 struct Job {
     task: ngx_thread_task_t,
     settings: Settings,
@@ -38,8 +52,17 @@ struct Job {
     command: Command,
     reply: Option<Result<Reply, String>>,
     asked_ms: i64,
+    /// When the thread gives up: `timeout=` after the round trip was asked.
+    deadline: Instant,
+    /// The worker's timer: fires [`TIMER_GRACE_MS`] after the deadline if no reply came.
+    timer: ngx_event_t,
     then: Then,
 }
+
+/// How long after a round trip's deadline the worker answers for a thread that has not: the
+/// thread itself gives up at the deadline, so only a thread that could not start in time (all
+/// of the pool busy) is late.
+const TIMER_GRACE_MS: u64 = 20;
 
 /// Runs `command` for the request `r` on `threads`; `done` gets the reply. False when the task
 /// could not be queued (nginx has logged why); the request is then not suspended.
@@ -98,10 +121,15 @@ fn queue(
         command,
         reply: None,
         asked_ms: crate::handler::now_ms(),
+        deadline: Instant::now() + Duration::from_millis(settings.timeout_ms),
+        // SAFETY: an event is plain data whose empty state is all zeroes, as nginx's own
+        // modules allocate theirs (ngx_pcalloc); zeroed, it is not cancelable.
+        timer: unsafe { core::mem::zeroed() },
         then,
     }));
     // SAFETY: `job` is ours until the thread pool takes the task; if it does not, it is
-    // given back here. `threads` is nginx's pool, which lives as long as the cycle.
+    // given back here. `threads` is nginx's pool, which lives as long as the cycle; the
+    // cycle's log outlives the worker's events.
     unsafe {
         let task = &mut (*job).task;
         task.ctx = job.cast();
@@ -112,34 +140,73 @@ fn queue(
             drop(Box::from_raw(job));
             return false;
         }
+        let timer = ptr::addr_of_mut!((*job).timer);
+        (*timer).data = job.cast();
+        (*timer).handler = Some(deadline_in_worker);
+        (*timer).log = (*ngx_cycle).log;
+        ngx_add_timer(timer, ((*job).settings.timeout_ms + TIMER_GRACE_MS) as ngx_msec_t);
     }
     true
 }
 
-/// On a pool thread: the round trip itself. Touches the job alone, never the request.
+/// On a pool thread: the round trip itself. Touches the fields the thread owns (see [`Job`]),
+/// never the request, nor what the worker may change meanwhile.
 unsafe extern "C" fn run_in_thread(data: *mut c_void, _log: *mut ngx_log_t) {
-    // SAFETY: `queue` made `data` a job that nothing else touches until this returns and
-    // nginx's thread pool hands the task back to the worker.
-    let job = unsafe { &mut *data.cast::<Job>() };
-    let reply =
-        catch_unwind(AssertUnwindSafe(|| remote::run(&job.settings, &job.zone, &job.command)));
-    job.reply = Some(reply.unwrap_or_else(|_| Err("the Redis client panicked".to_string())));
+    let job = data.cast::<Job>();
+    // SAFETY: `queue` made `data` a job that lives until the worker has its reply; the worker
+    // does not touch these fields until nginx's thread pool hands the task back.
+    let reply = catch_unwind(AssertUnwindSafe(|| unsafe {
+        remote::run(&(*job).settings, &(*job).zone, &(*job).command, (*job).deadline)
+    }));
+    let reply = reply.unwrap_or_else(|_| Err("the Redis client panicked".to_string()));
+    // SAFETY: as above; `reply` is the thread's to write.
+    unsafe { (*job).reply = Some(reply) };
 }
 
-/// In the worker, once the thread is done: releases the request and hands it the reply.
+/// In the worker, once the thread is done: hands the reply over (unless the timer answered
+/// already), and frees the job.
 unsafe extern "C" fn reply_in_worker(ev: *mut ngx_event_t) {
     // SAFETY: the event's data is the job `queue` leaked; the thread is done with it, and
     // nginx's thread pool no longer refers to its task.
-    let job = unsafe { Box::from_raw((*ev).data.cast::<Job>()) };
+    let mut job = unsafe { Box::from_raw((*ev).data.cast::<Job>()) };
+    if job.timer.timer_set() != 0 {
+        // SAFETY: the timer was armed by `queue`, has not fired, and is still in place.
+        unsafe { ngx_del_timer(&mut job.timer) };
+    }
     let Job { command, reply, asked_ms, then, .. } = *job;
     let reply = reply.unwrap_or_else(|| Err("the round trip did not run".to_string()));
+    // SAFETY: a request waiting for this reply is still blocked, so still live.
+    unsafe { deliver(then, &command, reply, asked_ms) };
+}
+
+/// In the worker, when a round trip's thread is late past its deadline: answers for it as
+/// Redis not answering. The job stays for the thread to finish with, and `reply_in_worker`
+/// frees it then.
+unsafe extern "C" fn deadline_in_worker(ev: *mut ngx_event_t) {
+    // SAFETY: the timer's data is its job, live until the thread's reply is handed back. The
+    // thread may still run: it reads `settings` and `command` as this does, and writes
+    // `reply` alone, so no reference here covers the whole job.
+    unsafe {
+        let job = (*ev).data.cast::<Job>();
+        let then = core::mem::replace(&mut *ptr::addr_of_mut!((*job).then), Then::Answered);
+        let late = format!("no answer within timeout={}ms", (*job).settings.timeout_ms);
+        deliver(then, &*ptr::addr_of!((*job).command), Err(late), (*job).asked_ms);
+    }
+}
+
+/// Hands a round trip's reply to whoever waits for it, in the worker.
+///
+/// # Safety
+/// A request in `then` is the live, blocked request the round trip was asked for.
+unsafe fn deliver(then: Then, command: &Command, reply: Result<Reply, String>, asked_ms: i64) {
     let (request, done) = match then {
         Then::Request(request, done) => (request, done),
         Then::Detached(done) => {
             // A panic must not unwind into nginx.
-            let _ = catch_unwind(AssertUnwindSafe(|| done(&command, reply)));
+            let _ = catch_unwind(AssertUnwindSafe(|| done(command, reply)));
             return;
         }
+        Then::Answered => return,
     };
     let r = request.as_ptr();
     // SAFETY: the request stayed alive while blocked; it is released here, once.
@@ -149,7 +216,7 @@ unsafe extern "C" fn reply_in_worker(ev: *mut ngx_event_t) {
         main.set_blocked(main.blocked() - 1);
         (*r).set_aio(0);
         // A panic must not unwind into nginx; `done` answers 500 on its own errors.
-        let _ = catch_unwind(AssertUnwindSafe(|| done(r, &command, reply, asked_ms)));
+        let _ = catch_unwind(AssertUnwindSafe(|| done(r, command, reply, asked_ms)));
         ngx_http_run_posted_requests(c);
     }
 }

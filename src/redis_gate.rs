@@ -75,6 +75,11 @@ pub unsafe fn gate(
             Step::Recheck => true,
             Step::Admit => false,
         };
+    if !recheck && !store.table().link.may_ask_for_permit(now, cache_ms) {
+        // Sold out, as far as this host knows; another winner is asking Redis again.
+        // SAFETY: `r` is live, in its precontent phase.
+        return unsafe { conclude(&g, Outcome::SoldOut.into()) };
+    }
     if !store.table().link.may_ask(now) {
         // SAFETY: `r` is live, in its precontent phase.
         return unsafe { without_redis(&g) };
@@ -252,6 +257,7 @@ unsafe fn decide_with_reply(
     };
     let verdict = match answer {
         Answer::Admitted(held) => {
+            link.reopened();
             store.remember(key, held, true);
             passed(Outcome::Admitted, held)
         }

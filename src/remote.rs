@@ -7,7 +7,7 @@
 
 use core::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{ConnectionAddr, ConnectionInfo, RedisConnectionInfo, Script};
 
@@ -344,9 +344,16 @@ static IDLE: Mutex<Vec<(String, redis::Connection)>> = Mutex::new(Vec::new());
 /// The most idle connections kept per worker: as many as nginx's thread pool has threads.
 const MAX_IDLE: usize = 32;
 
-/// Runs `command` on the zone's permits in Redis, on a kept connection if there is one.
-/// Blocks for up to a few times the timeout: call it off the worker's event loop.
-pub fn run(settings: &Settings, zone: &str, command: &Command) -> Result<Reply, String> {
+/// Runs `command` on the zone's permits in Redis, on a kept connection if there is one, and
+/// gives up at `deadline`: the whole exchange (connecting, writing, reading, and the one retry
+/// on a fresh connection) takes no longer, so that `timeout=` is the most a buyer waits for
+/// Redis. Blocks until then at most: call it off the worker's event loop.
+pub fn run(
+    settings: &Settings,
+    zone: &str,
+    command: &Command,
+    deadline: Instant,
+) -> Result<Reply, String> {
     let server = settings.server();
     let kept = IDLE.lock().ok().and_then(|mut idle| {
         let i = idle.iter().position(|(s, _)| *s == server)?;
@@ -355,16 +362,17 @@ pub fn run(settings: &Settings, zone: &str, command: &Command) -> Result<Reply, 
     let reused = kept.is_some();
     let mut conn = match kept {
         Some(conn) => conn,
-        None => connect(settings)?,
+        None => connect(settings, deadline)?,
     };
-    let mut reply = execute(&mut conn, settings, zone, command);
-    if reply.is_err() && reused {
+    let mut reply = execute_by(&mut conn, settings, zone, command, deadline);
+    if reply.is_err() && reused && Instant::now() < deadline {
         // A kept connection may have been closed by a restarted Redis: try once on a fresh
-        // one. Every command is idempotent per key, so a repeat admits nobody twice.
-        conn = connect(settings)?;
-        reply = execute(&mut conn, settings, zone, command);
+        // one, in the time left. Every command is idempotent per key, so a repeat admits
+        // nobody twice.
+        conn = connect(settings, deadline)?;
+        reply = execute_by(&mut conn, settings, zone, command, deadline);
     }
-    let reply = reply.map_err(|e| e.to_string())?;
+    let reply = reply?;
     if let Ok(mut idle) = IDLE.lock() {
         if idle.len() < MAX_IDLE {
             idle.push((server, conn));
@@ -373,15 +381,33 @@ pub fn run(settings: &Settings, zone: &str, command: &Command) -> Result<Reply, 
     Ok(reply)
 }
 
-fn connect(settings: &Settings) -> Result<redis::Connection, String> {
-    let timeout = Some(Duration::from_millis(settings.timeout_ms));
+/// The time left until `deadline`; an error once it has passed.
+fn time_left(settings: &Settings, deadline: Instant) -> Result<Duration, String> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(format!("no answer within timeout={}ms", settings.timeout_ms));
+    }
+    Ok(left)
+}
+
+fn connect(settings: &Settings, deadline: Instant) -> Result<redis::Connection, String> {
+    let left = time_left(settings, deadline)?;
     let client = redis::Client::open(settings.connection_info()).map_err(|e| e.to_string())?;
-    let conn = client
-        .get_connection_with_timeout(Duration::from_millis(settings.timeout_ms))
-        .map_err(|e| e.to_string())?;
-    conn.set_read_timeout(timeout).map_err(|e| e.to_string())?;
-    conn.set_write_timeout(timeout).map_err(|e| e.to_string())?;
-    Ok(conn)
+    client.get_connection_with_timeout(left).map_err(|e| e.to_string())
+}
+
+/// [`execute`], with the connection's reads and writes bounded by the time left.
+fn execute_by(
+    conn: &mut redis::Connection,
+    settings: &Settings,
+    zone: &str,
+    command: &Command,
+    deadline: Instant,
+) -> Result<Reply, String> {
+    let left = time_left(settings, deadline)?;
+    conn.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+    conn.set_write_timeout(Some(left)).map_err(|e| e.to_string())?;
+    execute(conn, settings, zone, command).map_err(|e| e.to_string())
 }
 
 fn execute(
@@ -593,21 +619,40 @@ impl Link {
         self.sold_out_until_ms.store(now_ms.saturating_add(cache_ms).max(1), Ordering::Release);
     }
 
-    /// Whether a new buyer may be told SOLD_OUT without asking Redis: while what Redis said is
-    /// fresh; once it is stale, one request asks again (false) while the others go on
-    /// trusting it for another `cache_ms`, so that a refresh is one round trip, not a burst.
-    pub fn trusts_sold_out(&self, now_ms: i64, cache_ms: i64) -> bool {
+    /// Whether a new buyer is told SOLD_OUT without asking Redis, or even drawing: while what
+    /// Redis said is fresh (`cache_ms`).
+    pub fn trusts_sold_out(&self, now_ms: i64) -> bool {
         let until = self.sold_out_until_ms.load(Ordering::Acquire);
-        if until == 0 || now_ms < until {
-            return until != 0;
+        until != 0 && now_ms < until
+    }
+
+    /// Whether a draw winner may ask Redis for a permit: always while the sale is not known to
+    /// be sold out; once what Redis said is stale, one winner per host and `cache_ms` asks
+    /// (true) while the others go on being told SOLD_OUT (false), so that a refresh is one
+    /// round trip, not a burst. Its answer decides: SOLD_OUT again ([`Link::sold_out`]), or a
+    /// permit, which reopens the sale to every winner ([`Link::reopened`]).
+    pub fn may_ask_for_permit(&self, now_ms: i64, cache_ms: i64) -> bool {
+        let until = self.sold_out_until_ms.load(Ordering::Acquire);
+        if until == 0 {
+            return true;
         }
-        let claimed = self.sold_out_until_ms.compare_exchange(
-            until,
-            now_ms.saturating_add(cache_ms),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
-        claimed.is_err()
+        if now_ms < until {
+            return false;
+        }
+        self.sold_out_until_ms
+            .compare_exchange(
+                until,
+                now_ms.saturating_add(cache_ms),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// Redis admitted a new buyer: there is room again (a permit expired, or was revoked or
+    /// released on some host), so every draw winner asks again until Redis says SOLD_OUT.
+    pub fn reopened(&self) {
+        self.sold_out_until_ms.store(0, Ordering::Release);
     }
 }
 
@@ -787,11 +832,20 @@ mod tests {
     #[test]
     fn sold_out_is_trusted_for_the_cache_time() {
         let link = Link::default();
-        assert!(!link.trusts_sold_out(0, 1_000));
+        assert!(!link.trusts_sold_out(0));
+        assert!(link.may_ask_for_permit(0, 1_000), "not sold out: every winner asks");
         link.sold_out(10_000, 1_000);
-        assert!(link.trusts_sold_out(10_999, 1_000));
-        assert!(!link.trusts_sold_out(11_000, 1_000), "stale: this request asks again");
-        assert!(link.trusts_sold_out(11_001, 1_000), "the others trust it meanwhile");
-        assert!(!link.trusts_sold_out(12_000, 1_000), "until the next cache time");
+        assert!(link.trusts_sold_out(10_999));
+        assert!(!link.may_ask_for_permit(10_999, 1_000));
+        assert!(!link.trusts_sold_out(11_000), "stale: new buyers draw again");
+        assert!(link.may_ask_for_permit(11_000, 1_000), "stale: one winner asks again");
+        assert!(!link.may_ask_for_permit(11_001, 1_000), "the others are told SOLD_OUT");
+        assert!(!link.may_ask_for_permit(11_999, 1_000));
+        assert!(link.may_ask_for_permit(12_000, 1_000), "until the next cache time");
+        // That winner was admitted: the sale is open again, to every winner at once.
+        link.reopened();
+        assert!(!link.trusts_sold_out(12_001));
+        assert!(link.may_ask_for_permit(12_001, 1_000));
+        assert!(link.may_ask_for_permit(12_001, 1_000));
     }
 }

@@ -954,9 +954,7 @@ impl<S: Shared> PermitLookup for RemoteView<'_, '_, S> {
         match self.store.cached(key, self.cache_ms) {
             Cached::Fresh(held) => Lookup::Permitted(held),
             Cached::Stale => Lookup::Recheck,
-            Cached::Absent if self.store.table().link.trusts_sold_out(now_ms, self.cache_ms) => {
-                Lookup::SoldOut
-            }
+            Cached::Absent if self.store.table().link.trusts_sold_out(now_ms) => Lookup::SoldOut,
             Cached::Absent => Lookup::Open,
         }
     }

@@ -155,11 +155,16 @@ sub error_log {
 # X-Worker and X-Seq headers of each response.
 # With `ports`, connection k goes to the k-th port, round robin: several hosts at once, and
 # each result says which (`port`).
+# With `once`, every request goes on a connection of its own (`Connection: close`) and is
+# never sent again: a request nginx accepted but did not answer comes back with status 0 and
+# sale NONE, one it did not accept with sale NO_CONNECTION (kept-alive connections are
+# retried when nginx closes them, which hides both).
 sub crowd {
     my (%opt) = @_;
     my @paths = @{ $opt{paths} };
     my $n = $opt{connections} // 64;
     my @ports = @{ $opt{ports} // [$Port] };
+    my $once = $opt{once};
     my @kids;
     for my $k (0 .. $n - 1) {
         pipe(my $r, my $w) or die $!;
@@ -168,8 +173,9 @@ sub crowd {
             close $r;
             local $Port = $ports[$k % @ports];
             my @mine = @paths[grep { $_ % $n == $k } 0 .. $#paths];
+            my @done = $once ? map { request_once($_) } @mine : run_connection(\@mine);
             print $w join('', map { "$_->{path} $_->{status} $_->{sale} $_->{worker} $_->{seq} $Port\n" }
-                run_connection(\@mine));
+                @done);
             close $w;
             POSIX::_exit(0);
         }
@@ -309,6 +315,19 @@ sub run_connection {
         }
     }
     return @out;
+}
+
+# One GET on a connection of its own, never retried: { path, status, sale, ... }, status 0 and
+# sale NONE when nginx closed the connection without an answer.
+sub request_once {
+    my ($path) = @_;
+    my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $Port)
+        or return { path => $path, status => 0, sale => 'NO_CONNECTION', worker => '-', seq => '-' };
+    print $sock "GET $path HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    my $buf = '';
+    my $res = read_response($sock, \$buf)
+        // { status => 0, sale => 'NONE', worker => '-', seq => '-' };
+    return { path => $path, %$res };
 }
 
 sub read_response {
