@@ -14,6 +14,7 @@
 //!   and metrics handlers.
 
 pub mod api;
+pub mod health;
 pub mod metrics;
 pub mod parse;
 pub mod remote;

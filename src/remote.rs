@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use redis::{ConnectionAddr, ConnectionInfo, RedisConnectionInfo, Script};
 
+use crate::health::{claim_turn, Health};
+pub use crate::health::{Change, RETRY_MS};
 use crate::parse;
 use crate::sale::{Cap, Held};
 use crate::zone::{Grant, PermitInfo};
@@ -48,8 +50,6 @@ pub struct Settings {
 pub const DEFAULT_TIMEOUT_MS: u64 = 50;
 pub const DEFAULT_CACHE_MS: i64 = 1000;
 pub const DEFAULT_PREFIX: &str = "flash_sale:";
-/// While Redis is down, one request per host tries it again this often.
-pub const RETRY_MS: i64 = 1000;
 /// A host reads the sale's overrides once per cache time, and at most this often: they change
 /// by hand, and a short cache (or none) is about permits.
 pub const OVERRIDES_MIN_MS: i64 = 1000;
@@ -502,15 +502,13 @@ pub fn live_permits(all: Vec<(Vec<u8>, String)>, now_ms: i64) -> Vec<PermitInfo>
     live
 }
 
-/// The link's health, kept in the zone so that every worker of a host shares it: whether
-/// Redis is down, since when, and when the next try is due. Atomics only, no lock.
+/// The link's health and what the host knows of the sale in Redis, kept in the zone so that
+/// every worker of a host shares it. Atomics only, no lock.
 #[repr(C)]
 #[derive(Default)]
 pub struct Link {
-    /// When Redis last failed; 0 while it answers.
-    down_since_ms: AtomicI64,
-    /// While down: when one request may try again.
-    retry_at_ms: AtomicI64,
+    /// Whether Redis answers; see [`Health`].
+    health: Health,
     /// Until when Redis's SOLD_OUT is trusted without asking.
     sold_out_until_ms: AtomicI64,
     /// When one request may next copy every permit from Redis (see [`Command::Permits`]).
@@ -522,66 +520,26 @@ pub struct Link {
     draw_secret_known: AtomicU64,
 }
 
-/// What a failure or a success changed, for one log line per incident.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Change {
-    /// This failure started an incident.
-    WentDown,
-    /// This success ended an incident that lasted this long.
-    CameBack {
-        down_ms: i64,
-    },
-    Unchanged,
-}
-
-/// Whether this caller takes the turn due at `*next_ms` (one caller per turn, across workers);
-/// the next turn is then `period_ms` later.
-fn claim_turn(next_ms: &AtomicI64, now_ms: i64, period_ms: i64) -> bool {
-    let due = next_ms.load(Ordering::Acquire);
-    now_ms >= due
-        && next_ms
-            .compare_exchange(due, now_ms + period_ms, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-}
-
 impl Link {
     /// Whether a request may ask Redis now: always while it answers; while it is down, one
     /// request per host every [`RETRY_MS`], so a dead Redis costs one timeout a second, not
     /// one per request.
     pub fn may_ask(&self, now_ms: i64) -> bool {
-        if self.down_since_ms.load(Ordering::Acquire) == 0 {
-            return true;
-        }
-        claim_turn(&self.retry_at_ms, now_ms, RETRY_MS)
+        self.health.may_try(now_ms)
     }
 
     pub fn is_down(&self) -> bool {
-        self.down_since_ms.load(Ordering::Acquire) != 0
+        self.health.is_down()
     }
 
     /// Redis failed to answer at `now_ms`.
     pub fn failed(&self, now_ms: i64) -> Change {
-        // 0 means "up", so a clock at 0 still records a failure.
-        let since = now_ms.max(1);
-        self.retry_at_ms.fetch_max(now_ms + RETRY_MS, Ordering::AcqRel);
-        match self.down_since_ms.compare_exchange(0, since, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => Change::WentDown,
-            Err(_) => Change::Unchanged,
-        }
+        self.health.failed(now_ms)
     }
 
-    /// Redis answered at `now_ms` a round trip asked at `asked_ms`. Only a round trip asked
-    /// after the failure proves Redis is back: an older one may have been answered just
-    /// before it went away.
+    /// Redis answered at `now_ms` a round trip asked at `asked_ms`.
     pub fn answered(&self, asked_ms: i64, now_ms: i64) -> Change {
-        let since = self.down_since_ms.load(Ordering::Acquire);
-        if since == 0 || asked_ms < since {
-            return Change::Unchanged;
-        }
-        match self.down_since_ms.compare_exchange(since, 0, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => Change::CameBack { down_ms: now_ms - since },
-            Err(_) => Change::Unchanged,
-        }
+        self.health.worked(asked_ms, now_ms)
     }
 
     /// Whether this request is the one (per host and cache time) that copies every permit
