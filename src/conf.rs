@@ -15,18 +15,20 @@ use nginx_sys::{
     ngx_shm_zone_t, ngx_str_t, ngx_thread_pool_add, ngx_thread_pool_t, ngx_uint_t, NGX_CONF_2MORE,
     NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_ERROR, NGX_HTTP_LOC_CONF,
     NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF,
-    NGX_LOG_EMERG,
+    NGX_LOG_EMERG, NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN,
 };
 use ngx::core::{Pool, SlabPool, Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::{ngx_conf_log_error, ngx_log_error, ngx_string};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
-use crate::journal::{self, StateFile};
+use crate::health::Change;
+use crate::journal::StateFile;
 use crate::parse;
 use crate::remote::Settings;
 use crate::sale::{BlockRatio, DrawMode, Sale, Window};
+use crate::state;
 use crate::token;
-use crate::zone::{bucket_count, PermitTable};
+use crate::zone::{bucket_count, PermitTable, Stats};
 
 /// One `flash_sale_zone`: the buyer identity and the shared zone holding the permits.
 pub struct ZoneConf {
@@ -40,6 +42,8 @@ pub struct ZoneConf {
     pub table: Option<NonNull<PermitTable>>,
     /// `state=PATH`: where the permits are kept across restarts.
     pub state: Option<StateFile>,
+    /// The cycle this configuration belongs to: its core configuration names nginx's user.
+    pub cycle: NonNull<nginx_sys::ngx_cycle_t>,
     /// `flash_sale_redis`: the permits are kept in Redis, shared by several hosts.
     pub redis: Option<NonNull<RedisConf>>,
 }
@@ -51,21 +55,92 @@ pub struct RedisConf {
 }
 
 impl ZoneConf {
-    /// Appends a record to the zone's state file, if it has one; says so in `log` if it fails.
-    pub fn journal(&self, record: impl FnOnce() -> String, log: *mut nginx_sys::ngx_log_t) {
-        let Some(file) = &self.state else {
+    /// Appends a record to the zone's state file, if it has one. False when it did not land:
+    /// the failure is counted (`state_errors`) and logged once per incident with its cause,
+    /// and while the disk fails one record a second is tried (the others fail at once); the
+    /// first record that lands again is logged too. Compacts the journal once it has grown
+    /// enough (see `JournalHealth::appended`).
+    pub fn journal(&self, record: impl FnOnce() -> String, log: *mut nginx_sys::ngx_log_t) -> bool {
+        let (Some(file), Some(table)) = (&self.state, self.table) else {
+            return true;
+        };
+        // SAFETY: the table lives in the zone's shared memory; its counters are atomics.
+        let table = unsafe { table.as_ref() };
+        let journal = &table.journal;
+        let now = crate::handler::now_ms();
+        if !journal.health.may_try(now) {
+            Stats::count(&table.stats.state_errors);
+            return false;
+        }
+        let record = record();
+        match file.append(&record) {
+            Ok(()) => {
+                if let Change::CameBack { down_ms } = journal.health.worked(now, now) {
+                    ngx_log_error!(
+                        NGX_LOG_WARN,
+                        log,
+                        "flash_sale_zone \"{}\": state file \"{}\" takes records again, after {} ms",
+                        self.name(),
+                        file.path.display(),
+                        down_ms
+                    );
+                }
+                if journal.appended(record.len() as u64) {
+                    self.compact(log);
+                }
+                true
+            }
+            Err(e) => {
+                Stats::count(&table.stats.state_errors);
+                if journal.health.failed(now) == Change::WentDown {
+                    ngx_log_error!(
+                        NGX_LOG_ERR,
+                        log,
+                        "flash_sale_zone \"{}\": cannot write state file \"{}\": {}{}; new buyers get UNAVAILABLE until it can",
+                        self.name(),
+                        file.path.display(),
+                        e.cause,
+                        if e.written > 0 {
+                            format!(" ({} bytes of a record landed, a damaged line now)", e.written)
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    /// Rewrites the zone's state file as a snapshot of what it holds (every process's records,
+    /// this zone's counters), so that its size follows the permits, not their history.
+    pub fn compact(&self, log: *mut nginx_sys::ngx_log_t) {
+        let (Some(file), Some(table)) = (&self.state, self.table) else {
             return;
         };
-        if !file.append(&record()) {
+        // SAFETY: the table lives in the zone's shared memory; its counters are atomics.
+        let table = unsafe { table.as_ref() };
+        let name = self.name().to_string();
+        let now = crate::handler::now_ms();
+        let rewritten =
+            file.rewrite(&name, self.key.value.as_bytes(), now, |_| table.stats.named_values());
+        table.journal.compacted(rewritten.as_ref().ok().map(|r| r.bytes));
+        if let Err(e) = rewritten {
             ngx_log_error!(
-                NGX_LOG_EMERG,
+                NGX_LOG_WARN,
                 log,
-                "flash_sale_zone \"{}\": cannot append to \"{}\": {}",
-                self.name(),
+                "flash_sale_zone \"{}\": cannot compact state file \"{}\": {}",
+                name,
                 file.path.display(),
-                std::io::Error::last_os_error()
+                e
             );
         }
+    }
+
+    /// The counter new permits take their numbers from: the state file's, shared with every
+    /// process that writes it; `None` without a state file (the table numbers them).
+    pub fn numbers(&self) -> Option<&core::sync::atomic::AtomicU64> {
+        self.state.as_ref().map(StateFile::numbers)
     }
 
     pub fn shm(&self) -> &ngx_shm_zone_t {
@@ -778,6 +853,10 @@ unsafe extern "C" fn set_zone(
     };
     // SAFETY: `cf->pool` is the cycle's pool, alive as long as this configuration.
     let pool = unsafe { Pool::from_ngx_pool((*cf).pool) };
+    // SAFETY: `cf->cycle` is the cycle being configured, never null.
+    let Some(cycle) = NonNull::new(unsafe { (*cf).cycle }) else {
+        return NGX_CONF_ERROR;
+    };
     let zone_conf = pool.allocate(ZoneConf {
         key,
         key_var,
@@ -785,6 +864,7 @@ unsafe extern "C" fn set_zone(
         shm_zone: shm,
         table: None,
         state,
+        cycle,
         redis: None,
     });
     let Some(zone_conf) = NonNull::new(zone_conf) else {
@@ -845,6 +925,11 @@ unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, old_data: *mut c_v
             return Status::NGX_ERROR.into();
         }
         conf.table = Some(table);
+        if let Some(file) = &conf.state {
+            // The configuration opened the files anew; the permits are in the zone already.
+            give_to_workers(conf, file, log);
+            file.numbers().fetch_max(existing.next_seq(), core::sync::atomic::Ordering::AcqRel);
+        }
         return Status::NGX_OK.into();
     }
 
@@ -889,9 +974,117 @@ unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, old_data: *mut c_v
     }
     conf.table = Some(table);
     if let Some(file) = &conf.state {
-        journal::load(file, &name.to_string(), key_spec, &pool, table, log);
+        give_to_workers(conf, file, log);
+        load_state(file, &name.to_string(), key_spec, &pool, table, log);
     }
     Status::NGX_OK.into()
+}
+
+/// Gives a state file to nginx's worker user (when nginx runs as root), so that workers can
+/// reopen and compact it; nobody else can read it (see `journal.rs`).
+fn give_to_workers(conf: &ZoneConf, file: &StateFile, log: *mut nginx_sys::ngx_log_t) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    // SAFETY: the cycle is being initialised; its core configuration was finished before any
+    // shared zone is (ngx_init_cycle), and the core module's index is its slot.
+    let ccf = unsafe {
+        let ctx = conf.cycle.as_ref().conf_ctx;
+        (*ctx.add(nginx_sys::ngx_core_module.index)).cast::<nginx_sys::ngx_core_conf_t>().as_ref()
+    };
+    let Some(ccf) = ccf else {
+        return;
+    };
+    // NGX_CONF_UNSET_UINT: nginx is not root, or has no "user".
+    if ccf.user == nginx_sys::ngx_uid_t::MAX {
+        return;
+    }
+    if let Err(e) = file.set_owner(ccf.user, ccf.group) {
+        ngx_log_error!(
+            NGX_LOG_WARN,
+            log,
+            "cannot give state file \"{}\" to nginx's user: {}",
+            file.path.display(),
+            e
+        );
+    }
+}
+
+/// Fills a new zone's table from its state file and leaves the file a snapshot of it (under
+/// `nginx -t`, only reads it). Problems are logged and never stop nginx: what could be read
+/// is kept.
+fn load_state(
+    file: &StateFile,
+    zone: &str,
+    key_spec: &[u8],
+    slab: &SlabPool,
+    table: NonNull<PermitTable>,
+    log: *mut nginx_sys::ngx_log_t,
+) {
+    let now_ms = crate::handler::now_ms();
+    let path = file.path.display();
+    let skipped = |skipped: &[String]| {
+        for reason in skipped {
+            ngx_log_error!(
+                NGX_LOG_WARN,
+                log,
+                "flash_sale_zone \"{}\": skipped {} of state file \"{}\"",
+                zone,
+                reason,
+                path
+            );
+        }
+    };
+    // SAFETY: set once at startup.
+    if unsafe { nginx_sys::ngx_test_config } != 0 {
+        let text = std::fs::read(&file.path).unwrap_or_default();
+        skipped(&state::replay(&text, zone, key_spec, now_ms).skipped);
+        return;
+    }
+    let mut lost = 0;
+    let rewritten = file.rewrite(zone, key_spec, now_ms, |replay| {
+        let locked = slab.lock();
+        // SAFETY: the table is new and the master is its only user; the lock is held.
+        let table = unsafe { &mut *table.as_ptr() };
+        lost = table.restore(&locked, &replay.permits, replay.next_seq, &replay.counters);
+        table.stats.named_values()
+    });
+    let rewritten = match rewritten {
+        Ok(rewritten) => rewritten,
+        Err(e) => {
+            ngx_log_error!(
+                NGX_LOG_EMERG,
+                log,
+                "flash_sale_zone \"{}\": cannot read and rewrite state file \"{}\": {}",
+                zone,
+                path,
+                e
+            );
+            return;
+        }
+    };
+    skipped(&rewritten.replay.skipped);
+    if let Some(aside) = &rewritten.moved_aside {
+        ngx_log_error!(
+            NGX_LOG_WARN,
+            log,
+            "flash_sale_zone \"{}\": kept the unusable state file as \"{}\"",
+            zone,
+            aside.display()
+        );
+    }
+    // SAFETY: the table's counters are atomics.
+    unsafe { table.as_ref() }.journal.compacted(Some(rewritten.bytes));
+    ngx_log_error!(
+        NGX_LOG_NOTICE,
+        log,
+        "flash_sale_zone \"{}\": restored {} permits from \"{}\"{}",
+        zone,
+        rewritten.replay.permits.len() - lost,
+        path,
+        if lost > 0 { format!(", {lost} did not fit the zone") } else { String::new() }
+    );
 }
 
 /// Inherits unset values from the enclosing level and checks the resulting window.

@@ -559,8 +559,22 @@ unsafe fn serve(
             let grants = api::grants(body.unwrap_or_default())?;
             with_store(zone, |store, _| {
                 let done = store.grant(&grants);
-                for permit in &done.granted {
-                    zone.journal(|| state::grant(permit), req.log());
+                let journaled = done
+                    .granted
+                    .iter()
+                    .all(|permit| zone.journal(|| state::grant(permit), req.log()));
+                if !journaled {
+                    // All or nothing: a grant the state file cannot keep is not made.
+                    for permit in done.granted.iter().rev() {
+                        store.undo(&permit.key, permit.seq);
+                        if let Some(file) = &zone.state {
+                            file.give_back(permit.seq);
+                        }
+                    }
+                    return Err(ApiError::new(
+                        503,
+                        "the state file cannot take the grants (see the error log); nothing granted",
+                    ));
                 }
                 let permits = store.permits();
                 let cap = store.table().overrides.get().1.or(zone.largest_cap);
@@ -595,10 +609,17 @@ unsafe fn serve(
         Route::Permit(name, key) if method == NGX_HTTP_DELETE => {
             let zone = find(name)?;
             with_store(zone, |store, _| {
-                let seq = store
-                    .revoke(key)
-                    .ok_or_else(|| ApiError::new(404, "no permit for this key"))?;
-                zone.journal(|| state::revoke(seq), req.log());
+                let permit =
+                    store.get(key).ok_or_else(|| ApiError::new(404, "no permit for this key"))?;
+                // On disk first: a revocation the state file cannot keep would come undone at
+                // the next start.
+                if !zone.journal(|| state::revoke(permit.seq), req.log()) {
+                    return Err(ApiError::new(
+                        503,
+                        "the state file cannot take the revocation (see the error log); nothing revoked",
+                    ));
+                }
+                store.revoke(key);
                 Ok((200, json!({ "revoked": 1 })))
             })
         }
@@ -624,7 +645,8 @@ fn with_store<T>(
     let slab = zone.slab().ok_or_else(unavailable)?;
     let table = zone.table.ok_or_else(unavailable)?;
     // SAFETY: `table` was created in this zone's slab pool.
-    let mut store = unsafe { ZoneStore::new(&slab, table, crate::handler::now_ms()) };
+    let mut store = unsafe { ZoneStore::new(&slab, table, crate::handler::now_ms()) }
+        .with_numbers(zone.numbers());
     f(&mut store, &slab)
 }
 
@@ -658,6 +680,12 @@ fn zone_json(zone: &ZoneConf) -> Option<Value> {
         "revoked": m.revoked,
         "expired": m.expired,
         "tokens": { "valid": m.tokens_valid, "refused": m.tokens_refused },
+        "state": zone.state.as_ref().map(|file| json!({
+            "path": file.path.display().to_string(),
+            "up": m.state_up == Some(1),
+            "errors": m.state_errors,
+            "bytes": file.size().ok(),
+        })),
         "redis": zone.redis().map(|redis| json!({
             "server": redis.settings.server(),
             "prefix": redis.settings.prefix,
@@ -697,6 +725,8 @@ fn zone_metrics(zone: &ZoneConf) -> Option<ZoneMetrics> {
         redis_calls: zone.redis.map(|_| load(&stats.redis_calls)),
         redis_errors: zone.redis.map(|_| load(&stats.redis_errors)),
         redis_up: zone.redis.map(|_| u64::from(!table.link.is_down())),
+        state_errors: zone.state.as_ref().map(|_| load(&stats.state_errors)),
+        state_up: zone.state.as_ref().map(|_| u64::from(!table.journal.health.is_down())),
         max_permits: table.overrides.get().1.or(zone.largest_cap),
         // SAFETY: nginx sets the page size at startup.
         bytes_used: total.saturating_sub(free_pages * unsafe { ngx_pagesize } as u64),

@@ -189,10 +189,12 @@ unsafe fn gate(r: *mut ngx_http_request_t) -> ngx_int_t {
 
     let now = now_ms();
     // SAFETY: `table` was created in this zone's slab pool by `init_zone`.
-    let mut store = unsafe { ZoneStore::new(&slab, table, now) }.with_ttl(lcf.permit_ttl_ms);
+    let mut store = unsafe { ZoneStore::new(&slab, table, now) }
+        .with_ttl(lcf.permit_ttl_ms)
+        .with_numbers(zone.numbers());
     let sale = store.table().overrides.apply(lcf.sale());
     let draw = drawer(lcf, store.table().draw_secret(), key, now);
-    let verdict = decide(&sale, key, now, draw, &mut store);
+    let mut verdict = decide(&sale, key, now, draw, &mut store);
 
     let log = req.log();
     let settled = store.take_settled();
@@ -216,7 +218,15 @@ unsafe fn gate(r: *mut ngx_http_request_t) -> ngx_int_t {
             granted_ms: now,
             expires_ms: held.expires_ms,
         };
-        zone.journal(|| state::grant(&permit()), log);
+        // A buyer is told ADMITTED only once his permit is on disk: if the state file cannot
+        // take it, the admission is undone and he is told UNAVAILABLE, as with Redis away.
+        if !zone.journal(|| state::grant(&permit()), log) {
+            store.undo(key, held.seq);
+            if let Some(file) = &zone.state {
+                file.give_back(held.seq);
+            }
+            verdict = Outcome::Unavailable.into();
+        }
     }
     if store.newly_full() {
         ngx_log_error!(

@@ -1,192 +1,527 @@
-//! The state file on disk (`flash_sale_zone ... state=PATH`): opened when the configuration is
-//! read, so that every worker inherits the descriptor; read back into a new zone; appended to
-//! by workers as permits change; rewritten as a snapshot when the zone is created and when the
-//! master exits. The records themselves are `state.rs`'s.
+//! The state file on disk (`flash_sale_zone ... state=PATH`) and its lock file `PATH.lock`:
+//! how records reach the disk, how the journal is compacted while nginx runs, and how permit
+//! numbers stay unique across every process that writes the file, both generations of nginx's
+//! binary upgrade included. Plain Rust over the system calls; the records are `state.rs`'s,
+//! and the glue logs what goes wrong.
+//!
+//! - **Appends**: one `write` of a whole record on an `O_APPEND` descriptor, under a shared
+//!   `fcntl` lock on the lock file. A compaction holds it exclusively, so that no record goes
+//!   into a journal that is being replaced; a descriptor whose journal was replaced (its link
+//!   count is 0) is reopened before the write. `fcntl` locks belong to processes, so the
+//!   descriptors every worker inherits from the master lock as each worker's own.
+//! - **Compaction**: the journal is read, replayed and written back as a snapshot (through a
+//!   temporary file and a rename), so that its size follows the permits, not their history.
+//!   It works from the file, not from a zone's memory, so it keeps what every process wrote.
+//! - **Numbers**: the next permit number lives in the lock file's first page, mapped shared by
+//!   every process: two generations of nginx (a binary upgrade) never give one number twice.
+//! - **A record cut short** (a full disk) is marked in that page, and the next record starts
+//!   on a line of its own: the fragment is one damaged line, skipped on replay, and nothing
+//!   else is.
+//! - **Mode**: both files are `0600`, owned by nginx's worker user (the master, root, can
+//!   write them too): the keys in them are buyers' identities.
 
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
 use std::ffi::CString;
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use nginx_sys::{ngx_log_t, NGX_LOG_NOTICE, NGX_LOG_WARN};
-use ngx::core::SlabPool;
-use ngx::ngx_log_error;
+use crate::state::{self, Replay};
 
-use crate::state;
-use crate::zone::{PermitTable, ZoneStore};
+/// The files' mode: the owner reads and writes, nobody else anything.
+const MODE: libc::mode_t = 0o600;
 
-/// A zone's state file and the descriptor appends go through.
+/// The lock file's shared page.
+#[repr(C)]
+struct Page {
+    /// [`PAGE_MAGIC`] once the page is laid out.
+    magic: AtomicU64,
+    /// The number the next permit gets; 0 until the first zone is loaded.
+    next_seq: AtomicU64,
+    /// 1 when a record was cut short: the next one starts with a line break.
+    torn: AtomicU64,
+}
+
+const PAGE_MAGIC: u64 = u64::from_le_bytes(*b"fslock01");
+const PAGE_LEN: usize = 4096;
+
+/// A zone's state file: the journal, the lock file and its shared page.
 pub struct StateFile {
     pub path: PathBuf,
-    fd: libc::c_int,
+    journal: libc::c_int,
+    lock: libc::c_int,
+    page: NonNull<Page>,
+    /// nginx's worker user and group, which own the files; `None` when nginx is not root.
+    owner: Cell<Option<(libc::uid_t, libc::gid_t)>>,
+}
+
+/// Why an append did not land whole.
+#[derive(Debug)]
+pub struct AppendError {
+    pub cause: io::Error,
+    /// Bytes of the record that did reach the file (a damaged line now).
+    pub written: usize,
+}
+
+/// What a rewrite found and left.
+#[derive(Debug, Default)]
+pub struct Rewritten {
+    /// What the journal held, as replayed.
+    pub replay: Replay,
+    /// Where an unusable file was moved, to start a new one.
+    pub moved_aside: Option<PathBuf>,
+    /// The size of the new journal, in bytes.
+    pub bytes: u64,
 }
 
 impl StateFile {
+    /// Opens (creating them if need be) the journal at `path` and its lock file `PATH.lock`,
+    /// both `0600`.
     pub fn open(path: PathBuf) -> io::Result<StateFile> {
-        let fd = open_append(&path)?;
-        Ok(StateFile { path, fd })
+        let journal = open_journal(&path)?;
+        let lock = match open_file(&lock_path(&path), libc::O_RDWR | libc::O_CREAT) {
+            Ok(fd) => fd,
+            Err(e) => {
+                close(journal);
+                return Err(e);
+            }
+        };
+        let page = map_page(lock).inspect_err(|_| {
+            close(journal);
+            close(lock);
+        })?;
+        Ok(StateFile { path, journal, lock, page, owner: Cell::new(None) })
     }
 
-    /// Appends one record. A single `write` on an `O_APPEND` descriptor lands whole, after
-    /// what other workers wrote; the page cache keeps it through a crash of nginx.
-    pub fn append(&self, record: &str) -> bool {
-        // SAFETY: `fd` is open for as long as `self`; the buffer is valid for its length.
-        let written = unsafe { libc::write(self.fd, record.as_ptr().cast(), record.len()) };
-        written == record.len() as isize
+    /// Gives both files to nginx's worker user, so that workers can reopen and replace them;
+    /// temporary files made later get the same owner.
+    pub fn set_owner(&self, uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
+        self.owner.set(Some((uid, gid)));
+        for fd in [self.journal, self.lock] {
+            // SAFETY: both descriptors are open for as long as `self`.
+            if unsafe { libc::fchown(fd, uid, gid) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
     }
 
-    /// Replaces the file with `text` (through a temporary file and a rename, so that a crash
-    /// leaves the old file or the new one), and points the descriptor at the new file.
-    pub fn rewrite(&self, text: &str) -> io::Result<()> {
+    /// The counter every process of every generation takes permit numbers from.
+    pub fn numbers(&self) -> &AtomicU64 {
+        &self.page().next_seq
+    }
+
+    /// Gives back `seq` if it is still the last number taken (an admission undone), so that
+    /// a failing disk does not use up numbers.
+    pub fn give_back(&self, seq: u64) {
+        let _ = self.numbers().compare_exchange(seq + 1, seq, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    /// Appends one record, whole, after what every other process wrote.
+    pub fn append(&self, record: &str) -> Result<(), AppendError> {
+        let failed = |cause| AppendError { cause, written: 0 };
+        let _shared = self.locked(libc::F_RDLCK as libc::c_short).map_err(failed)?;
+        self.reopen_if_replaced().map_err(failed)?;
+        let torn = &self.page().torn;
+        let mut text = String::with_capacity(record.len() + 1);
+        if torn.swap(0, Ordering::AcqRel) != 0 {
+            text.push('\n');
+        }
+        text.push_str(record);
+        let written = match write(self.journal, text.as_bytes()) {
+            Ok(n) => n,
+            Err(cause) => {
+                if text.len() > record.len() {
+                    torn.store(1, Ordering::Release);
+                }
+                return Err(failed(cause));
+            }
+        };
+        if written == text.len() {
+            return Ok(());
+        }
+        // Cut short: try the rest once, which either lands or says why the disk refused it.
+        let rest = &text.as_bytes()[written..];
+        let (more, cause) = match write(self.journal, rest) {
+            Ok(n) if n == rest.len() => return Ok(()),
+            Ok(n) => (n, io::Error::new(io::ErrorKind::WriteZero, "the record was cut short")),
+            Err(cause) => (0, cause),
+        };
+        torn.store(1, Ordering::Release);
+        Err(AppendError { cause, written: written + more })
+    }
+
+    /// Reads the journal, replays it for `zone` (whose key expression is `key_spec`) and
+    /// writes it back as a snapshot, with the next number from the shared counter and the
+    /// counters `counters` gives for what was replayed. A journal that is not this zone's, or
+    /// cannot be read, is moved aside (never overwritten) and a new one started. Holds the
+    /// lock throughout: no record is lost to the rewrite.
+    pub fn rewrite(
+        &self,
+        zone: &str,
+        key_spec: &[u8],
+        now_ms: i64,
+        counters: impl FnOnce(&Replay) -> Vec<(String, u64)>,
+    ) -> io::Result<Rewritten> {
+        let _exclusive = self.locked(libc::F_WRLCK as libc::c_short)?;
+        let mut rewritten = Rewritten::default();
+        let mut replay = match fs::read(&self.path) {
+            Ok(text) => state::replay(&text, zone, key_spec, now_ms),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                state::replay(b"", zone, key_spec, now_ms)
+            }
+            // It can be written but not read: keep it for whoever can, and start a new one.
+            Err(e) => Replay {
+                next_seq: 1,
+                skipped: vec![format!("the whole file: it cannot be read ({e})")],
+                ..Replay::default()
+            },
+        };
+        if replay.skipped.iter().any(|r| r.starts_with("the whole file")) {
+            let mut aside = self.path.clone().into_os_string();
+            aside.push(format!(".unusable-{}", now_ms / 1000));
+            let aside = PathBuf::from(aside);
+            fs::rename(&self.path, &aside)?;
+            rewritten.moved_aside = Some(aside);
+            replay.permits.clear();
+            replay.counters.clear();
+        }
+        let numbers = self.numbers();
+        numbers.fetch_max(replay.next_seq.max(1), Ordering::AcqRel);
+        let next_seq = numbers.load(Ordering::Acquire);
+        let text = state::snapshot(zone, key_spec, next_seq, &counters(&replay), &replay.permits);
+        self.replace(text.as_bytes())?;
+        rewritten.bytes = text.len() as u64;
+        rewritten.replay = replay;
+        Ok(rewritten)
+    }
+
+    /// The journal's size now, in bytes.
+    pub fn size(&self) -> io::Result<u64> {
+        fs::metadata(&self.path).map(|m| m.len())
+    }
+
+    fn page(&self) -> &Page {
+        // SAFETY: the page is mapped for as long as `self`, and only atomics are in it.
+        unsafe { self.page.as_ref() }
+    }
+
+    /// Replaces the journal with `text` through a temporary file and a rename, so that a crash
+    /// leaves the old journal or the new one, and points this process's descriptor at it.
+    fn replace(&self, text: &[u8]) -> io::Result<()> {
         let mut temp = self.path.clone().into_os_string();
         temp.push(".tmp");
         let temp = PathBuf::from(temp);
-        fs::write(&temp, text)?;
-        fs::File::open(&temp)?.sync_all()?;
-        fs::rename(&temp, &self.path)?;
-        let fd = open_append(&self.path)?;
+        let fd = open_file(&temp, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC)?;
+        let written = self.owned(fd).and_then(|()| write_all(fd, text)).and_then(|()| {
+            // SAFETY: `fd` is open.
+            if unsafe { libc::fsync(fd) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+        close(fd);
+        if let Err(e) = written.and_then(|()| fs::rename(&temp, &self.path)) {
+            let _ = fs::remove_file(&temp);
+            return Err(e);
+        }
+        self.reopen()
+    }
+
+    /// Gives a file this process made to the files' owner.
+    fn owned(&self, fd: libc::c_int) -> io::Result<()> {
+        let Some((uid, gid)) = self.owner.get() else {
+            return Ok(());
+        };
+        // SAFETY: `fd` is open.
+        if unsafe { libc::fchown(fd, uid, gid) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Reopens the journal if another process replaced it (a compaction) or removed it.
+    fn reopen_if_replaced(&self) -> io::Result<()> {
+        // SAFETY: `stat` is plain data; the descriptor is open.
+        let mut stat: libc::stat = unsafe { core::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::fstat(self.journal, &mut stat) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if stat.st_nlink == 0 {
+            return self.reopen();
+        }
+        Ok(())
+    }
+
+    /// Points this process's journal descriptor at the file now at `path`.
+    fn reopen(&self) -> io::Result<()> {
+        let fd = open_journal(&self.path)?;
         // SAFETY: both descriptors are open; dup2 swaps the file behind ours atomically.
-        let duplicated = unsafe { libc::dup2(fd, self.fd) };
-        // SAFETY: `fd` is ours and no longer needed.
-        unsafe { libc::close(fd) };
+        let duplicated = unsafe { libc::dup2(fd, self.journal) };
+        close(fd);
         if duplicated < 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(())
     }
 
-    /// Moves an unusable file aside, so that nothing in it is lost by writing over it.
-    fn move_aside(&self, now_s: i64) -> io::Result<PathBuf> {
-        let mut aside = self.path.clone().into_os_string();
-        aside.push(format!(".unusable-{now_s}"));
-        let aside = PathBuf::from(aside);
-        fs::rename(&self.path, &aside)?;
-        Ok(aside)
+    /// Takes the lock file's lock, `F_RDLCK` (shared) or `F_WRLCK` (exclusive), until the
+    /// guard is dropped; waits for it.
+    fn locked(&self, kind: libc::c_short) -> io::Result<Locked<'_>> {
+        set_lock(self.lock, kind, true)?;
+        Ok(Locked(self))
+    }
+}
+
+/// A held lock on the lock file; released when dropped.
+struct Locked<'a>(&'a StateFile);
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let _ = set_lock(self.0.lock, libc::F_UNLCK as libc::c_short, false);
     }
 }
 
 impl Drop for StateFile {
     fn drop(&mut self) {
-        // SAFETY: the descriptor is ours, and closed once, here.
-        unsafe { libc::close(self.fd) };
+        // SAFETY: the page was mapped by `open` with this length, and is unmapped once, here;
+        // the descriptors are ours and closed once, here.
+        unsafe { libc::munmap(self.page.as_ptr().cast(), PAGE_LEN) };
+        close(self.journal);
+        close(self.lock);
     }
 }
 
-fn open_append(path: &Path) -> io::Result<libc::c_int> {
+/// `PATH.lock` beside the journal at `path`.
+pub fn lock_path(path: &Path) -> PathBuf {
+    let mut lock = path.as_os_str().to_owned();
+    lock.push(".lock");
+    PathBuf::from(lock)
+}
+
+fn open_journal(path: &Path) -> io::Result<libc::c_int> {
+    open_file(path, libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT)
+}
+
+/// Opens `path` with `flags`, close-on-exec, and makes it `0600` (a file an older build made
+/// `0644` included).
+fn open_file(path: &Path, flags: libc::c_int) -> io::Result<libc::c_int> {
     let c_path = CString::new(path.as_os_str().as_bytes())?;
-    let flags = libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC;
     // SAFETY: `c_path` is a valid C string.
-    let fd = unsafe { libc::open(c_path.as_ptr(), flags, 0o644) };
+    let fd = unsafe { libc::open(c_path.as_ptr(), flags | libc::O_CLOEXEC, MODE) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is open.
+    if unsafe { libc::fchmod(fd, MODE) } != 0 {
+        let e = io::Error::last_os_error();
+        close(fd);
+        return Err(e);
     }
     Ok(fd)
 }
 
-/// Fills a new zone's table from its state file and leaves the file as a snapshot of it
-/// (except under `nginx -t`, which only reads).
-/// Problems are logged and never stop nginx: what could be read is kept.
-pub fn load(
-    file: &StateFile,
-    zone: &str,
-    key_spec: &[u8],
-    slab: &SlabPool,
-    table: std::ptr::NonNull<PermitTable>,
-    log: *mut ngx_log_t,
-) {
-    let now_ms = crate::handler::now_ms();
-    // SAFETY: set once at startup; `nginx -t` reads the file but changes nothing.
-    let dry = unsafe { nginx_sys::ngx_test_config } != 0;
-    let path = file.path.display();
-    let replay = match fs::read(&file.path) {
-        Ok(text) => state::replay(&text, zone, key_spec, now_ms),
-        // It can be written but not read: keep it for whoever can, and start a new one.
-        Err(e) => state::Replay {
-            next_seq: 1,
-            skipped: vec![format!("the whole file: it cannot be read ({e})")],
-            ..state::Replay::default()
-        },
-    };
-    for reason in &replay.skipped {
-        ngx_log_error!(
-            NGX_LOG_WARN,
-            log,
-            "flash_sale_zone \"{}\": skipped {} of state file \"{}\"",
-            zone,
-            reason,
-            path
-        );
+/// Maps the lock file's first page, shared, laying it out if it is new. The page's blocks
+/// are allocated first, so that a full disk never faults a write to it.
+fn map_page(fd: libc::c_int) -> io::Result<NonNull<Page>> {
+    // SAFETY: `fd` is open; the range is the page.
+    let rc = unsafe { libc::posix_fallocate(fd, 0, PAGE_LEN as libc::off_t) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
     }
-    let whole_file_skipped = replay.skipped.iter().any(|r| r.starts_with("the whole file"));
-    if whole_file_skipped && !dry {
-        match file.move_aside(now_ms / 1000) {
-            Ok(aside) => {
-                ngx_log_error!(
-                    NGX_LOG_WARN,
-                    log,
-                    "flash_sale_zone \"{}\": kept the unusable state file as \"{}\"",
-                    zone,
-                    aside.display()
-                );
-            }
-            Err(e) => {
-                ngx_log_error!(
-                    NGX_LOG_WARN,
-                    log,
-                    "flash_sale_zone \"{}\": cannot move \"{}\" aside ({})",
-                    zone,
-                    path,
-                    e
-                );
-            }
-        }
-    }
-    let lost = {
-        let locked = slab.lock();
-        // SAFETY: the table is new and the master is its only user; the lock is held.
-        unsafe { &mut *table.as_ptr() }.restore(
-            &locked,
-            &replay.permits,
-            replay.next_seq,
-            &replay.counters,
+    // SAFETY: a shared, readable and writable mapping of the file's first page, which exists.
+    let addr = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            PAGE_LEN,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
         )
     };
-    ngx_log_error!(
-        NGX_LOG_NOTICE,
-        log,
-        "flash_sale_zone \"{}\": restored {} permits from \"{}\"{}",
-        zone,
-        replay.permits.len() - lost,
-        path,
-        if lost > 0 { format!(", {lost} did not fit the zone") } else { String::new() }
-    );
-    if !dry {
-        // SAFETY: the table lives in `slab`.
-        let mut store = unsafe { ZoneStore::new(slab, table, now_ms) };
-        snapshot(file, zone, key_spec, &mut store, log);
+    if addr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let page = NonNull::new(addr.cast::<Page>()).ok_or_else(io::Error::last_os_error)?;
+    // SAFETY: the mapping is page-aligned, PAGE_LEN long, and holds only atomics (a new
+    // file's zeroes are a valid, empty page).
+    let magic = unsafe { &page.as_ref().magic };
+    let _ = magic.compare_exchange(0, PAGE_MAGIC, Ordering::AcqRel, Ordering::Relaxed);
+    Ok(page)
+}
+
+fn set_lock(fd: libc::c_int, kind: libc::c_short, wait: bool) -> io::Result<()> {
+    // SAFETY: `flock` is plain data; all zeroes is "from the start, to the end".
+    let mut request: libc::flock = unsafe { core::mem::zeroed() };
+    request.l_type = kind;
+    request.l_whence = libc::SEEK_SET as libc::c_short;
+    let command = if wait { libc::F_SETLKW } else { libc::F_SETLK };
+    loop {
+        // SAFETY: `fd` is open; `request` is a valid lock description.
+        if unsafe { libc::fcntl(fd, command, &request) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }
 
-/// Rewrites the file as the zone is now.
-pub fn snapshot(
-    file: &StateFile,
-    zone: &str,
-    key_spec: &[u8],
-    store: &mut ZoneStore<'_, SlabPool>,
-    log: *mut ngx_log_t,
-) {
-    let (next_seq, permits) = store.snapshot();
-    let counters = store.table().stats.named_values();
-    let text = state::snapshot(zone, key_spec, next_seq, &counters, &permits);
-    if let Err(e) = file.rewrite(&text) {
-        ngx_log_error!(
-            NGX_LOG_WARN,
-            log,
-            "flash_sale_zone \"{}\": cannot write state file \"{}\" ({})",
-            zone,
-            file.path.display(),
-            e
+/// One `write`: how many bytes landed.
+fn write(fd: libc::c_int, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `fd` is open; the buffer is valid for its length.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+fn write_all(fd: libc::c_int, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match write(fd, bytes)? {
+            0 => return Err(io::Error::new(io::ErrorKind::WriteZero, "nothing written")),
+            n => bytes = &bytes[n..],
+        }
+    }
+    Ok(())
+}
+
+fn close(fd: libc::c_int) {
+    // SAFETY: the caller owns `fd` and closes it once.
+    unsafe { libc::close(fd) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zone::PermitInfo;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("flash-sale-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn grant(key: &str, seq: u64) -> String {
+        let p = PermitInfo { key: key.as_bytes().to_vec(), seq, granted_ms: 1, expires_ms: None };
+        state::grant(&p)
+    }
+
+    #[test]
+    fn files_are_private_and_compaction_keeps_every_record() {
+        let dir = temp_dir("compact");
+        let path = dir.join("z.state");
+        let file = StateFile::open(path.clone()).unwrap();
+        let first = file.rewrite("z", b"$k", 0, |_| Vec::new()).unwrap();
+        assert!(first.replay.permits.is_empty());
+        for n in 1..=50 {
+            assert_eq!(file.numbers().fetch_add(1, Ordering::AcqRel), n);
+            file.append(&grant(&format!("k{n}"), n)).unwrap();
+        }
+        for n in 1..=40 {
+            file.append(&state::revoke(n)).unwrap();
+        }
+        let before = file.size().unwrap();
+        let again = file.rewrite("z", b"$k", 0, |_| Vec::new()).unwrap();
+        assert_eq!(again.replay.permits.len(), 10);
+        assert!(again.bytes < before / 3, "{} of {before} bytes", again.bytes);
+        // Appends after the rewrite land in the new journal, from the same descriptor.
+        file.append(&grant("late", 51)).unwrap();
+        let text = fs::read(&path).unwrap();
+        let replay = state::replay(&text, "z", b"$k", 0);
+        assert_eq!(replay.permits.len(), 11);
+        assert_eq!(replay.next_seq, 52);
+        for p in [&path, &lock_path(&path)] {
+            let mode = fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", p.display());
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn two_openings_share_numbers_and_see_each_others_records() {
+        // As two generations of nginx open one state file during a binary upgrade.
+        let dir = temp_dir("generations");
+        let path = dir.join("z.state");
+        let old = StateFile::open(path.clone()).unwrap();
+        old.rewrite("z", b"$k", 0, |_| Vec::new()).unwrap();
+        let take = |f: &StateFile| f.numbers().fetch_add(1, Ordering::AcqRel);
+        let (a, b) = (take(&old), take(&old));
+        old.append(&grant("a", a)).unwrap();
+        old.append(&grant("b", b)).unwrap();
+        let new = StateFile::open(path.clone()).unwrap();
+        let loaded = new.rewrite("z", b"$k", 0, |_| Vec::new()).unwrap();
+        assert_eq!(loaded.replay.permits.len(), 2);
+        let mut seen = vec![a, b];
+        for n in 0..6 {
+            let file = if n % 2 == 0 { &old } else { &new };
+            let seq = take(file);
+            file.append(&grant(&format!("g{n}"), seq)).unwrap();
+            seen.push(seq);
+        }
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen, (1..=8).collect::<Vec<_>>(), "no number twice");
+        // The old generation writes its snapshot as it stops: the new one's records stay.
+        old.rewrite("z", b"$k", 0, |_| Vec::new()).unwrap();
+        drop(old);
+        new.append(&grant("after", take(&new))).unwrap();
+        let replay = state::replay(&fs::read(&path).unwrap(), "z", b"$k", 0);
+        assert_eq!(replay.permits.len(), 9);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_record_cut_short_damages_one_line_only() {
+        let dir = temp_dir("torn");
+        let path = dir.join("z.state");
+        let file = StateFile::open(path.clone()).unwrap();
+        file.rewrite("z", b"$k", 0, |_| Vec::new()).unwrap();
+        file.append(&grant("a", 1)).unwrap();
+        // What a full disk leaves: part of a record, and the mark.
+        fs::OpenOptions::new().append(true).open(&path).unwrap();
+        std::io::Write::write_all(
+            &mut fs::OpenOptions::new().append(true).open(&path).unwrap(),
+            b"G 2 1 0 6",
+        )
+        .unwrap();
+        file.page().torn.store(1, Ordering::Release);
+        file.append(&grant("c", 3)).unwrap();
+        let replay = state::replay(&fs::read(&path).unwrap(), "z", b"$k", 0);
+        let keys: Vec<_> = replay.permits.iter().map(|p| p.key.clone()).collect();
+        assert_eq!(keys, [b"a".to_vec(), b"c".to_vec()]);
+        assert_eq!(replay.skipped.len(), 1, "{:?}", replay.skipped);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_number_given_back_is_reused_only_if_it_was_the_last() {
+        let dir = temp_dir("give-back");
+        let file = StateFile::open(dir.join("z.state")).unwrap();
+        file.rewrite("z", b"$k", 0, |_| Vec::new()).unwrap();
+        let seq = file.numbers().fetch_add(1, Ordering::AcqRel);
+        file.give_back(seq);
+        assert_eq!(file.numbers().load(Ordering::Acquire), seq);
+        let (x, y) = (
+            file.numbers().fetch_add(1, Ordering::AcqRel),
+            file.numbers().fetch_add(1, Ordering::AcqRel),
         );
+        file.give_back(x);
+        assert_eq!(file.numbers().load(Ordering::Acquire), y + 1, "y was taken after x");
+        let _ = fs::remove_dir_all(&dir);
     }
 }

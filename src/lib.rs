@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod health;
+pub mod journal;
 pub mod metrics;
 pub mod parse;
 pub mod remote;
@@ -35,8 +36,6 @@ mod conf;
 mod endpoints;
 #[cfg(not(test))]
 mod handler;
-#[cfg(not(test))]
-mod journal;
 #[cfg(not(test))]
 mod module;
 #[cfg(not(test))]

@@ -22,6 +22,9 @@ pub struct ZoneMetrics {
     pub redis_calls: Option<u64>,
     pub redis_errors: Option<u64>,
     pub redis_up: Option<u64>,
+    /// For a zone with a state file: records it could not take, and whether it takes them.
+    pub state_errors: Option<u64>,
+    pub state_up: Option<u64>,
     /// The API's override, else the largest cap a location sets; `None` is unlimited.
     pub max_permits: Option<u64>,
     pub bytes_used: u64,
@@ -62,7 +65,7 @@ pub fn render(zones: &[ZoneMetrics]) -> String {
             }
         },
     );
-    let simple: [Family; 11] = [
+    let simple: [Family; 13] = [
         ("flash_sale_permits", "gauge", "Permits held now.", |z| Some(z.permits)),
         ("flash_sale_prequeued", "gauge", "Buyers waiting for the pre-queue's draw.", |z| {
             Some(z.prequeued)
@@ -84,6 +87,13 @@ pub fn render(zones: &[ZoneMetrics]) -> String {
         ("flash_sale_redis_up", "gauge", "Whether Redis answered the last round trip.", |z| {
             z.redis_up
         }),
+        (
+            "flash_sale_state_errors_total",
+            "counter",
+            "Records the state file could not take (a full disk, an I/O error).",
+            |z| z.state_errors,
+        ),
+        ("flash_sale_state_up", "gauge", "Whether the state file takes records.", |z| z.state_up),
     ];
     for (name, kind, help, value) in simple {
         family(name, kind, help, &|out| {
@@ -138,6 +148,8 @@ mod tests {
             redis_calls: Some(9),
             redis_errors: Some(1),
             redis_up: Some(0),
+            state_errors: Some(7),
+            state_up: Some(1),
             max_permits: Some(3),
             bytes_used: 45_056,
             bytes_total: 1_048_576,
@@ -165,6 +177,8 @@ mod tests {
             "flash_sale_redis_calls_total{zone=\"laptop\"} 9",
             "flash_sale_redis_errors_total{zone=\"laptop\"} 1",
             "flash_sale_redis_up{zone=\"laptop\"} 0",
+            "flash_sale_state_errors_total{zone=\"laptop\"} 7",
+            "flash_sale_state_up{zone=\"laptop\"} 1",
             "flash_sale_zone_bytes{zone=\"laptop\",kind=\"used\"} 45056",
             "flash_sale_zone_bytes{zone=\"laptop\",kind=\"total\"} 1048576",
         ] {
@@ -174,6 +188,7 @@ mod tests {
         assert_eq!(text.matches("status=\"PERMITTED\"}").count(), 2, "one series per zone");
         assert!(!text.contains("flash_sale_max_permits{zone=\"ph"), "no cap, no sample");
         assert!(!text.contains("flash_sale_redis_up{zone=\"ph"), "a local zone has no Redis");
-        assert_eq!(text.matches("# TYPE").count(), 13);
+        assert!(!text.contains("flash_sale_state_up{zone=\"ph"), "no state file, no sample");
+        assert_eq!(text.matches("# TYPE").count(), 15);
     }
 }

@@ -7,8 +7,7 @@ use nginx_sys::{ngx_cycle_t, ngx_http_module_t, ngx_module_t, NGX_HTTP_MODULE};
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
 
 use crate::conf::{self, LocConf, MainConf};
-use crate::zone::ZoneStore;
-use crate::{handler, journal, variables};
+use crate::{handler, variables};
 
 pub(crate) struct FlashSaleModule;
 
@@ -63,7 +62,8 @@ pub static mut ngx_http_flash_sale_module: ngx_module_t = ngx_module_t {
     ..ngx_module_t::default()
 };
 
-/// When nginx stops, each zone with a state file is written out whole, counters included.
+/// When nginx stops, each zone's state file is compacted, with the zone's counters: what every
+/// process wrote to it is kept (another generation's too, during a binary upgrade).
 unsafe extern "C" fn exit_master(cycle: *mut ngx_cycle_t) {
     // SAFETY: nginx passes its cycle, whose configuration is still in place.
     let Some(main) = (unsafe { cycle.as_ref() }).and_then(FlashSaleModule::main_conf) else {
@@ -73,13 +73,6 @@ unsafe extern "C" fn exit_master(cycle: *mut ngx_cycle_t) {
     let log = unsafe { (*cycle).log };
     for zone in &main.zones {
         // SAFETY: zone configurations live in the cycle's pool.
-        let zone = unsafe { zone.as_ref() };
-        let (Some(file), Some(table), Some(slab)) = (&zone.state, zone.table, zone.slab()) else {
-            continue;
-        };
-        // SAFETY: the table lives in this zone's slab pool; the workers are gone.
-        let mut store = unsafe { ZoneStore::new(&slab, table, crate::handler::now_ms()) };
-        let name = zone.name().to_string();
-        journal::snapshot(file, &name, zone.key.value.as_bytes(), &mut store, log);
+        unsafe { zone.as_ref() }.compact(log);
     }
 }

@@ -23,6 +23,7 @@ use siphasher::sip::SipHasher13;
 
 use rand::{rngs::StdRng, SeedableRng};
 
+use crate::health::Health;
 use crate::remote::Link;
 
 use crate::sale::{
@@ -51,7 +52,7 @@ pub trait Shared {
 
 /// Tells a table laid out by one build of the module from one it cannot read, so that a
 /// reload with a changed layout fails loudly instead of reading garbage.
-const LAYOUT_MAGIC: u64 = 0x464c_5348_5341_4c04; // "FLSHSAL" + version 4
+const LAYOUT_MAGIC: u64 = 0x464c_5348_5341_4c05; // "FLSHSAL" + version 5
 
 /// Counters kept in the zone, exact across workers, updated without the lock.
 #[repr(C)]
@@ -68,6 +69,8 @@ pub struct Stats {
     /// Round trips to Redis for a zone kept there, and those that failed.
     pub redis_calls: AtomicU64,
     pub redis_errors: AtomicU64,
+    /// Records the state file could not take (a full disk, an I/O error).
+    pub state_errors: AtomicU64,
 }
 
 impl Stats {
@@ -89,7 +92,7 @@ impl Stats {
     }
 
     /// The counters besides the outcomes', by their names in the state file.
-    fn totals(&self) -> [(&'static str, &AtomicU64); 7] {
+    fn totals(&self) -> [(&'static str, &AtomicU64); 8] {
         [
             ("granted", &self.granted),
             ("revoked", &self.revoked),
@@ -98,6 +101,7 @@ impl Stats {
             ("tokens_refused", &self.tokens_refused),
             ("redis_calls", &self.redis_calls),
             ("redis_errors", &self.redis_errors),
+            ("state_errors", &self.state_errors),
         ]
     }
 
@@ -236,8 +240,55 @@ pub struct PermitTable {
     pub overrides: Overrides,
     /// For a zone kept in Redis: the link's health and the last SOLD_OUT, shared by workers.
     pub link: Link,
+    /// For a zone with a state file: whether records reach it, and how much has been
+    /// appended since it was last compacted.
+    pub journal: JournalHealth,
     mask: u64,
 }
+
+/// A state file's health, shared by the workers through the zone.
+#[repr(C)]
+#[derive(Default)]
+pub struct JournalHealth {
+    /// Whether appends land; see [`Health`].
+    pub health: Health,
+    /// Bytes appended since the last compaction, and the size that compaction left.
+    pub appended: AtomicU64,
+    pub compacted: AtomicU64,
+    /// 1 while a worker compacts the file.
+    pub compacting: AtomicU64,
+}
+
+impl JournalHealth {
+    /// Counts `bytes` appended; true when the journal has grown enough past its last
+    /// compaction that this caller should compact it now (one caller at a time): more than
+    /// its compacted size again, and at least [`COMPACT_MIN_BYTES`].
+    pub fn appended(&self, bytes: u64) -> bool {
+        let appended = self.appended.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        appended >= COMPACT_MIN_BYTES.max(self.compacted.load(Ordering::Acquire))
+            && self.compacting.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    }
+
+    /// A compaction left `bytes`; `None` if it failed (the journal then waits for as much
+    /// again before the next try).
+    pub fn compacted(&self, bytes: Option<u64>) {
+        match bytes {
+            Some(bytes) => {
+                self.compacted.store(bytes, Ordering::Release);
+                self.appended.store(0, Ordering::Release);
+            }
+            None => {
+                let _ = self
+                    .appended
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| Some(a / 2));
+            }
+        }
+        self.compacting.store(0, Ordering::Release);
+    }
+}
+
+/// The least a journal grows before a worker compacts it.
+pub const COMPACT_MIN_BYTES: u64 = 64 * 1024;
 
 /// One permit: this header, then `key_len` bytes of key. 56 bytes, so that a 40-byte key
 /// fits a 128-byte slab chunk and a 200-byte key a 256-byte one.
@@ -313,6 +364,7 @@ impl PermitTable {
                 stats: Stats::default(),
                 overrides: Overrides::default(),
                 link: Link::default(),
+                journal: JournalHealth::default(),
                 mask: buckets as u64 - 1,
             });
             let first = table.as_ptr().add(1).cast::<*mut Permit>();
@@ -381,7 +433,8 @@ impl PermitTable {
         None
     }
 
-    /// Stores a new permit, numbered next; `None` when the zone has no room for it.
+    /// Stores a new permit, numbered next (from `numbers` when given, the counter a state
+    /// file shares with every process that writes it); `None` when the zone has no room.
     fn insert(
         &mut self,
         arena: &impl Arena,
@@ -389,14 +442,20 @@ impl PermitTable {
         key: &[u8],
         now_ms: i64,
         expires_ms: Option<i64>,
+        numbers: Option<&AtomicU64>,
     ) -> Option<u64> {
-        let seq = self.next_seq;
-        self.store(
-            arena,
-            hash,
-            &PermitInfo { key: key.to_vec(), seq, granted_ms: now_ms, expires_ms },
-        )?;
-        self.next_seq += 1;
+        let seq = match numbers {
+            Some(numbers) => numbers.fetch_add(1, Ordering::AcqRel).max(self.next_seq),
+            None => self.next_seq,
+        };
+        let info = PermitInfo { key: key.to_vec(), seq, granted_ms: now_ms, expires_ms };
+        if self.store(arena, hash, &info).is_none() {
+            if let Some(numbers) = numbers {
+                let _ = numbers.compare_exchange(seq + 1, seq, Ordering::AcqRel, Ordering::Relaxed);
+            }
+            return None;
+        }
+        self.next_seq = self.next_seq.max(seq + 1);
         Stats::count(&self.stats.granted);
         Some(seq)
     }
@@ -574,7 +633,8 @@ impl PermitTable {
         let queue = unsafe { &mut *self.prequeue };
         let hash = queue.hash(key);
         // A registration is a permit of the pre-queue's table: its number is the arrival order.
-        queue.find(hash, key).is_some() || queue.insert(arena, hash, key, now_ms, None).is_some()
+        queue.find(hash, key).is_some()
+            || queue.insert(arena, hash, key, now_ms, None, None).is_some()
     }
 
     /// The pre-queue's draw: gives permits to a uniform choice of the registered keys that hold
@@ -586,6 +646,7 @@ impl PermitTable {
         sale: &Sale,
         now_ms: i64,
         expires_ms: Option<i64>,
+        numbers: Option<&AtomicU64>,
     ) -> (Vec<PermitInfo>, bool) {
         let Some(mut queue) = NonNull::new(self.prequeue) else {
             return (Vec::new(), false);
@@ -612,7 +673,8 @@ impl PermitTable {
         let mut granted = Vec::new();
         for i in prequeue_winners(registered.len(), room, sale.block_ratio, &mut rng) {
             let key = &registered[i];
-            let Some(seq) = self.insert(arena, self.hash(key), key, now_ms, expires_ms) else {
+            let Some(seq) = self.insert(arena, self.hash(key), key, now_ms, expires_ms, numbers)
+            else {
                 return (granted, true);
             };
             granted.push(PermitInfo { key: key.clone(), seq, granted_ms: now_ms, expires_ms });
@@ -707,6 +769,8 @@ pub struct ZoneStore<'a, S: Shared> {
     table: NonNull<PermitTable>,
     now_ms: i64,
     ttl_ms: Option<i64>,
+    /// Where new permits' numbers come from, when not from the table (see `insert`).
+    numbers: Option<&'a AtomicU64>,
     newly_full: bool,
     settled: Vec<PermitInfo>,
 }
@@ -726,7 +790,22 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
     /// # Safety
     /// `table` was created by [`PermitTable::create`] inside `shared`, and stays mapped for `'a`.
     pub unsafe fn new(shared: &'a S, table: NonNull<PermitTable>, now_ms: i64) -> Self {
-        ZoneStore { shared, table, now_ms, ttl_ms: None, newly_full: false, settled: Vec::new() }
+        ZoneStore {
+            shared,
+            table,
+            now_ms,
+            ttl_ms: None,
+            numbers: None,
+            newly_full: false,
+            settled: Vec::new(),
+        }
+    }
+
+    /// New permits take their numbers from `numbers`, a counter shared beyond this zone (a
+    /// state file's: see `journal.rs`).
+    pub fn with_numbers(mut self, numbers: Option<&'a AtomicU64>) -> Self {
+        self.numbers = numbers;
+        self
     }
 
     /// Permits admitted through this store expire `ttl_ms` after admission.
@@ -778,10 +857,12 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
         f: impl FnOnce(&mut PermitTable, &S::Locked<'_>) -> T,
     ) -> T {
         let (now_ms, expires_ms) = (self.now_ms, self.ttl_ms.map(|ttl| self.now_ms + ttl));
+        let numbers = self.numbers;
         let mut settled = None;
         let result = self.with_table(|table, arena| {
             if sale.prequeue_ms.is_some() && !table.prequeue.is_null() {
-                let (granted, full) = table.settle_prequeue(arena, sale, now_ms, expires_ms);
+                let (granted, full) =
+                    table.settle_prequeue(arena, sale, now_ms, expires_ms, numbers);
                 settled = Some((granted, full && table.report_full()));
             }
             f(table, arena)
@@ -812,7 +893,7 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
 
     /// Grants permits to `keys` whatever the cap (an operator's decision); `ttl_ms` per key.
     pub fn grant(&mut self, keys: &[Grant]) -> Grants {
-        let now_ms = self.now_ms;
+        let (now_ms, numbers) = (self.now_ms, self.numbers);
         self.with_table(|table, arena| {
             let mut grants = Grants::default();
             for (key, ttl_ms) in keys {
@@ -820,7 +901,7 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
                 if table.find(hash, key).is_some() {
                     grants.already += 1;
                 } else if let Some(seq) =
-                    table.insert(arena, hash, key, now_ms, ttl_ms.map(|t| now_ms + t))
+                    table.insert(arena, hash, key, now_ms, ttl_ms.map(|t| now_ms + t), numbers)
                 {
                     grants.granted.push(PermitInfo {
                         key: key.clone(),
@@ -841,6 +922,28 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
         let seq = self.take(key)?;
         Stats::count(&self.table().stats.revoked);
         Some(seq)
+    }
+
+    /// Undoes the admission of `key`'s permit `seq`, which never reached the buyer (the
+    /// state file could not record it): not counted as granted, nor as revoked.
+    pub fn undo(&mut self, key: &[u8], seq: u64) {
+        let undone = self.with_table(|table, arena| {
+            let permit = table.find(table.hash(key), key)?;
+            // SAFETY: `permit` was just found in this table, under the lock.
+            if unsafe { permit.as_ref() }.seq != seq {
+                return None;
+            }
+            // SAFETY: as above.
+            unsafe { table.remove(arena, permit) };
+            Some(())
+        });
+        if undone.is_some() {
+            let _ = self.table().stats.granted.fetch_update(
+                Ordering::AcqRel,
+                Ordering::Acquire,
+                |granted| granted.checked_sub(1),
+            );
+        }
     }
 
     /// Takes the permit of `key` out of the table; returns its number.
@@ -918,6 +1021,7 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
     /// Revokes every permit; returns how many there were, and the next number (every permit
     /// below it is gone).
     pub fn clear(&mut self) -> (u64, u64) {
+        let numbers = self.numbers;
         self.with_table(|table, arena| {
             let mut revoked = 0;
             while let Some(permit) = NonNull::new(table.next_in_order(ptr::null())) {
@@ -926,7 +1030,8 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
                 revoked += 1;
             }
             table.stats.revoked.fetch_add(revoked, Ordering::Relaxed);
-            (revoked, table.next_seq())
+            let next = numbers.map_or(0, |n| n.load(Ordering::Acquire));
+            (revoked, table.next_seq().max(next))
         })
     }
 }
@@ -1003,6 +1108,7 @@ impl<S: Shared> PermitLookup for ZoneStore<'_, S> {
 impl<S: Shared> PermitStore for ZoneStore<'_, S> {
     fn admit(&mut self, key: &[u8], sale: &Sale) -> Admission {
         let (now_ms, expires_ms) = (self.now_ms, self.ttl_ms.map(|ttl| self.now_ms + ttl));
+        let numbers = self.numbers;
         let (admission, newly_full) = self.with_sale(sale, |table, arena| {
             let hash = table.hash(key);
             if let Some(permit) = table.find(hash, key) {
@@ -1011,7 +1117,7 @@ impl<S: Shared> PermitStore for ZoneStore<'_, S> {
             if !table.under_cap(sale.cap) {
                 return (Admission::SoldOut, false);
             }
-            match table.insert(arena, hash, key, now_ms, expires_ms) {
+            match table.insert(arena, hash, key, now_ms, expires_ms, numbers) {
                 Some(seq) => (Admission::Admitted(Held { seq, expires_ms }), false),
                 None => (Admission::ZoneFull, table.report_full()),
             }
