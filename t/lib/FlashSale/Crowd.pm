@@ -59,14 +59,19 @@ sub start_nginx {
     my $log_level = $opt{log_level} // 'warn';
     # Directives of the main context, e.g. `thread_pool`.
     my $main = $opt{main} // '';
-    my $user = $> == 0 ? "user root;\n" : '';
+    # `user` as the configuration would say it (e.g. "nobody nogroup"); root when we are root.
+    my $user = $opt{user} ? "user $opt{user};\n" : $> == 0 ? "user root;\n" : '';
     my $temp = join '', map { "    ${_}_temp_path $Root/${_}_temp;\n" }
         qw(client_body proxy fastcgi uwsgi scgi);
     open my $fh, '>', "$Root/conf/nginx.conf" or die $!;
+        # `daemon => 1`: nginx daemonizes, as in production (nginx's binary upgrade needs it: a
+    # master whose parent is the process that started it takes itself for the new binary).
+    # The caller must be a child subreaper (prctl PR_SET_CHILD_SUBREAPER) to reap it.
+    my $daemon = $opt{daemon} ? 'on' : 'off';
     print $fh <<"CONF";
 $modules${user}worker_processes $workers;
 $main
-daemon off;
+daemon $daemon;
 master_process on;
 error_log logs/error.log $log_level;
 pid logs/nginx.pid;
@@ -84,6 +89,12 @@ CONF
         exit 127;
     }
     my $deadline = time + 10;
+    if ($opt{daemon}) {
+        waitpid($Pid, 0);
+        die "nginx exited at startup: " . startup_error() if $?;
+        sleep 0.02 until -s "$Root/logs/nginx.pid" || time > $deadline;
+        $Pid = master_pid();
+    }
     while (time < $deadline) {
         if (waitpid($Pid, POSIX::WNOHANG()) == $Pid) {
             undef $Pid;
