@@ -23,10 +23,9 @@ GET /sale?user=alice
 --- error_code: 503
 --- response_body
 NOT_STARTED: the sale has not started yet.
---- response_headers
+--- response_headers_like
 Cache-Control: no-store
 Content-Type: text/plain
---- response_headers_like
 Retry-After: \d{9,10}
 --- no_error_log
 [error]
