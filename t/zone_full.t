@@ -3,6 +3,11 @@
 
 use Test::Nginx::Socket 'no_plan';
 
+# Test::Nginx checks --- error_log after every request of a block, against what that request
+# alone logged. A block whose log lines come from only some of its requests sends them as
+# --- pipelined_requests: one keep-alive connection, every request answered before the first
+# check, and check_accum_error_log makes each check read the block's whole log.
+check_accum_error_log();
 no_shuffle();
 run_tests();
 
@@ -18,7 +23,7 @@ __DATA__
         proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/backend;
     }
     location /backend { return 200 "ok\n"; }
---- request eval
+--- pipelined_requests eval
 my $key = "k" x 1000;
 # A 1 KB key takes a 2 KB slab chunk: 8 fit beside the table in 32 KB (measured).
 [(map { "GET /sale?user=$_$key" } 1 .. 12), "GET /sale?user=1$key", "GET /sale?user=8$key"]
