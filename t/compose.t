@@ -3,6 +3,11 @@
 
 use Test::Nginx::Socket 'no_plan';
 
+# Test::Nginx checks --- error_log after every request of a block, against what that request
+# alone logged. A block whose log lines come from only some of its requests sends them as
+# --- pipelined_requests: one keep-alive connection, every request answered before the first
+# check, and check_accum_error_log makes each check read the block's whole log.
+check_accum_error_log();
 no_shuffle();
 run_tests();
 
@@ -53,7 +58,7 @@ __DATA__
 --- http_config
     limit_req_zone $binary_remote_addr zone=perip:1m rate=1r/m;
     flash_sale_zone $arg_user zone=sale:1m;
---- request eval
+--- pipelined_requests eval
 ["GET /sale?user=a", "GET /sale?user=b", "GET /sale?user=c", "GET /unlimited?user=d",
  "GET /unlimited?user=b"]
 --- error_code eval
@@ -120,7 +125,7 @@ Too many buyers right now. Status: see X-Sale.
 --- user_files
 >>> who.txt
 Please sign in first.
---- request eval
+--- pipelined_requests eval
 ["GET /sale", "GET /sale"]
 --- more_headers eval
 ["", "Cookie: uid=7"]

@@ -4,6 +4,11 @@
 
 use Test::Nginx::Socket 'no_plan';
 
+# Test::Nginx checks --- error_log after every request of a block, against what that request
+# alone logged. A block whose log lines come from only some of its requests sends them as
+# --- pipelined_requests: one keep-alive connection, every request answered before the first
+# check, and check_accum_error_log makes each check read the block's whole log.
+check_accum_error_log();
 no_shuffle();
 run_tests();
 
@@ -40,7 +45,7 @@ __DATA__
     }
     location /backend { return 200 "ok\n"; }
     location = /metrics { flash_sale_metrics; }
---- request eval
+--- pipelined_requests eval
 ["GET /trial?user=a", "GET /real?user=a", "GET /open?user=b", "GET /open?user=c",
  "GET /real?user=b", "GET /early?user=b", "GET /trial", "GET /metrics"]
 --- error_code eval
@@ -73,7 +78,7 @@ __DATA__
         proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/backend;
     }
     location /backend { return 200 "ok\n"; }
---- request eval
+--- pipelined_requests eval
 ["GET /sale?user=a", "GET /quiet?user=b"]
 --- error_code eval
 [503, 503]

@@ -3,6 +3,11 @@
 
 use Test::Nginx::Socket 'no_plan';
 
+# Test::Nginx checks --- error_log after every request of a block, against what that request
+# alone logged. A block whose log lines come from only some of its requests sends them as
+# --- pipelined_requests: one keep-alive connection, every request answered before the first
+# check, and check_accum_error_log makes each check read the block's whole log.
+check_accum_error_log();
 no_shuffle();
 run_tests();
 
@@ -23,10 +28,9 @@ GET /sale?user=alice
 --- error_code: 503
 --- response_body
 NOT_STARTED: the sale has not started yet.
---- response_headers
+--- response_headers_like
 Cache-Control: no-store
 Content-Type: text/plain
---- response_headers_like
 Retry-After: \d{9,10}
 --- no_error_log
 [error]
@@ -242,7 +246,7 @@ Retry-After: \d{9,10}
     location /backend { return 200 "ok\n"; }
 --- http_config
     flash_sale_zone $arg_user zone=sale:1m;
---- request eval
+--- pipelined_requests eval
 ["GET /sale?user=" . ("k" x 1025), "GET /sale?user=" . ("k" x 1024)]
 --- error_code eval
 [400, 200]

@@ -3,6 +3,11 @@
 
 use Test::Nginx::Socket 'no_plan';
 
+# Test::Nginx checks --- error_log after every request of a block, against what that request
+# alone logged. A block whose log lines come from only some of its requests sends them as
+# --- pipelined_requests: one keep-alive connection, every request answered before the first
+# check, and check_accum_error_log makes each check read the block's whole log.
+check_accum_error_log();
 no_shuffle();
 run_tests();
 
@@ -26,7 +31,7 @@ __DATA__
     }
     location /backend/broken { return 500 "oops\n"; }
     location = /metrics { flash_sale_metrics; }
---- request eval
+--- pipelined_requests eval
 ["GET /sale?user=a&pay=broken", "GET /sale?user=b&pay=ok", "GET /sale?user=a&pay=failed",
  "GET /sale?user=b&pay=ok", "GET /sale?user=a&pay=ok", "GET /metrics"]
 --- error_code eval

@@ -126,6 +126,7 @@ X-Seq: 1
         proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/backend;
     }
     location /backend { return 200 "ok\n"; }
+--- reload_fails
 --- request
 GET /sale?user=alice
 --- response_headers
