@@ -85,6 +85,8 @@ X-Seq: 1
     }
     location /backend { return 200 "ok\n"; }
     location /api/ { flash_sale_api; }
+--- more_headers
+Content-Type: application/json
 --- request eval
 ["PATCH /api/zones/sale\n{\"max_permits\": 3}", "GET /sale?user=dave"]
 --- response_headers eval
