@@ -4,11 +4,13 @@
 //! binary upgrade included. Plain Rust over the system calls; the records are `state.rs`'s,
 //! and the glue logs what goes wrong.
 //!
-//! - **Appends**: one `write` of a whole record on an `O_APPEND` descriptor, under a shared
-//!   `fcntl` lock on the lock file. A compaction holds it exclusively, so that no record goes
-//!   into a journal that is being replaced; a descriptor whose journal was replaced (its link
-//!   count is 0) is reopened before the write. `fcntl` locks belong to processes, so the
-//!   descriptors every worker inherits from the master lock as each worker's own.
+//! - **Appends**: one `write` of a whole record on an `O_APPEND` descriptor, under an `fcntl`
+//!   lock on the lock file, one writer at a time: no record goes into a journal that a
+//!   compaction is replacing, and none lands on the fragment another writer's record left
+//!   before the mark below is set. A descriptor whose journal was replaced (its link count is
+//!   0) is reopened before the write. `fcntl` locks belong to processes, so the descriptors
+//!   every worker inherits from the master lock as each worker's own. The lock is held for
+//!   one `write`: a microsecond or two.
 //! - **Compaction**: the journal is read, replayed and written back as a snapshot (through a
 //!   temporary file and a rename), so that its size follows the permits, not their history.
 //!   It works from the file, not from a zone's memory, so it keeps what every process wrote.
@@ -123,7 +125,7 @@ impl StateFile {
     /// Appends one record, whole, after what every other process wrote.
     pub fn append(&self, record: &str) -> Result<(), AppendError> {
         let failed = |cause| AppendError { cause, written: 0 };
-        let _shared = self.locked(libc::F_RDLCK as libc::c_short).map_err(failed)?;
+        let _exclusive = self.locked(libc::F_WRLCK as libc::c_short).map_err(failed)?;
         self.reopen_if_replaced().map_err(failed)?;
         let torn = &self.page().torn;
         let mut text = String::with_capacity(record.len() + 1);
@@ -269,8 +271,8 @@ impl StateFile {
         Ok(())
     }
 
-    /// Takes the lock file's lock, `F_RDLCK` (shared) or `F_WRLCK` (exclusive), until the
-    /// guard is dropped; waits for it.
+    /// Takes the lock file's lock (`F_WRLCK`, exclusive) until the guard is dropped; waits
+    /// for it.
     fn locked(&self, kind: libc::c_short) -> io::Result<Locked<'_>> {
         set_lock(self.lock, kind, true)?;
         Ok(Locked(self))

@@ -93,6 +93,7 @@ CONF
         waitpid($Pid, 0);
         die "nginx exited at startup: " . startup_error() if $?;
         sleep 0.02 until -s "$Root/logs/nginx.pid" || time > $deadline;
+        die "nginx wrote no pid file: " . startup_error() unless -s "$Root/logs/nginx.pid";
         $Pid = master_pid();
     }
     while (time < $deadline) {
@@ -370,6 +371,12 @@ END {
     stop_nginx();
     stop_nginx($_) for keys %Hosts;
     stop_redis();
+    # A daemon whose start this file did not see through (a test that died meanwhile) must not
+    # go on listening on the ports of the files after it.
+    if (open my $fh, '<', "$Root/logs/nginx.pid") {
+        chomp(my $pid = <$fh> // '');
+        kill 'TERM', $pid if $pid =~ /^\d+$/;
+    }
 }
 
 1;
