@@ -495,7 +495,6 @@ mod tests {
         file.rewrite("z", b"$k", 0, |_| Vec::new()).unwrap();
         file.append(&grant("a", 1)).unwrap();
         // What a full disk leaves: part of a record, and the mark.
-        fs::OpenOptions::new().append(true).open(&path).unwrap();
         std::io::Write::write_all(
             &mut fs::OpenOptions::new().append(true).open(&path).unwrap(),
             b"G 2 1 0 6",

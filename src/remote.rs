@@ -700,23 +700,6 @@ mod tests {
     }
 
     #[test]
-    fn a_down_link_is_tried_once_per_retry_interval_and_logged_once() {
-        let link = Link::default();
-        assert!(link.may_ask(1_000) && !link.is_down());
-        assert_eq!(link.failed(1_000), Change::WentDown);
-        assert_eq!(link.failed(1_010), Change::Unchanged, "one incident, one log line");
-        assert!(link.is_down());
-        assert!(!link.may_ask(1_500), "no try before the retry interval");
-        assert!(link.may_ask(1_000 + RETRY_MS + 10), "one try when due");
-        assert!(!link.may_ask(1_000 + RETRY_MS + 11), "and only one");
-        assert_eq!(link.answered(990, 2_400), Change::Unchanged, "asked before it failed");
-        assert!(link.is_down());
-        assert_eq!(link.answered(2_010, 2_500), Change::CameBack { down_ms: 1_500 });
-        assert_eq!(link.answered(2_510, 2_600), Change::Unchanged);
-        assert!(link.may_ask(2_600));
-    }
-
-    #[test]
     fn a_copy_of_the_permits_keeps_the_live_ones_in_order() {
         let all = vec![
             (b"cy".to_vec(), "3:0:30".to_string()),

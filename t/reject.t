@@ -10,6 +10,20 @@ our $HttpConfig = <<'_EOC_';
     limit_req_zone $arg_user zone=rate:1m rate=1r/m;
 _EOC_
 
+# A sale that turns everybody away with `status`.
+sub refusing {
+    my ($status) = @_;
+    return <<"_EOC_";
+    location /sale {
+        flash_sale zone=sale;
+        flash_sale_block_ratio 1;
+        flash_sale_reject_status $status;
+        proxy_pass http://127.0.0.1:\$TEST_NGINX_SERVER_PORT/backend;
+    }
+    location /backend { return 200 "ok\\n"; }
+_EOC_
+}
+
 no_shuffle();
 run_tests();
 
@@ -17,14 +31,7 @@ __DATA__
 
 === TEST 1: flash_sale_reject_status 444 closes the connection with nothing sent
 --- http_config eval: $::HttpConfig
---- config
-    location /sale {
-        flash_sale zone=sale;
-        flash_sale_block_ratio 1;
-        flash_sale_reject_status 444;
-        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/backend;
-    }
-    location /backend { return 200 "ok\n"; }
+--- config eval: ::refusing(444)
 --- request
 GET /sale?user=bot
 --- error_code:
@@ -57,14 +64,7 @@ qr{"GET /sale\?user=bot HTTP/1\.1" 444 0 }
 
 === TEST 3: 408 closes the connection too, logged as 408
 --- http_config eval: $::HttpConfig
---- config
-    location /sale {
-        flash_sale zone=sale;
-        flash_sale_block_ratio 1;
-        flash_sale_reject_status 408;
-        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/backend;
-    }
-    location /backend { return 200 "ok\n"; }
+--- config eval: ::refusing(408)
 --- request
 GET /sale?user=bot
 --- error_code:
@@ -76,14 +76,7 @@ qr{"GET /sale\?user=bot HTTP/1\.1" 408 0 }
 
 === TEST 4: 499 closes the connection too, logged as 499
 --- http_config eval: $::HttpConfig
---- config
-    location /sale {
-        flash_sale zone=sale;
-        flash_sale_block_ratio 1;
-        flash_sale_reject_status 499;
-        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/backend;
-    }
-    location /backend { return 200 "ok\n"; }
+--- config eval: ::refusing(499)
 --- request
 GET /sale?user=bot
 --- error_code:
@@ -142,14 +135,7 @@ ok
 
 === TEST 7: any other status is answered, with the one-line body
 --- http_config eval: $::HttpConfig
---- config
-    location /sale {
-        flash_sale zone=sale;
-        flash_sale_block_ratio 1;
-        flash_sale_reject_status 429;
-        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/backend;
-    }
-    location /backend { return 200 "ok\n"; }
+--- config eval: ::refusing(429)
 --- request
 GET /sale?user=bot
 --- error_code: 429
