@@ -28,7 +28,7 @@ use crate::remote::Settings;
 use crate::sale::{BlockRatio, DrawMode, Sale, Window};
 use crate::state;
 use crate::token;
-use crate::zone::{bucket_count, PermitTable, Stats};
+use crate::zone::{bucket_count, PermitTable, Stats, ZoneStore};
 
 /// One `flash_sale_zone`: the buyer identity and the shared zone holding the permits.
 pub struct ZoneConf {
@@ -122,8 +122,8 @@ impl ZoneConf {
         let table = unsafe { table.as_ref() };
         let name = self.name().to_string();
         let now = crate::handler::now_ms();
-        let rewritten =
-            file.rewrite(&name, self.key.value.as_bytes(), now, |_| table.stats.named_values());
+        let rewritten = file
+            .rewrite(&name, self.key.value.as_bytes(), now, &[], |_| table.stats.named_values());
         table.journal.compacted(rewritten.as_ref().ok().map(|r| r.bytes));
         if let Err(e) = rewritten {
             ngx_log_error!(
@@ -926,9 +926,29 @@ unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, old_data: *mut c_v
         }
         conf.table = Some(table);
         if let Some(file) = &conf.state {
-            // The configuration opened the files anew; the permits are in the zone already.
+            // The configuration opened the files anew, perhaps at another path: the file gets
+            // every permit the zone holds.
             give_to_workers(conf, file, log);
-            file.numbers().fetch_max(existing.next_seq(), core::sync::atomic::Ordering::AcqRel);
+            // SAFETY: the table lives in this zone's slab pool; workers of the old cycle may
+            // still use it, under its lock.
+            let (next_seq, held) =
+                unsafe { ZoneStore::new(&pool, table, crate::handler::now_ms()) }.snapshot();
+            file.numbers().fetch_max(next_seq, core::sync::atomic::Ordering::AcqRel);
+            let rewritten =
+                file.rewrite(&name.to_string(), key_spec, crate::handler::now_ms(), &held, |_| {
+                    existing.stats.named_values()
+                });
+            existing.journal.compacted(rewritten.as_ref().ok().map(|r| r.bytes));
+            if let Err(e) = rewritten {
+                ngx_log_error!(
+                    NGX_LOG_WARN,
+                    log,
+                    "flash_sale_zone \"{}\": cannot rewrite state file \"{}\": {}",
+                    name,
+                    file.path.display(),
+                    e
+                );
+            }
         }
         return Status::NGX_OK.into();
     }
@@ -1043,7 +1063,7 @@ fn load_state(
         return;
     }
     let mut lost = 0;
-    let rewritten = file.rewrite(zone, key_spec, now_ms, |replay| {
+    let rewritten = file.rewrite(zone, key_spec, now_ms, &[], |replay| {
         let locked = slab.lock();
         // SAFETY: the table is new and the master is its only user; the lock is held.
         let table = unsafe { &mut *table.as_ptr() };

@@ -17,8 +17,9 @@
 //! - **Numbers**: the next permit number lives in the lock file's first page, mapped shared by
 //!   every process: two generations of nginx (a binary upgrade) never give one number twice.
 //! - **A record cut short** (a full disk) is marked in that page, and the next record starts
-//!   on a line of its own: the fragment is one damaged line, skipped on replay, and nothing
-//!   else is.
+//!   with `!` and a line break: the `!` ends the fragment's line, and no record may end with
+//!   one, so the fragment is one damaged line, skipped on replay, even where what landed of it
+//!   would read as a record (a key cut short is another key), and nothing else is damaged.
 //! - **Mode**: both files are `0600`, owned by nginx's worker user (the master, root, can
 //!   write them too): the keys in them are buyers' identities.
 
@@ -31,7 +32,10 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use std::collections::HashSet;
+
 use crate::state::{self, Replay};
+use crate::zone::PermitInfo;
 
 /// The files' mode: the owner reads and writes, nobody else anything.
 const MODE: libc::mode_t = 0o600;
@@ -48,6 +52,10 @@ struct Page {
 }
 
 const PAGE_MAGIC: u64 = u64::from_le_bytes(*b"fslock01");
+
+/// Written before the next record after one was cut short: ends the fragment's line with a
+/// character no record ends with.
+const TORN_END: &str = "!\n";
 const PAGE_LEN: usize = 4096;
 
 /// A zone's state file: the journal, the lock file and its shared page.
@@ -130,7 +138,7 @@ impl StateFile {
         let torn = &self.page().torn;
         let mut text = String::with_capacity(record.len() + 1);
         if torn.swap(0, Ordering::AcqRel) != 0 {
-            text.push('\n');
+            text.push_str(TORN_END);
         }
         text.push_str(record);
         let written = match write(self.journal, text.as_bytes()) {
@@ -158,14 +166,17 @@ impl StateFile {
 
     /// Reads the journal, replays it for `zone` (whose key expression is `key_spec`) and
     /// writes it back as a snapshot, with the next number from the shared counter and the
-    /// counters `counters` gives for what was replayed. A journal that is not this zone's, or
-    /// cannot be read, is moved aside (never overwritten) and a new one started. Holds the
-    /// lock throughout: no record is lost to the rewrite.
+    /// counters `counters` gives for what was replayed. `held` are permits a zone holds that
+    /// the journal may not have (a reload that points the zone at another file): those of keys
+    /// the journal does not know are added. A journal that is not this zone's, or cannot be
+    /// read, is moved aside (never overwritten) and a new one started. Holds the lock
+    /// throughout: no record is lost to the rewrite.
     pub fn rewrite(
         &self,
         zone: &str,
         key_spec: &[u8],
         now_ms: i64,
+        held: &[PermitInfo],
         counters: impl FnOnce(&Replay) -> Vec<(String, u64)>,
     ) -> io::Result<Rewritten> {
         let _exclusive = self.locked(libc::F_WRLCK as libc::c_short)?;
@@ -191,6 +202,14 @@ impl StateFile {
             replay.permits.clear();
             replay.counters.clear();
         }
+        let known: HashSet<&[u8]> = replay.permits.iter().map(|p| p.key.as_slice()).collect();
+        let missing: Vec<PermitInfo> =
+            held.iter().filter(|p| !known.contains(p.key.as_slice())).cloned().collect();
+        for p in &missing {
+            replay.next_seq = replay.next_seq.max(p.seq + 1);
+        }
+        replay.permits.extend(missing);
+        replay.permits.sort_by_key(|p| p.seq);
         let numbers = self.numbers();
         numbers.fetch_max(replay.next_seq.max(1), Ordering::AcqRel);
         let next_seq = numbers.load(Ordering::Acquire);
@@ -408,7 +427,6 @@ fn close(fd: libc::c_int) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::zone::PermitInfo;
     use std::os::unix::fs::PermissionsExt;
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -428,7 +446,7 @@ mod tests {
         let dir = temp_dir("compact");
         let path = dir.join("z.state");
         let file = StateFile::open(path.clone()).unwrap();
-        let first = file.rewrite("z", b"$k", 0, |_| Vec::new()).unwrap();
+        let first = file.rewrite("z", b"$k", 0, &[], |_| Vec::new()).unwrap();
         assert!(first.replay.permits.is_empty());
         for n in 1..=50 {
             assert_eq!(file.numbers().fetch_add(1, Ordering::AcqRel), n);
@@ -438,7 +456,7 @@ mod tests {
             file.append(&state::revoke(n)).unwrap();
         }
         let before = file.size().unwrap();
-        let again = file.rewrite("z", b"$k", 0, |_| Vec::new()).unwrap();
+        let again = file.rewrite("z", b"$k", 0, &[], |_| Vec::new()).unwrap();
         assert_eq!(again.replay.permits.len(), 10);
         assert!(again.bytes < before / 3, "{} of {before} bytes", again.bytes);
         // Appends after the rewrite land in the new journal, from the same descriptor.
@@ -460,13 +478,13 @@ mod tests {
         let dir = temp_dir("generations");
         let path = dir.join("z.state");
         let old = StateFile::open(path.clone()).unwrap();
-        old.rewrite("z", b"$k", 0, |_| Vec::new()).unwrap();
+        old.rewrite("z", b"$k", 0, &[], |_| Vec::new()).unwrap();
         let take = |f: &StateFile| f.numbers().fetch_add(1, Ordering::AcqRel);
         let (a, b) = (take(&old), take(&old));
         old.append(&grant("a", a)).unwrap();
         old.append(&grant("b", b)).unwrap();
         let new = StateFile::open(path.clone()).unwrap();
-        let loaded = new.rewrite("z", b"$k", 0, |_| Vec::new()).unwrap();
+        let loaded = new.rewrite("z", b"$k", 0, &[], |_| Vec::new()).unwrap();
         assert_eq!(loaded.replay.permits.len(), 2);
         let mut seen = vec![a, b];
         for n in 0..6 {
@@ -479,7 +497,7 @@ mod tests {
         seen.dedup();
         assert_eq!(seen, (1..=8).collect::<Vec<_>>(), "no number twice");
         // The old generation writes its snapshot as it stops: the new one's records stay.
-        old.rewrite("z", b"$k", 0, |_| Vec::new()).unwrap();
+        old.rewrite("z", b"$k", 0, &[], |_| Vec::new()).unwrap();
         drop(old);
         new.append(&grant("after", take(&new))).unwrap();
         let replay = state::replay(&fs::read(&path).unwrap(), "z", b"$k", 0);
@@ -492,20 +510,40 @@ mod tests {
         let dir = temp_dir("torn");
         let path = dir.join("z.state");
         let file = StateFile::open(path.clone()).unwrap();
-        file.rewrite("z", b"$k", 0, |_| Vec::new()).unwrap();
+        file.rewrite("z", b"$k", 0, &[], |_| Vec::new()).unwrap();
         file.append(&grant("a", 1)).unwrap();
-        // What a full disk leaves: part of a record, and the mark.
+        // What a full disk leaves: part of a record, and the mark. Here what landed reads as
+        // a record: the key "ab", cut short of "abc", with a newer number than a's.
+        let fragment = &grant("abc", 2)[..grant("abc", 2).len() - 3];
         std::io::Write::write_all(
             &mut fs::OpenOptions::new().append(true).open(&path).unwrap(),
-            b"G 2 1 0 6",
+            fragment.as_bytes(),
         )
         .unwrap();
         file.page().torn.store(1, Ordering::Release);
         file.append(&grant("c", 3)).unwrap();
         let replay = state::replay(&fs::read(&path).unwrap(), "z", b"$k", 0);
         let keys: Vec<_> = replay.permits.iter().map(|p| p.key.clone()).collect();
-        assert_eq!(keys, [b"a".to_vec(), b"c".to_vec()]);
+        assert_eq!(keys, [b"a".to_vec(), b"c".to_vec()], "no permit for \"ab\"");
         assert_eq!(replay.skipped.len(), 1, "{:?}", replay.skipped);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn permits_a_zone_holds_join_a_journal_that_lacks_them() {
+        // A reload pointed the zone at a new file: its permits must not be lost to it.
+        let dir = temp_dir("held");
+        let file = StateFile::open(dir.join("new.state")).unwrap();
+        let held = |key: &str, seq| PermitInfo {
+            key: key.as_bytes().to_vec(),
+            seq,
+            granted_ms: 1,
+            expires_ms: None,
+        };
+        file.rewrite("z", b"$k", 0, &[held("a", 4), held("b", 9)], |_| Vec::new()).unwrap();
+        let again = file.rewrite("z", b"$k", 0, &[], |_| Vec::new()).unwrap();
+        assert_eq!(again.replay.permits, [held("a", 4), held("b", 9)]);
+        assert_eq!(file.numbers().load(Ordering::Acquire), 10);
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -513,7 +551,7 @@ mod tests {
     fn a_number_given_back_is_reused_only_if_it_was_the_last() {
         let dir = temp_dir("give-back");
         let file = StateFile::open(dir.join("z.state")).unwrap();
-        file.rewrite("z", b"$k", 0, |_| Vec::new()).unwrap();
+        file.rewrite("z", b"$k", 0, &[], |_| Vec::new()).unwrap();
         let seq = file.numbers().fetch_add(1, Ordering::AcqRel);
         file.give_back(seq);
         assert_eq!(file.numbers().load(Ordering::Acquire), seq);

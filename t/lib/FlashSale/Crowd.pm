@@ -284,7 +284,7 @@ sub redis_cli {
 }
 
 sub master_pid {
-    open my $fh, '<', "$Root/logs/nginx.pid" or die "no nginx.pid: $!";
+    open my $fh, '<', "$Root/logs/nginx.pid" or die "no nginx.pid: $!\n" . startup_error();
     chomp(my $pid = <$fh>);
     return $pid;
 }
