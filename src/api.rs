@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 
 use crate::parse;
 use crate::remote::Reply;
-use crate::zone::{Grant, PermitInfo};
+use crate::zone::{Cursor, Grant, PermitInfo};
 
 /// What a path under the API's location names.
 #[derive(Debug, PartialEq, Eq)]
@@ -40,11 +40,12 @@ pub const MAX_PAGE: usize = 1000;
 pub const DEFAULT_PAGE: usize = 100;
 
 /// Routes a raw (still percent-encoded) path relative to the API's location, with its query
-/// string. A permit's key is percent-encoded in the path, or, with `?encoding=base64`, the
-/// key's `key_base64` (any bytes, a zero byte too, which nginx refuses in a path as `%00`).
-/// A query parameter the route does not take is refused (400), so that a mistyped one never
-/// widens what a request does (`DELETE zones/NAME/permits?encodng=base64` revokes nothing).
-pub fn route(path: &[u8], args: &[u8]) -> Result<Route, ApiError> {
+/// string; `reading` for GET and HEAD. A permit's key is percent-encoded in the path, or, with
+/// `?encoding=base64`, the key's `key_base64` (any bytes, a zero byte too, which nginx refuses
+/// in a path as `%00`). A query parameter the request does not take is refused (400), so that
+/// a mistyped or misplaced one never widens what it does: `DELETE zones/NAME/permits?limit=1`
+/// revokes nothing, nor does `DELETE zones/NAME/permits/` (an empty key).
+pub fn route(path: &[u8], args: &[u8], reading: bool) -> Result<Route, ApiError> {
     let not_found = || ApiError::new(404, "no such endpoint; try GET zones");
     let path = path.strip_prefix(b"/").unwrap_or(path);
     let parts: Vec<&[u8]> = path.split(|&c| c == b'/').collect();
@@ -56,8 +57,12 @@ pub fn route(path: &[u8], args: &[u8]) -> Result<Route, ApiError> {
     let (route, takes): (Route, &[&[u8]]) = match parts.as_slice() {
         [b"zones"] | [b"zones", b""] => (Route::Zones, &[]),
         [b"zones", zone] if !zone.is_empty() => (Route::Zone(name(zone)?), &[]),
-        [b"zones", zone, b"permits"] | [b"zones", zone, b"permits", b""] if !zone.is_empty() => {
-            (Route::Permits(name(zone)?), &[b"limit", b"after"])
+        [b"zones", zone, b"permits"] if !zone.is_empty() => {
+            let takes: &[&[u8]] = if reading { &[b"limit", b"after"] } else { &[] };
+            (Route::Permits(name(zone)?), takes)
+        }
+        [b"zones", _, b"permits", b""] => {
+            return Err(ApiError::new(400, "no key after permits/: a key is 1 to 1024 bytes"));
         }
         [b"zones", zone, b"permits", key] if !zone.is_empty() => {
             let base64 = match query(args).find(|(name, _)| *name == b"encoding") {
@@ -175,12 +180,11 @@ pub fn percent_decode(raw: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// `?limit=N&after=CURSOR` of a permit listing; the cursor is the `next` of the page before
-/// (the last key's `key_base64`).
+/// `?limit=N&after=CURSOR` of a permit listing; the cursor is the `next` of the page before.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Page {
     pub limit: usize,
-    pub after: Option<Vec<u8>>,
+    pub after: Option<Cursor>,
 }
 
 pub fn page(args: &[u8]) -> Result<Page, ApiError> {
@@ -196,7 +200,7 @@ pub fn page(args: &[u8]) -> Result<Page, ApiError> {
                     as usize;
             }
             b"after" => {
-                let cursor = key_from_base64(value)
+                let cursor = cursor_from(value)
                     .ok_or_else(|| bad("after: expected the \"next\" of the page before"))?;
                 page.after = Some(cursor);
             }
@@ -204,6 +208,30 @@ pub fn page(args: &[u8]) -> Result<Page, ApiError> {
         }
     }
     Ok(page)
+}
+
+/// A listing's `next`: the place of the page's last permit (its expiry, its number and its
+/// key), in base64url, opaque to the client. A place, not a key, so that the cursor leads on
+/// even when that permit is revoked, expires or is granted anew meanwhile.
+pub fn cursor(c: &Cursor) -> String {
+    let mut bytes = Vec::with_capacity(16 + c.key.len());
+    bytes.extend_from_slice(&c.expires_ms.unwrap_or(i64::MIN).to_be_bytes());
+    bytes.extend_from_slice(&c.seq.to_be_bytes());
+    bytes.extend_from_slice(&c.key);
+    KEY_BASE64.encode(bytes)
+}
+
+/// The place a `next` stands for; `None` if it is not one.
+pub fn cursor_from(text: &[u8]) -> Option<Cursor> {
+    let bytes = KEY_BASE64.decode(text).ok()?;
+    let (expires, rest) = bytes.split_first_chunk::<8>()?;
+    let (seq, key) = rest.split_first_chunk::<8>()?;
+    let expires = i64::from_be_bytes(*expires);
+    Some(Cursor {
+        expires_ms: (expires != i64::MIN).then_some(expires),
+        seq: u64::from_be_bytes(*seq),
+        key: key.to_vec(),
+    })
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
@@ -402,14 +430,10 @@ pub fn remote_answer(ask: &RemoteAsk, reply: Reply) -> Result<(u16, Value), ApiE
         Reply::Cleared(revoked) => Ok((200, json!({ "revoked": revoked }))),
         Reply::Permits(permits) => {
             let page = ask.page.as_ref().ok_or_else(|| ApiError::new(500, "no page asked"))?;
-            let start = match &page.after {
-                Some(after) => {
-                    1 + permits.iter().position(|p| p.key == *after).ok_or_else(|| {
-                        ApiError::new(404, "no permit for \"after\"; start again without it")
-                    })?
-                }
-                None => 0,
-            };
+            // Redis lists in the order of the numbers: a place is a number there.
+            let start = page.after.as_ref().map_or(0, |after| {
+                permits.iter().position(|p| p.seq > after.seq).unwrap_or(permits.len())
+            });
             let end = permits.len().min(start.saturating_add(page.limit));
             Ok((200, page_json(&permits[start..end], page.limit, ask.kind)))
         }
@@ -431,7 +455,7 @@ pub fn remote_answer(ask: &RemoteAsk, reply: Reply) -> Result<(u16, Value), ApiE
 
 /// A page of permits and `next`, the cursor of the next page (null on the last one).
 pub fn page_json(permits: &[PermitInfo], limit: usize, kind: KeyKind) -> Value {
-    let next = (permits.len() == limit).then(|| permits.last().map(|p| key_base64(&p.key)));
+    let next = (permits.len() == limit).then(|| permits.last().map(|p| cursor(&Cursor::of(p))));
     let permits: Vec<Value> = permits.iter().map(|p| permit_json(p, kind)).collect();
     json!({ "permits": permits, "next": next.flatten() })
 }
@@ -450,7 +474,7 @@ mod tests {
 
     #[test]
     fn routes() {
-        let route = |path: &[u8]| route(path, b"");
+        let route = |path: &[u8]| route(path, b"", true);
         assert_eq!(route(b"zones"), Ok(Route::Zones));
         assert_eq!(route(b"/zones/"), Ok(Route::Zones));
         assert_eq!(route(b"zones/laptop"), Ok(Route::Zone("laptop".into())));
@@ -470,6 +494,8 @@ mod tests {
         }
         assert_eq!(route(b"zones/laptop/permits/%zz").unwrap_err().status, 400);
         assert_eq!(route(b"zones/laptop/permits/%4").unwrap_err().status, 400);
+        // An empty key is no key: `DELETE permits/$KEY` with an empty $KEY revokes nothing.
+        assert_eq!(route(b"zones/laptop/permits/").unwrap_err().status, 400);
     }
 
     #[test]
@@ -477,27 +503,32 @@ mod tests {
         // 127.0.0.200 as $binary_remote_addr: zero bytes, and not UTF-8.
         let key = [127, 0, 0, 200];
         let address = format!("zones/ip/permits/{}", key_base64(&key));
+        for reading in [true, false] {
+            assert_eq!(
+                route(address.as_bytes(), b"encoding=base64", reading),
+                Ok(Route::Permit("ip".into(), key.to_vec()))
+            );
+        }
         assert_eq!(
-            route(address.as_bytes(), b"encoding=base64"),
+            route(b"zones/ip/permits/fwAAyA==", b"encoding=base64", true),
             Ok(Route::Permit("ip".into(), key.to_vec()))
         );
-        assert_eq!(
-            route(b"zones/ip/permits/fwAAyA==", b"encoding=base64"),
-            Ok(Route::Permit("ip".into(), key.to_vec()))
-        );
-        for (path, args) in [
-            (&b"zones/ip/permits/fwAAyA"[..], &b"encoding=hex"[..]),
-            (b"zones/ip/permits/f*AAyA", b"encoding=base64"),
-            (b"zones/ip/permits/fwAAyA", b"encodng=base64"),
-            (b"zones/ip/permits", b"encoding=base64"),
-            (b"zones/ip", b"limit=1"),
-            (b"zones", b"x"),
+        for (path, args, reading) in [
+            (&b"zones/ip/permits/fwAAyA"[..], &b"encoding=hex"[..], true),
+            (b"zones/ip/permits/f*AAyA", b"encoding=base64", true),
+            (b"zones/ip/permits/fwAAyA", b"encodng=base64", false),
+            (b"zones/ip/permits", b"encoding=base64", false),
+            // A page's parameters do not narrow a DELETE of every permit: refused.
+            (b"zones/ip/permits", b"limit=1", false),
+            (b"zones/ip/permits", b"after=fwAAyA", false),
+            (b"zones/ip", b"limit=1", true),
+            (b"zones", b"x", true),
         ] {
-            let refused = route(path, args).unwrap_err();
+            let refused = route(path, args, reading).unwrap_err();
             assert_eq!(refused.status, 400, "{:?} {:?}", path, args);
         }
         assert_eq!(
-            route(b"zones/ip/permits", b"limit=5&after=fwAAyA"),
+            route(b"zones/ip/permits", b"limit=5&after=fwAAyA", true),
             Ok(Route::Permits("ip".into()))
         );
     }
@@ -510,9 +541,10 @@ mod tests {
             let b64 = json["key_base64"].as_str().unwrap();
             assert_eq!(key_from_base64(b64.as_bytes()).as_deref(), Some(key));
             assert_eq!(json["key"], json!(core::str::from_utf8(key).ok()));
-            let next = page_json(&[p], 1, KeyKind::Bytes)["next"].as_str().unwrap().to_owned();
+            let next =
+                page_json(&[p.clone()], 1, KeyKind::Bytes)["next"].as_str().unwrap().to_owned();
             let after = page(format!("after={next}").as_bytes()).unwrap().after;
-            assert_eq!(after.as_deref(), Some(key));
+            assert_eq!(after, Some(Cursor::of(&p)));
         }
         // Two addresses that the old lossy text showed alike are told apart.
         let a = permit_json(
@@ -596,10 +628,12 @@ mod tests {
     #[test]
     fn pages() {
         assert_eq!(page(b""), Ok(Page { limit: 100, after: None }));
-        assert_eq!(
-            page(b"limit=2&after=YSBi"),
-            Ok(Page { limit: 2, after: Some(b"a b".to_vec()) })
-        );
+        let place = Cursor { expires_ms: Some(1_500), seq: 7, key: b"a b".to_vec() };
+        let args = format!("limit=2&after={}", cursor(&place));
+        assert_eq!(page(args.as_bytes()), Ok(Page { limit: 2, after: Some(place) }));
+        let never = Cursor { expires_ms: None, seq: 8, key: Vec::new() };
+        assert_eq!(cursor_from(cursor(&never).as_bytes()), Some(never));
+        assert_eq!(cursor_from(b"YSBi"), None, "too short for a place");
         for bad in
             [&b"limit=0"[..], b"limit=1001", b"limit=-1", b"limit=x", b"after=%z", b"after=a b"]
         {
@@ -684,8 +718,8 @@ mod tests {
             permit_json(&p, KeyKind::Bytes).to_string(),
             r#"{"expires":null,"granted":"1970-01-01T00:00:00.000Z","key":"alice","key_base64":"YWxpY2U","seq":3}"#
         );
-        let page = page_json(&[p.clone(), p], 2, KeyKind::Bytes);
-        assert_eq!(page["next"], "YWxpY2U");
+        let page = page_json(&[p.clone(), p.clone()], 2, KeyKind::Bytes);
+        assert_eq!(page["next"], json!(cursor(&Cursor::of(&p))));
         assert_eq!(page_json(&[], 2, KeyKind::Bytes)["next"], Value::Null);
         assert_eq!(ApiError::new(404, "no \"zone\"").body(), r#"{"error":"no \"zone\""}"#);
     }
@@ -724,17 +758,25 @@ mod tests {
                 expires_ms: None,
             })
             .collect();
-        let ask = |after: Option<&str>, limit| RemoteAsk {
-            page: Some(Page { limit, after: after.map(|a| a.as_bytes().to_vec()) }),
+        let ask = |after: Option<&Value>, limit| RemoteAsk {
+            page: Some(Page {
+                limit,
+                after: after.and_then(|a| cursor_from(a.as_str()?.as_bytes())),
+            }),
             ..RemoteAsk::default()
         };
-        let list = |ask: RemoteAsk| remote_answer(&ask, Reply::Permits(permits.clone()));
-        let first = list(ask(None, 2)).unwrap().1;
+        let list = |ask: RemoteAsk| remote_answer(&ask, Reply::Permits(permits.clone())).unwrap().1;
+        let first = list(ask(None, 2));
         assert_eq!(first["permits"].as_array().unwrap().len(), 2);
-        assert_eq!(first["next"], json!(key_base64(b"k2")));
-        let last = list(ask(Some("k4"), 2)).unwrap().1;
+        let second = list(ask(Some(&first["next"]), 2));
+        assert_eq!(second["permits"][0]["key"], json!("k3"));
+        let last = list(ask(Some(&second["next"]), 2));
         assert_eq!(last["permits"][0]["key"], json!("k5"));
         assert_eq!(last["next"], json!(null));
-        assert_eq!(list(ask(Some("gone"), 2)).unwrap_err().status, 404);
+        // A cursor whose permit is gone leads on from its number.
+        let gone = Cursor { expires_ms: None, seq: 3, key: b"gone".to_vec() };
+        let after_gone =
+            RemoteAsk { page: Some(Page { limit: 5, after: Some(gone) }), ..RemoteAsk::default() };
+        assert_eq!(list(after_gone)["permits"][0]["key"], json!("k4"));
     }
 }

@@ -365,7 +365,9 @@ fn sender(req: &Request) -> api::Sender<'_> {
 /// `r` is a live request.
 unsafe fn request_route(r: *mut ngx_http_request_t) -> Result<Route, ApiError> {
     // SAFETY: see the function's contract.
-    unsafe { relative_path(r) }.and_then(|path| route(path, req_args(r)))
+    let reading = unsafe { (*r).method } as u32 & (NGX_HTTP_GET | NGX_HTTP_HEAD) != 0;
+    // SAFETY: as above.
+    unsafe { relative_path(r) }.and_then(|path| route(path, req_args(r), reading))
 }
 
 /// How a zone's keys are shown in the API.
@@ -547,11 +549,11 @@ unsafe fn serve(
         }
         Route::Permits(name) if get => {
             let page = api::page(req_args(r))?;
-            let permits = with_store(find(name)?, |store, _| {
-                store.list(page.after.as_deref(), page.limit).ok_or_else(|| {
-                    ApiError::new(404, "no permit for \"after\"; start again without it")
-                })
-            })?;
+            let permits =
+                with_store(
+                    find(name)?,
+                    |store, _| Ok(store.list(page.after.as_ref(), page.limit)),
+                )?;
             Ok((200, api::page_json(&permits, page.limit, key_kind(find(name)?))))
         }
         Route::Permits(name) if method == NGX_HTTP_POST => {

@@ -35,7 +35,8 @@ proptest! {
 
     #[test]
     fn api_requests_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
-        let _ = api::route(&body, &body);
+        let _ = api::route(&body, &body, true);
+        let _ = api::cursor_from(&body);
         let _ = api::page(&body);
         let _ = api::grants(&body);
         let _ = api::patch(&body);

@@ -88,7 +88,7 @@ pub unsafe fn gate(
         key: key.to_vec(),
         cap: sale.cap,
         now_ms: now,
-        expires_ms: lcf.permit_ttl_ms.map(|ttl| now + ttl),
+        expires_ms: lcf.permit_ttl_ms.map(|ttl| crate::sale::expiry(now, ttl)),
         recheck,
     };
     // SAFETY: `r` is live, in its precontent phase; a task that cannot be queued is Redis

@@ -457,7 +457,9 @@ fn execute(
             let mut invocation = grant.key(&permits);
             invocation.key(&expiry).key(&seq).arg(now_ms);
             for (key, ttl_ms) in grants {
-                invocation.arg(key.as_slice()).arg(ttl_ms.map_or(0, |ttl| now_ms + ttl));
+                invocation
+                    .arg(key.as_slice())
+                    .arg(ttl_ms.map_or(0, |ttl| crate::sale::expiry(*now_ms, ttl)));
             }
             let (granted, already, permits): (u64, u64, u64) = invocation.invoke(conn)?;
             Ok(Reply::Granted { granted, already, permits })

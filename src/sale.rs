@@ -146,6 +146,16 @@ impl fmt::Display for Outcome {
 /// could match someone else's permit.
 pub const MAX_KEY_LEN: usize = 1024;
 
+/// The latest instant a permit can expire: 9999-12-31T23:59:59.999Z, the last one RFC 3339
+/// can write. nginx's time syntax reaches 2^63 ms; a time-to-live past this means "until then".
+pub const LATEST_MS: i64 = 253_402_300_799_999;
+
+/// When a permit given at `now_ms` for `ttl_ms` expires, in Unix milliseconds; never past
+/// [`LATEST_MS`], never wrapping.
+pub fn expiry(now_ms: i64, ttl_ms: i64) -> i64 {
+    now_ms.saturating_add(ttl_ms).min(LATEST_MS)
+}
+
 /// When the sale is open, in Unix milliseconds. `None` means "open now" and "never ends".
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Window {
@@ -547,6 +557,13 @@ mod tests {
 
     fn never_drawn() -> f64 {
         panic!("the draw must not run here")
+    }
+
+    #[test]
+    fn expiries_never_wrap_nor_pass_the_year_9999() {
+        assert_eq!(expiry(1_000, 500), 1_500);
+        assert_eq!(expiry(1_700_000_000_000, i64::MAX), LATEST_MS);
+        assert_eq!(expiry(1_700_000_000_000, 15_250_284_452 * 604_800_000), LATEST_MS);
     }
 
     #[test]

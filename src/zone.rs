@@ -27,7 +27,7 @@ use crate::health::Health;
 use crate::remote::Link;
 
 use crate::sale::{
-    prequeue_winners, Admission, Cap, Held, Lookup, Outcome, PermitLookup, PermitStore,
+    expiry, prequeue_winners, Admission, Cap, Held, Lookup, Outcome, PermitLookup, PermitStore,
     Registration, Sale, COUNTED,
 };
 
@@ -775,6 +775,31 @@ pub struct ZoneStore<'a, S: Shared> {
     settled: Vec<PermitInfo>,
 }
 
+/// A place in the listing order of a zone's permits (soonest expiry first, then those without
+/// one; each in the order of their numbers): the permit a page ended with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    pub expires_ms: Option<i64>,
+    pub seq: u64,
+    pub key: Vec<u8>,
+}
+
+impl Cursor {
+    /// The cursor that stands at `p`.
+    pub fn of(p: &PermitInfo) -> Cursor {
+        Cursor { expires_ms: p.expires_ms, seq: p.seq, key: p.key.clone() }
+    }
+
+    /// The place of `p` in the listing order, as it compares.
+    fn at(p: &PermitInfo) -> (i64, u64) {
+        (p.expires_ms.unwrap_or(i64::MAX), p.seq)
+    }
+
+    fn place(&self) -> (i64, u64) {
+        (self.expires_ms.unwrap_or(i64::MAX), self.seq)
+    }
+}
+
 /// A key to grant a permit to, and the permit's time-to-live in milliseconds.
 pub type Grant = (Vec<u8>, Option<i64>);
 
@@ -856,7 +881,7 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
         sale: &Sale,
         f: impl FnOnce(&mut PermitTable, &S::Locked<'_>) -> T,
     ) -> T {
-        let (now_ms, expires_ms) = (self.now_ms, self.ttl_ms.map(|ttl| self.now_ms + ttl));
+        let (now_ms, expires_ms) = (self.now_ms, self.ttl_ms.map(|ttl| expiry(self.now_ms, ttl)));
         let numbers = self.numbers;
         let mut settled = None;
         let result = self.with_table(|table, arena| {
@@ -879,15 +904,28 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
         self.with_table(|table, _| table.find(table.hash(key), key).map(info))
     }
 
-    /// Up to `limit` permits, in list order, starting after the permit of `after`. `None` when
-    /// `after` holds no permit (any more).
-    pub fn list(&mut self, after: Option<&[u8]>, limit: usize) -> Option<Vec<PermitInfo>> {
+    /// Up to `limit` permits, in list order, starting after the place `after` (the last permit
+    /// of the page before). That permit may be gone (revoked, expired, granted anew): the page
+    /// then starts at the first permit after its place, so that no permit is skipped.
+    pub fn list(&mut self, after: Option<&Cursor>, limit: usize) -> Vec<PermitInfo> {
         self.with_table(|table, _| {
             let start = match after {
-                Some(key) => table.find(table.hash(key), key)?.as_ptr().cast_const(),
                 None => ptr::null(),
+                Some(cursor) => {
+                    // SAFETY: permits found in this table are live while the lock is held.
+                    let same = |p: &NonNull<Permit>| unsafe { p.as_ref() }.seq == cursor.seq;
+                    match table.find(table.hash(&cursor.key), &cursor.key).filter(same) {
+                        Some(permit) => permit.as_ptr().cast_const(),
+                        // Gone: walk to its place (an operator's listing, not a request's path).
+                        None => table
+                            .permits_after(ptr::null())
+                            .take_while(|p| Cursor::at(&info(*p)) <= cursor.place())
+                            .last()
+                            .map_or(ptr::null(), |p| p.as_ptr().cast_const()),
+                    }
+                }
             };
-            Some(table.permits_after(start).take(limit).map(info).collect())
+            table.permits_after(start).take(limit).map(info).collect()
         })
     }
 
@@ -900,14 +938,19 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
                 let hash = table.hash(key);
                 if table.find(hash, key).is_some() {
                     grants.already += 1;
-                } else if let Some(seq) =
-                    table.insert(arena, hash, key, now_ms, ttl_ms.map(|t| now_ms + t), numbers)
-                {
+                } else if let Some(seq) = table.insert(
+                    arena,
+                    hash,
+                    key,
+                    now_ms,
+                    ttl_ms.map(|t| expiry(now_ms, t)),
+                    numbers,
+                ) {
                     grants.granted.push(PermitInfo {
                         key: key.clone(),
                         seq,
                         granted_ms: now_ms,
-                        expires_ms: ttl_ms.map(|t| now_ms + t),
+                        expires_ms: ttl_ms.map(|t| expiry(now_ms, t)),
                     });
                 } else {
                     grants.zone_full += 1;
@@ -1107,7 +1150,7 @@ impl<S: Shared> PermitLookup for ZoneStore<'_, S> {
 
 impl<S: Shared> PermitStore for ZoneStore<'_, S> {
     fn admit(&mut self, key: &[u8], sale: &Sale) -> Admission {
-        let (now_ms, expires_ms) = (self.now_ms, self.ttl_ms.map(|ttl| self.now_ms + ttl));
+        let (now_ms, expires_ms) = (self.now_ms, self.ttl_ms.map(|ttl| expiry(self.now_ms, ttl)));
         let numbers = self.numbers;
         let (admission, newly_full) = self.with_sale(sale, |table, arena| {
             let hash = table.hash(key);
@@ -1314,10 +1357,10 @@ mod tests {
         assert_eq!((grants.granted.len(), grants.already, grants.zone_full), (4, 1, 0));
         assert_eq!(grants.granted[2].key, b"soon");
         assert_eq!(grants.granted[2].expires_ms, Some(100));
-        let all = s.list(None, 10).unwrap();
+        let all = s.list(None, 10);
         assert_eq!(keys(&all), [&b"soon"[..], b"middle", b"late", b"never"]);
         let mut s = store(&heap, t, 200);
-        assert_eq!(keys(&s.list(None, 10).unwrap()), [&b"late"[..], b"never"]);
+        assert_eq!(keys(&s.list(None, 10)), [&b"late"[..], b"never"]);
     }
 
     #[test]
@@ -1330,18 +1373,45 @@ mod tests {
         }
         s.grant(&[(b"t1".to_vec(), Some(50)), (b"t0".to_vec(), Some(10))]);
         let mut seen = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
+        let mut after: Option<Cursor> = None;
         loop {
-            let page = s.list(after.as_deref(), 10).unwrap();
+            let page = s.list(after.as_ref(), 10);
             if page.is_empty() {
                 break;
             }
-            after = page.last().map(|p| p.key.clone());
+            after = page.last().map(Cursor::of);
             seen.extend(page.into_iter().map(|p| p.key));
         }
         assert_eq!(seen.len(), 27);
         assert_eq!(&seen[..3], [b"t0".to_vec(), b"t1".to_vec(), b"k00".to_vec()]);
-        assert_eq!(s.list(Some(b"nobody"), 10), None);
+    }
+
+    #[test]
+    fn a_cursor_whose_permit_is_gone_still_leads_on() {
+        let heap = Heap::new(1 << 20);
+        let t = table(&heap, 16);
+        let mut s = store(&heap, t, 0);
+        for k in ["k1", "k2", "k3", "k4"] {
+            s.admit(k.as_bytes(), &capped(None));
+        }
+        let first = s.list(None, 1);
+        let cursor = Cursor::of(&first[0]);
+        // Revoked, then granted anew (a later number, so a later place): the page goes on at
+        // k2, and k1 comes last.
+        s.revoke(b"k1");
+        assert_eq!(keys(&s.list(Some(&cursor), 10)), [&b"k2"[..], b"k3", b"k4"]);
+        s.admit(b"k1", &capped(None));
+        assert_eq!(keys(&s.list(Some(&cursor), 10)), [&b"k2"[..], b"k3", b"k4", b"k1"]);
+        // A place before everything, and one after everything.
+        let nowhere = Cursor { expires_ms: Some(-1), seq: 0, key: b"gone".to_vec() };
+        assert_eq!(s.list(Some(&nowhere), 10).len(), 4);
+        let past = Cursor { expires_ms: None, seq: u64::MAX, key: b"gone".to_vec() };
+        assert!(s.list(Some(&past), 10).is_empty());
+        // Timed permits come first; a cursor among them whose permit expired goes on after it.
+        s.grant(&[(b"t1".to_vec(), Some(100)), (b"t2".to_vec(), Some(200))]);
+        let t1 = Cursor::of(&s.list(None, 1)[0]);
+        let mut s = store(&heap, t, 150);
+        assert_eq!(keys(&s.list(Some(&t1), 2)), [&b"t2"[..], b"k2"]);
     }
 
     #[test]

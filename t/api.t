@@ -46,8 +46,8 @@ keeps the client's escapes, so the key "bob%2Fsmith" is addressed as bob%252Fsmi
  qr/^\{"error":"no such endpoint; try GET zones"\}$/]
 
 
-=== TEST 2: permits page by page with limit and after (the cursor is the page's "next": the
-last key's key_base64)
+=== TEST 2: permits page by page with limit and after (the cursor is the page's "next", the
+place of its last permit); a place whose permit is gone leads on from there
 --- http_config
     flash_sale_zone $arg_user zone=sale:1m;
 --- config
@@ -59,16 +59,19 @@ last key's key_base64)
     location /api/ { flash_sale_api; }
 --- request eval
 ["GET /sale?user=u1", "GET /sale?user=u2", "GET /sale?user=u3",
- "GET /api/zones/sale/permits?limit=2", "GET /api/zones/sale/permits?limit=2&after=dTI",
- "GET /api/zones/sale/permits?after=bm9ib2R5", "GET /api/zones/sale/permits?limit=0"]
+ "GET /api/zones/sale/permits?limit=2", "GET /api/zones/sale/permits?limit=2&after=gAAAAAAAAAAAAAAAAAAAAnUy",
+ "GET /api/zones/sale/permits?after=gAAAAAAAAAAAAAAAAAAAY25vYm9keQ", "GET /api/zones/sale/permits?limit=0",
+ "DELETE /api/zones/sale/permits/u2", "GET /api/zones/sale/permits?after=gAAAAAAAAAAAAAAAAAAAAnUy"]
 --- error_code eval
-[200, 200, 200, 200, 200, 404, 400]
+[200, 200, 200, 200, 200, 200, 400, 200, 200]
 --- response_body_like eval
 ["", "", "",
- qr/^\{"next":"dTI","permits":\[\{[^\]]*"key":"u1".*"key":"u2"[^\]]*\]\}$/,
+ qr/^\{"next":"gAAAAAAAAAAAAAAAAAAAAnUy","permits":\[\{[^\]]*"key":"u1".*"key":"u2"[^\]]*\]\}$/,
  qr/^\{"next":null,"permits":\[\{[^\]]*"key":"u3","key_base64":"dTM","seq":3\}\]\}$/,
- qr/"error":"no permit for \\"after\\"/,
- qr/"error":"bad limit: a number from 1 to 1000"/]
+ qr/^\{"next":null,"permits":\[\]\}$/,
+ qr/"error":"bad limit: a number from 1 to 1000"/,
+ qr/^\{"revoked":1\}$/,
+ qr/^\{"next":null,"permits":\[\{[^\]]*"key":"u3","key_base64":"dTM","seq":3\}\]\}$/]
 
 
 === TEST 3: an operator's grants pass the gate, even over the cap, and say so

@@ -47,16 +47,17 @@ __DATA__
 --- config eval: $::AddrLocations
 --- pipelined_requests eval
 ["GET /sale", "GET /sale", "GET /sale",
- "GET /api/zones/ip/permits?limit=1", "GET /api/zones/ip/permits?limit=1&after=fwAAyA",
- "GET /api/zones/ip/permits?limit=1&after=fwAAyQ", "GET /api/zones/ip/permits?limit=1&after=IAENuAAAAAAAAAAAAAAAAQ"]
+ "GET /api/zones/ip/permits?limit=1", "GET /api/zones/ip/permits?limit=1&after=gAAAAAAAAAAAAAAAAAAAAX8AAMg",
+ "GET /api/zones/ip/permits?limit=1&after=gAAAAAAAAAAAAAAAAAAAAn8AAMk",
+ "GET /api/zones/ip/permits?limit=1&after=gAAAAAAAAAAAAAAAAAAAAyABDbgAAAAAAAAAAAAAAAE"]
 --- more_headers eval
 ["X-Forwarded-For: 127.0.0.200", "X-Forwarded-For: 127.0.0.201", "X-Forwarded-For: 2001:db8::1",
  "", "", "", ""]
 --- response_body_like eval
 ["ok", "ok", "ok",
- qr/^\{"next":"fwAAyA","permits":\[\{"address":"127\.0\.0\.200",[^\]]*\]\}$/,
- qr/^\{"next":"fwAAyQ","permits":\[\{"address":"127\.0\.0\.201",[^\]]*\]\}$/,
- qr/^\{"next":"IAENuAAAAAAAAAAAAAAAAQ","permits":\[\{"address":"2001:db8::1",[^\]]*\]\}$/,
+ qr/^\{"next":"gAAAAAAAAAAAAAAAAAAAAX8AAMg","permits":\[\{"address":"127\.0\.0\.200",[^\]]*\]\}$/,
+ qr/^\{"next":"gAAAAAAAAAAAAAAAAAAAAn8AAMk","permits":\[\{"address":"127\.0\.0\.201",[^\]]*\]\}$/,
+ qr/^\{"next":"gAAAAAAAAAAAAAAAAAAAAyABDbgAAAAAAAAAAAAAAAE","permits":\[\{"address":"2001:db8::1",[^\]]*\]\}$/,
  qr/^\{"next":null,"permits":\[\]\}$/]
 
 
@@ -110,8 +111,8 @@ cursor round-trips, and both the percent-encoded path and key_base64 reach the k
     location /api/ { flash_sale_api; }
 --- pipelined_requests eval
 ["GET /sale", "GET /sale", "GET /sale",
- "GET /api/zones/sale/permits?limit=1", "GET /api/zones/sale/permits?limit=1&after=_zE",
- "GET /api/zones/sale/permits?limit=1&after=_zI",
+ "GET /api/zones/sale/permits?limit=1", "GET /api/zones/sale/permits?limit=1&after=gAAAAAAAAAAAAAAAAAAAAf8x",
+ "GET /api/zones/sale/permits?limit=1&after=gAAAAAAAAAAAAAAAAAAAAv8y",
  "GET /api/zones/sale/permits/%FF1", "GET /api/zones/sale/permits/_zI?encoding=base64",
  "DELETE /api/zones/sale/permits/%FF1", "GET /api/zones/sale/permits"]
 --- more_headers eval
@@ -120,9 +121,9 @@ cursor round-trips, and both the percent-encoded path and key_base64 reach the k
 [200, 200, 200, 200, 200, 200, 200, 200, 200, 200]
 --- response_body_like eval
 ["ok", "ok", "ok",
- qr/^\{"next":"_zE","permits":\[\{"expires":null,"granted":"[^"]+","key":null,"key_base64":"_zE","seq":1\}\]\}$/,
- qr/^\{"next":"_zI","permits":\[\{[^\]]*"key":null,"key_base64":"_zI","seq":2\}\]\}$/,
- qr/^\{"next":"Ym9i","permits":\[\{[^\]]*"key":"bob","key_base64":"Ym9i","seq":3\}\]\}$/,
+ qr/^\{"next":"gAAAAAAAAAAAAAAAAAAAAf8x","permits":\[\{"expires":null,"granted":"[^"]+","key":null,"key_base64":"_zE","seq":1\}\]\}$/,
+ qr/^\{"next":"gAAAAAAAAAAAAAAAAAAAAv8y","permits":\[\{[^\]]*"key":null,"key_base64":"_zI","seq":2\}\]\}$/,
+ qr/^\{"next":"gAAAAAAAAAAAAAAAAAAAA2JvYg","permits":\[\{[^\]]*"key":"bob","key_base64":"Ym9i","seq":3\}\]\}$/,
  qr/"key":null,"key_base64":"_zE","seq":1\}$/,
  qr/"key":null,"key_base64":"_zI","seq":2\}$/,
  qr/^\{"revoked":1\}$/,
@@ -147,24 +148,28 @@ cursor round-trips, and both the percent-encoded path and key_base64 reach the k
 
 
 === TEST 6: a mistyped or misplaced parameter is refused and changes nothing: a DELETE of
-the whole list with ?encoding= revokes nobody
+the whole list with ?encoding=, ?limit= or an empty key revokes nobody
 --- http_config eval: $::AddrConfig
 --- config eval: $::AddrLocations
 --- pipelined_requests eval
 ["GET /sale",
  "DELETE /api/zones/ip/permits?encoding=base64",
+ "DELETE /api/zones/ip/permits?limit=1",
+ "DELETE /api/zones/ip/permits/",
  "DELETE /api/zones/ip/permits/fwAAyA?encodng=base64",
  "DELETE /api/zones/ip/permits/fwAAyA?encoding=hex",
  "GET /api/zones/ip/permits/f*AA?encoding=base64",
  "GET /api/zones/ip/permits?after=not+base64",
  "GET /api/zones/ip/permits"]
 --- more_headers eval
-["X-Forwarded-For: 127.0.0.200", "", "", "", "", "", ""]
+["X-Forwarded-For: 127.0.0.200", "", "", "", "", "", "", "", ""]
 --- error_code eval
-[200, 400, 400, 400, 400, 400, 200]
+[200, 400, 400, 400, 400, 400, 400, 400, 200]
 --- response_body_like eval
 ["ok",
  qr/^\{"error":"unknown parameter \\"encoding\\" here"\}$/,
+ qr/^\{"error":"unknown parameter \\"limit\\" here"\}$/,
+ qr/^\{"error":"no key after permits\/: a key is 1 to 1024 bytes"\}$/,
  qr/^\{"error":"unknown parameter \\"encodng\\" here"\}$/,
  qr/^\{"error":"bad encoding: expected base64"\}$/,
  qr/^\{"error":"bad base64 key"\}$/,
