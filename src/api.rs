@@ -541,8 +541,10 @@ mod tests {
             let b64 = json["key_base64"].as_str().unwrap();
             assert_eq!(key_from_base64(b64.as_bytes()).as_deref(), Some(key));
             assert_eq!(json["key"], json!(core::str::from_utf8(key).ok()));
-            let next =
-                page_json(&[p.clone()], 1, KeyKind::Bytes)["next"].as_str().unwrap().to_owned();
+            let next = page_json(std::slice::from_ref(&p), 1, KeyKind::Bytes)["next"]
+                .as_str()
+                .unwrap()
+                .to_owned();
             let after = page(format!("after={next}").as_bytes()).unwrap().after;
             assert_eq!(after, Some(Cursor::of(&p)));
         }
