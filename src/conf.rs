@@ -438,7 +438,7 @@ unsafe fn set_field_quoting<T>(
 const EMPTY_WINDOW: &str =
     "an empty sale window: \"flash_sale_end\" must be after \"flash_sale_start\"";
 
-const TIME_HINT: &str = "expected a time such as 30s, 10m, 1h30m or 500ms";
+const TIME_HINT: &str = "expected a time of more than zero, such as 30s, 10m, 1h30m or 500ms";
 
 const RFC3339_HINT: &str = "expected an RFC 3339 time such as 2021-08-08T00:00:00Z";
 
@@ -489,7 +489,7 @@ unsafe extern "C" fn set_draw(
     // SAFETY: called by nginx as a location directive handler.
     let words: Vec<&str> = unsafe { args(cf) }[1..].iter().map(text).collect();
     let mode = |_: &str| parse::draw_mode(&words).map_err(str::to_owned);
-    let hint = "expected per_request, or per_key with an optional interval such as 30s";
+    let hint = "expected per_request, or per_key with an optional interval of more than zero such as 30s";
     // SAFETY: called by nginx as a location directive handler.
     unsafe { set_field_quoting(cf, conf, |c| &mut c.draw, mode, hint) }
 }

@@ -333,7 +333,7 @@ qr/"flash_sale_block_ratio" directive is duplicate in \S+nginx\.conf:\d+/
     }
 --- must_die
 --- error_log eval
-qr/invalid value "per_ip" in "flash_sale_draw" directive, expected per_request, or per_key with an optional interval such as 30s in \S+nginx\.conf:\d+/
+qr/invalid value "per_ip" in "flash_sale_draw" directive, expected per_request, or per_key with an optional interval of more than zero such as 30s in \S+nginx\.conf:\d+/
 
 === TEST 27: a per-key draw with a bad interval
 --- http_config
@@ -346,7 +346,7 @@ qr/invalid value "per_ip" in "flash_sale_draw" directive, expected per_request, 
     }
 --- must_die
 --- error_log eval
-qr/invalid value "soon" in "flash_sale_draw" directive, expected per_request, or per_key with an optional interval such as 30s in \S+nginx\.conf:\d+/
+qr/invalid value "soon" in "flash_sale_draw" directive, expected per_request, or per_key with an optional interval of more than zero such as 30s in \S+nginx\.conf:\d+/
 
 === TEST 28: flash_sale given twice in one block
 --- http_config
@@ -385,7 +385,7 @@ qr/invalid number of arguments in "flash_sale_prequeue" directive in \S+nginx\.c
     }
 --- must_die
 --- error_log eval
-qr/invalid value "0s" in "flash_sale_prequeue" directive, expected a time such as 30s, 10m, 1h30m or 500ms in \S+nginx\.conf:\d+/
+qr/invalid value "0s" in "flash_sale_prequeue" directive, expected a time of more than zero, such as 30s, 10m, 1h30m or 500ms in \S+nginx\.conf:\d+/
 
 === TEST 31: a token secret that cannot be read
 --- http_config

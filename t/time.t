@@ -1,7 +1,9 @@
-# Times in every directive of the module are read exactly as nginx reads its own: each value
-# below is given to nginx's `send_timeout` (ngx_conf_set_msec_slot) and to each of the
-# module's time settings, and `nginx -t` must accept or refuse it alike. A refusal quotes the
-# bad value itself, not another word of the directive.
+# Times in every directive of the module, and in the admin API's "ttl", are read exactly as
+# nginx reads its own: each value below is given to nginx's `send_timeout`
+# (ngx_conf_set_msec_slot) and to each of the module's time settings, and `nginx -t` (or the
+# API) must accept or refuse it alike. A refusal quotes the bad value itself, not another
+# word of the directive. Zero, which nginx takes, is refused where a time must be more than
+# zero, and said so.
 
 use strict;
 use warnings;
@@ -49,6 +51,8 @@ my %uses = (
         sub { "server { location / { flash_sale_draw per_key \"$_[0]\"; } }" },
     'flash_sale_redis timeout=' =>
         sub { "flash_sale_redis zone=shared server=127.0.0.1:6379 \"timeout=$_[0]\";" },
+    'flash_sale_redis cache=' =>
+        sub { "flash_sale_redis zone=shared server=127.0.0.1:6379 \"cache=$_[0]\";" },
 );
 
 my @values = (
@@ -70,23 +74,51 @@ for my $value (@values) {
             like($out, qr/invalid value "\Q$value\E" in "flash_sale_\w+" directive/,
                  "\"$value\": $use quotes the bad time");
         }
-        if (!$accepts && $use =~ /redis/) {
-            like($out, qr/invalid parameter "timeout=\Q$value\E"/,
+        if (!$accepts && $use =~ /redis (\w+)=/) {
+            like($out, qr/invalid parameter "$1=\Q$value\E"/,
                  "\"$value\": $use quotes the bad parameter");
         }
     }
 }
 
-# Zero is a time to nginx, but no time for a permit, a pre-queue or a draw's round: refused.
-for my $use (grep { !/redis/ } sort keys %uses) {
+# Zero is a time to nginx, but no time for a permit, a pre-queue, a draw's round or Redis's
+# timeout: refused. (cache=0 means "trust no cached answer", below.)
+for my $use (grep { !/cache/ } sort keys %uses) {
     my ($accepts, $out) = nginx_t($uses{$use}->('0s'));
     ok(!$accepts, "$use refuses 0s");
-    like($out, qr/invalid value "0s"/, "$use quotes 0s");
+    like($out, qr/invalid (value|parameter) "(timeout=)?0s"/, "$use quotes 0s");
 }
 # flash_sale_redis cache=0 means "never trust a cached answer": accepted, as the README says.
 ok((nginx_t('flash_sale_redis zone=shared server=127.0.0.1:6379 cache=0;'))[0],
    'flash_sale_redis takes cache=0');
 ok((nginx_t('flash_sale_redis zone=shared server=127.0.0.1:6379 "cache=1s 500ms";'))[0],
    'flash_sale_redis takes "cache=1s 500ms"');
+
+# The admin API's "ttl" takes the same times: a grant with each value is made (200) where
+# send_timeout takes it, and refused (400, nothing granted) where it does not.
+{
+    use FlashSale::Crowd qw(start_nginx stop_nginx send_body crowd_port fetch_at);
+    my $port = crowd_port();
+    start_nginx(workers => 1, http => <<"HTTP");
+    flash_sale_zone \$arg_user zone=sale:1m;
+    server {
+        listen 127.0.0.1:$port;
+        location /api/ { flash_sale_api; }
+    }
+HTTP
+    my $n = 0;
+    for my $value (@values) {
+        my ($nginx_accepts) = nginx_t("server { location / { send_timeout \"$value\"; } }");
+        my $key = 'ttl' . $n++;
+        (my $json = $value) =~ s/(["\\])/\\$1/g;
+        my $res = send_body($port, 'POST', '/api/zones/sale/permits',
+                            "[{\"key\": \"$key\", \"ttl\": \"$json\"}]");
+        is($res->{status}, $nginx_accepts ? 200 : 400,
+           "API ttl \"$value\": " . ($nginx_accepts ? 'granted' : 'refused') . ' as send_timeout does');
+        my $held = fetch_at($port, "/api/zones/sale/permits/$key")->{status};
+        is($held, $nginx_accepts ? 200 : 404, "API ttl \"$value\": the permit is there only if granted");
+    }
+    stop_nginx();
+}
 
 done_testing();

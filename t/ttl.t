@@ -52,4 +52,4 @@ __DATA__
     }
 --- must_die
 --- error_log eval
-qr/invalid value "0s" in "flash_sale_permit_ttl" directive, expected a time such as 30s, 10m, 1h30m or 500ms in \S+nginx\.conf:\d+/
+qr/invalid value "0s" in "flash_sale_permit_ttl" directive, expected a time of more than zero, such as 30s, 10m, 1h30m or 500ms in \S+nginx\.conf:\d+/
