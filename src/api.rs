@@ -291,6 +291,9 @@ pub fn grants(body: &[u8]) -> Result<Vec<Grant>, ApiError> {
                             .ok_or_else(|| ApiError::new(400, "bad key_base64"))?;
                         Ok((key(&bytes)?, ttl))
                     }
+                    (Some(_), Some(_)) => {
+                        Err(ApiError::new(400, "give a \"key\" or a \"key_base64\", not both"))
+                    }
                     _ => Err(ApiError::new(
                         400,
                         "each object needs a \"key\" or a \"key_base64\" string",

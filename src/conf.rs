@@ -489,7 +489,8 @@ unsafe extern "C" fn set_draw(
     // SAFETY: called by nginx as a location directive handler.
     let words: Vec<&str> = unsafe { args(cf) }[1..].iter().map(text).collect();
     let mode = |_: &str| parse::draw_mode(&words).map_err(str::to_owned);
-    let hint = "expected per_request, or per_key with an optional interval of more than zero such as 30s";
+    let hint =
+        "expected per_request, or per_key with an optional interval of more than zero such as 30s";
     // SAFETY: called by nginx as a location directive handler.
     unsafe { set_field_quoting(cf, conf, |c| &mut c.draw, mode, hint) }
 }

@@ -3,7 +3,9 @@
 # preflight. A body must be application/json (which another site's page cannot send without a
 # preflight, and the API grants none), and a request the browser marks as coming from another
 # site (Origin, Sec-Fetch-Site) is refused. Every refusal changes nothing; curl with the
-# documented header keeps working.
+# documented header keeps working. With the API in a server of its own names and a default
+# server that answers nothing (as the README and the demo do), a page that points its own name
+# at the API's address (DNS rebinding) reaches nothing.
 
 use Test::Nginx::Socket 'no_plan';
 
@@ -138,3 +140,23 @@ Access-Control-Allow-Origin:
 Access-Control-Allow-Methods:
 Access-Control-Allow-Headers:
 Allow: GET, HEAD, POST, DELETE
+
+
+
+=== TEST 5: DNS rebinding: a page whose name points at the API's address never reaches it past a default server that answers nothing
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+    server {
+        listen $TEST_NGINX_SERVER_PORT default_server;
+        return 444;
+    }
+--- config
+    location /api/ { flash_sale_api; }
+--- request eval
+["POST /api/zones/sale/permits\n[\"mallory\"]", "GET /api/zones/sale/permits/mallory"]
+--- more_headers eval
+["Host: evil.example\nOrigin: http://evil.example\nSec-Fetch-Site: same-origin\nContent-Type: application/json", ""]
+--- error_code eval
+["", 404]
+--- response_body_like eval
+["", qr/"error":"no permit for this key"/]
