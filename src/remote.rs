@@ -209,43 +209,43 @@ pub fn keys(prefix: &str, zone: &str) -> [String; 5] {
 }
 
 /// KEYS: permits (key -> "seq:expires_ms:granted_ms", expires 0 for never), expiry (a sorted
-/// set of the keys by expiry), seq (the last number given). ARGV: key, cap (-1 for none),
-/// now_ms, expires_ms (0 for never), recheck (1 to only look). Replies {code, permit}:
-/// 0 admitted, 1 held, 2 sold out, 3 not held.
+/// set of the keys by expiry), seq (the last number given). ARGV: the deadline (see
+/// [`LATE`]), key, cap (-1 for none), now_ms, expires_ms (0 for never), recheck (1 to only
+/// look). Replies {code, permit}: 0 admitted, 1 held, 2 sold out, 3 not held.
 const ADMIT: &str = r"
-local now = tonumber(ARGV[3])
-local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, 1000)
+local now = tonumber(ARGV[4])
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4], 'LIMIT', 0, 1000)
 for _, k in ipairs(gone) do
   redis.call('HDEL', KEYS[1], k)
   redis.call('ZREM', KEYS[2], k)
 end
-local held = redis.call('HGET', KEYS[1], ARGV[1])
+local held = redis.call('HGET', KEYS[1], ARGV[2])
 if held then
   local expires = tonumber(string.match(held, '^%d+:(%d+)'))
   if expires == 0 or expires > now then return {1, held} end
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[1], ARGV[2])
+  redis.call('ZREM', KEYS[2], ARGV[2])
 end
-if ARGV[5] == '1' then return {3, ''} end
-local cap = tonumber(ARGV[2])
+if ARGV[6] == '1' then return {3, ''} end
+local cap = tonumber(ARGV[3])
 if cap >= 0 and redis.call('HLEN', KEYS[1]) >= cap then return {2, ''} end
-local permit = redis.call('INCR', KEYS[3]) .. ':' .. ARGV[4] .. ':' .. ARGV[3]
-if ARGV[4] ~= '0' then redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1]) end
-redis.call('HSET', KEYS[1], ARGV[1], permit)
+local permit = redis.call('INCR', KEYS[3]) .. ':' .. ARGV[5] .. ':' .. ARGV[4]
+if ARGV[5] ~= '0' then redis.call('ZADD', KEYS[2], ARGV[5], ARGV[2]) end
+redis.call('HSET', KEYS[1], ARGV[2], permit)
 return {0, permit}
 ";
 
-/// KEYS as for [`ADMIT`]; ARGV: now_ms, then a key and its expires_ms (0 for never) per permit.
-/// Grants whatever the cap. Replies {granted, already held, permits now}.
+/// KEYS as for [`ADMIT`]; ARGV: the deadline, now_ms, then a key and its expires_ms (0 for
+/// never) per permit. Grants whatever the cap. Replies {granted, already held, permits now}.
 const GRANT: &str = r"
 local granted, already = 0, 0
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local held = redis.call('HGET', KEYS[1], ARGV[i])
   local expires = held and tonumber(string.match(held, '^%d+:(%d+)'))
-  if held and (expires == 0 or expires > tonumber(ARGV[1])) then
+  if held and (expires == 0 or expires > tonumber(ARGV[2])) then
     already = already + 1
   else
-    local permit = redis.call('INCR', KEYS[3]) .. ':' .. ARGV[i + 1] .. ':' .. ARGV[1]
+    local permit = redis.call('INCR', KEYS[3]) .. ':' .. ARGV[i + 1] .. ':' .. ARGV[2]
     if ARGV[i + 1] ~= '0' then
       redis.call('ZADD', KEYS[2], ARGV[i + 1], ARGV[i])
     else
@@ -258,12 +258,12 @@ end
 return {granted, already, redis.call('HLEN', KEYS[1])}
 ";
 
-/// KEYS as for [`ADMIT`]; ARGV: key. Replies the revoked permit, or nil.
+/// KEYS as for [`ADMIT`]; ARGV: the deadline, key. Replies the revoked permit, or nil.
 const REVOKE: &str = r"
-local held = redis.call('HGET', KEYS[1], ARGV[1])
+local held = redis.call('HGET', KEYS[1], ARGV[2])
 if not held then return false end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[2])
 return held
 ";
 
@@ -273,10 +273,10 @@ redis.call('SET', KEYS[1], ARGV[1], 'NX')
 return redis.call('GET', KEYS[1])
 ";
 
-/// KEYS: overrides; ARGV: a field and its value per change, an empty value removing the field.
-/// Replies every field.
+/// KEYS: overrides; ARGV: the deadline, then a field and its value per change, an empty value
+/// removing the field. Replies every field.
 const SET_OVERRIDES: &str = r"
-for i = 1, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
   if ARGV[i + 1] == '' then
     redis.call('HDEL', KEYS[1], ARGV[i])
   else
@@ -286,15 +286,38 @@ end
 return redis.call('HGETALL', KEYS[1])
 ";
 
-/// KEYS as for [`ADMIT`]. Replies how many permits there were.
+/// KEYS as for [`ADMIT`]; ARGV: the deadline. Replies how many permits there were.
 const CLEAR: &str = r"
 local n = redis.call('HLEN', KEYS[1])
 redis.call('DEL', KEYS[1], KEYS[2])
 return n
 ";
 
-static SCRIPTS: LazyLock<[Script; 6]> =
-    LazyLock::new(|| [ADMIT, REVOKE, CLEAR, GRANT, DRAW_SECRET, SET_OVERRIDES].map(Script::new));
+/// The start of every script that changes something. ARGV[1] is the round trip's deadline in
+/// Redis's own clock (Unix ms): a script that Redis runs after it (Redis was stopped or slow,
+/// and the host has given up and answered the buyer) changes nothing, so that nobody told
+/// `UNAVAILABLE` finds his admission made, nor an operator told 502 his revocation. Redis's
+/// clock is read with TIME, which a script may call before it writes since Redis 5
+/// (replicate_commands makes Redis 3.2 and 4 allow it too).
+const LATE: &str = r"
+redis.replicate_commands()
+local clock = redis.call('TIME')
+if clock[1] * 1000 + math.floor(clock[2] / 1000) > tonumber(ARGV[1]) then
+  return redis.error_reply('LATE: Redis ran it after its deadline; nothing changed')
+end
+";
+
+static SCRIPTS: LazyLock<[Script; 6]> = LazyLock::new(|| {
+    let late = |body: &str| Script::new(&format!("{LATE}{body}"));
+    [
+        late(ADMIT),
+        late(REVOKE),
+        late(CLEAR),
+        late(GRANT),
+        Script::new(DRAW_SECRET),
+        late(SET_OVERRIDES),
+    ]
+});
 
 /// A draw secret as it is kept in Redis: two 16-digit hexadecimal numbers.
 pub fn format_secret(secret: [u64; 2]) -> String {
@@ -337,9 +360,17 @@ pub fn parse_admission(code: i64, permit: &str) -> Option<Answer> {
     }
 }
 
+/// A connection to Redis, and how far Redis's clock is ahead of this host's (Unix ms), as
+/// measured when it was opened: a script's deadline is sent in Redis's clock, so that the
+/// hosts' clocks need not agree with Redis's to the millisecond.
+struct Kept {
+    conn: redis::Connection,
+    clock_offset_ms: i64,
+}
+
 /// Connections kept open between requests, by server, in this worker process. A connection
 /// that failed is dropped, never put back.
-static IDLE: Mutex<Vec<(String, redis::Connection)>> = Mutex::new(Vec::new());
+static IDLE: Mutex<Vec<(String, Kept)>> = Mutex::new(Vec::new());
 
 /// The most idle connections kept per worker: as many as nginx's thread pool has threads.
 const MAX_IDLE: usize = 32;
@@ -390,24 +421,59 @@ fn time_left(settings: &Settings, deadline: Instant) -> Result<Duration, String>
     Ok(left)
 }
 
-fn connect(settings: &Settings, deadline: Instant) -> Result<redis::Connection, String> {
+/// Opens a connection and reads Redis's clock (TIME) against this host's, within the time left.
+fn connect(settings: &Settings, deadline: Instant) -> Result<Kept, String> {
     let left = time_left(settings, deadline)?;
     let client = redis::Client::open(settings.connection_info()).map_err(|e| e.to_string())?;
-    client.get_connection_with_timeout(left).map_err(|e| e.to_string())
+    let mut conn = client.get_connection_with_timeout(left).map_err(|e| e.to_string())?;
+    bound(&mut conn, settings, deadline)?;
+    let before = unix_ms();
+    let (seconds, micros): (i64, i64) =
+        redis::cmd("TIME").query(&mut conn).map_err(|e| failure(settings, e))?;
+    let here = (before + unix_ms()) / 2;
+    Ok(Kept { conn, clock_offset_ms: seconds * 1000 + micros / 1000 - here })
 }
 
-/// [`execute`], with the connection's reads and writes bounded by the time left.
-fn execute_by(
+/// Bounds the connection's reads and writes by the time left.
+fn bound(
     conn: &mut redis::Connection,
+    settings: &Settings,
+    deadline: Instant,
+) -> Result<(), String> {
+    let left = time_left(settings, deadline)?;
+    conn.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+    conn.set_write_timeout(Some(left)).map_err(|e| e.to_string())
+}
+
+/// A failed exchange, said plainly: a read or write that ran out of time is a timeout, not
+/// "Resource temporarily unavailable".
+fn failure(settings: &Settings, e: redis::RedisError) -> String {
+    if e.is_timeout() {
+        return format!("no answer within timeout={}ms", settings.timeout_ms);
+    }
+    e.to_string()
+}
+
+/// This host's clock, in Unix milliseconds.
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// [`execute`], bounded by the time left, with the deadline in Redis's clock for its scripts.
+fn execute_by(
+    link: &mut Kept,
     settings: &Settings,
     zone: &str,
     command: &Command,
     deadline: Instant,
 ) -> Result<Reply, String> {
-    let left = time_left(settings, deadline)?;
-    conn.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
-    conn.set_write_timeout(Some(left)).map_err(|e| e.to_string())?;
-    execute(conn, settings, zone, command).map_err(|e| e.to_string())
+    bound(&mut link.conn, settings, deadline)?;
+    let left_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as i64;
+    let redis_deadline = unix_ms() + left_ms + link.clock_offset_ms;
+    execute(&mut link.conn, settings, zone, command, redis_deadline)
+        .map_err(|e| failure(settings, e))
 }
 
 fn execute(
@@ -415,6 +481,7 @@ fn execute(
     settings: &Settings,
     zone: &str,
     command: &Command,
+    deadline: i64,
 ) -> redis::RedisResult<Reply> {
     let [permits, expiry, seq, draw, overrides] = keys(&settings.prefix, zone);
     let [admit, revoke, clear, grant, draw_secret, set_overrides] = &*SCRIPTS;
@@ -426,6 +493,7 @@ fn execute(
                 .key(&permits)
                 .key(&expiry)
                 .key(&seq)
+                .arg(deadline)
                 .arg(key.as_slice())
                 .arg(cap)
                 .arg(now_ms)
@@ -441,12 +509,18 @@ fn execute(
             Ok(Reply::Permit(held.filter(|h| h.expires_ms.is_none_or(|e| e > *now_ms))))
         }
         Command::Revoke { key } => {
-            let permit: Option<String> =
-                revoke.key(&permits).key(&expiry).key(&seq).arg(key.as_slice()).invoke(conn)?;
+            let permit: Option<String> = revoke
+                .key(&permits)
+                .key(&expiry)
+                .key(&seq)
+                .arg(deadline)
+                .arg(key.as_slice())
+                .invoke(conn)?;
             Ok(Reply::Revoked(permit.as_deref().and_then(parse_permit).map(|h| h.seq)))
         }
         Command::Clear => {
-            let cleared: u64 = clear.key(&permits).key(&expiry).key(&seq).invoke(conn)?;
+            let cleared: u64 =
+                clear.key(&permits).key(&expiry).key(&seq).arg(deadline).invoke(conn)?;
             Ok(Reply::Cleared(cleared))
         }
         Command::Permits { now_ms } => {
@@ -455,7 +529,7 @@ fn execute(
         }
         Command::Grant { grants, now_ms } => {
             let mut invocation = grant.key(&permits);
-            invocation.key(&expiry).key(&seq).arg(now_ms);
+            invocation.key(&expiry).key(&seq).arg(deadline).arg(now_ms);
             for (key, ttl_ms) in grants {
                 invocation
                     .arg(key.as_slice())
@@ -476,6 +550,7 @@ fn execute(
         }
         Command::SetOverrides { changes } => {
             let mut invocation = set_overrides.key(&overrides);
+            invocation.arg(deadline);
             for (field, value) in changes {
                 invocation.arg(*field).arg(value.as_deref().unwrap_or(""));
             }
@@ -610,9 +685,11 @@ impl Link {
     }
 
     /// Redis admitted a new buyer: there is room again (a permit expired, or was revoked or
-    /// released on some host), so every draw winner asks again until Redis says SOLD_OUT.
+    /// released on some host), so every draw winner asks again until Redis says SOLD_OUT, and
+    /// then one request copies the permits afresh (the copy this host had is out of date).
     pub fn reopened(&self) {
         self.sold_out_until_ms.store(0, Ordering::Release);
+        self.copy_at_ms.store(0, Ordering::Release);
     }
 }
 
@@ -785,8 +862,12 @@ mod tests {
         assert!(!link.may_ask_for_permit(11_001, 1_000), "the others are told SOLD_OUT");
         assert!(!link.may_ask_for_permit(11_999, 1_000));
         assert!(link.may_ask_for_permit(12_000, 1_000), "until the next cache time");
-        // That winner was admitted: the sale is open again, to every winner at once.
+        // That winner was admitted: the sale is open again, to every winner at once, and the
+        // next SOLD_OUT copies the permits afresh.
+        assert!(link.claim_copy(12_000, 1_000));
+        assert!(!link.claim_copy(12_001, 1_000));
         link.reopened();
+        assert!(link.claim_copy(12_001, 1_000));
         assert!(!link.trusts_sold_out(12_001));
         assert!(link.may_ask_for_permit(12_001, 1_000));
         assert!(link.may_ask_for_permit(12_001, 1_000));

@@ -445,6 +445,41 @@ for my $round (1 .. 5) {
     stop_nginx($_) for qw(a b);
 }
 
+# Redis frozen while a crowd of new buyers waits on it: each is told UNAVAILABLE once the
+# timeout is up, and the admissions they had sent (on connections kept open) must not be made
+# when Redis runs them later, after their deadline: otherwise buyers told UNAVAILABLE hold the
+# whole cap, and later buyers are told SOLD_OUT.
+{
+    start_hosts(prefix => 'frozen:', ratio => 0, cap => 1000, extra => 'timeout=200ms');
+    my $n = 0;
+    my $wave = sub {
+        my ($count, $connections) = @_;
+        my @paths = map { '/sale?user=frozen-' . $n++ } 1 .. $count;
+        return tally(crowd(paths => \@paths, connections => $connections, ports => [$a_port, $b_port]));
+    };
+    is($wave->(64, 32)->{ADMITTED}, 64, 'frozen: 64 buyers admitted, on connections kept open');
+    my $pid = redis_cli('-a', $password, 'INFO', 'server') =~ /process_id:(\d+)/ ? $1 : 0;
+    kill 'STOP', $pid;
+    my $told = $wave->(200, 50);
+    kill 'CONT', $pid;
+    sleep 0.5;
+    is($told->{UNAVAILABLE} // 0, 200, 'frozen: every new buyer told UNAVAILABLE');
+    is(redis_cli('-a', $password, 'HLEN', 'frozen:{sale}:permits') + 0, 64,
+       'frozen: Redis made none of the admissions it ran after their deadline');
+    # While Redis is down, one request per host and second tries it; once one got through on
+    # each host, the others are admitted.
+    for my $port ($a_port, $b_port) {
+        my $t0 = time;
+        sleep 0.2 until fetch_at($port, '/sale?user=frozen-probe-' . $n++)->{sale} eq 'ADMITTED'
+            || time - $t0 > 5;
+    }
+    my $later = $wave->(100, 16);
+    is($later->{ADMITTED} // 0, 100, 'frozen: once Redis is back, new buyers are admitted');
+    like(error_log('a'), qr/LATE: Redis ran it after its deadline|no answer within timeout=200ms/,
+         'frozen: the log says the round trips timed out');
+    stop_nginx($_) for qw(a b);
+}
+
 # A crowd that never stops, on a sale whose permits expire after 2 s (cap 30, cache 500 ms):
 # every expiry frees 30 slots in Redis, and the hosts admit 30 new buyers again each time,
 # within about the cache time, as a local zone would. (A host that trusted its SOLD_OUT until
