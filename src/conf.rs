@@ -74,7 +74,10 @@ impl ZoneConf {
         }
         let record = record();
         match file.append(&record) {
-            Ok(()) => {
+            Ok(made_anew) => {
+                if made_anew {
+                    self.rebuild(log);
+                }
                 if let Change::CameBack { down_ms } = journal.health.worked(now, now) {
                     ngx_log_error!(
                         NGX_LOG_WARN,
@@ -113,27 +116,70 @@ impl ZoneConf {
     }
 
     /// Rewrites the zone's state file as a snapshot of what it holds (every process's records,
-    /// this zone's counters), so that its size follows the permits, not their history.
+    /// this zone's counters), so that its size follows the permits, not their history. A file
+    /// that is gone (removed while nginx ran) is written from the zone's permits.
     pub fn compact(&self, log: *mut nginx_sys::ngx_log_t) {
-        let (Some(file), Some(table)) = (&self.state, self.table) else {
-            return;
-        };
-        // SAFETY: the table lives in the zone's shared memory; its counters are atomics.
-        let table = unsafe { table.as_ref() };
-        let name = self.name().to_string();
-        let now = crate::handler::now_ms();
-        let rewritten = file
-            .rewrite(&name, self.key.value.as_bytes(), now, &[], |_| table.stats.named_values());
-        table.journal.compacted(rewritten.as_ref().ok().map(|r| r.bytes));
-        if let Err(e) = rewritten {
+        let gone = self.state.as_ref().is_some_and(|file| !file.path.exists());
+        self.rewrite_state(gone, log);
+    }
+
+    /// Writes the zone's permits into its state file, which was removed while nginx ran and
+    /// is made anew: they would be lost at the next start.
+    fn rebuild(&self, log: *mut nginx_sys::ngx_log_t) {
+        if let Some(file) = &self.state {
             ngx_log_error!(
                 NGX_LOG_WARN,
                 log,
-                "flash_sale_zone \"{}\": cannot compact state file \"{}\": {}",
-                name,
-                file.path.display(),
-                e
+                "flash_sale_zone \"{}\": state file \"{}\" was removed while nginx ran; written anew from the zone",
+                self.name(),
+                file.path.display()
             );
+        }
+        self.rewrite_state(true, log);
+    }
+
+    /// Rewrites the state file, with the zone's own permits too when `with_zone`; a failure is
+    /// logged once until a rewrite works again.
+    fn rewrite_state(&self, with_zone: bool, log: *mut nginx_sys::ngx_log_t) {
+        let (Some(file), Some(table_ptr), Some(slab)) = (&self.state, self.table, self.slab())
+        else {
+            return;
+        };
+        // SAFETY: the table lives in the zone's shared memory; its counters are atomics.
+        let table = unsafe { table_ptr.as_ref() };
+        let name = self.name().to_string();
+        let now = crate::handler::now_ms();
+        let held = if with_zone {
+            // SAFETY: the table was created in this zone's slab pool by `init_zone`.
+            unsafe { ZoneStore::new(&slab, table_ptr, now) }.snapshot().1
+        } else {
+            Vec::new()
+        };
+        let rewritten = file
+            .rewrite(&name, self.key.value.as_bytes(), now, &held, |_| table.stats.named_values());
+        let failed_before = table.journal.compaction_failed();
+        table.journal.compacted(rewritten.as_ref().ok().map(|r| r.bytes));
+        match rewritten {
+            Err(e) if !failed_before => {
+                ngx_log_error!(
+                    NGX_LOG_WARN,
+                    log,
+                    "flash_sale_zone \"{}\": cannot compact state file \"{}\": {}; it grows until it can",
+                    name,
+                    file.path.display(),
+                    e
+                );
+            }
+            Ok(_) if failed_before => {
+                ngx_log_error!(
+                    NGX_LOG_NOTICE,
+                    log,
+                    "flash_sale_zone \"{}\": state file \"{}\" is compacted again",
+                    name,
+                    file.path.display()
+                );
+            }
+            _ => {}
         }
     }
 
@@ -779,21 +825,10 @@ unsafe extern "C" fn set_zone(
     let directive = unsafe { (*cmd).name };
 
     let mut zone: Option<(ngx_str_t, usize)> = None;
-    let mut state = None;
+    let mut state_arg = None;
     for arg in &args[2..] {
-        if let Some(path) = arg.strip_prefix("state=") {
-            // SAFETY: `cf->cycle` is the cycle being configured.
-            let prefix = unsafe { (*(*cf).cycle).prefix };
-            let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path.as_bytes()));
-            let path =
-                std::path::Path::new(std::ffi::OsStr::from_bytes(prefix.as_bytes())).join(path);
-            match StateFile::open(path) {
-                Ok(file) => state = Some(file),
-                Err(e) => {
-                    ngx_conf_log_error!(NGX_LOG_EMERG, cf, "cannot open \"{}\": {}", arg, e);
-                    return NGX_CONF_ERROR;
-                }
-            }
+        if arg.strip_prefix("state=").is_some() {
+            state_arg = Some(arg);
             continue;
         }
         let Some(spec) = arg.strip_prefix("zone=") else {
@@ -819,6 +854,16 @@ unsafe extern "C" fn set_zone(
     // NGX_CONF_2MORE guarantees a parameter, and any but zone= was refused above.
     let Some((mut name, size)) = zone else {
         return NGX_CONF_ERROR;
+    };
+    // SAFETY: `conf` is this module's main configuration (NGX_HTTP_MAIN_CONF_OFFSET).
+    let main = unsafe { &mut *conf.cast::<MainConf>() };
+    let state = match state_arg {
+        None => None,
+        // SAFETY: called by nginx as a directive handler.
+        Some(arg) => match unsafe { open_state(cf, main, arg, &name, &args[1]) } {
+            Some(file) => Some(file),
+            None => return NGX_CONF_ERROR,
+        },
     };
 
     // SAFETY: called by nginx as a directive handler.
@@ -871,8 +916,6 @@ unsafe extern "C" fn set_zone(
     let Some(zone_conf) = NonNull::new(zone_conf) else {
         return NGX_CONF_ERROR;
     };
-    // SAFETY: `conf` is this module's main configuration (NGX_HTTP_MAIN_CONF_OFFSET).
-    let main = unsafe { &mut *conf.cast::<MainConf>() };
     if main.zones.try_reserve(1).is_err() {
         return NGX_CONF_ERROR;
     }
@@ -1001,6 +1044,47 @@ unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, old_data: *mut c_v
     Status::NGX_OK.into()
 }
 
+/// Opens the state file of `state=PATH` (relative to nginx's prefix) for zone `name` with
+/// the key expression `key`; says what is wrong in the error log otherwise. Two zones cannot
+/// share a file: each would take the other's for unusable.
+///
+/// # Safety
+/// `cf` is the configuration nginx passes to a directive handler.
+unsafe fn open_state(
+    cf: *mut ngx_conf_t,
+    main: &MainConf,
+    arg: &ngx_str_t,
+    name: &ngx_str_t,
+    key: &ngx_str_t,
+) -> Option<StateFile> {
+    // SAFETY: `cf->cycle` is the cycle being configured.
+    let prefix = unsafe { (*(*cf).cycle).prefix };
+    let path = arg.as_bytes().strip_prefix(b"state=").unwrap_or_default();
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(prefix.as_bytes()))
+        .join(std::path::Path::new(std::ffi::OsStr::from_bytes(path)));
+    // SAFETY: zone configurations of this cycle live in its pool.
+    let zones = main.zones.iter().map(|z| unsafe { z.as_ref() });
+    if let Some(other) =
+        zones.into_iter().find(|z| z.state.as_ref().is_some_and(|f| f.path == path))
+    {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "\"{}\" is the state file of flash_sale_zone \"{}\" already",
+            arg,
+            other.name()
+        );
+        return None;
+    }
+    match StateFile::open(path, state::header(&name.to_string(), key.as_bytes())) {
+        Ok(file) => Some(file),
+        Err(e) => {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "cannot open \"{}\": {}", arg, e);
+            None
+        }
+    }
+}
+
 /// Gives a state file to nginx's worker user (when nginx runs as root), so that workers can
 /// reopen and compact it; nobody else can read it (see `journal.rs`).
 fn give_to_workers(conf: &ZoneConf, file: &StateFile, log: *mut nginx_sys::ngx_log_t) {
@@ -1029,6 +1113,26 @@ fn give_to_workers(conf: &ZoneConf, file: &StateFile, log: *mut nginx_sys::ngx_l
             file.path.display(),
             e
         );
+    }
+    // Workers compact the file through a new one beside it: the directory must be theirs to
+    // write (by its owner, group or mode bits; access lists aside).
+    let dir = file.path.parent().map(std::fs::metadata);
+    let writable = |m: &std::fs::Metadata| {
+        use std::os::unix::fs::MetadataExt;
+        let mode = m.mode();
+        (m.uid() == ccf.user && mode & 0o200 != 0)
+            || (m.gid() == ccf.group && mode & 0o020 != 0)
+            || mode & 0o002 != 0
+    };
+    if let Some(Ok(meta)) = dir {
+        if !writable(&meta) {
+            ngx_log_error!(
+                NGX_LOG_WARN,
+                log,
+                "the directory of state file \"{}\" is not writable by nginx's user: workers cannot compact it, and it grows while nginx runs",
+                file.path.display()
+            );
+        }
     }
 }
 
@@ -1074,10 +1178,11 @@ fn load_state(
     let rewritten = match rewritten {
         Ok(rewritten) => rewritten,
         Err(e) => {
+            // The permits it holds are in the zone if it could be read; it is compacted later.
             ngx_log_error!(
-                NGX_LOG_EMERG,
+                NGX_LOG_ERR,
                 log,
-                "flash_sale_zone \"{}\": cannot read and rewrite state file \"{}\": {}",
+                "flash_sale_zone \"{}\": cannot rewrite state file \"{}\" at start: {}",
                 zone,
                 path,
                 e

@@ -61,6 +61,8 @@ const PAGE_LEN: usize = 4096;
 /// A zone's state file: the journal, the lock file and its shared page.
 pub struct StateFile {
     pub path: PathBuf,
+    /// The zone's header line (`state::header`): the first line of a journal made anew.
+    header: String,
     journal: libc::c_int,
     lock: libc::c_int,
     page: NonNull<Page>,
@@ -89,8 +91,8 @@ pub struct Rewritten {
 
 impl StateFile {
     /// Opens (creating them if need be) the journal at `path` and its lock file `PATH.lock`,
-    /// both `0600`.
-    pub fn open(path: PathBuf) -> io::Result<StateFile> {
+    /// both `0600`, for the zone whose header line is `header`.
+    pub fn open(path: PathBuf, header: String) -> io::Result<StateFile> {
         let journal = open_journal(&path)?;
         let lock = match open_file(&lock_path(&path), libc::O_RDWR | libc::O_CREAT) {
             Ok(fd) => fd,
@@ -103,7 +105,7 @@ impl StateFile {
             close(journal);
             close(lock);
         })?;
-        Ok(StateFile { path, journal, lock, page, owner: Cell::new(None) })
+        Ok(StateFile { path, header, journal, lock, page, owner: Cell::new(None) })
     }
 
     /// Gives both files to nginx's worker user, so that workers can reopen and replace them;
@@ -130,11 +132,13 @@ impl StateFile {
         let _ = self.numbers().compare_exchange(seq + 1, seq, Ordering::AcqRel, Ordering::Relaxed);
     }
 
-    /// Appends one record, whole, after what every other process wrote.
-    pub fn append(&self, record: &str) -> Result<(), AppendError> {
+    /// Appends one record, whole, after what every other process wrote. `Ok(true)` when the
+    /// journal was gone (removed while nginx ran) and was made anew, with its header: it then
+    /// holds this record alone, and the caller writes the zone's permits into it.
+    pub fn append(&self, record: &str) -> Result<bool, AppendError> {
         let failed = |cause| AppendError { cause, written: 0 };
         let _exclusive = self.locked(libc::F_WRLCK as libc::c_short).map_err(failed)?;
-        self.reopen_if_replaced().map_err(failed)?;
+        let made_anew = self.reopen_if_replaced().map_err(failed)?;
         let torn = &self.page().torn;
         let mut text = String::with_capacity(record.len() + 1);
         if torn.swap(0, Ordering::AcqRel) != 0 {
@@ -151,12 +155,12 @@ impl StateFile {
             }
         };
         if written == text.len() {
-            return Ok(());
+            return Ok(made_anew);
         }
         // Cut short: try the rest once, which either lands or says why the disk refused it.
         let rest = &text.as_bytes()[written..];
         let (more, cause) = match write(self.journal, rest) {
-            Ok(n) if n == rest.len() => return Ok(()),
+            Ok(n) if n == rest.len() => return Ok(made_anew),
             Ok(n) => (n, io::Error::new(io::ErrorKind::WriteZero, "the record was cut short")),
             Err(cause) => (0, cause),
         };
@@ -194,9 +198,18 @@ impl StateFile {
             },
         };
         if replay.skipped.iter().any(|r| r.starts_with("the whole file")) {
-            let mut aside = self.path.clone().into_os_string();
-            aside.push(format!(".unusable-{}", now_ms / 1000));
-            let aside = PathBuf::from(aside);
+            // A name nothing has yet: two unusable files in one second keep both.
+            let aside = (0..)
+                .map(|n: u32| {
+                    let mut aside = self.path.clone().into_os_string();
+                    aside.push(format!(".unusable-{}", now_ms / 1000));
+                    if n > 0 {
+                        aside.push(format!("-{n}"));
+                    }
+                    PathBuf::from(aside)
+                })
+                .find(|aside| !aside.exists())
+                .unwrap_or_default();
             fs::rename(&self.path, &aside)?;
             rewritten.moved_aside = Some(aside);
             replay.permits.clear();
@@ -249,7 +262,7 @@ impl StateFile {
             let _ = fs::remove_file(&temp);
             return Err(e);
         }
-        self.reopen()
+        self.reopen().map(|_| ())
     }
 
     /// Gives a file this process made to the files' owner.
@@ -264,8 +277,9 @@ impl StateFile {
         Ok(())
     }
 
-    /// Reopens the journal if another process replaced it (a compaction) or removed it.
-    fn reopen_if_replaced(&self) -> io::Result<()> {
+    /// Reopens the journal if another process replaced it (a compaction) or removed it; true
+    /// when it was removed, and is made anew.
+    fn reopen_if_replaced(&self) -> io::Result<bool> {
         // SAFETY: `stat` is plain data; the descriptor is open.
         let mut stat: libc::stat = unsafe { core::mem::zeroed() };
         // SAFETY: as above.
@@ -275,19 +289,30 @@ impl StateFile {
         if stat.st_nlink == 0 {
             return self.reopen();
         }
-        Ok(())
+        Ok(false)
     }
 
-    /// Points this process's journal descriptor at the file now at `path`.
-    fn reopen(&self) -> io::Result<()> {
+    /// Points this process's journal descriptor at the file now at `path`; a journal made anew
+    /// (the file was removed) gets the zone's header line first, and the answer is true.
+    fn reopen(&self) -> io::Result<bool> {
         let fd = open_journal(&self.path)?;
+        // SAFETY: `stat` is plain data, all zeroes a valid value.
+        let mut stat: libc::stat = unsafe { core::mem::zeroed() };
+        // SAFETY: `fd` is open.
+        let made_anew = unsafe { libc::fstat(fd, &mut stat) } == 0 && stat.st_size == 0;
+        if made_anew {
+            if let Err(e) = self.owned(fd).and_then(|()| write_all(fd, self.header.as_bytes())) {
+                close(fd);
+                return Err(e);
+            }
+        }
         // SAFETY: both descriptors are open; dup2 swaps the file behind ours atomically.
         let duplicated = unsafe { libc::dup2(fd, self.journal) };
         close(fd);
         if duplicated < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(())
+        Ok(made_anew)
     }
 
     /// Takes the lock file's lock (`F_WRLCK`, exclusive) until the guard is dropped; waits
@@ -445,7 +470,7 @@ mod tests {
     fn files_are_private_and_compaction_keeps_every_record() {
         let dir = temp_dir("compact");
         let path = dir.join("z.state");
-        let file = StateFile::open(path.clone()).unwrap();
+        let file = StateFile::open(path.clone(), state::header("z", b"$k")).unwrap();
         let first = file.rewrite("z", b"$k", 0, &[], |_| Vec::new()).unwrap();
         assert!(first.replay.permits.is_empty());
         for n in 1..=50 {
@@ -477,13 +502,13 @@ mod tests {
         // As two generations of nginx open one state file during a binary upgrade.
         let dir = temp_dir("generations");
         let path = dir.join("z.state");
-        let old = StateFile::open(path.clone()).unwrap();
+        let old = StateFile::open(path.clone(), state::header("z", b"$k")).unwrap();
         old.rewrite("z", b"$k", 0, &[], |_| Vec::new()).unwrap();
         let take = |f: &StateFile| f.numbers().fetch_add(1, Ordering::AcqRel);
         let (a, b) = (take(&old), take(&old));
         old.append(&grant("a", a)).unwrap();
         old.append(&grant("b", b)).unwrap();
-        let new = StateFile::open(path.clone()).unwrap();
+        let new = StateFile::open(path.clone(), state::header("z", b"$k")).unwrap();
         let loaded = new.rewrite("z", b"$k", 0, &[], |_| Vec::new()).unwrap();
         assert_eq!(loaded.replay.permits.len(), 2);
         let mut seen = vec![a, b];
@@ -509,7 +534,7 @@ mod tests {
     fn a_record_cut_short_damages_one_line_only() {
         let dir = temp_dir("torn");
         let path = dir.join("z.state");
-        let file = StateFile::open(path.clone()).unwrap();
+        let file = StateFile::open(path.clone(), state::header("z", b"$k")).unwrap();
         file.rewrite("z", b"$k", 0, &[], |_| Vec::new()).unwrap();
         file.append(&grant("a", 1)).unwrap();
         // What a full disk leaves: part of a record, and the mark. Here what landed reads as
@@ -533,7 +558,7 @@ mod tests {
     fn permits_a_zone_holds_join_a_journal_that_lacks_them() {
         // A reload pointed the zone at a new file: its permits must not be lost to it.
         let dir = temp_dir("held");
-        let file = StateFile::open(dir.join("new.state")).unwrap();
+        let file = StateFile::open(dir.join("new.state"), state::header("z", b"$k")).unwrap();
         let held = |key: &str, seq| PermitInfo {
             key: key.as_bytes().to_vec(),
             seq,
@@ -548,9 +573,39 @@ mod tests {
     }
 
     #[test]
+    fn a_journal_removed_while_in_use_is_made_anew_with_its_header() {
+        let dir = temp_dir("removed");
+        let path = dir.join("z.state");
+        let file = StateFile::open(path.clone(), state::header("z", b"$k")).unwrap();
+        file.rewrite("z", b"$k", 0, &[], |_| Vec::new()).unwrap();
+        assert!(!file.append(&grant("a", 1)).unwrap());
+        fs::remove_file(&path).unwrap();
+        assert!(file.append(&grant("b", 2)).unwrap(), "made anew: the caller rewrites it");
+        let replay = state::replay(&fs::read(&path).unwrap(), "z", b"$k", 0);
+        assert!(replay.skipped.is_empty(), "{:?}", replay.skipped);
+        assert_eq!(replay.permits.len(), 1);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn unusable_files_moved_aside_in_one_second_keep_both() {
+        let dir = temp_dir("aside");
+        let path = dir.join("z.state");
+        for _ in 0..2 {
+            fs::write(&path, "not a state file\n").unwrap();
+            let file = StateFile::open(path.clone(), state::header("z", b"$k")).unwrap();
+            let done = file.rewrite("z", b"$k", 5_000, &[], |_| Vec::new()).unwrap();
+            assert!(done.moved_aside.is_some());
+        }
+        assert!(dir.join("z.state.unusable-5").exists());
+        assert!(dir.join("z.state.unusable-5-1").exists());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_number_given_back_is_reused_only_if_it_was_the_last() {
         let dir = temp_dir("give-back");
-        let file = StateFile::open(dir.join("z.state")).unwrap();
+        let file = StateFile::open(dir.join("z.state"), state::header("z", b"$k")).unwrap();
         file.rewrite("z", b"$k", 0, &[], |_| Vec::new()).unwrap();
         let seq = file.numbers().fetch_add(1, Ordering::AcqRel);
         file.give_back(seq);

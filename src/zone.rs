@@ -257,6 +257,8 @@ pub struct JournalHealth {
     pub compacted: AtomicU64,
     /// 1 while a worker compacts the file.
     pub compacting: AtomicU64,
+    /// 1 while compactions fail (a directory nginx's user cannot write, a full disk).
+    failing: AtomicU64,
 }
 
 impl JournalHealth {
@@ -272,6 +274,7 @@ impl JournalHealth {
     /// A compaction left `bytes`; `None` if it failed (the journal then waits for as much
     /// again before the next try).
     pub fn compacted(&self, bytes: Option<u64>) {
+        self.failing.store(u64::from(bytes.is_none()), Ordering::Release);
         match bytes {
             Some(bytes) => {
                 self.compacted.store(bytes, Ordering::Release);
@@ -284,6 +287,13 @@ impl JournalHealth {
             }
         }
         self.compacting.store(0, Ordering::Release);
+    }
+}
+
+impl JournalHealth {
+    /// Whether the last compaction failed.
+    pub fn compaction_failed(&self) -> bool {
+        self.failing.load(Ordering::Acquire) != 0
     }
 }
 

@@ -622,3 +622,16 @@ GET /open
 open
 --- no_error_log
 [emerg]
+
+
+
+=== TEST 48: two zones cannot share a state file
+--- http_config
+    flash_sale_zone $arg_user zone=a:1m state=logs/shared.state;
+    flash_sale_zone $cookie_uid zone=b:1m state=logs/shared.state;
+--- config
+    location /sale { flash_sale zone=a; return 200; }
+--- must_die
+--- error_log eval
+qr/"state=logs\/shared\.state" is the state file of flash_sale_zone "a" already in \S+nginx\.conf:\d+/
+

@@ -9,7 +9,9 @@
 #   passes with his number;
 # - nginx's binary upgrade (USR2, WINCH, QUIT): both generations serve at once, no number is
 #   given twice, and after a stop and a start every permit either generation granted is back;
-# - a reload that points the zone at another state file: the new file gets every permit.
+# - a reload that points the zone at another state file: the new file gets every permit;
+# - the file removed while nginx runs: written anew from the zone, nothing lost;
+# - a directory nginx's user cannot write: nginx says the file cannot be compacted.
 
 use strict;
 use warnings;
@@ -234,6 +236,43 @@ sub ask {
     my $back = ask('/keep', keys %told);
     my @same = grep { $back->{$_} eq 'PERMITTED ' . (split ' ', $told{$_})[1] } keys %told;
     is(scalar @same, 8, 'moved: the permits granted before and after the reload are in the new file');
+    stop_nginx();
+}
+
+# 6. The state file removed while nginx runs (by hand, or a cleaning script): the next record
+# makes it anew from the zone, with a warning; removed with no record after it, the master
+# writes it from the zone as it stops. No permit is lost either way.
+{
+    fresh_dir();
+    start();
+    my %told = %{ ask('/keep', map { "rm$_" } 1 .. 10) };
+    unlink $state or die "unlink: $!";
+    %told = (%told, %{ ask('/keep', map { "rm$_" } 11 .. 15) });
+    like(error_log(), qr/state file "\Q$state\E" was removed while nginx ran; written anew from the zone/,
+         'removed: the log says so');
+    stop_nginx();
+    start();
+    my $back = ask('/keep', keys %told);
+    my @same = grep { $back->{$_} eq 'PERMITTED ' . (split ' ', $told{$_})[1] } keys %told;
+    is(scalar @same, 15, 'removed: after a stop and a start, every permit is back, before and after');
+    unlink $state or die "unlink: $!";
+    stop_nginx();
+    start();
+    $back = ask('/keep', keys %told);
+    @same = grep { $back->{$_} eq 'PERMITTED ' . (split ' ', $told{$_})[1] } keys %told;
+    is(scalar @same, 15, 'removed just before the stop: the master writes it from the zone');
+    stop_nginx();
+}
+
+# 7. A state directory nginx's user cannot write (/var/lib/nginx on Debian is root's): workers
+# cannot compact the file there. nginx starts, and says so.
+{
+    fresh_dir();
+    chown 0, 0, $dir;
+    chmod 0755, $dir;
+    start();
+    like(error_log(), qr/the directory of state file "\Q$state\E" is not writable by nginx's user/,
+         'unwritable directory: the log says the file cannot be compacted');
     stop_nginx();
 }
 
