@@ -581,6 +581,12 @@ def capacity():
 
 def main():
     WORK.mkdir(parents=True, exist_ok=True)
+    # The state files' directory belongs to nginx's user, as the README asks: its workers
+    # compact them while nginx runs.
+    if os.geteuid() == 0:
+        import pwd
+        nobody = pwd.getpwnam("nobody")
+        os.chown(WORK, nobody.pw_uid, nobody.pw_gid)
     RESULTS.mkdir(parents=True, exist_ok=True)
     gate = Nginx("gate", gate_config(), GATE_PORT)
     lua = Nginx("openresty", lua_config(), LUA_PORT)

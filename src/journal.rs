@@ -184,6 +184,9 @@ impl StateFile {
         counters: impl FnOnce(&Replay) -> Vec<(String, u64)>,
     ) -> io::Result<Rewritten> {
         let _exclusive = self.locked(libc::F_WRLCK as libc::c_short)?;
+        // The new file first: a directory that cannot take it fails the rewrite before the
+        // journal is read.
+        let temp = self.temp()?;
         let mut rewritten = Rewritten::default();
         let mut replay = match fs::read(&self.path) {
             Ok(text) => state::replay(&text, zone, key_spec, now_ms),
@@ -210,7 +213,11 @@ impl StateFile {
                 })
                 .find(|aside| !aside.exists())
                 .unwrap_or_default();
-            fs::rename(&self.path, &aside)?;
+            if let Err(e) = fs::rename(&self.path, &aside) {
+                close(temp.1);
+                let _ = fs::remove_file(&temp.0);
+                return Err(e);
+            }
             rewritten.moved_aside = Some(aside);
             replay.permits.clear();
             replay.counters.clear();
@@ -227,7 +234,7 @@ impl StateFile {
         numbers.fetch_max(replay.next_seq.max(1), Ordering::AcqRel);
         let next_seq = numbers.load(Ordering::Acquire);
         let text = state::snapshot(zone, key_spec, next_seq, &counters(&replay), &replay.permits);
-        self.replace(text.as_bytes())?;
+        self.replace(temp, text.as_bytes())?;
         rewritten.bytes = text.len() as u64;
         rewritten.replay = replay;
         Ok(rewritten)
@@ -243,14 +250,24 @@ impl StateFile {
         unsafe { self.page.as_ref() }
     }
 
-    /// Replaces the journal with `text` through a temporary file and a rename, so that a crash
-    /// leaves the old journal or the new one, and points this process's descriptor at it.
-    fn replace(&self, text: &[u8]) -> io::Result<()> {
+    /// The temporary file a rewrite writes, `PATH.tmp`, made empty and given the files' owner.
+    fn temp(&self) -> io::Result<(PathBuf, libc::c_int)> {
         let mut temp = self.path.clone().into_os_string();
         temp.push(".tmp");
         let temp = PathBuf::from(temp);
         let fd = open_file(&temp, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC)?;
-        let written = self.owned(fd).and_then(|()| write_all(fd, text)).and_then(|()| {
+        if let Err(e) = self.owned(fd) {
+            close(fd);
+            let _ = fs::remove_file(&temp);
+            return Err(e);
+        }
+        Ok((temp, fd))
+    }
+
+    /// Replaces the journal with `text` through the temporary file and a rename, so that a
+    /// crash leaves the old journal or the new one, and points this process's descriptor at it.
+    fn replace(&self, (temp, fd): (PathBuf, libc::c_int), text: &[u8]) -> io::Result<()> {
+        let written = write_all(fd, text).and_then(|()| {
             // SAFETY: `fd` is open.
             if unsafe { libc::fsync(fd) } != 0 {
                 return Err(io::Error::last_os_error());

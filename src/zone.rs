@@ -271,19 +271,17 @@ impl JournalHealth {
             && self.compacting.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).is_ok()
     }
 
-    /// A compaction left `bytes`; `None` if it failed (the journal then waits for as much
-    /// again before the next try).
+    /// A compaction left `bytes`; `None` if it failed: the journal then waits until it has
+    /// grown by its whole size again before the next try, so that a compaction that keeps
+    /// failing (a directory nginx's user cannot write) costs a constant share of the appends,
+    /// not a read of the whole file every few records.
     pub fn compacted(&self, bytes: Option<u64>) {
         self.failing.store(u64::from(bytes.is_none()), Ordering::Release);
+        let appended = self.appended.swap(0, Ordering::AcqRel);
         match bytes {
-            Some(bytes) => {
-                self.compacted.store(bytes, Ordering::Release);
-                self.appended.store(0, Ordering::Release);
-            }
+            Some(bytes) => self.compacted.store(bytes, Ordering::Release),
             None => {
-                let _ = self
-                    .appended
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| Some(a / 2));
+                self.compacted.fetch_add(appended, Ordering::AcqRel);
             }
         }
         self.compacting.store(0, Ordering::Release);
@@ -1350,6 +1348,26 @@ mod tests {
         assert_eq!(s.permits(), 0);
         assert_eq!(heap.used(), empty);
         assert_eq!(s.table().stats.expired.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_failing_compaction_is_tried_again_only_once_the_journal_doubled() {
+        let health = JournalHealth::default();
+        let mut tries = 0;
+        // 10 MB of 1 KB records whose compactions all fail.
+        for _ in 0..10_000 {
+            if health.appended(1_000) {
+                tries += 1;
+                health.compacted(None);
+            }
+        }
+        assert!(health.compaction_failed());
+        assert!(tries <= 8, "{tries} tries");
+        // One that works starts the count afresh from what it left.
+        health.compacted(Some(5_000));
+        assert!(!health.compaction_failed());
+        assert!(!health.appended(COMPACT_MIN_BYTES - 1));
+        assert!(health.appended(1));
     }
 
     #[test]
