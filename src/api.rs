@@ -7,7 +7,8 @@ use serde_json::{json, Map, Value};
 
 use crate::parse;
 use crate::remote::Reply;
-use crate::zone::{Cursor, Grant, PermitInfo};
+use crate::sale::{Grant, PermitInfo};
+use crate::zone::Cursor;
 
 /// What a path under the API's location names.
 #[derive(Debug, PartialEq, Eq)]

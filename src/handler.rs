@@ -29,10 +29,11 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 use crate::conf::{Gate, LocConf, Verify, ZoneConf};
 use crate::module::{self, FlashSaleModule};
 use crate::redis_gate;
+use crate::sale::PermitInfo;
 use crate::sale::{decide, DrawMode, Outcome, Sale, Verdict, MAX_KEY_LEN};
 use crate::state;
 use crate::token;
-use crate::zone::{keyed_draw, PermitInfo, Stats, ZoneStore};
+use crate::zone::{keyed_draw, Stats, ZoneStore};
 
 /// Puts the gate into the precontent phase (postconfiguration).
 pub unsafe extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {

@@ -34,8 +34,8 @@ use std::path::{Path, PathBuf};
 
 use std::collections::HashSet;
 
+use crate::sale::PermitInfo;
 use crate::state::{self, Replay};
-use crate::zone::PermitInfo;
 
 /// The files' mode: the owner reads and writes, nobody else anything.
 const MODE: libc::mode_t = 0o600;

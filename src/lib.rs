@@ -16,6 +16,7 @@
 pub mod api;
 pub mod health;
 pub mod journal;
+pub mod link;
 pub mod metrics;
 pub mod parse;
 pub mod remote;

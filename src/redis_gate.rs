@@ -17,9 +17,10 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::conf::{Gate, LocConf, ZoneConf};
 use crate::handler::{conclude, drawer, now_ms, request_key, Gated};
+use crate::health::Change;
 use crate::module::FlashSaleModule;
 use crate::offload;
-use crate::remote::{Answer, Change, Command, OnError, Overrides as RemoteOverrides, Reply};
+use crate::remote::{Answer, Command, OnError, Overrides as RemoteOverrides, Reply};
 use crate::sale::{admitted, draw_step, DrawMode, Held, Outcome, PermitStore, Step, Verdict};
 use crate::zone::{Cached, RemoteView, Stats, ZoneStore};
 

@@ -146,6 +146,19 @@ impl fmt::Display for Outcome {
 /// could match someone else's permit.
 pub const MAX_KEY_LEN: usize = 1024;
 
+/// A permit as the outside sees it: its buyer's key, its number, when it was granted and
+/// when it expires (Unix milliseconds; `None` for never).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PermitInfo {
+    pub key: Vec<u8>,
+    pub seq: u64,
+    pub granted_ms: i64,
+    pub expires_ms: Option<i64>,
+}
+
+/// A key to grant a permit to, and the permit's time-to-live in milliseconds.
+pub type Grant = (Vec<u8>, Option<i64>);
+
 /// The latest instant a permit can expire: 9999-12-31T23:59:59.999Z, the last one RFC 3339
 /// can write. nginx's time syntax reaches 2^63 ms; a time-to-live past this means "until then".
 pub const LATEST_MS: i64 = 253_402_300_799_999;

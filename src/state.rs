@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write;
 
-use crate::zone::PermitInfo;
+use crate::sale::PermitInfo;
 
 const MAGIC: &str = "flash-sale-state 1";
 

@@ -24,11 +24,11 @@ use siphasher::sip::SipHasher13;
 use rand::{rngs::StdRng, SeedableRng};
 
 use crate::health::Health;
-use crate::remote::Link;
+use crate::link::Link;
 
 use crate::sale::{
-    expiry, prequeue_winners, Admission, Cap, Held, Lookup, Outcome, PermitLookup, PermitStore,
-    Registration, Sale, COUNTED,
+    expiry, prequeue_winners, Admission, Cap, Grant, Held, Lookup, Outcome, PermitInfo,
+    PermitLookup, PermitStore, Registration, Sale, COUNTED,
 };
 
 /// Allocation inside a locked region.
@@ -315,15 +315,6 @@ struct Permit {
     /// 2^32 buckets) and to skip most key comparisons.
     hash: u32,
     key_len: u16,
-}
-
-/// A permit as the outside sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PermitInfo {
-    pub key: Vec<u8>,
-    pub seq: u64,
-    pub granted_ms: i64,
-    pub expires_ms: Option<i64>,
 }
 
 /// Bytes of zone memory a permit's allocation asks for, before the allocator rounds it up.
@@ -807,9 +798,6 @@ impl Cursor {
         (self.expires_ms.unwrap_or(i64::MAX), self.seq)
     }
 }
-
-/// A key to grant a permit to, and the permit's time-to-live in milliseconds.
-pub type Grant = (Vec<u8>, Option<i64>);
 
 /// What granting a list of keys did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -1,0 +1,181 @@
+//! What a host knows of a sale kept in Redis, kept in the zone so that every worker of the
+//! host shares it: whether Redis answers, until when its SOLD_OUT is trusted, when the next
+//! copy of the permits and read of the overrides are due, and the per-key draws' secret.
+//! Atomics only, no lock; plain Rust.
+
+use core::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use crate::health::{claim_turn, Change, Health};
+
+/// A host reads the sale's overrides once per cache time, and at most this often: they change
+/// by hand, and a short cache (or none) is about permits.
+pub const OVERRIDES_MIN_MS: i64 = 1000;
+
+/// The link's health and what the host knows of the sale in Redis, kept in the zone so that
+/// every worker of a host shares it. Atomics only, no lock.
+#[repr(C)]
+#[derive(Default)]
+pub struct Link {
+    /// Whether Redis answers; see [`Health`].
+    health: Health,
+    /// Until when Redis's SOLD_OUT is trusted without asking.
+    sold_out_until_ms: AtomicI64,
+    /// When one request may next copy every permit from Redis (see [`Command::Permits`]).
+    copy_at_ms: AtomicI64,
+    /// When one request may next read the sale's overrides from Redis.
+    overrides_at_ms: AtomicI64,
+    /// The sale's secret for per-key draws, from Redis; valid once `draw_secret_known` is 1.
+    draw_secret: [AtomicU64; 2],
+    draw_secret_known: AtomicU64,
+}
+
+impl Link {
+    /// Whether a request may ask Redis now: always while it answers; while it is down, one
+    /// request per host every [`crate::health::RETRY_MS`], so a dead Redis costs one timeout a second, not
+    /// one per request.
+    pub fn may_ask(&self, now_ms: i64) -> bool {
+        self.health.may_try(now_ms)
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.health.is_down()
+    }
+
+    /// Redis failed to answer at `now_ms`.
+    pub fn failed(&self, now_ms: i64) -> Change {
+        self.health.failed(now_ms)
+    }
+
+    /// Redis answered at `now_ms` a round trip asked at `asked_ms`.
+    pub fn answered(&self, asked_ms: i64, now_ms: i64) -> Change {
+        self.health.worked(asked_ms, now_ms)
+    }
+
+    /// Whether this request is the one (per host and cache time) that copies every permit
+    /// from Redis after a SOLD_OUT, so that SOLD_OUT can be trusted for unknown keys.
+    pub fn claim_copy(&self, now_ms: i64, cache_ms: i64) -> bool {
+        claim_turn(&self.copy_at_ms, now_ms, cache_ms)
+    }
+
+    /// Whether this request is the one (per host and cache time) that reads the sale's
+    /// overrides from Redis, so that a change made through any host's API reaches this one.
+    pub fn claim_overrides(&self, now_ms: i64, cache_ms: i64) -> bool {
+        claim_turn(&self.overrides_at_ms, now_ms, cache_ms.max(OVERRIDES_MIN_MS))
+    }
+
+    /// The sale's secret for per-key draws, once a host has it from Redis.
+    pub fn draw_secret(&self) -> Option<[u64; 2]> {
+        (self.draw_secret_known.load(Ordering::Acquire) == 1).then(|| {
+            [
+                self.draw_secret[0].load(Ordering::Relaxed),
+                self.draw_secret[1].load(Ordering::Relaxed),
+            ]
+        })
+    }
+
+    /// Keeps the secret Redis gave. Every host and worker gets the same one, so two workers
+    /// storing it at once store the same value.
+    pub fn set_draw_secret(&self, secret: [u64; 2]) {
+        self.draw_secret[0].store(secret[0], Ordering::Relaxed);
+        self.draw_secret[1].store(secret[1], Ordering::Relaxed);
+        self.draw_secret_known.store(1, Ordering::Release);
+    }
+
+    /// Remembers Redis's SOLD_OUT for `cache_ms`: the host holds a copy of every permit.
+    pub fn sold_out(&self, now_ms: i64, cache_ms: i64) {
+        self.sold_out_until_ms.store(now_ms.saturating_add(cache_ms).max(1), Ordering::Release);
+    }
+
+    /// Whether a new buyer is told SOLD_OUT without asking Redis, or even drawing: while what
+    /// Redis said is fresh (`cache_ms`).
+    pub fn trusts_sold_out(&self, now_ms: i64) -> bool {
+        let until = self.sold_out_until_ms.load(Ordering::Acquire);
+        until != 0 && now_ms < until
+    }
+
+    /// Whether a draw winner may ask Redis for a permit: always while the sale is not known to
+    /// be sold out; once what Redis said is stale, one winner per host and `cache_ms` asks
+    /// (true) while the others go on being told SOLD_OUT (false), so that a refresh is one
+    /// round trip, not a burst. Its answer decides: SOLD_OUT again ([`Link::sold_out`]), or a
+    /// permit, which reopens the sale to every winner ([`Link::reopened`]).
+    pub fn may_ask_for_permit(&self, now_ms: i64, cache_ms: i64) -> bool {
+        let until = self.sold_out_until_ms.load(Ordering::Acquire);
+        if until == 0 {
+            return true;
+        }
+        if now_ms < until {
+            return false;
+        }
+        self.sold_out_until_ms
+            .compare_exchange(
+                until,
+                now_ms.saturating_add(cache_ms),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// Redis admitted a new buyer: there is room again (a permit expired, or was revoked or
+    /// released on some host), so every draw winner asks again until Redis says SOLD_OUT, and
+    /// then one request copies the permits afresh (the copy this host had is out of date).
+    pub fn reopened(&self) {
+        self.sold_out_until_ms.store(0, Ordering::Release);
+        self.copy_at_ms.store(0, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_are_read_once_per_cache_time_and_at_most_once_a_second() {
+        let link = Link::default();
+        assert!(link.claim_overrides(100, 2000));
+        assert!(!link.claim_overrides(2000, 2000));
+        assert!(link.claim_overrides(2100, 0), "once per cache time");
+        assert!(!link.claim_overrides(2200, 0), "and at most once a second");
+        assert!(link.claim_overrides(3100, 0));
+    }
+
+    #[test]
+    fn the_draw_secret_is_known_once_set() {
+        let link = Link::default();
+        assert_eq!(link.draw_secret(), None);
+        link.set_draw_secret([1, 2]);
+        assert_eq!(link.draw_secret(), Some([1, 2]));
+    }
+
+    #[test]
+    fn one_request_per_cache_time_copies_the_permits() {
+        let link = Link::default();
+        assert!(link.claim_copy(5_000, 1_000));
+        assert!(!link.claim_copy(5_500, 1_000));
+        assert!(link.claim_copy(6_000, 1_000));
+    }
+
+    #[test]
+    fn sold_out_is_trusted_for_the_cache_time() {
+        let link = Link::default();
+        assert!(!link.trusts_sold_out(0));
+        assert!(link.may_ask_for_permit(0, 1_000), "not sold out: every winner asks");
+        link.sold_out(10_000, 1_000);
+        assert!(link.trusts_sold_out(10_999));
+        assert!(!link.may_ask_for_permit(10_999, 1_000));
+        assert!(!link.trusts_sold_out(11_000), "stale: new buyers draw again");
+        assert!(link.may_ask_for_permit(11_000, 1_000), "stale: one winner asks again");
+        assert!(!link.may_ask_for_permit(11_001, 1_000), "the others are told SOLD_OUT");
+        assert!(!link.may_ask_for_permit(11_999, 1_000));
+        assert!(link.may_ask_for_permit(12_000, 1_000), "until the next cache time");
+        // That winner was admitted: the sale is open again, to every winner at once, and the
+        // next SOLD_OUT copies the permits afresh.
+        assert!(link.claim_copy(12_000, 1_000));
+        assert!(!link.claim_copy(12_001, 1_000));
+        link.reopened();
+        assert!(link.claim_copy(12_001, 1_000));
+        assert!(!link.trusts_sold_out(12_001));
+        assert!(link.may_ask_for_permit(12_001, 1_000));
+        assert!(link.may_ask_for_permit(12_001, 1_000));
+    }
+}
