@@ -67,7 +67,7 @@ impl ZoneConf {
         // SAFETY: the table lives in the zone's shared memory; its counters are atomics.
         let table = unsafe { table.as_ref() };
         let journal = &table.journal;
-        let now = crate::handler::now_ms();
+        let now = crate::http::now_ms();
         if !journal.health.may_try(now) {
             Stats::count(&table.stats.state_errors);
             return false;
@@ -148,7 +148,7 @@ impl ZoneConf {
         // SAFETY: the table lives in the zone's shared memory; its counters are atomics.
         let table = unsafe { table_ptr.as_ref() };
         let name = self.name().to_string();
-        let now = crate::handler::now_ms();
+        let now = crate::http::now_ms();
         let held = if with_zone {
             // SAFETY: the table was created in this zone's slab pool by `init_zone`.
             unsafe { ZoneStore::new(&slab, table_ptr, now) }.snapshot().1
@@ -976,10 +976,10 @@ unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, old_data: *mut c_v
             // SAFETY: the table lives in this zone's slab pool; workers of the old cycle may
             // still use it, under its lock.
             let (next_seq, held) =
-                unsafe { ZoneStore::new(&pool, table, crate::handler::now_ms()) }.snapshot();
+                unsafe { ZoneStore::new(&pool, table, crate::http::now_ms()) }.snapshot();
             file.numbers().fetch_max(next_seq, core::sync::atomic::Ordering::AcqRel);
             let rewritten =
-                file.rewrite(&name.to_string(), key_spec, crate::handler::now_ms(), &held, |_| {
+                file.rewrite(&name.to_string(), key_spec, crate::http::now_ms(), &held, |_| {
                     existing.stats.named_values()
                 });
             existing.journal.compacted(rewritten.as_ref().ok().map(|r| r.bytes));
@@ -1147,7 +1147,7 @@ fn load_state(
     table: NonNull<PermitTable>,
     log: *mut nginx_sys::ngx_log_t,
 ) {
-    let now_ms = crate::handler::now_ms();
+    let now_ms = crate::http::now_ms();
     let path = file.path.display();
     let skipped = |skipped: &[String]| {
         for reason in skipped {

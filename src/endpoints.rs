@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::api::{self, route, ApiError, Route};
 use crate::conf::ZoneConf;
-use crate::handler::{add_header, send, Body};
+use crate::http::{add_header, send, Body};
 use crate::metrics::{render, ZoneMetrics};
 use crate::module::FlashSaleModule;
 use crate::offload;
@@ -185,7 +185,7 @@ unsafe fn on_redis(
     let zone = unsafe { zone_named(r, name) }?;
     zone.redis?;
     let get = method & (NGX_HTTP_GET | NGX_HTTP_HEAD) != 0;
-    let now_ms = crate::handler::now_ms();
+    let now_ms = crate::http::now_ms();
     let command = match key {
         Some(key) if get => Ok(Command::Get { key: key.clone(), now_ms }),
         Some(key) if method == NGX_HTTP_DELETE => Ok(Command::Revoke { key: key.clone() }),
@@ -320,7 +320,7 @@ fn apply_here(zone: &ZoneConf, key: &[u8], reply: &Result<Reply, String>) {
         return;
     };
     // SAFETY: the table was created in this zone's slab pool by `init_zone`.
-    let mut store = unsafe { ZoneStore::new(&slab, table, crate::handler::now_ms()) };
+    let mut store = unsafe { ZoneStore::new(&slab, table, crate::http::now_ms()) };
     let stats = &store.table().stats;
     Stats::count(&stats.redis_calls);
     match reply {
@@ -647,8 +647,8 @@ fn with_store<T>(
     let slab = zone.slab().ok_or_else(unavailable)?;
     let table = zone.table.ok_or_else(unavailable)?;
     // SAFETY: `table` was created in this zone's slab pool.
-    let mut store = unsafe { ZoneStore::new(&slab, table, crate::handler::now_ms()) }
-        .with_numbers(zone.numbers());
+    let mut store =
+        unsafe { ZoneStore::new(&slab, table, crate::http::now_ms()) }.with_numbers(zone.numbers());
     f(&mut store, &slab)
 }
 
@@ -702,7 +702,7 @@ fn zone_json(zone: &ZoneConf) -> Option<Value> {
 fn zone_metrics(zone: &ZoneConf) -> Option<ZoneMetrics> {
     let shm = zone.shm();
     let slab = zone.slab()?;
-    let now = crate::handler::now_ms();
+    let now = crate::http::now_ms();
     // SAFETY: the table was created in this zone's slab pool by `init_zone`.
     let mut store = unsafe { ZoneStore::new(&slab, zone.table?, now) };
     let (permits, prequeued) = store.counts();

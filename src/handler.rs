@@ -7,26 +7,24 @@
 use core::cell::RefCell;
 use core::ffi::c_void;
 use core::mem::size_of;
-use core::ptr::{self, NonNull};
+use core::ptr::NonNull;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use nginx_sys::{
-    ngx_array_push, ngx_chain_t, ngx_conf_t, ngx_http_complex_value_t,
-    ngx_http_discard_request_body, ngx_http_err_page_t, ngx_http_finalize_request,
-    ngx_http_get_flushed_variable, ngx_http_handler_pt, ngx_http_output_filter,
-    ngx_http_output_header_filter_pt,
+    ngx_array_push, ngx_conf_t, ngx_http_complex_value_t, ngx_http_discard_request_body,
+    ngx_http_err_page_t, ngx_http_finalize_request, ngx_http_get_flushed_variable,
+    ngx_http_handler_pt, ngx_http_output_header_filter_pt,
     ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE as PRECONTENT_PHASE, ngx_http_request_t,
-    ngx_http_send_header, ngx_http_top_header_filter, ngx_int_t, ngx_list_part_t, ngx_list_push,
-    ngx_pool_cleanup_add, ngx_str_t, ngx_table_elt_t, ngx_timeofday, ngx_uint_t, NGX_DECLINED,
-    NGX_DONE, NGX_ERROR, NGX_HTTP_FORBIDDEN, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR,
-    NGX_LOG_NOTICE, NGX_LOG_WARN, NGX_OK,
+    ngx_http_top_header_filter, ngx_int_t, ngx_list_part_t, ngx_pool_cleanup_add, ngx_str_t,
+    ngx_table_elt_t, ngx_timeofday, NGX_DECLINED, NGX_DONE, NGX_ERROR, NGX_HTTP_FORBIDDEN,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN, NGX_OK,
 };
-use ngx::core::{Buffer, Pool};
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule, Request};
 use ngx::{ngx_log_debug_http, ngx_log_error, ngx_string};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 use crate::conf::{Gate, LocConf, Verify, ZoneConf};
+use crate::http::{add_header, now_ms, send, Body};
 use crate::module::{self, FlashSaleModule};
 use crate::redis_gate;
 use crate::sale::PermitInfo;
@@ -440,11 +438,6 @@ unsafe fn bearer_token<'r>(r: *mut ngx_http_request_t) -> &'r [u8] {
     }
 }
 
-pub fn now_ms() -> i64 {
-    let tp = ngx_timeofday();
-    tp.sec * 1000 + tp.msec as i64
-}
-
 thread_local! {
     /// Each worker seeds its own generator on first use, after the fork, so workers never
     /// share a sequence.
@@ -586,28 +579,6 @@ unsafe fn reject(
     }
 }
 
-/// # Safety
-/// `r` is a live request whose headers have not been sent.
-pub unsafe fn add_header(
-    r: *mut ngx_http_request_t,
-    key: &'static str,
-    value: ngx_str_t,
-) -> Option<()> {
-    // SAFETY: the output header list holds `ngx_table_elt_t`; nginx only reads the static key.
-    unsafe {
-        let h = ngx_list_push(&mut (*r).headers_out.headers).cast::<ngx_table_elt_t>().as_mut()?;
-        h.hash = 1;
-        h.key = ngx_str_t { data: key.as_ptr().cast_mut(), len: key.len() };
-        h.value = value;
-        h.lowcase_key = ptr::null_mut();
-        #[cfg(ngx_table_elt_next)]
-        {
-            h.next = ptr::null_mut();
-        }
-    }
-    Some(())
-}
-
 /// Whether nginx would answer `status` here with an `error_page`, by its own rules.
 ///
 /// # Safety
@@ -631,62 +602,4 @@ unsafe fn has_error_page(r: *mut ngx_http_request_t, status: u16) -> bool {
     unsafe { pages.as_slice::<ngx_http_err_page_t>() }
         .iter()
         .any(|page| page.status == status as ngx_int_t)
-}
-
-/// A response body: static text, or bytes to copy into the request's pool.
-pub enum Body<'a> {
-    Static(&'static str),
-    Copied(&'a [u8]),
-}
-
-/// Sends `body` as the whole response; returns what a content handler returns (the caller
-/// finalizes the request with it).
-///
-/// # Safety
-/// `r` is a live request whose headers have not been sent.
-pub unsafe fn send(
-    r: *mut ngx_http_request_t,
-    status: u16,
-    content_type: ngx_str_t,
-    body: Body<'_>,
-) -> ngx_int_t {
-    let len = match body {
-        Body::Static(text) => text.len(),
-        Body::Copied(bytes) => bytes.len(),
-    };
-    // SAFETY: see the function's contract.
-    unsafe {
-        let out = &mut (*r).headers_out;
-        out.status = ngx_uint_t::from(status);
-        out.content_type = content_type;
-        out.content_type_len = content_type.len;
-        out.content_length_n = len as i64;
-
-        let mut rc = ngx_http_send_header(r);
-        if rc != NGX_ERROR as ngx_int_t && rc <= NGX_OK as ngx_int_t && (*r).header_only() == 0 {
-            let pool = Pool::from_ngx_pool((*r).pool);
-            let buf = match body {
-                Body::Static(text) => pool.create_buffer_from_static_str(text).map(|mut b| {
-                    b.set_last_buf(true);
-                    b.as_ngx_buf_mut()
-                }),
-                Body::Copied(bytes) => pool.create_buffer(bytes.len()).map(|mut b| {
-                    let buf = b.as_ngx_buf_mut();
-                    ptr::copy_nonoverlapping(bytes.as_ptr(), (*buf).last, bytes.len());
-                    (*buf).last = (*buf).last.add(bytes.len());
-                    b.set_last_buf(true);
-                    buf
-                }),
-            };
-            rc = match buf {
-                Some(buf) => {
-                    (*buf).set_last_in_chain(1);
-                    let mut chain = ngx_chain_t { buf, next: ptr::null_mut() };
-                    ngx_http_output_filter(r, &mut chain)
-                }
-                None => NGX_ERROR as ngx_int_t,
-            };
-        }
-        rc
-    }
 }

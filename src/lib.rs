@@ -38,6 +38,8 @@ mod endpoints;
 #[cfg(not(test))]
 mod handler;
 #[cfg(not(test))]
+mod http;
+#[cfg(not(test))]
 mod module;
 #[cfg(not(test))]
 mod offload;

@@ -120,7 +120,7 @@ fn queue(
         zone,
         command,
         reply: None,
-        asked_ms: crate::handler::now_ms(),
+        asked_ms: crate::http::now_ms(),
         deadline: Instant::now() + Duration::from_millis(settings.timeout_ms),
         // SAFETY: an event is plain data whose empty state is all zeroes, as nginx's own
         // modules allocate theirs (ngx_pcalloc); zeroed, it is not cancelable.

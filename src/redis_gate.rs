@@ -16,8 +16,9 @@ use ngx::ngx_log_error;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::conf::{Gate, LocConf, ZoneConf};
-use crate::handler::{conclude, drawer, now_ms, request_key, Gated};
+use crate::handler::{conclude, drawer, request_key, Gated};
 use crate::health::Change;
+use crate::http::now_ms;
 use crate::module::FlashSaleModule;
 use crate::offload;
 use crate::remote::{Answer, Command, OnError, Overrides as RemoteOverrides, Reply};
