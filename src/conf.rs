@@ -496,8 +496,10 @@ macro_rules! field_directive {
             _cmd: *mut ngx_command_t,
             conf: *mut c_void,
         ) -> *mut c_char {
-            // SAFETY: nginx calls this as the handler of a location directive.
-            unsafe { set_field(cf, conf, |c| &mut c.$field, $parse, $hint) }
+            crate::ffi::guard(NGX_CONF_ERROR, || {
+                // SAFETY: nginx calls this as the handler of a location directive.
+                unsafe { set_field(cf, conf, |c| &mut c.$field, $parse, $hint) }
+            })
         }
     };
 }
@@ -532,13 +534,15 @@ unsafe extern "C" fn set_draw(
     _cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: called by nginx as a location directive handler.
-    let words: Vec<&str> = unsafe { args(cf) }[1..].iter().map(text).collect();
-    let mode = |_: &str| parse::draw_mode(&words).map_err(str::to_owned);
-    let hint =
-        "expected per_request, or per_key with an optional interval of more than zero such as 30s";
-    // SAFETY: called by nginx as a location directive handler.
-    unsafe { set_field_quoting(cf, conf, |c| &mut c.draw, mode, hint) }
+    crate::ffi::guard(NGX_CONF_ERROR, || {
+        // SAFETY: called by nginx as a location directive handler.
+        let words: Vec<&str> = unsafe { args(cf) }[1..].iter().map(text).collect();
+        let mode = |_: &str| parse::draw_mode(&words).map_err(str::to_owned);
+        let hint =
+            "expected per_request, or per_key with an optional interval of more than zero such as 30s";
+        // SAFETY: called by nginx as a location directive handler.
+        unsafe { set_field_quoting(cf, conf, |c| &mut c.draw, mode, hint) }
+    })
 }
 
 unsafe extern "C" fn set_release_header(
@@ -546,12 +550,14 @@ unsafe extern "C" fn set_release_header(
     _cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: called by nginx as a location directive handler; the word lives in the cycle's
-    // pool, as long as the configuration.
-    let value = unsafe { args(cf) }[1];
-    let header = |s: &str| parse::header_name(s).then_some(value);
-    // SAFETY: called by nginx as a location directive handler.
-    unsafe { set_field(cf, conf, |c| &mut c.release_header, header, "expected a header name") }
+    crate::ffi::guard(NGX_CONF_ERROR, || {
+        // SAFETY: called by nginx as a location directive handler; the word lives in the cycle's
+        // pool, as long as the configuration.
+        let value = unsafe { args(cf) }[1];
+        let header = |s: &str| parse::header_name(s).then_some(value);
+        // SAFETY: called by nginx as a location directive handler.
+        unsafe { set_field(cf, conf, |c| &mut c.release_header, header, "expected a header name") }
+    })
 }
 
 /// `flash_sale zone=NAME | off;`
@@ -560,26 +566,28 @@ unsafe extern "C" fn set_gate(
     _cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: `conf` is this module's location configuration (NGX_HTTP_LOC_CONF_OFFSET).
-    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
-    // SAFETY: called by nginx as a directive handler.
-    let args = unsafe { args(cf) };
-    if lcf.gate != Gate::Unset {
-        return c"is duplicate".as_ptr().cast_mut();
-    }
-    let value = &args[1];
-    if value.as_bytes() == b"off" {
-        lcf.gate = Gate::Off;
-        return NGX_CONF_OK;
-    }
-    // SAFETY: called by nginx as a directive handler.
-    match unsafe { zone_parameter(cf, value) } {
-        Some(zone) => {
-            lcf.gate = Gate::Zone(zone);
-            NGX_CONF_OK
+    crate::ffi::guard(NGX_CONF_ERROR, || {
+        // SAFETY: `conf` is this module's location configuration (NGX_HTTP_LOC_CONF_OFFSET).
+        let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+        // SAFETY: called by nginx as a directive handler.
+        let args = unsafe { args(cf) };
+        if lcf.gate != Gate::Unset {
+            return c"is duplicate".as_ptr().cast_mut();
         }
-        None => NGX_CONF_ERROR,
-    }
+        let value = &args[1];
+        if value.as_bytes() == b"off" {
+            lcf.gate = Gate::Off;
+            return NGX_CONF_OK;
+        }
+        // SAFETY: called by nginx as a directive handler.
+        match unsafe { zone_parameter(cf, value) } {
+            Some(zone) => {
+                lcf.gate = Gate::Zone(zone);
+                NGX_CONF_OK
+            }
+            None => NGX_CONF_ERROR,
+        }
+    })
 }
 
 /// The zone named by a `zone=NAME` parameter, declared earlier by `flash_sale_zone`; says what
@@ -633,41 +641,43 @@ unsafe extern "C" fn set_token_secret(
     _cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: `conf` is this module's location configuration (NGX_HTTP_LOC_CONF_OFFSET).
-    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
-    // SAFETY: called by nginx as a directive handler.
-    let args = unsafe { args(cf) };
-    if lcf.token_secret.is_some() {
-        return c"is duplicate".as_ptr().cast_mut();
-    }
-    // SAFETY: called by nginx as a directive handler.
-    let Some((path, contents)) = (unsafe { read_conf_file(cf, args[1].as_bytes(), &args[0]) })
-    else {
-        return NGX_CONF_ERROR;
-    };
-    let secret = match token::secret_from_file(&contents) {
-        Ok(secret) => secret,
-        Err(len) => {
-            ngx_conf_log_error!(
-                NGX_LOG_EMERG,
-                cf,
-                "the secret in \"{}\" is {} bytes long, \"{}\" needs at least {}",
-                path.display(),
-                len,
-                args[0],
-                token::MIN_SECRET_LEN
-            );
+    crate::ffi::guard(NGX_CONF_ERROR, || {
+        // SAFETY: `conf` is this module's location configuration (NGX_HTTP_LOC_CONF_OFFSET).
+        let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+        // SAFETY: called by nginx as a directive handler.
+        let args = unsafe { args(cf) };
+        if lcf.token_secret.is_some() {
+            return c"is duplicate".as_ptr().cast_mut();
+        }
+        // SAFETY: called by nginx as a directive handler.
+        let Some((path, contents)) = (unsafe { read_conf_file(cf, args[1].as_bytes(), &args[0]) })
+        else {
             return NGX_CONF_ERROR;
+        };
+        let secret = match token::secret_from_file(&contents) {
+            Ok(secret) => secret,
+            Err(len) => {
+                ngx_conf_log_error!(
+                    NGX_LOG_EMERG,
+                    cf,
+                    "the secret in \"{}\" is {} bytes long, \"{}\" needs at least {}",
+                    path.display(),
+                    len,
+                    args[0],
+                    token::MIN_SECRET_LEN
+                );
+                return NGX_CONF_ERROR;
+            }
+        };
+        // SAFETY: `cf->pool` is the cycle's pool, alive as long as this configuration.
+        match unsafe { ngx_str_t::from_bytes((*cf).pool, secret) } {
+            Some(copy) => {
+                lcf.token_secret = Some(copy);
+                NGX_CONF_OK
+            }
+            None => NGX_CONF_ERROR,
         }
-    };
-    // SAFETY: `cf->pool` is the cycle's pool, alive as long as this configuration.
-    match unsafe { ngx_str_t::from_bytes((*cf).pool, secret) } {
-        Some(copy) => {
-            lcf.token_secret = Some(copy);
-            NGX_CONF_OK
-        }
-        None => NGX_CONF_ERROR,
-    }
+    })
 }
 
 /// `flash_sale_verify zone=NAME [token=VALUE] | off;`
@@ -676,37 +686,39 @@ unsafe extern "C" fn set_verify(
     _cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: `conf` is this module's location configuration (NGX_HTTP_LOC_CONF_OFFSET).
-    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
-    // SAFETY: called by nginx as a directive handler.
-    let args = unsafe { args(cf) };
-    if lcf.verify != Verify::Unset {
-        return c"is duplicate".as_ptr().cast_mut();
-    }
-    if args[1].as_bytes() == b"off" && args.len() == 2 {
-        lcf.verify = Verify::Off;
-        return NGX_CONF_OK;
-    }
-    // SAFETY: called by nginx as a directive handler.
-    let Some(zone) = (unsafe { zone_parameter(cf, &args[1]) }) else {
-        return NGX_CONF_ERROR;
-    };
-    let token = match args.get(2) {
-        None => None,
-        Some(arg) => {
-            let Some(source) = arg.strip_prefix("token=").filter(|v| !v.is_empty()) else {
-                ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid parameter \"{}\"", arg);
-                return NGX_CONF_ERROR;
-            };
-            // SAFETY: called by nginx as a directive handler.
-            match unsafe { complex_value(cf, source) } {
-                Some(value) => Some(value),
-                None => return NGX_CONF_ERROR,
-            }
+    crate::ffi::guard(NGX_CONF_ERROR, || {
+        // SAFETY: `conf` is this module's location configuration (NGX_HTTP_LOC_CONF_OFFSET).
+        let lcf = unsafe { &mut *conf.cast::<LocConf>() };
+        // SAFETY: called by nginx as a directive handler.
+        let args = unsafe { args(cf) };
+        if lcf.verify != Verify::Unset {
+            return c"is duplicate".as_ptr().cast_mut();
         }
-    };
-    lcf.verify = Verify::Zone { zone, token };
-    NGX_CONF_OK
+        if args[1].as_bytes() == b"off" && args.len() == 2 {
+            lcf.verify = Verify::Off;
+            return NGX_CONF_OK;
+        }
+        // SAFETY: called by nginx as a directive handler.
+        let Some(zone) = (unsafe { zone_parameter(cf, &args[1]) }) else {
+            return NGX_CONF_ERROR;
+        };
+        let token = match args.get(2) {
+            None => None,
+            Some(arg) => {
+                let Some(source) = arg.strip_prefix("token=").filter(|v| !v.is_empty()) else {
+                    ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid parameter \"{}\"", arg);
+                    return NGX_CONF_ERROR;
+                };
+                // SAFETY: called by nginx as a directive handler.
+                match unsafe { complex_value(cf, source) } {
+                    Some(value) => Some(value),
+                    None => return NGX_CONF_ERROR,
+                }
+            }
+        };
+        lcf.verify = Verify::Zone { zone, token };
+        NGX_CONF_OK
+    })
 }
 
 /// Reads a file named in a directive, relative to the configuration's directory as
@@ -746,71 +758,74 @@ unsafe extern "C" fn set_redis(
     _cmd: *mut ngx_command_t,
     _conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: called by nginx as a directive handler.
-    let args = unsafe { args(cf) };
-    // SAFETY: called by nginx as a directive handler.
-    let Some(mut zone) = (unsafe { zone_parameter(cf, &args[1]) }) else {
-        return NGX_CONF_ERROR;
-    };
-    // SAFETY: zone configurations live in the cycle's pool; parsing is single-threaded.
-    let zone = unsafe { zone.as_mut() };
-    if zone.redis.is_some() {
-        ngx_conf_log_error!(
-            NGX_LOG_EMERG,
-            cf,
-            "flash_sale_zone \"{}\" already has a \"{}\"",
-            zone.name(),
-            args[0]
-        );
-        return NGX_CONF_ERROR;
-    }
-    if zone.state.is_some() {
-        ngx_conf_log_error!(
-            NGX_LOG_EMERG,
-            cf,
-            "flash_sale_zone \"{}\" has a state file; a zone kept in Redis needs none",
-            zone.name()
-        );
-        return NGX_CONF_ERROR;
-    }
-    let mut settings = match Settings::parse(args[2..].iter().map(text)) {
-        Ok(settings) => settings,
-        Err(e) => {
-            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{} in \"{}\" directive", e, args[0]);
-            return NGX_CONF_ERROR;
-        }
-    };
-    if let Some(file) = settings.password_file.clone() {
+    crate::ffi::guard(NGX_CONF_ERROR, || {
         // SAFETY: called by nginx as a directive handler.
-        let Some((_, contents)) = (unsafe { read_conf_file(cf, file.as_bytes(), &args[0]) }) else {
+        let args = unsafe { args(cf) };
+        // SAFETY: called by nginx as a directive handler.
+        let Some(mut zone) = (unsafe { zone_parameter(cf, &args[1]) }) else {
             return NGX_CONF_ERROR;
         };
-        let password = String::from_utf8_lossy(&contents);
-        settings.password = Some(password.trim_end_matches(['\n', '\r']).to_string());
-    }
-    // nginx's "default" pool (32 threads unless `thread_pool default` says otherwise), or the
-    // one `threads=` names, which a `thread_pool` directive must declare, as for `aio threads=`.
-    let mut pool_name = match &settings.threads {
+        // SAFETY: zone configurations live in the cycle's pool; parsing is single-threaded.
+        let zone = unsafe { zone.as_mut() };
+        if zone.redis.is_some() {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "flash_sale_zone \"{}\" already has a \"{}\"",
+                zone.name(),
+                args[0]
+            );
+            return NGX_CONF_ERROR;
+        }
+        if zone.state.is_some() {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "flash_sale_zone \"{}\" has a state file; a zone kept in Redis needs none",
+                zone.name()
+            );
+            return NGX_CONF_ERROR;
+        }
+        let mut settings = match Settings::parse(args[2..].iter().map(text)) {
+            Ok(settings) => settings,
+            Err(e) => {
+                ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{} in \"{}\" directive", e, args[0]);
+                return NGX_CONF_ERROR;
+            }
+        };
+        if let Some(file) = settings.password_file.clone() {
+            // SAFETY: called by nginx as a directive handler.
+            let Some((_, contents)) = (unsafe { read_conf_file(cf, file.as_bytes(), &args[0]) })
+            else {
+                return NGX_CONF_ERROR;
+            };
+            let password = String::from_utf8_lossy(&contents);
+            settings.password = Some(password.trim_end_matches(['\n', '\r']).to_string());
+        }
+        // nginx's "default" pool (32 threads unless `thread_pool default` says otherwise), or the
+        // one `threads=` names, which a `thread_pool` directive must declare, as for `aio threads=`.
+        let mut pool_name = match &settings.threads {
+            // SAFETY: `cf->pool` is the cycle's pool, alive as long as this configuration.
+            Some(name) => match unsafe { ngx_str_t::from_bytes((*cf).pool, name.as_bytes()) } {
+                Some(name) => Some(name),
+                None => return NGX_CONF_ERROR,
+            },
+            None => None,
+        };
+        let name_ptr = pool_name.as_mut().map_or(ptr::null_mut(), |name| name as *mut ngx_str_t);
+        // SAFETY: `cf` is valid during parsing; nginx keeps the name's bytes, which live in the
+        // cycle's pool; a null name asks for the default pool.
+        let Some(threads) = NonNull::new(unsafe { ngx_thread_pool_add(cf, name_ptr) }) else {
+            return NGX_CONF_ERROR;
+        };
         // SAFETY: `cf->pool` is the cycle's pool, alive as long as this configuration.
-        Some(name) => match unsafe { ngx_str_t::from_bytes((*cf).pool, name.as_bytes()) } {
-            Some(name) => Some(name),
-            None => return NGX_CONF_ERROR,
-        },
-        None => None,
-    };
-    let name_ptr = pool_name.as_mut().map_or(ptr::null_mut(), |name| name as *mut ngx_str_t);
-    // SAFETY: `cf` is valid during parsing; nginx keeps the name's bytes, which live in the
-    // cycle's pool; a null name asks for the default pool.
-    let Some(threads) = NonNull::new(unsafe { ngx_thread_pool_add(cf, name_ptr) }) else {
-        return NGX_CONF_ERROR;
-    };
-    // SAFETY: `cf->pool` is the cycle's pool, alive as long as this configuration.
-    let pool = unsafe { Pool::from_ngx_pool((*cf).pool) };
-    let Some(redis) = NonNull::new(pool.allocate(RedisConf { settings, threads })) else {
-        return NGX_CONF_ERROR;
-    };
-    zone.redis = Some(redis);
-    NGX_CONF_OK
+        let pool = unsafe { Pool::from_ngx_pool((*cf).pool) };
+        let Some(redis) = NonNull::new(pool.allocate(RedisConf { settings, threads })) else {
+            return NGX_CONF_ERROR;
+        };
+        zone.redis = Some(redis);
+        NGX_CONF_OK
+    })
 }
 
 /// `flash_sale_zone KEY zone=NAME:SIZE;`
@@ -819,229 +834,239 @@ unsafe extern "C" fn set_zone(
     cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: called by nginx as a directive handler.
-    let args = unsafe { args(cf) };
-    // SAFETY: nginx passes its own command entry.
-    let directive = unsafe { (*cmd).name };
-
-    let mut zone: Option<(ngx_str_t, usize)> = None;
-    let mut state_arg = None;
-    for arg in &args[2..] {
-        if arg.strip_prefix("state=").is_some() {
-            state_arg = Some(arg);
-            continue;
-        }
-        let Some(spec) = arg.strip_prefix("zone=") else {
-            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid parameter \"{}\"", arg);
-            return NGX_CONF_ERROR;
-        };
-        let Some((name, size)) = parse::zone_name_size(text(&spec)) else {
-            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid zone size \"{}\"", arg);
-            return NGX_CONF_ERROR;
-        };
-        let Some(size) = parse::size(size) else {
-            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid zone size \"{}\"", arg);
-            return NGX_CONF_ERROR;
-        };
-        // SAFETY: nginx sets the page size before it reads the configuration.
-        if size < MIN_ZONE_PAGES * unsafe { nginx_sys::ngx_pagesize } {
-            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "zone \"{}\" is too small", arg);
-            return NGX_CONF_ERROR;
-        }
-        let name = ngx_str_t { data: spec.data, len: name.len() };
-        zone = Some((name, size));
-    }
-    // NGX_CONF_2MORE guarantees a parameter, and any but zone= was refused above.
-    let Some((mut name, size)) = zone else {
-        return NGX_CONF_ERROR;
-    };
-    // SAFETY: `conf` is this module's main configuration (NGX_HTTP_MAIN_CONF_OFFSET).
-    let main = unsafe { &mut *conf.cast::<MainConf>() };
-    let state = match state_arg {
-        None => None,
+    crate::ffi::guard(NGX_CONF_ERROR, || {
         // SAFETY: called by nginx as a directive handler.
-        Some(arg) => match unsafe { open_state(cf, main, arg, &name, &args[1]) } {
-            Some(file) => Some(file),
-            None => return NGX_CONF_ERROR,
-        },
-    };
+        let args = unsafe { args(cf) };
+        // SAFETY: nginx passes its own command entry.
+        let directive = unsafe { (*cmd).name };
 
-    // SAFETY: called by nginx as a directive handler.
-    let Some(key) = (unsafe { complex_value(cf, args[1]) }) else {
-        return NGX_CONF_ERROR;
-    };
-    // SAFETY: a compiled complex value is plain data; the copy points to the same program.
-    let key = unsafe { key.as_ptr().read() };
-
-    // SAFETY: `cf` is valid during parsing; the module's address is its shared-memory tag.
-    let shm_zone =
-        unsafe { ngx_shared_memory_add(cf, &mut name, size, crate::module::module_tag()) };
-    let Some(shm) = NonNull::new(shm_zone) else {
-        return NGX_CONF_ERROR;
-    };
-    // SAFETY: a zone returned by ngx_shared_memory_add is valid for the cycle.
-    let zone = unsafe { &mut *shm.as_ptr() };
-    if !zone.data.is_null() {
-        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{} \"{}\" is already declared", directive, name);
-        return NGX_CONF_ERROR;
-    }
-    let key_var = match parse::lone_variable(text(&args[1])) {
-        Some(var) => {
-            let mut var = ngx_str_t { data: var.as_ptr().cast_mut(), len: var.len() };
-            // SAFETY: `cf` is valid during parsing; nginx copies the name.
-            let index = unsafe { ngx_http_get_variable_index(cf, &mut var) };
-            if index == NGX_ERROR as ngx_int_t {
+        let mut zone: Option<(ngx_str_t, usize)> = None;
+        let mut state_arg = None;
+        for arg in &args[2..] {
+            if arg.strip_prefix("state=").is_some() {
+                state_arg = Some(arg);
+                continue;
+            }
+            let Some(spec) = arg.strip_prefix("zone=") else {
+                ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid parameter \"{}\"", arg);
+                return NGX_CONF_ERROR;
+            };
+            let Some((name, size)) = parse::zone_name_size(text(&spec)) else {
+                ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid zone size \"{}\"", arg);
+                return NGX_CONF_ERROR;
+            };
+            let Some(size) = parse::size(size) else {
+                ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid zone size \"{}\"", arg);
+                return NGX_CONF_ERROR;
+            };
+            // SAFETY: nginx sets the page size before it reads the configuration.
+            if size < MIN_ZONE_PAGES * unsafe { nginx_sys::ngx_pagesize } {
+                ngx_conf_log_error!(NGX_LOG_EMERG, cf, "zone \"{}\" is too small", arg);
                 return NGX_CONF_ERROR;
             }
-            Some(index as ngx_uint_t)
+            let name = ngx_str_t { data: spec.data, len: name.len() };
+            zone = Some((name, size));
         }
-        None => None,
-    };
-    // SAFETY: `cf->pool` is the cycle's pool, alive as long as this configuration.
-    let pool = unsafe { Pool::from_ngx_pool((*cf).pool) };
-    // SAFETY: `cf->cycle` is the cycle being configured, never null.
-    let Some(cycle) = NonNull::new(unsafe { (*cf).cycle }) else {
-        return NGX_CONF_ERROR;
-    };
-    let zone_conf = pool.allocate(ZoneConf {
-        key,
-        key_var,
-        largest_cap: None,
-        shm_zone: shm,
-        table: None,
-        state,
-        cycle,
-        redis: None,
-    });
-    let Some(zone_conf) = NonNull::new(zone_conf) else {
-        return NGX_CONF_ERROR;
-    };
-    if main.zones.try_reserve(1).is_err() {
-        return NGX_CONF_ERROR;
-    }
-    main.zones.push(zone_conf);
-    zone.init = Some(init_zone);
-    zone.data = zone_conf.as_ptr().cast();
-    NGX_CONF_OK
+        // NGX_CONF_2MORE guarantees a parameter, and any but zone= was refused above.
+        let Some((mut name, size)) = zone else {
+            return NGX_CONF_ERROR;
+        };
+        // SAFETY: `conf` is this module's main configuration (NGX_HTTP_MAIN_CONF_OFFSET).
+        let main = unsafe { &mut *conf.cast::<MainConf>() };
+        let state = match state_arg {
+            None => None,
+            // SAFETY: called by nginx as a directive handler.
+            Some(arg) => match unsafe { open_state(cf, main, arg, &name, &args[1]) } {
+                Some(file) => Some(file),
+                None => return NGX_CONF_ERROR,
+            },
+        };
+
+        // SAFETY: called by nginx as a directive handler.
+        let Some(key) = (unsafe { complex_value(cf, args[1]) }) else {
+            return NGX_CONF_ERROR;
+        };
+        // SAFETY: a compiled complex value is plain data; the copy points to the same program.
+        let key = unsafe { key.as_ptr().read() };
+
+        // SAFETY: `cf` is valid during parsing; the module's address is its shared-memory tag.
+        let shm_zone =
+            unsafe { ngx_shared_memory_add(cf, &mut name, size, crate::module::module_tag()) };
+        let Some(shm) = NonNull::new(shm_zone) else {
+            return NGX_CONF_ERROR;
+        };
+        // SAFETY: a zone returned by ngx_shared_memory_add is valid for the cycle.
+        let zone = unsafe { &mut *shm.as_ptr() };
+        if !zone.data.is_null() {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "{} \"{}\" is already declared",
+                directive,
+                name
+            );
+            return NGX_CONF_ERROR;
+        }
+        let key_var = match parse::lone_variable(text(&args[1])) {
+            Some(var) => {
+                let mut var = ngx_str_t { data: var.as_ptr().cast_mut(), len: var.len() };
+                // SAFETY: `cf` is valid during parsing; nginx copies the name.
+                let index = unsafe { ngx_http_get_variable_index(cf, &mut var) };
+                if index == NGX_ERROR as ngx_int_t {
+                    return NGX_CONF_ERROR;
+                }
+                Some(index as ngx_uint_t)
+            }
+            None => None,
+        };
+        // SAFETY: `cf->pool` is the cycle's pool, alive as long as this configuration.
+        let pool = unsafe { Pool::from_ngx_pool((*cf).pool) };
+        // SAFETY: `cf->cycle` is the cycle being configured, never null.
+        let Some(cycle) = NonNull::new(unsafe { (*cf).cycle }) else {
+            return NGX_CONF_ERROR;
+        };
+        let zone_conf = pool.allocate(ZoneConf {
+            key,
+            key_var,
+            largest_cap: None,
+            shm_zone: shm,
+            table: None,
+            state,
+            cycle,
+            redis: None,
+        });
+        let Some(zone_conf) = NonNull::new(zone_conf) else {
+            return NGX_CONF_ERROR;
+        };
+        if main.zones.try_reserve(1).is_err() {
+            return NGX_CONF_ERROR;
+        }
+        main.zones.push(zone_conf);
+        zone.init = Some(init_zone);
+        zone.data = zone_conf.as_ptr().cast();
+        NGX_CONF_OK
+    })
 }
 
 /// Creates the zone's table, or adopts the one a reload left in place.
 unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, old_data: *mut c_void) -> ngx_int_t {
-    // SAFETY: nginx passes the zone whose `data` `set_zone` made a `ZoneConf`.
-    let zone = unsafe { &mut *shm_zone };
-    // SAFETY: as above.
-    let conf = unsafe { &mut *zone.data.cast::<ZoneConf>() };
-    let log = zone.shm.log;
-    let name = zone.shm.name;
-    // SAFETY: the zone's memory is mapped and its slab pool initialised before `init` runs.
-    let Some(mut pool) = (unsafe { SlabPool::from_shm_zone(zone) }) else {
-        return Status::NGX_ERROR.into();
-    };
-    let key_spec = conf.key.value.as_bytes();
-
-    let reused = !old_data.is_null() || zone.shm.exists != 0;
-    if reused {
-        // Same name and size as before the reload: the memory, and the table in it, stayed.
-        let Some(table) = NonNull::new(pool.as_mut().data.cast::<PermitTable>()) else {
+    crate::ffi::guard(Status::NGX_ERROR.into(), || {
+        // SAFETY: nginx passes the zone whose `data` `set_zone` made a `ZoneConf`.
+        let zone = unsafe { &mut *shm_zone };
+        // SAFETY: as above.
+        let conf = unsafe { &mut *zone.data.cast::<ZoneConf>() };
+        let log = zone.shm.log;
+        let name = zone.shm.name;
+        // SAFETY: the zone's memory is mapped and its slab pool initialised before `init` runs.
+        let Some(mut pool) = (unsafe { SlabPool::from_shm_zone(zone) }) else {
             return Status::NGX_ERROR.into();
         };
-        // SAFETY: the slab pool's `data` is only ever set to a table by this function.
-        let existing = unsafe { table.as_ref() };
-        if !existing.is_compatible() {
+        let key_spec = conf.key.value.as_bytes();
+
+        let reused = !old_data.is_null() || zone.shm.exists != 0;
+        if reused {
+            // Same name and size as before the reload: the memory, and the table in it, stayed.
+            let Some(table) = NonNull::new(pool.as_mut().data.cast::<PermitTable>()) else {
+                return Status::NGX_ERROR.into();
+            };
+            // SAFETY: the slab pool's `data` is only ever set to a table by this function.
+            let existing = unsafe { table.as_ref() };
+            if !existing.is_compatible() {
+                ngx_log_error!(
+                    NGX_LOG_EMERG,
+                    log,
+                    "flash_sale_zone \"{}\" was created by an incompatible version of the module; \
+                     rename or resize the zone to start it afresh",
+                    name
+                );
+                return Status::NGX_ERROR.into();
+            }
+            if existing.key_spec() != key_spec {
+                ngx_log_error!(
+                    NGX_LOG_EMERG,
+                    log,
+                    "flash_sale_zone \"{}\" uses the \"{}\" key while previously it used the \"{}\" key",
+                    name,
+                    conf.key.value,
+                    String::from_utf8_lossy(existing.key_spec())
+                );
+                return Status::NGX_ERROR.into();
+            }
+            conf.table = Some(table);
+            if let Some(file) = &conf.state {
+                // The configuration opened the files anew, perhaps at another path: the file gets
+                // every permit the zone holds.
+                give_to_workers(conf, file, log);
+                // SAFETY: the table lives in this zone's slab pool; workers of the old cycle may
+                // still use it, under its lock.
+                let (next_seq, held) =
+                    unsafe { ZoneStore::new(&pool, table, crate::http::now_ms()) }.snapshot();
+                file.numbers().fetch_max(next_seq, core::sync::atomic::Ordering::AcqRel);
+                let rewritten =
+                    file.rewrite(&name.to_string(), key_spec, crate::http::now_ms(), &held, |_| {
+                        existing.stats.named_values()
+                    });
+                existing.journal.compacted(rewritten.as_ref().ok().map(|r| r.bytes));
+                if let Err(e) = rewritten {
+                    ngx_log_error!(
+                        NGX_LOG_WARN,
+                        log,
+                        "flash_sale_zone \"{}\": cannot rewrite state file \"{}\": {}",
+                        name,
+                        file.path.display(),
+                        e
+                    );
+                }
+            }
+            return Status::NGX_OK.into();
+        }
+
+        let sip_key = match SmallRng::try_from_os_rng() {
+            Ok(mut rng) => [rng.random(), rng.random()],
+            Err(err) => {
+                ngx_log_error!(
+                    NGX_LOG_EMERG,
+                    log,
+                    "flash_sale_zone \"{}\": no randomness: {}",
+                    name,
+                    err
+                );
+                return Status::NGX_ERROR.into();
+            }
+        };
+        let Some(table) = ({
+            let locked = pool.lock();
+            PermitTable::create(&locked, bucket_count(zone.shm.size), sip_key, key_spec)
+        }) else {
             ngx_log_error!(
                 NGX_LOG_EMERG,
                 log,
-                "flash_sale_zone \"{}\" was created by an incompatible version of the module; \
-                 rename or resize the zone to start it afresh",
+                "flash_sale_zone \"{}\" is too small for its table",
                 name
             );
             return Status::NGX_ERROR.into();
-        }
-        if existing.key_spec() != key_spec {
-            ngx_log_error!(
-                NGX_LOG_EMERG,
-                log,
-                "flash_sale_zone \"{}\" uses the \"{}\" key while previously it used the \"{}\" key",
-                name,
-                conf.key.value,
-                String::from_utf8_lossy(existing.key_spec())
-            );
-            return Status::NGX_ERROR.into();
+        };
+        let log_ctx = format!(" in flash_sale_zone \"{}\"\0", name);
+        let slab = pool.as_mut();
+        slab.data = table.as_ptr().cast();
+        // Our own message says the zone is full, once; the slab's would repeat per request.
+        slab.set_log_nomem(0);
+        // SAFETY: the slab pool is ours alone until workers start; the context string is copied
+        // into the zone so that it outlives this cycle's configuration.
+        unsafe {
+            let ctx = nginx_sys::ngx_slab_alloc(slab, log_ctx.len()).cast::<u8>();
+            if !ctx.is_null() {
+                ptr::copy_nonoverlapping(log_ctx.as_ptr(), ctx, log_ctx.len());
+                slab.log_ctx = ctx;
+            }
         }
         conf.table = Some(table);
         if let Some(file) = &conf.state {
-            // The configuration opened the files anew, perhaps at another path: the file gets
-            // every permit the zone holds.
             give_to_workers(conf, file, log);
-            // SAFETY: the table lives in this zone's slab pool; workers of the old cycle may
-            // still use it, under its lock.
-            let (next_seq, held) =
-                unsafe { ZoneStore::new(&pool, table, crate::http::now_ms()) }.snapshot();
-            file.numbers().fetch_max(next_seq, core::sync::atomic::Ordering::AcqRel);
-            let rewritten =
-                file.rewrite(&name.to_string(), key_spec, crate::http::now_ms(), &held, |_| {
-                    existing.stats.named_values()
-                });
-            existing.journal.compacted(rewritten.as_ref().ok().map(|r| r.bytes));
-            if let Err(e) = rewritten {
-                ngx_log_error!(
-                    NGX_LOG_WARN,
-                    log,
-                    "flash_sale_zone \"{}\": cannot rewrite state file \"{}\": {}",
-                    name,
-                    file.path.display(),
-                    e
-                );
-            }
+            load_state(file, &name.to_string(), key_spec, &pool, table, log);
         }
-        return Status::NGX_OK.into();
-    }
-
-    let sip_key = match SmallRng::try_from_os_rng() {
-        Ok(mut rng) => [rng.random(), rng.random()],
-        Err(err) => {
-            ngx_log_error!(
-                NGX_LOG_EMERG,
-                log,
-                "flash_sale_zone \"{}\": no randomness: {}",
-                name,
-                err
-            );
-            return Status::NGX_ERROR.into();
-        }
-    };
-    let Some(table) = ({
-        let locked = pool.lock();
-        PermitTable::create(&locked, bucket_count(zone.shm.size), sip_key, key_spec)
-    }) else {
-        ngx_log_error!(
-            NGX_LOG_EMERG,
-            log,
-            "flash_sale_zone \"{}\" is too small for its table",
-            name
-        );
-        return Status::NGX_ERROR.into();
-    };
-    let log_ctx = format!(" in flash_sale_zone \"{}\"\0", name);
-    let slab = pool.as_mut();
-    slab.data = table.as_ptr().cast();
-    // Our own message says the zone is full, once; the slab's would repeat per request.
-    slab.set_log_nomem(0);
-    // SAFETY: the slab pool is ours alone until workers start; the context string is copied
-    // into the zone so that it outlives this cycle's configuration.
-    unsafe {
-        let ctx = nginx_sys::ngx_slab_alloc(slab, log_ctx.len()).cast::<u8>();
-        if !ctx.is_null() {
-            ptr::copy_nonoverlapping(log_ctx.as_ptr(), ctx, log_ctx.len());
-            slab.log_ctx = ctx;
-        }
-    }
-    conf.table = Some(table);
-    if let Some(file) = &conf.state {
-        give_to_workers(conf, file, log);
-        load_state(file, &name.to_string(), key_spec, &pool, table, log);
-    }
-    Status::NGX_OK.into()
+        Status::NGX_OK.into()
+    })
 }
 
 /// Opens the state file of `state=PATH` (relative to nginx's prefix) for zone `name` with
@@ -1219,53 +1244,55 @@ pub unsafe extern "C" fn merge_loc_conf(
     parent: *mut c_void,
     child: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: nginx passes two location configurations created by `create_loc_conf`.
-    let (prev, conf) = unsafe { (&*parent.cast::<LocConf>(), &mut *child.cast::<LocConf>()) };
-    if conf.gate == Gate::Unset {
-        conf.gate = prev.gate;
-    }
-    conf.start_ms = conf.start_ms.or(prev.start_ms);
-    conf.end_ms = conf.end_ms.or(prev.end_ms);
-    conf.block_ratio = conf.block_ratio.or(prev.block_ratio);
-    conf.max_permits = conf.max_permits.or(prev.max_permits);
-    conf.reject_status = conf.reject_status.or(prev.reject_status);
-    conf.permit_ttl_ms = conf.permit_ttl_ms.or(prev.permit_ttl_ms);
-    conf.dry_run = conf.dry_run.or(prev.dry_run);
-    conf.log_level = conf.log_level.or(prev.log_level);
-    conf.release_header = conf.release_header.or(prev.release_header);
-    conf.draw = conf.draw.or(prev.draw);
-    conf.prequeue_ms = conf.prequeue_ms.or(prev.prequeue_ms);
-    conf.token_secret = conf.token_secret.or(prev.token_secret);
-    if conf.verify == Verify::Unset {
-        conf.verify = prev.verify;
-    }
-    if matches!(conf.verify, Verify::Zone { .. }) && conf.token_secret.is_none() {
-        ngx_conf_log_error!(
-            NGX_LOG_EMERG,
-            cf,
-            "\"flash_sale_verify\" needs a \"flash_sale_token_secret\" to check tokens with"
-        );
-        return NGX_CONF_ERROR;
-    }
-    if let Gate::Zone(mut zone) = conf.gate {
-        // SAFETY: zone configurations live in the cycle's pool; merging is single-threaded.
-        let zone = unsafe { zone.as_mut() };
-        zone.largest_cap = zone.largest_cap.max(conf.max_permits);
-        // The pre-queue's draw happens inside one host's zone; with Redis, hosts would each
-        // draw their own.
-        if zone.redis.is_some() && conf.prequeue_ms.is_some() {
+    crate::ffi::guard(NGX_CONF_ERROR, || {
+        // SAFETY: nginx passes two location configurations created by `create_loc_conf`.
+        let (prev, conf) = unsafe { (&*parent.cast::<LocConf>(), &mut *child.cast::<LocConf>()) };
+        if conf.gate == Gate::Unset {
+            conf.gate = prev.gate;
+        }
+        conf.start_ms = conf.start_ms.or(prev.start_ms);
+        conf.end_ms = conf.end_ms.or(prev.end_ms);
+        conf.block_ratio = conf.block_ratio.or(prev.block_ratio);
+        conf.max_permits = conf.max_permits.or(prev.max_permits);
+        conf.reject_status = conf.reject_status.or(prev.reject_status);
+        conf.permit_ttl_ms = conf.permit_ttl_ms.or(prev.permit_ttl_ms);
+        conf.dry_run = conf.dry_run.or(prev.dry_run);
+        conf.log_level = conf.log_level.or(prev.log_level);
+        conf.release_header = conf.release_header.or(prev.release_header);
+        conf.draw = conf.draw.or(prev.draw);
+        conf.prequeue_ms = conf.prequeue_ms.or(prev.prequeue_ms);
+        conf.token_secret = conf.token_secret.or(prev.token_secret);
+        if conf.verify == Verify::Unset {
+            conf.verify = prev.verify;
+        }
+        if matches!(conf.verify, Verify::Zone { .. }) && conf.token_secret.is_none() {
             ngx_conf_log_error!(
                 NGX_LOG_EMERG,
                 cf,
-                "\"flash_sale_prequeue\" cannot be used with flash_sale_zone \"{}\", which is kept in Redis",
-                zone.name()
+                "\"flash_sale_verify\" needs a \"flash_sale_token_secret\" to check tokens with"
             );
             return NGX_CONF_ERROR;
         }
-    }
-    if conf.window_is_empty() {
-        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "the inherited settings leave {}", EMPTY_WINDOW);
-        return NGX_CONF_ERROR;
-    }
-    NGX_CONF_OK
+        if let Gate::Zone(mut zone) = conf.gate {
+            // SAFETY: zone configurations live in the cycle's pool; merging is single-threaded.
+            let zone = unsafe { zone.as_mut() };
+            zone.largest_cap = zone.largest_cap.max(conf.max_permits);
+            // The pre-queue's draw happens inside one host's zone; with Redis, hosts would each
+            // draw their own.
+            if zone.redis.is_some() && conf.prequeue_ms.is_some() {
+                ngx_conf_log_error!(
+                    NGX_LOG_EMERG,
+                    cf,
+                    "\"flash_sale_prequeue\" cannot be used with flash_sale_zone \"{}\", which is kept in Redis",
+                    zone.name()
+                );
+                return NGX_CONF_ERROR;
+            }
+        }
+        if conf.window_is_empty() {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "the inherited settings leave {}", EMPTY_WINDOW);
+            return NGX_CONF_ERROR;
+        }
+        NGX_CONF_OK
+    })
 }

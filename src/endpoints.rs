@@ -3,8 +3,6 @@
 //! requests, touches the zones and sends answers.
 
 use core::ffi::{c_char, c_void};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_http_discard_request_body, ngx_http_finalize_request,
     ngx_http_read_client_request_body, ngx_http_request_t, ngx_int_t, ngx_pagesize, ngx_str_t,
@@ -35,8 +33,10 @@ pub unsafe extern "C" fn set_metrics(
     _cmd: *mut ngx_command_t,
     _conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: called by nginx as a location directive handler.
-    unsafe { set_content_handler(cf, metrics_handler) }
+    crate::ffi::guard(NGX_CONF_ERROR, || {
+        // SAFETY: called by nginx as a location directive handler.
+        unsafe { set_content_handler(cf, metrics_handler) }
+    })
 }
 
 /// Makes the location being parsed answer with `handler`.
@@ -59,8 +59,7 @@ unsafe fn set_content_handler(
 
 unsafe extern "C" fn metrics_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx passes a live request in its content phase.
-    catch_unwind(AssertUnwindSafe(|| unsafe { metrics(r) }))
-        .unwrap_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t)
+    crate::ffi::guard(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t, || unsafe { metrics(r) })
 }
 
 /// # Safety
@@ -94,8 +93,10 @@ pub unsafe extern "C" fn set_api(
     _cmd: *mut ngx_command_t,
     _conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: called by nginx as a location directive handler.
-    unsafe { set_content_handler(cf, api_handler) }
+    crate::ffi::guard(NGX_CONF_ERROR, || {
+        // SAFETY: called by nginx as a location directive handler.
+        unsafe { set_content_handler(cf, api_handler) }
+    })
 }
 
 const METHODS_ZONES: &str = "GET, HEAD";
@@ -105,8 +106,7 @@ const METHODS_PERMIT: &str = "GET, HEAD, DELETE";
 
 unsafe extern "C" fn api_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx passes a live request in its content phase.
-    catch_unwind(AssertUnwindSafe(|| unsafe { api(r) }))
-        .unwrap_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t)
+    crate::ffi::guard(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t, || unsafe { api(r) })
 }
 
 /// # Safety
@@ -280,7 +280,7 @@ unsafe fn redis_answered(
     _asked_ms: i64,
 ) {
     // SAFETY: see the function's contract.
-    let rc = catch_unwind(AssertUnwindSafe(|| unsafe {
+    let rc = crate::ffi::guard(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t, || unsafe {
         let (zone, key) = match request_route(r) {
             Ok(Route::Permit(name, key)) => (zone_named(r, &name), key),
             Ok(Route::Permits(name) | Route::Zone(name)) => (zone_named(r, &name), Vec::new()),
@@ -308,8 +308,7 @@ unsafe fn redis_answered(
             None => Err(ApiError::new(500, "the zone is not available")),
         };
         respond(r, answer)
-    }))
-    .unwrap_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+    });
     // SAFETY: as above; this is the finalization `ask_redis` counted.
     unsafe { ngx_http_finalize_request(r, rc) };
 }
@@ -393,7 +392,7 @@ unsafe fn relative_path<'a>(r: *mut ngx_http_request_t) -> Result<&'a [u8], ApiE
 
 unsafe extern "C" fn api_body_ready(r: *mut ngx_http_request_t) {
     // SAFETY: nginx calls this with the request once its body is read.
-    let rc = catch_unwind(AssertUnwindSafe(|| unsafe {
+    let rc = crate::ffi::guard(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t, || unsafe {
         let method = (*r).method as u32;
         let next = request_route(r).and_then(|route| {
             let body = request_body(r)?;
@@ -408,8 +407,7 @@ unsafe extern "C" fn api_body_ready(r: *mut ngx_http_request_t) {
             Ok(Next::Answer(answer)) => respond(r, Ok(answer)),
             Err(e) => respond(r, Err(e)),
         }
-    }))
-    .unwrap_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+    });
     // SAFETY: as above.
     unsafe { ngx_http_finalize_request(r, rc) };
 }

@@ -8,7 +8,6 @@ use core::cell::RefCell;
 use core::ffi::c_void;
 use core::mem::size_of;
 use core::ptr::NonNull;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use nginx_sys::{
     ngx_array_push, ngx_conf_t, ngx_http_complex_value_t, ngx_http_discard_request_body,
@@ -35,24 +34,26 @@ use crate::zone::{keyed_draw, Stats, ZoneStore};
 
 /// Puts the gate into the precontent phase (postconfiguration).
 pub unsafe extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
-    // SAFETY: `cf` is the http block's configuration during postconfiguration.
-    let Some(cmcf) = NgxHttpCoreModule::main_conf_mut(unsafe { &*cf }) else {
-        return NGX_ERROR as ngx_int_t;
-    };
-    let handlers = &mut cmcf.phases[PRECONTENT_PHASE as usize].handlers;
-    // SAFETY: the phase's handler array holds `ngx_http_handler_pt` elements.
-    let slot = unsafe { ngx_array_push(handlers) }.cast::<ngx_http_handler_pt>();
-    if slot.is_null() {
-        return NGX_ERROR as ngx_int_t;
-    }
-    // SAFETY: `slot` is a fresh element of the array. The header filter chain is built during
-    // postconfiguration, one module after another, as nginx's own filters do.
-    unsafe {
-        slot.write(Some(gate_handler));
-        NEXT_HEADER_FILTER = ngx_http_top_header_filter;
-        ngx_http_top_header_filter = Some(release_filter);
-    }
-    NGX_OK as ngx_int_t
+    crate::ffi::guard(nginx_sys::NGX_ERROR as ngx_int_t, || {
+        // SAFETY: `cf` is the http block's configuration during postconfiguration.
+        let Some(cmcf) = NgxHttpCoreModule::main_conf_mut(unsafe { &*cf }) else {
+            return NGX_ERROR as ngx_int_t;
+        };
+        let handlers = &mut cmcf.phases[PRECONTENT_PHASE as usize].handlers;
+        // SAFETY: the phase's handler array holds `ngx_http_handler_pt` elements.
+        let slot = unsafe { ngx_array_push(handlers) }.cast::<ngx_http_handler_pt>();
+        if slot.is_null() {
+            return NGX_ERROR as ngx_int_t;
+        }
+        // SAFETY: `slot` is a fresh element of the array. The header filter chain is built during
+        // postconfiguration, one module after another, as nginx's own filters do.
+        unsafe {
+            slot.write(Some(gate_handler));
+            NEXT_HEADER_FILTER = ngx_http_top_header_filter;
+            ngx_http_top_header_filter = Some(release_filter);
+        }
+        NGX_OK as ngx_int_t
+    })
 }
 
 static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
@@ -60,7 +61,7 @@ static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
 /// `flash_sale_release_header`: a backend's answer with that header revokes the buyer's permit.
 unsafe extern "C" fn release_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx passes a live request whose headers are about to be sent.
-    let _ = catch_unwind(AssertUnwindSafe(|| unsafe { release(r) }));
+    crate::ffi::guard((), || unsafe { release(r) });
     // SAFETY: the next filter was set at postconfiguration, before any request; `r` is live.
     unsafe {
         match NEXT_HEADER_FILTER {
@@ -136,8 +137,7 @@ unsafe fn release(r: *mut ngx_http_request_t) {
 unsafe extern "C" fn gate_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // A panic must not unwind into nginx; the zone lock's guard is released while unwinding.
     // SAFETY: nginx passes a live request.
-    catch_unwind(AssertUnwindSafe(|| unsafe { gate(r) }))
-        .unwrap_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t)
+    crate::ffi::guard(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t, || unsafe { gate(r) })
 }
 
 /// # Safety

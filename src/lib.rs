@@ -36,6 +36,8 @@ mod conf;
 #[cfg(not(test))]
 mod endpoints;
 #[cfg(not(test))]
+mod ffi;
+#[cfg(not(test))]
 mod handler;
 #[cfg(not(test))]
 mod http;

@@ -65,14 +65,16 @@ pub static mut ngx_http_flash_sale_module: ngx_module_t = ngx_module_t {
 /// When nginx stops, each zone's state file is compacted, with the zone's counters: what every
 /// process wrote to it is kept (another generation's too, during a binary upgrade).
 unsafe extern "C" fn exit_master(cycle: *mut ngx_cycle_t) {
-    // SAFETY: nginx passes its cycle, whose configuration is still in place.
-    let Some(main) = (unsafe { cycle.as_ref() }).and_then(FlashSaleModule::main_conf) else {
-        return;
-    };
-    // SAFETY: as above.
-    let log = unsafe { (*cycle).log };
-    for zone in &main.zones {
-        // SAFETY: zone configurations live in the cycle's pool.
-        unsafe { zone.as_ref() }.compact(log);
-    }
+    crate::ffi::guard((), || {
+        // SAFETY: nginx passes its cycle, whose configuration is still in place.
+        let Some(main) = (unsafe { cycle.as_ref() }).and_then(FlashSaleModule::main_conf) else {
+            return;
+        };
+        // SAFETY: as above.
+        let log = unsafe { (*cycle).log };
+        for zone in &main.zones {
+            // SAFETY: zone configurations live in the cycle's pool.
+            unsafe { zone.as_ref() }.compact(log);
+        }
+    })
 }

@@ -14,7 +14,6 @@
 
 use core::ffi::c_void;
 use core::ptr::{self, NonNull};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use nginx_sys::{
@@ -155,10 +154,9 @@ unsafe extern "C" fn run_in_thread(data: *mut c_void, _log: *mut ngx_log_t) {
     let job = data.cast::<Job>();
     // SAFETY: `queue` made `data` a job that lives until the worker has its reply; the worker
     // does not touch these fields until nginx's thread pool hands the task back.
-    let reply = catch_unwind(AssertUnwindSafe(|| unsafe {
+    let reply = crate::ffi::guard(Err("the Redis client panicked".to_string()), || unsafe {
         remote::run(&(*job).settings, &(*job).zone, &(*job).command, (*job).deadline)
-    }));
-    let reply = reply.unwrap_or_else(|_| Err("the Redis client panicked".to_string()));
+    });
     // SAFETY: as above; `reply` is the thread's to write.
     unsafe { (*job).reply = Some(reply) };
 }
@@ -203,7 +201,7 @@ unsafe fn deliver(then: Then, command: &Command, reply: Result<Reply, String>, a
         Then::Request(request, done) => (request, done),
         Then::Detached(done) => {
             // A panic must not unwind into nginx.
-            let _ = catch_unwind(AssertUnwindSafe(|| done(command, reply)));
+            crate::ffi::guard((), || done(command, reply));
             return;
         }
         Then::Answered => return,
@@ -216,7 +214,7 @@ unsafe fn deliver(then: Then, command: &Command, reply: Result<Reply, String>, a
         main.set_blocked(main.blocked() - 1);
         (*r).set_aio(0);
         // A panic must not unwind into nginx; `done` answers 500 on its own errors.
-        let _ = catch_unwind(AssertUnwindSafe(|| done(r, command, reply, asked_ms)));
+        crate::ffi::guard((), || done(r, command, reply, asked_ms));
         ngx_http_run_posted_requests(c);
     }
 }

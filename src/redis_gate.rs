@@ -4,8 +4,6 @@
 //! conclusion as for a local zone.
 
 use core::ptr::NonNull;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-
 use nginx_sys::{
     ngx_http_core_run_phases, ngx_http_finalize_request, ngx_http_request_empty_handler,
     ngx_http_request_t, ngx_int_t, NGX_AGAIN, NGX_DECLINED, NGX_DONE,
@@ -149,8 +147,7 @@ unsafe fn answered(
             return;
         }
         (*r).write_event_handler = Some(ngx_http_core_run_phases);
-        let rc = catch_unwind(AssertUnwindSafe(|| decide_with_reply(r, command, reply, asked_ms)))
-            .unwrap_or(SERVER_ERROR);
+        let rc = crate::ffi::guard(SERVER_ERROR, || decide_with_reply(r, command, reply, asked_ms));
         // What the precontent phase's checker does with a handler's answer.
         if rc == NGX_DECLINED as ngx_int_t {
             (*r).phase_handler += 1;
