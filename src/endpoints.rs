@@ -22,7 +22,7 @@ use crate::metrics::{render, ZoneMetrics};
 use crate::module::FlashSaleModule;
 use crate::offload;
 use crate::redis_gate;
-use crate::remote::{Command, Reply, OVERRIDE_FIELDS};
+use crate::remote::{Command, Failure, Reply, OVERRIDE_FIELDS};
 use crate::sale::Outcome;
 use crate::state;
 use crate::zone::{Stats, ZoneStore};
@@ -276,7 +276,7 @@ unsafe fn ask_redis(r: *mut ngx_http_request_t, zone: &ZoneConf, command: Comman
 unsafe fn redis_answered(
     r: *mut ngx_http_request_t,
     _command: &Command,
-    reply: Result<Reply, String>,
+    reply: Result<Reply, Failure>,
     _asked_ms: i64,
 ) {
     // SAFETY: see the function's contract.
@@ -314,7 +314,7 @@ unsafe fn redis_answered(
 }
 
 /// Counts a round trip, and applies a revocation to this host's cache of permits.
-fn apply_here(zone: &ZoneConf, key: &[u8], reply: &Result<Reply, String>) {
+fn apply_here(zone: &ZoneConf, key: &[u8], reply: &Result<Reply, Failure>) {
     let (Some(table), Some(slab)) = (zone.table, zone.slab()) else {
         return;
     };
@@ -332,7 +332,7 @@ fn apply_here(zone: &ZoneConf, key: &[u8], reply: &Result<Reply, String>) {
             let (here, _) = store.clear();
             stats.revoked.fetch_add(n.saturating_sub(here), core::sync::atomic::Ordering::Relaxed);
         }
-        Err(_) => Stats::count(&stats.redis_errors),
+        Err(failure) => stats.redis_failed(failure.index()),
         _ => {}
     }
 }
@@ -692,6 +692,13 @@ fn zone_json(zone: &ZoneConf) -> Option<Value> {
             "up": m.redis_up == Some(1),
             "calls": m.redis_calls,
             "errors": m.redis_errors,
+            "errors_by_kind": m.redis_failures.map(|counts| {
+                Failure::KINDS
+                    .iter()
+                    .zip(counts)
+                    .map(|(kind, n)| ((*kind).to_string(), json!(n)))
+                    .collect::<serde_json::Map<String, Value>>()
+            }),
         })),
     }))
 }
@@ -724,6 +731,9 @@ fn zone_metrics(zone: &ZoneConf) -> Option<ZoneMetrics> {
         tokens_refused: load(&stats.tokens_refused),
         redis_calls: zone.redis.map(|_| load(&stats.redis_calls)),
         redis_errors: zone.redis.map(|_| load(&stats.redis_errors)),
+        redis_failures: zone
+            .redis
+            .map(|_| core::array::from_fn(|i| load(&stats.redis_failures[i]))),
         redis_up: zone.redis.map(|_| u64::from(!table.link.is_down())),
         state_errors: zone.state.as_ref().map(|_| load(&stats.state_errors)),
         state_up: zone.state.as_ref().map(|_| u64::from(!table.journal.health.is_down())),

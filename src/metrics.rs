@@ -21,6 +21,8 @@ pub struct ZoneMetrics {
     /// For a zone kept in Redis: round trips, failed ones, and whether Redis answers (1 or 0).
     pub redis_calls: Option<u64>,
     pub redis_errors: Option<u64>,
+    /// The failed round trips by kind, in the order of `remote::Failure::KINDS`.
+    pub redis_failures: Option<[u64; 5]>,
     pub redis_up: Option<u64>,
     /// For a zone with a state file: records it could not take, and whether it takes them.
     pub state_errors: Option<u64>,
@@ -65,7 +67,7 @@ pub fn render(zones: &[ZoneMetrics]) -> String {
             }
         },
     );
-    let simple: [Family; 13] = [
+    let simple: [Family; 12] = [
         ("flash_sale_permits", "gauge", "Permits held now.", |z| Some(z.permits)),
         ("flash_sale_prequeued", "gauge", "Buyers waiting for the pre-queue's draw.", |z| {
             Some(z.prequeued)
@@ -81,9 +83,6 @@ pub fn render(zones: &[ZoneMetrics]) -> String {
             Some(z.tokens_refused)
         }),
         ("flash_sale_redis_calls_total", "counter", "Round trips to Redis.", |z| z.redis_calls),
-        ("flash_sale_redis_errors_total", "counter", "Round trips to Redis that failed.", |z| {
-            z.redis_errors
-        }),
         ("flash_sale_redis_up", "gauge", "Whether Redis answered the last round trip.", |z| {
             z.redis_up
         }),
@@ -104,6 +103,25 @@ pub fn render(zones: &[ZoneMetrics]) -> String {
             }
         });
     }
+    family(
+        "flash_sale_redis_errors_total",
+        "counter",
+        "Round trips to Redis that failed, by kind: timeout, connection, auth, reply, local.",
+        &|out| {
+            for zone in zones {
+                let Some(failures) = zone.redis_failures else {
+                    continue;
+                };
+                for (kind, count) in crate::remote::Failure::KINDS.iter().zip(failures) {
+                    let _ = writeln!(
+                        out,
+                        "flash_sale_redis_errors_total{{zone=\"{}\",kind=\"{kind}\"}} {count}",
+                        escape(&zone.name)
+                    );
+                }
+            }
+        },
+    );
     family(
         "flash_sale_zone_bytes",
         "gauge",
@@ -147,6 +165,7 @@ mod tests {
             tokens_refused: 2,
             redis_calls: Some(9),
             redis_errors: Some(1),
+            redis_failures: Some([1, 0, 0, 0, 0]),
             redis_up: Some(0),
             state_errors: Some(7),
             state_up: Some(1),
@@ -175,7 +194,8 @@ mod tests {
             "flash_sale_tokens_valid_total{zone=\"laptop\"} 0",
             "flash_sale_tokens_refused_total{zone=\"laptop\"} 2",
             "flash_sale_redis_calls_total{zone=\"laptop\"} 9",
-            "flash_sale_redis_errors_total{zone=\"laptop\"} 1",
+            "flash_sale_redis_errors_total{zone=\"laptop\",kind=\"timeout\"} 1",
+            "flash_sale_redis_errors_total{zone=\"laptop\",kind=\"auth\"} 0",
             "flash_sale_redis_up{zone=\"laptop\"} 0",
             "flash_sale_state_errors_total{zone=\"laptop\"} 7",
             "flash_sale_state_up{zone=\"laptop\"} 1",

@@ -22,14 +22,14 @@ use nginx_sys::{
     ngx_thread_task_post, ngx_thread_task_t, NGX_OK,
 };
 
-use crate::remote::{self, Command, Reply, Settings};
+use crate::remote::{self, Command, Failure, Reply, Settings};
 
 /// What to do in the worker with Redis's reply to a request's round trip: called with the
 /// request, which is live again, the command, its reply, and when it was asked (Unix ms).
-pub type Done = unsafe fn(*mut ngx_http_request_t, &Command, Result<Reply, String>, i64);
+pub type Done = unsafe fn(*mut ngx_http_request_t, &Command, Result<Reply, Failure>, i64);
 
 /// What to do in the worker with Redis's reply to a round trip nobody waits for.
-pub type Detached = Box<dyn FnOnce(&Command, Result<Reply, String>)>;
+pub type Detached = Box<dyn FnOnce(&Command, Result<Reply, Failure>)>;
 
 /// Where a reply goes.
 enum Then {
@@ -49,7 +49,7 @@ struct Job {
     settings: Settings,
     zone: String,
     command: Command,
-    reply: Option<Result<Reply, String>>,
+    reply: Option<Result<Reply, Failure>>,
     asked_ms: i64,
     /// When the thread gives up: `timeout=` after the round trip was asked.
     deadline: Instant,
@@ -99,7 +99,7 @@ pub fn post_detached(
     settings: &Settings,
     zone: String,
     command: Command,
-    done: impl FnOnce(&Command, Result<Reply, String>) + 'static,
+    done: impl FnOnce(&Command, Result<Reply, Failure>) + 'static,
 ) -> bool {
     queue(threads, settings, zone, command, Then::Detached(Box::new(done)))
 }
@@ -152,9 +152,10 @@ fn queue(
 /// never the request, nor what the worker may change meanwhile.
 unsafe extern "C" fn run_in_thread(data: *mut c_void, _log: *mut ngx_log_t) {
     let job = data.cast::<Job>();
+    let panicked = Err(Failure::Local("the Redis client panicked".to_string()));
     // SAFETY: `queue` made `data` a job that lives until the worker has its reply; the worker
     // does not touch these fields until nginx's thread pool hands the task back.
-    let reply = crate::ffi::guard(Err("the Redis client panicked".to_string()), || unsafe {
+    let reply = crate::ffi::guard(panicked, || unsafe {
         remote::run(&(*job).settings, &(*job).zone, &(*job).command, (*job).deadline)
     });
     // SAFETY: as above; `reply` is the thread's to write.
@@ -172,7 +173,8 @@ unsafe extern "C" fn reply_in_worker(ev: *mut ngx_event_t) {
         unsafe { ngx_del_timer(&mut job.timer) };
     }
     let Job { command, reply, asked_ms, then, .. } = *job;
-    let reply = reply.unwrap_or_else(|| Err("the round trip did not run".to_string()));
+    let reply =
+        reply.unwrap_or_else(|| Err(Failure::Local("the round trip did not run".to_string())));
     // SAFETY: a request waiting for this reply is still blocked, so still live.
     unsafe { deliver(then, &command, reply, asked_ms) };
 }
@@ -187,7 +189,7 @@ unsafe extern "C" fn deadline_in_worker(ev: *mut ngx_event_t) {
     unsafe {
         let job = (*ev).data.cast::<Job>();
         let then = core::mem::replace(&mut *ptr::addr_of_mut!((*job).then), Then::Answered);
-        let late = format!("no answer within timeout={}ms", (*job).settings.timeout_ms);
+        let late = Failure::Timeout { timeout_ms: (*job).settings.timeout_ms };
         deliver(then, &*ptr::addr_of!((*job).command), Err(late), (*job).asked_ms);
     }
 }
@@ -196,7 +198,7 @@ unsafe extern "C" fn deadline_in_worker(ev: *mut ngx_event_t) {
 ///
 /// # Safety
 /// A request in `then` is the live, blocked request the round trip was asked for.
-unsafe fn deliver(then: Then, command: &Command, reply: Result<Reply, String>, asked_ms: i64) {
+unsafe fn deliver(then: Then, command: &Command, reply: Result<Reply, Failure>, asked_ms: i64) {
     let (request, done) = match then {
         Then::Request(request, done) => (request, done),
         Then::Detached(done) => {

@@ -19,7 +19,7 @@ use crate::health::Change;
 use crate::http::now_ms;
 use crate::module::FlashSaleModule;
 use crate::offload;
-use crate::remote::{Answer, Command, OnError, Overrides as RemoteOverrides, Reply};
+use crate::remote::{Answer, Command, Failure, OnError, Overrides as RemoteOverrides, Reply};
 use crate::sale::{admitted, draw_step, DrawMode, Held, Outcome, PermitStore, Step, Verdict};
 use crate::zone::{Cached, RemoteView, Stats, ZoneStore};
 
@@ -132,7 +132,7 @@ unsafe fn ask(r: *mut ngx_http_request_t, zone: &ZoneConf, command: Command) -> 
 unsafe fn answered(
     r: *mut ngx_http_request_t,
     command: &Command,
-    reply: Result<Reply, String>,
+    reply: Result<Reply, Failure>,
     asked_ms: i64,
 ) {
     // SAFETY: see the function's contract.
@@ -163,7 +163,7 @@ unsafe fn answered(
 unsafe fn decide_with_reply(
     r: *mut ngx_http_request_t,
     command: &Command,
-    reply: Result<Reply, String>,
+    reply: Result<Reply, Failure>,
     asked_ms: i64,
 ) -> ngx_int_t {
     // SAFETY: see the function's contract.
@@ -194,7 +194,7 @@ unsafe fn decide_with_reply(
     let reply = match reply {
         Ok(reply) => reply,
         Err(error) => {
-            Stats::count(&stats.redis_errors);
+            stats.redis_failed(error.index());
             if link.failed(now) == Change::WentDown {
                 let consequence = match redis.settings.on_error {
                     OnError::Closed => "new buyers get UNAVAILABLE".to_string(),
@@ -358,8 +358,8 @@ fn refresh_overrides(zone_ptr: NonNull<ZoneConf>) {
                 // SAFETY: the table's counters are atomics.
                 let stats = unsafe { &table.as_ref().stats };
                 Stats::count(&stats.redis_calls);
-                if reply.is_err() {
-                    Stats::count(&stats.redis_errors);
+                if let Err(failure) = &reply {
+                    stats.redis_failed(failure.index());
                 }
             }
             if let Ok(Reply::Overrides(overrides)) = reply {

@@ -353,6 +353,67 @@ pub fn parse_admission(code: i64, permit: &str) -> Option<Answer> {
     }
 }
 
+/// Why a round trip to Redis failed: said in the error log, and counted by kind in
+/// `flash_sale_redis_errors_total{kind=...}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// No answer within `timeout=` (a stopped or overloaded Redis, a lost network).
+    Timeout { timeout_ms: u64 },
+    /// No connection could be made, or it was lost (Redis down or restarting).
+    Connection(String),
+    /// Redis wants a password, or refused the one given.
+    Auth(String),
+    /// Redis answered an error, or something else than the scripts' replies (a script it ran
+    /// after its deadline included).
+    Reply(String),
+    /// nginx could not run the round trip (its thread pool's queue was full).
+    Local(String),
+}
+
+impl Failure {
+    /// The kinds, in the order of [`Failure::index`]: the `kind` label's values.
+    pub const KINDS: [&'static str; 5] = ["timeout", "connection", "auth", "reply", "local"];
+
+    pub fn index(&self) -> usize {
+        match self {
+            Failure::Timeout { .. } => 0,
+            Failure::Connection(_) => 1,
+            Failure::Auth(_) => 2,
+            Failure::Reply(_) => 3,
+            Failure::Local(_) => 4,
+        }
+    }
+
+    /// What redis-rs reports, by kind.
+    fn of(settings: &Settings, e: &redis::RedisError) -> Failure {
+        let text = e.to_string();
+        if e.is_timeout() {
+            Failure::Timeout { timeout_ms: settings.timeout_ms }
+        } else if e.kind() == redis::ErrorKind::AuthenticationFailed
+            || text.contains("NOAUTH")
+            || text.contains("WRONGPASS")
+        {
+            Failure::Auth(text)
+        } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
+            Failure::Connection(text)
+        } else {
+            Failure::Reply(text)
+        }
+    }
+}
+
+impl core::fmt::Display for Failure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Failure::Timeout { timeout_ms } => write!(f, "no answer within timeout={timeout_ms}ms"),
+            Failure::Connection(e) => write!(f, "connection failed: {e}"),
+            Failure::Auth(e) => write!(f, "authentication failed: {e}"),
+            Failure::Reply(e) => write!(f, "bad reply: {e}"),
+            Failure::Local(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 /// A connection to Redis, and how far Redis's clock is ahead of this host's (Unix ms), as
 /// measured when it was opened: a script's deadline is sent in Redis's clock, so that the
 /// hosts' clocks need not agree with Redis's to the millisecond.
@@ -377,7 +438,7 @@ pub fn run(
     zone: &str,
     command: &Command,
     deadline: Instant,
-) -> Result<Reply, String> {
+) -> Result<Reply, Failure> {
     let server = settings.server();
     let kept = IDLE.lock().ok().and_then(|mut idle| {
         let i = idle.iter().position(|(s, _)| *s == server)?;
@@ -405,24 +466,24 @@ pub fn run(
     Ok(reply)
 }
 
-/// The time left until `deadline`; an error once it has passed.
-fn time_left(settings: &Settings, deadline: Instant) -> Result<Duration, String> {
+/// The time left until `deadline`; a timeout once it has passed.
+fn time_left(settings: &Settings, deadline: Instant) -> Result<Duration, Failure> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
-        return Err(format!("no answer within timeout={}ms", settings.timeout_ms));
+        return Err(Failure::Timeout { timeout_ms: settings.timeout_ms });
     }
     Ok(left)
 }
 
 /// Opens a connection and reads Redis's clock (TIME) against this host's, within the time left.
-fn connect(settings: &Settings, deadline: Instant) -> Result<Kept, String> {
+fn connect(settings: &Settings, deadline: Instant) -> Result<Kept, Failure> {
     let left = time_left(settings, deadline)?;
-    let client = redis::Client::open(settings.connection_info()).map_err(|e| e.to_string())?;
-    let mut conn = client.get_connection_with_timeout(left).map_err(|e| e.to_string())?;
+    let failure = |e: redis::RedisError| Failure::of(settings, &e);
+    let client = redis::Client::open(settings.connection_info()).map_err(failure)?;
+    let mut conn = client.get_connection_with_timeout(left).map_err(failure)?;
     bound(&mut conn, settings, deadline)?;
     let before = unix_ms();
-    let (seconds, micros): (i64, i64) =
-        redis::cmd("TIME").query(&mut conn).map_err(|e| failure(settings, e))?;
+    let (seconds, micros): (i64, i64) = redis::cmd("TIME").query(&mut conn).map_err(failure)?;
     let here = (before + unix_ms()) / 2;
     Ok(Kept { conn, clock_offset_ms: seconds * 1000 + micros / 1000 - here })
 }
@@ -432,19 +493,11 @@ fn bound(
     conn: &mut redis::Connection,
     settings: &Settings,
     deadline: Instant,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let left = time_left(settings, deadline)?;
-    conn.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
-    conn.set_write_timeout(Some(left)).map_err(|e| e.to_string())
-}
-
-/// A failed exchange, said plainly: a read or write that ran out of time is a timeout, not
-/// "Resource temporarily unavailable".
-fn failure(settings: &Settings, e: redis::RedisError) -> String {
-    if e.is_timeout() {
-        return format!("no answer within timeout={}ms", settings.timeout_ms);
-    }
-    e.to_string()
+    let failure = |e: redis::RedisError| Failure::of(settings, &e);
+    conn.set_read_timeout(Some(left)).map_err(failure)?;
+    conn.set_write_timeout(Some(left)).map_err(failure)
 }
 
 /// This host's clock, in Unix milliseconds.
@@ -461,12 +514,12 @@ fn execute_by(
     zone: &str,
     command: &Command,
     deadline: Instant,
-) -> Result<Reply, String> {
+) -> Result<Reply, Failure> {
     bound(&mut link.conn, settings, deadline)?;
     let left_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as i64;
     let redis_deadline = unix_ms() + left_ms + link.clock_offset_ms;
     execute(&mut link.conn, settings, zone, command, redis_deadline)
-        .map_err(|e| failure(settings, e))
+        .map_err(|e| Failure::of(settings, &e))
 }
 
 fn execute(
@@ -696,6 +749,26 @@ mod tests {
         );
         let bad = fields(&[("max_permits", "-1"), ("colour", "blue")]);
         assert_eq!(Overrides::from_fields(&bad), Overrides::default());
+    }
+
+    #[test]
+    fn failures_are_told_apart_by_kind() {
+        let settings = Settings::parse(["server=127.0.0.1:6379", "timeout=200ms"]).unwrap();
+        let io = |kind| redis::RedisError::from(std::io::Error::new(kind, "x"));
+        let of = |e: redis::RedisError| Failure::of(&settings, &e);
+        assert_eq!(of(io(std::io::ErrorKind::TimedOut)), Failure::Timeout { timeout_ms: 200 });
+        assert_eq!(of(io(std::io::ErrorKind::WouldBlock)).index(), 0);
+        assert_eq!(of(io(std::io::ErrorKind::ConnectionRefused)).index(), 1);
+        assert_eq!(of(io(std::io::ErrorKind::ConnectionReset)).index(), 1);
+        let auth = redis::RedisError::from((redis::ErrorKind::AuthenticationFailed, "no"));
+        assert_eq!(of(auth).index(), 2);
+        let odd = redis::RedisError::from((redis::ErrorKind::TypeError, "unexpected reply"));
+        assert_eq!(of(odd).index(), 3);
+        assert_eq!(
+            Failure::Timeout { timeout_ms: 200 }.to_string(),
+            "no answer within timeout=200ms"
+        );
+        assert_eq!(Failure::KINDS[Failure::Local(String::new()).index()], "local");
     }
 
     #[test]

@@ -69,11 +69,21 @@ pub struct Stats {
     /// Round trips to Redis for a zone kept there, and those that failed.
     pub redis_calls: AtomicU64,
     pub redis_errors: AtomicU64,
+    /// The failed ones by kind, in the order of `remote::Failure::KINDS`.
+    pub redis_failures: [AtomicU64; 5],
     /// Records the state file could not take (a full disk, an I/O error).
     pub state_errors: AtomicU64,
 }
 
 impl Stats {
+    /// Counts a failed round trip to Redis, in all and by its kind (`Failure::index`).
+    pub fn redis_failed(&self, kind: usize) {
+        Stats::count(&self.redis_errors);
+        if let Some(counter) = self.redis_failures.get(kind) {
+            Stats::count(counter);
+        }
+    }
+
     pub fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
