@@ -17,11 +17,11 @@ use serde_json::{json, Value};
 
 use crate::api::{self, route, ApiError, Route};
 use crate::conf::ZoneConf;
+use crate::gate::redis as redis_gate;
 use crate::http::{add_header, send, Body};
 use crate::metrics::{render, ZoneMetrics};
 use crate::module::FlashSaleModule;
 use crate::offload;
-use crate::redis_gate;
 use crate::remote::{Command, Failure, Reply, OVERRIDE_FIELDS};
 use crate::sale::Outcome;
 use crate::state;

@@ -38,7 +38,7 @@ mod endpoints;
 #[cfg(not(test))]
 mod ffi;
 #[cfg(not(test))]
-mod handler;
+mod gate;
 #[cfg(not(test))]
 mod http;
 #[cfg(not(test))]
@@ -46,7 +46,7 @@ mod module;
 #[cfg(not(test))]
 mod offload;
 #[cfg(not(test))]
-mod redis_gate;
+mod release;
 #[cfg(not(test))]
 mod slab;
 #[cfg(not(test))]

@@ -7,7 +7,7 @@ use nginx_sys::{ngx_cycle_t, ngx_http_module_t, ngx_module_t, NGX_HTTP_MODULE};
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
 
 use crate::conf::{self, LocConf, MainConf};
-use crate::{handler, variables};
+use crate::{gate, variables};
 
 pub(crate) struct FlashSaleModule;
 
@@ -39,7 +39,7 @@ pub(crate) fn module_tag() -> *mut c_void {
 
 static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     preconfiguration: Some(variables::register),
-    postconfiguration: Some(handler::register),
+    postconfiguration: Some(gate::register),
     create_main_conf: Some(FlashSaleModule::create_main_conf),
     init_main_conf: None,
     create_srv_conf: None,

@@ -9,7 +9,7 @@ use nginx_sys::{
 use ngx::http::{HttpModuleLocationConf, Request};
 use ngx::ngx_string;
 
-use crate::handler::recorded;
+use crate::gate::verdict::recorded;
 use crate::module::FlashSaleModule;
 use crate::token;
 

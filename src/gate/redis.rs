@@ -14,7 +14,7 @@ use ngx::ngx_log_error;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::conf::{Gate, LocConf, ZoneConf};
-use crate::handler::{conclude, drawer, request_key, Gated};
+use crate::gate::verdict::{conclude, drawer, request_key, Gated};
 use crate::health::Change;
 use crate::http::now_ms;
 use crate::module::FlashSaleModule;

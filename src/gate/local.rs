@@ -1,0 +1,92 @@
+//! The gate's steps for a zone kept in this host's shared memory.
+
+use core::ptr::NonNull;
+
+use nginx_sys::{
+    ngx_http_request_t, ngx_int_t, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_NOTICE,
+};
+use ngx::http::Request;
+use ngx::ngx_log_error;
+
+use crate::conf::{LocConf, ZoneConf};
+use crate::gate::verdict::{conclude, drawer, Gated};
+use crate::http::now_ms;
+use crate::sale::PermitInfo;
+use crate::sale::{decide, Outcome};
+use crate::state;
+use crate::zone::ZoneStore;
+
+/// Decides a request of a zone kept here: the decision and the admission in one locked step,
+/// the state file, and the conclusion.
+///
+/// # Safety
+/// `r` is a live main request in its precontent phase, gated by `zone_ptr`; `key` is its key.
+pub unsafe fn gate(
+    r: *mut ngx_http_request_t,
+    lcf: &LocConf,
+    zone_ptr: NonNull<ZoneConf>,
+    key: &[u8],
+) -> ngx_int_t {
+    const SERVER_ERROR: ngx_int_t = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    // SAFETY: zone configurations live in the cycle's pool, as long as the location does.
+    let zone: &ZoneConf = unsafe { zone_ptr.as_ref() };
+    // SAFETY: see the function's contract.
+    let req = unsafe { Request::from_ngx_http_request(r) };
+    let (Some(table), Some(slab)) = (zone.table, zone.slab()) else {
+        return SERVER_ERROR;
+    };
+
+    let now = now_ms();
+    // SAFETY: `table` was created in this zone's slab pool by `init_zone`.
+    let mut store = unsafe { ZoneStore::new(&slab, table, now) }
+        .with_ttl(lcf.permit_ttl_ms)
+        .with_numbers(zone.numbers());
+    let sale = store.table().overrides.apply(lcf.sale());
+    let draw = drawer(lcf, store.table().draw_secret(), key, now);
+    let mut verdict = decide(&sale, key, now, draw, &mut store);
+
+    let log = req.log();
+    let settled = store.take_settled();
+    if !settled.is_empty() {
+        ngx_log_error!(
+            NGX_LOG_NOTICE,
+            log,
+            "flash sale: the pre-queue's draw gave {} permits in zone \"{}\"",
+            settled.len(),
+            zone.name()
+        );
+        for permit in &settled {
+            zone.journal(|| state::grant(permit), log);
+        }
+    }
+    if let (Outcome::Admitted, Some(held)) = (verdict.outcome, verdict.permit) {
+        // The record is only built when the zone has a state file.
+        let permit = || PermitInfo {
+            key: key.to_vec(),
+            seq: held.seq,
+            granted_ms: now,
+            expires_ms: held.expires_ms,
+        };
+        // A buyer is told ADMITTED only once his permit is on disk: if the state file cannot
+        // take it, the admission is undone and he is told UNAVAILABLE, as with Redis away.
+        if !zone.journal(|| state::grant(&permit()), log) {
+            store.undo(key, held.seq);
+            if let Some(file) = &zone.state {
+                file.give_back(held.seq);
+            }
+            verdict = Outcome::Unavailable.into();
+        }
+    }
+    if store.newly_full() {
+        ngx_log_error!(
+            NGX_LOG_ERR,
+            log,
+            "flash_sale_zone \"{}\" is full with {} permits; new buyers get SOLD_OUT",
+            zone.name(),
+            store.permits()
+        );
+    }
+    let g = Gated { r, lcf, zone: zone_ptr, key, now, sale };
+    // SAFETY: `r` is live, in its precontent phase.
+    unsafe { conclude(&g, verdict) }
+}

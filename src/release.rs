@@ -1,0 +1,106 @@
+//! `flash_sale_release_header`: a backend's answer with that header revokes the buyer's permit
+//! (here and, for a zone kept in Redis, there): a failed payment gives the slot back.
+
+use nginx_sys::{
+    ngx_http_output_header_filter_pt, ngx_http_request_t, ngx_http_top_header_filter, ngx_int_t,
+    ngx_list_part_t, ngx_table_elt_t, NGX_ERROR, NGX_LOG_ERR, NGX_LOG_NOTICE,
+};
+use ngx::http::{HttpModuleLocationConf, Request};
+use ngx::ngx_log_error;
+
+use crate::gate::redis;
+use crate::gate::verdict::recorded;
+use crate::http::now_ms;
+use crate::module::FlashSaleModule;
+use crate::state;
+use crate::zone::ZoneStore;
+
+static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
+
+/// Puts the release filter into nginx's header filter chain (postconfiguration).
+///
+/// # Safety
+/// Called once, during postconfiguration, as nginx's own filters build the chain.
+pub unsafe fn install() {
+    // SAFETY: see the function's contract.
+    unsafe {
+        NEXT_HEADER_FILTER = ngx_http_top_header_filter;
+        ngx_http_top_header_filter = Some(release_filter);
+    }
+}
+
+/// `flash_sale_release_header`: a backend's answer with that header revokes the buyer's permit.
+unsafe extern "C" fn release_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx passes a live request whose headers are about to be sent.
+    crate::ffi::guard((), || unsafe { release(r) });
+    // SAFETY: the next filter was set at postconfiguration, before any request; `r` is live.
+    unsafe {
+        match NEXT_HEADER_FILTER {
+            Some(next) => next(r),
+            None => NGX_ERROR as ngx_int_t,
+        }
+    }
+}
+
+/// # Safety
+/// `r` is a live request whose headers have not been sent.
+unsafe fn release(r: *mut ngx_http_request_t) {
+    // SAFETY: see the function's contract.
+    let req = unsafe { Request::from_ngx_http_request(r) };
+    if !req.is_main() || req.upstream().is_none() {
+        return;
+    }
+    let Some(name) = FlashSaleModule::location_conf(req).and_then(|lcf| lcf.release_header) else {
+        return;
+    };
+    // Only the backend's header counts: it is removed before the client sees it.
+    let mut found = false;
+    // SAFETY: the output header list holds `ngx_table_elt_t` in null-terminated parts.
+    unsafe {
+        let mut part: *mut ngx_list_part_t = &mut (*r).headers_out.headers.part;
+        while let Some(p) = part.as_mut() {
+            let elts = core::slice::from_raw_parts_mut(p.elts.cast::<ngx_table_elt_t>(), p.nelts);
+            for h in elts.iter_mut().filter(|h| h.hash != 0) {
+                if h.key.as_bytes().eq_ignore_ascii_case(name.as_bytes()) {
+                    h.hash = 0;
+                    found = true;
+                }
+            }
+            part = p.next;
+        }
+    }
+    // SAFETY: `r` is live.
+    let Some(decision) = (unsafe { recorded(r) }) else {
+        return;
+    };
+    if !found || !decision.outcome.passes() {
+        return;
+    }
+    // SAFETY: zone configurations live as long as the cycle; the key as long as the request.
+    let (zone, key) = unsafe { (decision.zone.as_ref(), decision.key()) };
+    let (Some(table), Some(slab)) = (zone.table, zone.slab()) else {
+        return;
+    };
+    // SAFETY: `table` was created in this zone's slab pool by `init_zone`.
+    let revoked = unsafe { ZoneStore::new(&slab, table, now_ms()) }.revoke(key);
+    if let Some(seq) = revoked {
+        zone.journal(|| state::revoke(seq), req.log());
+    }
+    if !redis::release(zone, key) {
+        ngx_log_error!(
+            NGX_LOG_ERR,
+            req.log(),
+            "flash_sale_redis zone \"{}\": cannot queue the release of permit {}",
+            zone.name(),
+            decision.seq
+        );
+    }
+    ngx_log_error!(
+        NGX_LOG_NOTICE,
+        req.log(),
+        "flash sale: the backend released permit {} in zone \"{}\"{}",
+        decision.seq,
+        zone.name(),
+        if revoked.is_some() { "" } else { ", which was already gone" }
+    );
+}
