@@ -12,13 +12,12 @@ use std::os::unix::ffi::OsStrExt;
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
     ngx_http_complex_value_t, ngx_http_get_variable_index, ngx_int_t, ngx_shared_memory_add,
-    ngx_shm_zone_t, ngx_str_t, ngx_thread_pool_add, ngx_thread_pool_t, ngx_uint_t, NGX_CONF_2MORE,
-    NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_ERROR, NGX_HTTP_LOC_CONF,
-    NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF,
+    ngx_shm_zone_t, ngx_str_t, ngx_thread_pool_add, ngx_thread_pool_t, ngx_uint_t, NGX_ERROR,
     NGX_LOG_EMERG, NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN,
 };
 use ngx::core::{Pool, SlabPool, Status, NGX_CONF_ERROR, NGX_CONF_OK};
-use ngx::{ngx_conf_log_error, ngx_log_error, ngx_string};
+use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, Request};
+use ngx::{ngx_conf_log_error, ngx_log_error};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 use crate::health::Change;
@@ -259,6 +258,18 @@ pub struct MainConf {
     pub zones: Vec<NonNull<ZoneConf>>,
 }
 
+/// This module's index among nginx's http modules: its slot in a request's contexts.
+pub fn ctx_index() -> usize {
+    crate::module::module().ctx_index
+}
+
+impl MainConf {
+    /// This module's configuration of the request's http block.
+    pub fn of(req: &Request) -> Option<&MainConf> {
+        crate::module::FlashSaleModule::main_conf(req)
+    }
+}
+
 pub const DEFAULT_REJECT_STATUS: u16 = 503;
 /// Rejections are the common case during a sale: logged at `info` unless asked otherwise.
 pub const DEFAULT_LOG_LEVEL: usize = 7;
@@ -267,6 +278,11 @@ pub const DEFAULT_LOG_LEVEL: usize = 7;
 const MIN_ZONE_PAGES: usize = 8;
 
 impl LocConf {
+    /// This module's configuration of the request's location.
+    pub fn of(req: &Request) -> Option<&LocConf> {
+        crate::module::FlashSaleModule::location_conf(req)
+    }
+
     /// The sale as the decision reads it; unset values take their documented defaults.
     pub fn sale(&self) -> Sale {
         Sale {
@@ -294,113 +310,6 @@ impl LocConf {
         matches!((self.start_ms, self.end_ms), (Some(start), Some(end)) if end <= start)
     }
 }
-
-const MAIN: ngx_uint_t = NGX_HTTP_MAIN_CONF as ngx_uint_t;
-const ANY: ngx_uint_t = (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF) as ngx_uint_t;
-const LOC: ngx_uint_t = NGX_HTTP_LOC_CONF as ngx_uint_t;
-const TAKE1: ngx_uint_t = NGX_CONF_TAKE1 as ngx_uint_t;
-const FLAG: ngx_uint_t = NGX_CONF_FLAG as ngx_uint_t;
-
-const fn command(
-    name: ngx_str_t,
-    type_: ngx_uint_t,
-    set: unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char,
-    conf: usize,
-) -> ngx_command_t {
-    ngx_command_t { name, type_, set: Some(set), conf, offset: 0, post: ptr::null_mut() }
-}
-
-pub static mut COMMANDS: [ngx_command_t; 19] = [
-    command(
-        ngx_string!("flash_sale_zone"),
-        MAIN | NGX_CONF_2MORE as ngx_uint_t,
-        set_zone,
-        NGX_HTTP_MAIN_CONF_OFFSET,
-    ),
-    command(
-        ngx_string!("flash_sale_redis"),
-        MAIN | NGX_CONF_2MORE as ngx_uint_t,
-        set_redis,
-        NGX_HTTP_MAIN_CONF_OFFSET,
-    ),
-    command(ngx_string!("flash_sale"), ANY | TAKE1, set_gate, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("flash_sale_start"), ANY | TAKE1, set_start, NGX_HTTP_LOC_CONF_OFFSET),
-    command(ngx_string!("flash_sale_end"), ANY | TAKE1, set_end, NGX_HTTP_LOC_CONF_OFFSET),
-    command(
-        ngx_string!("flash_sale_block_ratio"),
-        ANY | TAKE1,
-        set_block_ratio,
-        NGX_HTTP_LOC_CONF_OFFSET,
-    ),
-    command(
-        ngx_string!("flash_sale_max_permits"),
-        ANY | TAKE1,
-        set_max_permits,
-        NGX_HTTP_LOC_CONF_OFFSET,
-    ),
-    command(
-        ngx_string!("flash_sale_reject_status"),
-        ANY | TAKE1,
-        set_reject_status,
-        NGX_HTTP_LOC_CONF_OFFSET,
-    ),
-    command(
-        ngx_string!("flash_sale_permit_ttl"),
-        ANY | TAKE1,
-        set_permit_ttl,
-        NGX_HTTP_LOC_CONF_OFFSET,
-    ),
-    command(ngx_string!("flash_sale_dry_run"), ANY | FLAG, set_dry_run, NGX_HTTP_LOC_CONF_OFFSET),
-    command(
-        ngx_string!("flash_sale_log_level"),
-        ANY | TAKE1,
-        set_log_level,
-        NGX_HTTP_LOC_CONF_OFFSET,
-    ),
-    command(
-        ngx_string!("flash_sale_draw"),
-        ANY | NGX_CONF_TAKE12 as ngx_uint_t,
-        set_draw,
-        NGX_HTTP_LOC_CONF_OFFSET,
-    ),
-    command(
-        ngx_string!("flash_sale_prequeue"),
-        ANY | TAKE1,
-        set_prequeue,
-        NGX_HTTP_LOC_CONF_OFFSET,
-    ),
-    command(
-        ngx_string!("flash_sale_release_header"),
-        ANY | TAKE1,
-        set_release_header,
-        NGX_HTTP_LOC_CONF_OFFSET,
-    ),
-    command(
-        ngx_string!("flash_sale_token_secret"),
-        ANY | TAKE1,
-        set_token_secret,
-        NGX_HTTP_LOC_CONF_OFFSET,
-    ),
-    command(
-        ngx_string!("flash_sale_verify"),
-        ANY | NGX_CONF_TAKE12 as ngx_uint_t,
-        set_verify,
-        NGX_HTTP_LOC_CONF_OFFSET,
-    ),
-    command(
-        ngx_string!("flash_sale_api"),
-        LOC | NGX_CONF_NOARGS as ngx_uint_t,
-        crate::endpoints::set_api,
-        NGX_HTTP_LOC_CONF_OFFSET,
-    ),
-    command(
-        ngx_string!("flash_sale_metrics"),
-        LOC | NGX_CONF_NOARGS as ngx_uint_t,
-        crate::endpoints::set_metrics,
-        NGX_HTTP_LOC_CONF_OFFSET,
-    ),
-    ngx_command_t::empty(),
-];
 
 /// The directive's arguments, the directive name first.
 ///
@@ -491,7 +400,7 @@ const RFC3339_HINT: &str = "expected an RFC 3339 time such as 2021-08-08T00:00:0
 /// Defines the handler of a directive that parses its one argument into a `LocConf` field.
 macro_rules! field_directive {
     ($handler:ident, $field:ident, $parse:expr, $hint:expr) => {
-        unsafe extern "C" fn $handler(
+        pub(crate) unsafe extern "C" fn $handler(
             cf: *mut ngx_conf_t,
             _cmd: *mut ngx_command_t,
             conf: *mut c_void,
@@ -529,7 +438,7 @@ field_directive!(
     "expected info, notice, warn or error"
 );
 
-unsafe extern "C" fn set_draw(
+pub(crate) unsafe extern "C" fn set_draw(
     cf: *mut ngx_conf_t,
     _cmd: *mut ngx_command_t,
     conf: *mut c_void,
@@ -545,7 +454,7 @@ unsafe extern "C" fn set_draw(
     })
 }
 
-unsafe extern "C" fn set_release_header(
+pub(crate) unsafe extern "C" fn set_release_header(
     cf: *mut ngx_conf_t,
     _cmd: *mut ngx_command_t,
     conf: *mut c_void,
@@ -561,7 +470,7 @@ unsafe extern "C" fn set_release_header(
 }
 
 /// `flash_sale zone=NAME | off;`
-unsafe extern "C" fn set_gate(
+pub(crate) unsafe extern "C" fn set_gate(
     cf: *mut ngx_conf_t,
     _cmd: *mut ngx_command_t,
     conf: *mut c_void,
@@ -636,7 +545,7 @@ unsafe fn complex_value(
 
 /// `flash_sale_token_secret FILE;`: the HMAC secret of `$flash_sale_token` and
 /// `flash_sale_verify`, read once, at configuration time.
-unsafe extern "C" fn set_token_secret(
+pub(crate) unsafe extern "C" fn set_token_secret(
     cf: *mut ngx_conf_t,
     _cmd: *mut ngx_command_t,
     conf: *mut c_void,
@@ -681,7 +590,7 @@ unsafe extern "C" fn set_token_secret(
 }
 
 /// `flash_sale_verify zone=NAME [token=VALUE] | off;`
-unsafe extern "C" fn set_verify(
+pub(crate) unsafe extern "C" fn set_verify(
     cf: *mut ngx_conf_t,
     _cmd: *mut ngx_command_t,
     conf: *mut c_void,
@@ -753,7 +662,7 @@ unsafe fn read_conf_file(
 
 /// `flash_sale_redis zone=NAME server=HOST:PORT [password=FILE] [timeout=TIME] [prefix=STRING]
 /// [on_error=closed|open] [cache=TIME] [threads=NAME];`
-unsafe extern "C" fn set_redis(
+pub(crate) unsafe extern "C" fn set_redis(
     cf: *mut ngx_conf_t,
     _cmd: *mut ngx_command_t,
     _conf: *mut c_void,
@@ -829,7 +738,7 @@ unsafe extern "C" fn set_redis(
 }
 
 /// `flash_sale_zone KEY zone=NAME:SIZE;`
-unsafe extern "C" fn set_zone(
+pub(crate) unsafe extern "C" fn set_zone(
     cf: *mut ngx_conf_t,
     cmd: *mut ngx_command_t,
     conf: *mut c_void,

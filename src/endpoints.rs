@@ -10,17 +10,16 @@ use nginx_sys::{
     NGX_HTTP_NOT_ALLOWED, NGX_HTTP_PATCH, NGX_HTTP_POST, NGX_HTTP_SPECIAL_RESPONSE, NGX_OK,
 };
 use ngx::core::{SlabPool, NGX_CONF_ERROR, NGX_CONF_OK};
-use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule, Request};
+use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule, Request};
 use ngx::ngx_string;
 
 use serde_json::{json, Value};
 
 use crate::api::{self, route, ApiError, Route};
-use crate::conf::ZoneConf;
+use crate::conf::{MainConf, ZoneConf};
 use crate::gate::redis as redis_gate;
 use crate::http::{add_header, send, Body};
 use crate::metrics::{render, ZoneMetrics};
-use crate::module::FlashSaleModule;
 use crate::offload;
 use crate::remote::{Command, Failure, Reply, OVERRIDE_FIELDS};
 use crate::sale::Outcome;
@@ -75,7 +74,7 @@ unsafe fn metrics(r: *mut ngx_http_request_t) -> ngx_int_t {
     if unsafe { ngx_http_discard_request_body(r) } != NGX_OK as ngx_int_t {
         return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
     }
-    let Some(main) = FlashSaleModule::main_conf(req) else {
+    let Some(main) = MainConf::of(req) else {
         return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
     };
     // SAFETY: zone configurations live in the cycle's pool, as long as this location.
@@ -235,7 +234,7 @@ fn override_changes(
 unsafe fn zone_named(r: *mut ngx_http_request_t, name: &str) -> Option<&'static ZoneConf> {
     // SAFETY: see the function's contract.
     let req = unsafe { Request::from_ngx_http_request(r) };
-    let main = FlashSaleModule::main_conf(req)?;
+    let main = MainConf::of(req)?;
     // SAFETY: zone configurations live in the cycle's pool, as long as any request of it.
     main.zones
         .iter()
@@ -507,8 +506,8 @@ unsafe fn serve(
 ) -> Answer {
     // SAFETY: see the function's contract.
     let req = unsafe { Request::from_ngx_http_request(r) };
-    let main = FlashSaleModule::main_conf(req)
-        .ok_or_else(|| ApiError::new(500, "no flash sale configuration"))?;
+    let main =
+        MainConf::of(req).ok_or_else(|| ApiError::new(500, "no flash sale configuration"))?;
     // SAFETY: zone configurations live in the cycle's pool, as long as this location.
     let zones: Vec<&ZoneConf> = main.zones.iter().map(|z| unsafe { z.as_ref() }).collect();
     let find = |name: &str| {

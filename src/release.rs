@@ -5,13 +5,13 @@ use nginx_sys::{
     ngx_http_output_header_filter_pt, ngx_http_request_t, ngx_http_top_header_filter, ngx_int_t,
     ngx_list_part_t, ngx_table_elt_t, NGX_ERROR, NGX_LOG_ERR, NGX_LOG_NOTICE,
 };
-use ngx::http::{HttpModuleLocationConf, Request};
+use ngx::http::Request;
 use ngx::ngx_log_error;
 
+use crate::conf::LocConf;
 use crate::gate::redis;
 use crate::gate::verdict::recorded;
 use crate::http::now_ms;
-use crate::module::FlashSaleModule;
 use crate::state;
 use crate::zone::ZoneStore;
 
@@ -50,7 +50,7 @@ unsafe fn release(r: *mut ngx_http_request_t) {
     if !req.is_main() || req.upstream().is_none() {
         return;
     }
-    let Some(name) = FlashSaleModule::location_conf(req).and_then(|lcf| lcf.release_header) else {
+    let Some(name) = LocConf::of(req).and_then(|lcf| lcf.release_header) else {
         return;
     };
     // Only the backend's header counts: it is removed before the client sees it.

@@ -6,11 +6,11 @@ use nginx_sys::{
     ngx_conf_t, ngx_http_add_variable, ngx_http_request_t, ngx_http_variable_value_t, ngx_int_t,
     ngx_str_t, ngx_uint_t, NGX_ERROR, NGX_HTTP_VAR_NOCACHEABLE, NGX_OK,
 };
-use ngx::http::{HttpModuleLocationConf, Request};
+use ngx::http::Request;
 use ngx::ngx_string;
 
+use crate::conf::LocConf;
 use crate::gate::verdict::recorded;
-use crate::module::FlashSaleModule;
 use crate::token;
 
 type Getter = unsafe extern "C" fn(
@@ -104,7 +104,7 @@ unsafe extern "C" fn token_variable(
         let (decision, v) = unsafe { (recorded((*r).main), &mut *v) };
         // SAFETY: as above.
         let req = unsafe { Request::from_ngx_http_request(r) };
-        let secret = FlashSaleModule::location_conf(req).and_then(|lcf| lcf.token_secret);
+        let secret = LocConf::of(req).and_then(|lcf| lcf.token_secret);
         let (Some(decision), Some(secret)) = (decision.filter(|d| d.outcome.passes()), secret)
         else {
             v.set_not_found(1);

@@ -17,10 +17,9 @@ use nginx_sys::{
     ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE as PRECONTENT_PHASE, ngx_http_request_t, ngx_int_t,
     NGX_DECLINED, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_OK,
 };
-use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, NgxHttpCoreModule, Request};
+use ngx::http::{HttpModuleMainConf, NgxHttpCoreModule, Request};
 
-use crate::conf::{Gate, Verify, ZoneConf};
-use crate::module::FlashSaleModule;
+use crate::conf::{Gate, LocConf, Verify, ZoneConf};
 use verdict::{recorded, request_key};
 use verify::verify;
 
@@ -65,7 +64,7 @@ unsafe fn gate(r: *mut ngx_http_request_t) -> ngx_int_t {
     if !req.is_main() {
         return DECLINED;
     }
-    let Some(lcf) = FlashSaleModule::location_conf(req) else {
+    let Some(lcf) = LocConf::of(req) else {
         return DECLINED;
     };
     if !matches!(lcf.gate, Gate::Zone(_)) && !matches!(lcf.verify, Verify::Zone { .. }) {

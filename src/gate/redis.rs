@@ -9,7 +9,7 @@ use nginx_sys::{
     ngx_http_request_t, ngx_int_t, NGX_AGAIN, NGX_DECLINED, NGX_DONE,
     NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_WARN,
 };
-use ngx::http::{HttpModuleLocationConf, Request};
+use ngx::http::Request;
 use ngx::ngx_log_error;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -17,7 +17,6 @@ use crate::conf::{Gate, LocConf, ZoneConf};
 use crate::gate::verdict::{conclude, drawer, request_key, Gated};
 use crate::health::Change;
 use crate::http::now_ms;
-use crate::module::FlashSaleModule;
 use crate::offload;
 use crate::remote::{Answer, Command, Failure, OnError, Overrides as RemoteOverrides, Reply};
 use crate::sale::{admitted, draw_step, DrawMode, Held, Outcome, PermitStore, Step, Verdict};
@@ -168,7 +167,7 @@ unsafe fn decide_with_reply(
 ) -> ngx_int_t {
     // SAFETY: see the function's contract.
     let req = unsafe { Request::from_ngx_http_request(r) };
-    let Some(lcf) = FlashSaleModule::location_conf(req) else {
+    let Some(lcf) = LocConf::of(req) else {
         return SERVER_ERROR;
     };
     let Gate::Zone(zone_ptr) = lcf.gate else {

@@ -17,7 +17,6 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 use crate::conf::{LocConf, ZoneConf};
 use crate::http::{add_header, send, Body};
-use crate::module::{self};
 use crate::sale::{DrawMode, Held, Outcome, Sale, Verdict, MAX_KEY_LEN};
 use crate::zone::{keyed_draw, Stats};
 
@@ -209,7 +208,7 @@ pub unsafe fn record(r: *mut ngx_http_request_t, decision: Decision) -> Option<(
         let data = cln.data.cast::<Decision>();
         data.write(decision);
         cln.handler = Some(decision_marker);
-        *(*r).ctx.add(module::module().ctx_index) = data.cast();
+        *(*r).ctx.add(crate::conf::ctx_index()) = data.cast();
     }
     Some(())
 }
@@ -219,7 +218,7 @@ pub unsafe fn record(r: *mut ngx_http_request_t, decision: Decision) -> Option<(
 /// # Safety
 /// `r` is a live request.
 pub unsafe fn recorded(r: *mut ngx_http_request_t) -> Option<Decision> {
-    let index = module::module().ctx_index;
+    let index = crate::conf::ctx_index();
     // SAFETY: `ctx` has a slot per http module; ours holds null or a `Decision`, and the pool's
     // cleanup list is null-terminated.
     unsafe {
