@@ -1,17 +1,20 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 //! ngx_http_flash_sale_module: a flash-sale gate for nginx.
 //!
-//! The layers, from plain Rust to raw nginx:
-//! - [`sale`]: the decision (window, draw, cap); [`parse`]: directive values; [`api`],
-//!   [`metrics`], [`state`]: the admin API's requests and answers, the metrics' text, the state
-//!   file's records; [`token`]: signed permits for the checkout; [`remote`]: a sale kept in
-//!   Redis (its scripts, replies and the link's health). No FFI.
+//! The layers, from plain Rust to raw nginx; imports point down them:
+//! - [`sale`]: the decision (window, draw, cap) and its types; [`parse`]: directive values;
+//!   [`api`], [`metrics`], [`state`]: the admin API's requests and answers, the metrics' text,
+//!   the state file's records; [`token`]: signed permits for the checkout; [`remote`]: a sale
+//!   kept in Redis (its scripts, replies and failures); [`health`]: a dependency's health;
+//!   [`link`]: what a host knows of a sale in Redis. No FFI.
 //! - [`zone`]: the permit table in shared memory, and `slab`: nginx's slab pool under it;
-//!   `journal`: the state file on disk.
-//! - `module`, `conf`, `handler`, `variables`: the nginx glue (the module, directives, phase
-//!   handler and header filter, variables); `redis_gate`: the gate's steps for a zone kept in
-//!   Redis, and `offload`: their round trips on nginx's thread pool; `endpoints`: the admin API
-//!   and metrics handlers.
+//!   [`journal`]: the state file and its lock file on disk.
+//! - The nginx glue: `module` (the module's static and its directive table) and `conf` (the
+//!   directives' handlers, zone init and reload: the one pair that imports each other);
+//!   `ffi`: the guard at every `extern "C"` entry; `http`: nginx's clock and the answers the
+//!   module sends; `gate/`: the precontent gate (`verdict`, `local`, `redis`, `verify`);
+//!   `release`: the release-header filter; `variables`; `offload`: Redis's round trips on
+//!   nginx's thread pool; `endpoints`: the admin API and metrics handlers.
 
 pub mod api;
 pub mod health;
