@@ -6,6 +6,8 @@
 use core::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use crate::health::{claim_turn, Change, Health};
+use crate::remote::{Answer, Reply};
+use crate::sale::{Held, Outcome, PermitInfo};
 
 /// A host reads the sale's overrides once per cache time, and at most this often: they change
 /// by hand, and a short cache (or none) is about permits.
@@ -125,9 +127,99 @@ impl Link {
     }
 }
 
+/// What the gate does with Redis's answer to one of its round trips, once this host's
+/// knowledge (the [`Link`]) is updated by [`Link::after_reply`]; the glue applies it to its
+/// cache of permits and to the request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AfterReply {
+    /// Keep the buyer's permit (`new`: just admitted) and let him through with `outcome`.
+    Pass { outcome: Outcome, held: Held, new: bool },
+    /// Sold out: forget the buyer; first copy every permit from Redis when `copy` (this
+    /// request won the copy's turn), so that winners of other hosts still pass here.
+    SoldOut { copy: bool },
+    /// The copy of every permit a SOLD_OUT asked for: keep it, then answer SOLD_OUT.
+    Copied(Vec<PermitInfo>),
+    /// The buyer's permit is gone (revoked since this host heard): forget it and decide him
+    /// anew, as a new buyer.
+    Revoked,
+    /// The per-key draws' secret is known now: decide the request anew.
+    Again,
+    /// A reply that answers no gate's round trip.
+    Unexpected,
+}
+
+impl Link {
+    /// Takes in Redis's reply to a gate's round trip at `now_ms`: an admission reopens a sold
+    /// out sale, a SOLD_OUT claims the copy's turn (per `cache_ms`), a secret is kept. Says
+    /// what the gate does next.
+    pub fn after_reply(&self, reply: Reply, now_ms: i64, cache_ms: i64) -> AfterReply {
+        match reply {
+            Reply::Admission(Answer::Admitted(held)) => {
+                self.reopened();
+                AfterReply::Pass { outcome: Outcome::Admitted, held, new: true }
+            }
+            Reply::Admission(Answer::Permitted(held)) => {
+                AfterReply::Pass { outcome: Outcome::Permitted, held, new: false }
+            }
+            Reply::Admission(Answer::SoldOut) => {
+                AfterReply::SoldOut { copy: cache_ms > 0 && self.claim_copy(now_ms, cache_ms) }
+            }
+            Reply::Admission(Answer::NotHeld) => AfterReply::Revoked,
+            Reply::Permits(permits) => AfterReply::Copied(permits),
+            Reply::DrawSecret(secret) => {
+                self.set_draw_secret(secret);
+                AfterReply::Again
+            }
+            _ => AfterReply::Unexpected,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replies_lead_the_gate_on() {
+        let link = Link::default();
+        let held = Held { seq: 4, expires_ms: None };
+        link.sold_out(1_000, 500);
+        assert_eq!(
+            link.after_reply(Reply::Admission(Answer::Admitted(held)), 1_600, 500),
+            AfterReply::Pass { outcome: Outcome::Admitted, held, new: true }
+        );
+        assert!(!link.trusts_sold_out(1_601), "an admission reopens the sale");
+        assert_eq!(
+            link.after_reply(Reply::Admission(Answer::Permitted(held)), 1_700, 500),
+            AfterReply::Pass { outcome: Outcome::Permitted, held, new: false }
+        );
+        assert_eq!(
+            link.after_reply(Reply::Admission(Answer::SoldOut), 2_000, 500),
+            AfterReply::SoldOut { copy: true },
+            "the first SOLD_OUT after reopening copies the permits"
+        );
+        assert_eq!(
+            link.after_reply(Reply::Admission(Answer::SoldOut), 2_100, 500),
+            AfterReply::SoldOut { copy: false },
+            "one copy per cache time"
+        );
+        assert_eq!(
+            link.after_reply(Reply::Admission(Answer::SoldOut), 2_100, 0),
+            AfterReply::SoldOut { copy: false },
+            "no cache, no copy"
+        );
+        assert_eq!(
+            link.after_reply(Reply::Admission(Answer::NotHeld), 0, 500),
+            AfterReply::Revoked
+        );
+        assert_eq!(
+            link.after_reply(Reply::Permits(Vec::new()), 0, 500),
+            AfterReply::Copied(Vec::new())
+        );
+        assert_eq!(link.after_reply(Reply::DrawSecret([7, 8]), 0, 500), AfterReply::Again);
+        assert_eq!(link.draw_secret(), Some([7, 8]));
+        assert_eq!(link.after_reply(Reply::Cleared(3), 0, 500), AfterReply::Unexpected);
+    }
 
     #[test]
     fn overrides_are_read_once_per_cache_time_and_at_most_once_a_second() {

@@ -17,8 +17,9 @@ use crate::conf::{Gate, LocConf, ZoneConf};
 use crate::gate::verdict::{conclude, drawer, request_key, Gated};
 use crate::health::Change;
 use crate::http::now_ms;
+use crate::link::AfterReply;
 use crate::offload;
-use crate::remote::{Answer, Command, Failure, OnError, Overrides as RemoteOverrides, Reply};
+use crate::remote::{Command, Failure, OnError, Overrides as RemoteOverrides, Reply};
 use crate::sale::{admitted, draw_step, DrawMode, Held, Outcome, PermitStore, Step, Verdict};
 use crate::zone::{Cached, RemoteView, Stats, ZoneStore};
 
@@ -235,38 +236,15 @@ unsafe fn decide_with_reply(
             down_ms
         );
     }
-    let answer = match reply {
-        Reply::Admission(answer) => answer,
-        Reply::Permits(permits) => {
-            // The copy a SOLD_OUT asked for: with every permit here, unknown keys can be
-            // turned away without asking, until the cache time is up.
-            if store.remember_all(&permits) {
-                link.sold_out(now, redis.settings.cache_ms);
-            }
-            // SAFETY: `r` is live, in its precontent phase.
-            return unsafe { conclude(&g, Outcome::SoldOut.into()) };
+    let cache_ms = redis.settings.cache_ms;
+    let verdict = match link.after_reply(reply, now, cache_ms) {
+        AfterReply::Pass { outcome, held, new } => {
+            store.remember(key, held, new);
+            passed(outcome, held)
         }
-        Reply::DrawSecret(secret) => {
-            link.set_draw_secret(secret);
-            // SAFETY: `r` is live, in its precontent phase.
-            return unsafe { gate(r, lcf, zone_ptr, key) };
-        }
-        _ => return SERVER_ERROR,
-    };
-    let verdict = match answer {
-        Answer::Admitted(held) => {
-            link.reopened();
-            store.remember(key, held, true);
-            passed(Outcome::Admitted, held)
-        }
-        Answer::Permitted(held) => {
-            store.remember(key, held, false);
-            passed(Outcome::Permitted, held)
-        }
-        Answer::SoldOut => {
+        AfterReply::SoldOut { copy } => {
             store.forget(key);
-            let cache_ms = redis.settings.cache_ms;
-            if cache_ms > 0 && link.claim_copy(now, cache_ms) {
+            if copy {
                 // Copy every permit first: a winner admitted through another host must not be
                 // taken for a new buyer here.
                 // SAFETY: `r` is live, in its precontent phase.
@@ -276,12 +254,22 @@ unsafe fn decide_with_reply(
             }
             Outcome::SoldOut.into()
         }
-        Answer::NotHeld => {
-            // Revoked since this host last heard: a new buyer now, who draws like any other.
+        AfterReply::Copied(permits) => {
+            // With every permit here, unknown keys can be turned away without asking, until
+            // the cache time is up.
+            if store.remember_all(&permits) {
+                link.sold_out(now, cache_ms);
+            }
+            Outcome::SoldOut.into()
+        }
+        AfterReply::Revoked => {
             store.forget(key);
             // SAFETY: `r` is live, in its precontent phase.
             return unsafe { gate(r, lcf, zone_ptr, key) };
         }
+        // SAFETY: `r` is live, in its precontent phase.
+        AfterReply::Again => return unsafe { gate(r, lcf, zone_ptr, key) },
+        AfterReply::Unexpected => return SERVER_ERROR,
     };
     // SAFETY: `r` is live, in its precontent phase.
     unsafe { conclude(&g, verdict) }
