@@ -307,7 +307,7 @@ impl LocConf {
 
     /// A window whose end is not after its start would admit nobody, ever.
     fn window_is_empty(&self) -> bool {
-        matches!((self.start_ms, self.end_ms), (Some(start), Some(end)) if end <= start)
+        Window { start_ms: self.start_ms, end_ms: self.end_ms }.is_empty()
     }
 }
 

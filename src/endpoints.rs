@@ -22,7 +22,7 @@ use crate::http::{add_header, send, Body};
 use crate::metrics::{render, ZoneMetrics};
 use crate::offload;
 use crate::remote::{Command, Failure, Reply, OVERRIDE_FIELDS};
-use crate::sale::Outcome;
+use crate::sale::{Outcome, Window};
 use crate::state;
 use crate::zone::{Stats, ZoneStore};
 
@@ -212,7 +212,7 @@ fn override_changes(
     });
     let start = patch.start_ms.unwrap_or(start);
     let end = patch.end_ms.unwrap_or(end);
-    if matches!((start, end), (Some(s), Some(e)) if e <= s) {
+    if (Window { start_ms: start, end_ms: end }).is_empty() {
         return Err(ApiError::new(400, "end must be after start"));
     }
     let [ratio_field, cap_field, start_field, end_field] = OVERRIDE_FIELDS;
@@ -531,7 +531,7 @@ unsafe fn serve(
                 let (_, _, start, end) = overrides.get();
                 let start = patch.start_ms.unwrap_or(start);
                 let end = patch.end_ms.unwrap_or(end);
-                if matches!((start, end), (Some(s), Some(e)) if e <= s) {
+                if (Window { start_ms: start, end_ms: end }).is_empty() {
                     return Err(ApiError::new(400, "end must be after start"));
                 }
                 overrides.change(
@@ -655,10 +655,9 @@ fn zone_json(zone: &ZoneConf) -> Option<Value> {
     let table = zone.table?;
     // SAFETY: the table is mapped; overrides are atomics.
     let (ratio, cap, start, end) = unsafe { table.as_ref() }.overrides.get();
-    let requests: serde_json::Map<String, Value> = Outcome::ALL
-        .iter()
-        .flat_map(|o| [(*o, false), (*o, true)])
-        .filter(|&(o, dry)| !dry || (!o.passes() && m.requests[o.counter(true)] > 0))
+    // Dry-run counters once they count something.
+    let requests: serde_json::Map<String, Value> = Outcome::counted()
+        .filter(|&(o, dry)| !dry || m.requests[o.counter(true)] > 0)
         .map(|(o, dry)| (o.name(dry).to_string(), json!(m.requests[o.counter(dry)])))
         .collect();
     Some(json!({

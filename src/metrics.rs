@@ -49,20 +49,18 @@ pub fn render(zones: &[ZoneMetrics]) -> String {
         "Requests the gate decided, by zone and outcome.",
         &|out| {
             for zone in zones {
-                for outcome in Outcome::ALL {
-                    for dry_run in [false, true] {
-                        let count = zone.requests[outcome.counter(dry_run)];
-                        // Dry-run rows only once they happen; passing outcomes have none.
-                        if dry_run && (count == 0 || outcome.passes()) {
-                            continue;
-                        }
-                        let status = outcome.name(dry_run);
-                        let _ = writeln!(
-                            out,
-                            "flash_sale_requests_total{{zone=\"{}\",status=\"{status}\"}} {count}",
-                            escape(&zone.name)
-                        );
+                for (outcome, dry_run) in Outcome::counted() {
+                    let count = zone.requests[outcome.counter(dry_run)];
+                    // Dry-run rows only once they happen.
+                    if dry_run && count == 0 {
+                        continue;
                     }
+                    let status = outcome.name(dry_run);
+                    let _ = writeln!(
+                        out,
+                        "flash_sale_requests_total{{zone=\"{}\",status=\"{status}\"}} {count}",
+                        escape(&zone.name)
+                    );
                 }
             }
         },

@@ -96,6 +96,15 @@ impl Outcome {
         matches!(self, Outcome::Permitted | Outcome::Admitted)
     }
 
+    /// Every counted (outcome, dry run) pair, once, in order: passing outcomes have no
+    /// dry-run counter of their own.
+    pub fn counted() -> impl Iterator<Item = (Outcome, bool)> {
+        Outcome::ALL
+            .into_iter()
+            .flat_map(|o| [(o, false), (o, true)])
+            .filter(|&(o, dry_run)| !(dry_run && o.passes()))
+    }
+
     /// The HTTP status of a rejection; `reject` is the configured `flash_sale_reject_status`.
     /// Identity problems get client-error codes of their own so that a buyer is not told to
     /// retry something that cannot succeed.
@@ -191,6 +200,11 @@ impl Window {
             (_, Some(end)) if now_ms >= end => Err(Closed::Ended),
             _ => Ok(()),
         }
+    }
+
+    /// Whether the window admits nobody, ever: an end that is not after the start.
+    pub fn is_empty(&self) -> bool {
+        matches!((self.start_ms, self.end_ms), (Some(start), Some(end)) if end <= start)
     }
 
     /// Whole seconds until the start, rounded up, for `Retry-After`; 0 once started.
@@ -587,6 +601,17 @@ mod tests {
         for status in [400, 403, 429, 503, 599] {
             assert!(!Outcome::closes_connection(status), "{status}");
         }
+    }
+
+    #[test]
+    fn empty_windows_and_counted_outcomes() {
+        assert!(Window { start_ms: Some(5), end_ms: Some(5) }.is_empty());
+        assert!(Window { start_ms: Some(6), end_ms: Some(5) }.is_empty());
+        assert!(!Window { start_ms: Some(5), end_ms: Some(6) }.is_empty());
+        assert!(!Window { start_ms: None, end_ms: Some(5) }.is_empty());
+        let counted: Vec<_> = Outcome::counted().collect();
+        assert_eq!(counted.len(), Outcome::ALL.len() * 2 - 2, "ADMITTED and PERMITTED pass");
+        assert!(counted.iter().all(|&(o, dry)| !(dry && o.passes())));
     }
 
     #[test]

@@ -117,11 +117,7 @@ impl Stats {
 
     /// Each outcome's counter once (passing outcomes have no dry-run counter of their own).
     fn outcome_counters(&self) -> impl Iterator<Item = (&'static str, &AtomicU64)> {
-        Outcome::ALL
-            .into_iter()
-            .flat_map(|o| [(o, false), (o, true)])
-            .filter(|&(o, dry_run)| !(dry_run && o.passes()))
-            .map(|(o, dry_run)| (o.name(dry_run), &self.requests[o.counter(dry_run)]))
+        Outcome::counted().map(|(o, dry_run)| (o.name(dry_run), &self.requests[o.counter(dry_run)]))
     }
 
     fn named(&self, name: &str) -> Option<&AtomicU64> {
