@@ -172,8 +172,9 @@ pub fn percent_decode(raw: &[u8]) -> Option<Vec<u8>> {
     let mut bytes = raw.iter();
     while let Some(&c) = bytes.next() {
         if c == b'%' {
-            let hex = [*bytes.next()?, *bytes.next()?];
-            out.push(u8::from_str_radix(core::str::from_utf8(&hex).ok()?, 16).ok()?);
+            let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+            let (high, low) = (digit(*bytes.next()?)?, digit(*bytes.next()?)?);
+            out.push(high << 4 | low);
         } else {
             out.push(c);
         }
@@ -498,6 +499,7 @@ mod tests {
         }
         assert_eq!(route(b"zones/laptop/permits/%zz").unwrap_err().status, 400);
         assert_eq!(route(b"zones/laptop/permits/%4").unwrap_err().status, 400);
+        assert_eq!(route(b"zones/laptop/permits/%+f").unwrap_err().status, 400, "not hex");
         // An empty key is no key: `DELETE permits/$KEY` with an empty $KEY revokes nothing.
         assert_eq!(route(b"zones/laptop/permits/").unwrap_err().status, 400);
     }

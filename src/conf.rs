@@ -87,7 +87,7 @@ impl ZoneConf {
                         down_ms
                     );
                 }
-                if journal.appended(record.len() as u64) {
+                if journal.appended(record.len() as u64, now) {
                     self.compact(log);
                 }
                 true
@@ -996,11 +996,17 @@ unsafe fn open_state(
     let path = arg.as_bytes().strip_prefix(b"state=").unwrap_or_default();
     let path = std::path::Path::new(std::ffi::OsStr::from_bytes(prefix.as_bytes()))
         .join(std::path::Path::new(std::ffi::OsStr::from_bytes(path)));
+    let file = match StateFile::open(path, state::header(&name.to_string(), key.as_bytes())) {
+        Ok(file) => file,
+        Err(e) => {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "cannot open \"{}\": {}", arg, e);
+            return None;
+        }
+    };
     // SAFETY: zone configurations of this cycle live in its pool.
     let zones = main.zones.iter().map(|z| unsafe { z.as_ref() });
-    if let Some(other) =
-        zones.into_iter().find(|z| z.state.as_ref().is_some_and(|f| f.path == path))
-    {
+    let shared = |z: &&ZoneConf| z.state.as_ref().is_some_and(|other| other.same_file(&file));
+    if let Some(other) = zones.into_iter().find(shared) {
         ngx_conf_log_error!(
             NGX_LOG_EMERG,
             cf,
@@ -1010,13 +1016,7 @@ unsafe fn open_state(
         );
         return None;
     }
-    match StateFile::open(path, state::header(&name.to_string(), key.as_bytes())) {
-        Ok(file) => Some(file),
-        Err(e) => {
-            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "cannot open \"{}\": {}", arg, e);
-            None
-        }
-    }
+    Some(file)
 }
 
 /// Gives a state file to nginx's worker user (when nginx runs as root), so that workers can

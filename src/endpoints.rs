@@ -558,17 +558,19 @@ unsafe fn serve(
             let grants = api::grants(body.unwrap_or_default())?;
             with_store(zone, |store, _| {
                 let done = store.grant(&grants);
-                let journaled = done
+                let landed = done
                     .granted
                     .iter()
-                    .all(|permit| zone.journal(|| state::grant(permit), req.log()));
-                if !journaled {
-                    // All or nothing: a grant the state file cannot keep is not made.
+                    .take_while(|permit| zone.journal(|| state::grant(permit), req.log()))
+                    .count();
+                if landed < done.granted.len() {
+                    // All or nothing: a grant the state file cannot keep is not made. Those
+                    // whose records landed are revoked on disk too, as far as it takes them.
+                    for permit in &done.granted[..landed] {
+                        zone.journal(|| state::revoke(permit.seq), req.log());
+                    }
                     for permit in done.granted.iter().rev() {
                         store.undo(&permit.key, permit.seq);
-                        if let Some(file) = &zone.state {
-                            file.give_back(permit.seq);
-                        }
                     }
                     return Err(ApiError::new(
                         503,
@@ -592,8 +594,16 @@ unsafe fn serve(
         Route::Permits(name) if method == NGX_HTTP_DELETE => {
             let zone = find(name)?;
             with_store(zone, |store, _| {
-                let (revoked, next_seq) = store.clear();
-                zone.journal(|| state::clear(next_seq), req.log());
+                // On disk first: a clearing the state file cannot keep would come undone at
+                // the next start.
+                let next_seq = store.next_number();
+                if !zone.journal(|| state::clear(next_seq), req.log()) {
+                    return Err(ApiError::new(
+                        503,
+                        "the state file cannot take the clearing (see the error log); nothing revoked",
+                    ));
+                }
+                let (revoked, _) = store.clear();
                 Ok((200, json!({ "revoked": revoked })))
             })
         }
@@ -618,7 +628,7 @@ unsafe fn serve(
                         "the state file cannot take the revocation (see the error log); nothing revoked",
                     ));
                 }
-                store.revoke(key);
+                store.revoke_numbered(key, permit.seq);
                 Ok((200, json!({ "revoked": 1 })))
             })
         }

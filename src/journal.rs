@@ -9,8 +9,9 @@
 //!   compaction is replacing, and none lands on the fragment another writer's record left
 //!   before the mark below is set. A descriptor whose journal was replaced (its link count is
 //!   0) is reopened before the write. `fcntl` locks belong to processes, so the descriptors
-//!   every worker inherits from the master lock as each worker's own. The lock is held for
-//!   one `write`: a microsecond or two.
+//!   every worker inherits from the master lock as each worker's own. An append holds the
+//!   lock for one `write` (a microsecond or two); a compaction while it reads, rewrites and
+//!   syncs the file (milliseconds for 100,000 permits), and the other workers' appends wait.
 //! - **Compaction**: the journal is read, replayed and written back as a snapshot (through a
 //!   temporary file and a rename), so that its size follows the permits, not their history.
 //!   It works from the file, not from a zone's memory, so it keeps what every process wrote.
@@ -47,8 +48,11 @@ struct Page {
     magic: AtomicU64,
     /// The number the next permit gets; 0 until the first zone is loaded.
     next_seq: AtomicU64,
-    /// 1 when a record was cut short: the next one starts with a line break.
+    /// 1 when a record was cut short: the next one ends its line first.
     torn: AtomicU64,
+    /// Bumped by every rewrite that puts another file at the path (a compaction, a file moved
+    /// aside), so that every process reopens the journal before its next record.
+    generation: AtomicU64,
 }
 
 const PAGE_MAGIC: u64 = u64::from_le_bytes(*b"fslock01");
@@ -68,6 +72,8 @@ pub struct StateFile {
     page: NonNull<Page>,
     /// nginx's worker user and group, which own the files; `None` when nginx is not root.
     owner: Cell<Option<(libc::uid_t, libc::gid_t)>>,
+    /// The page's `generation` this process's journal descriptor was opened at.
+    seen: Cell<u64>,
 }
 
 /// Why an append did not land whole.
@@ -105,7 +111,17 @@ impl StateFile {
             close(journal);
             close(lock);
         })?;
-        Ok(StateFile { path, header, journal, lock, page, owner: Cell::new(None) })
+        // SAFETY: the page is mapped; only atomics are in it.
+        let seen = unsafe { page.as_ref() }.generation.load(Ordering::Acquire);
+        Ok(StateFile {
+            path,
+            header,
+            journal,
+            lock,
+            page,
+            owner: Cell::new(None),
+            seen: Cell::new(seen),
+        })
     }
 
     /// Gives both files to nginx's worker user, so that workers can reopen and replace them;
@@ -113,6 +129,7 @@ impl StateFile {
     pub fn set_owner(&self, uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
         self.owner.set(Some((uid, gid)));
         for fd in [self.journal, self.lock] {
+            plain_file(fd, true)?;
             // SAFETY: both descriptors are open for as long as `self`.
             if unsafe { libc::fchown(fd, uid, gid) } != 0 {
                 return Err(io::Error::last_os_error());
@@ -121,15 +138,21 @@ impl StateFile {
         Ok(())
     }
 
+    /// Whether `other` writes the same file as this (the same device and inode, whatever the
+    /// paths say: `a/../x`, a link in the directory).
+    pub fn same_file(&self, other: &StateFile) -> bool {
+        let id = |fd| {
+            // SAFETY: `stat` is plain data, all zeroes a valid value.
+            let mut stat: libc::stat = unsafe { core::mem::zeroed() };
+            // SAFETY: the descriptor is open for as long as its StateFile.
+            (unsafe { libc::fstat(fd, &mut stat) } == 0).then_some((stat.st_dev, stat.st_ino))
+        };
+        id(self.journal).is_some_and(|mine| id(other.journal) == Some(mine))
+    }
+
     /// The counter every process of every generation takes permit numbers from.
     pub fn numbers(&self) -> &AtomicU64 {
         &self.page().next_seq
-    }
-
-    /// Gives back `seq` if it is still the last number taken (an admission undone), so that
-    /// a failing disk does not use up numbers.
-    pub fn give_back(&self, seq: u64) {
-        let _ = self.numbers().compare_exchange(seq + 1, seq, Ordering::AcqRel, Ordering::Relaxed);
     }
 
     /// Appends one record, whole, after what every other process wrote. `Ok(true)` when the
@@ -218,13 +241,18 @@ impl StateFile {
                 let _ = fs::remove_file(&temp.0);
                 return Err(e);
             }
+            self.page().generation.fetch_add(1, Ordering::AcqRel);
             rewritten.moved_aside = Some(aside);
             replay.permits.clear();
             replay.counters.clear();
         }
         let known: HashSet<&[u8]> = replay.permits.iter().map(|p| p.key.as_slice()).collect();
-        let missing: Vec<PermitInfo> =
-            held.iter().filter(|p| !known.contains(p.key.as_slice())).cloned().collect();
+        // What the zone holds and the file does not know, unless the file revoked it since.
+        let missing: Vec<PermitInfo> = held
+            .iter()
+            .filter(|p| !known.contains(p.key.as_slice()) && !replay.gone(p.seq))
+            .cloned()
+            .collect();
         for p in &missing {
             replay.next_seq = replay.next_seq.max(p.seq + 1);
         }
@@ -255,7 +283,9 @@ impl StateFile {
         let mut temp = self.path.clone().into_os_string();
         temp.push(".tmp");
         let temp = PathBuf::from(temp);
-        let fd = open_file(&temp, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC)?;
+        // A new file, never one that is there (a link someone put in its place).
+        let _ = fs::remove_file(&temp);
+        let fd = open_file(&temp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL)?;
         if let Err(e) = self.owned(fd) {
             close(fd);
             let _ = fs::remove_file(&temp);
@@ -279,6 +309,9 @@ impl StateFile {
             let _ = fs::remove_file(&temp);
             return Err(e);
         }
+        // A fresh file: no fragment to end, and every process reopens it.
+        self.page().torn.store(0, Ordering::Release);
+        self.seen.set(self.page().generation.fetch_add(1, Ordering::AcqRel) + 1);
         self.reopen().map(|_| ())
     }
 
@@ -303,7 +336,9 @@ impl StateFile {
         if unsafe { libc::fstat(self.journal, &mut stat) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        if stat.st_nlink == 0 {
+        let generation = self.page().generation.load(Ordering::Acquire);
+        if stat.st_nlink == 0 || generation != self.seen.get() {
+            self.seen.set(generation);
             return self.reopen();
         }
         Ok(false)
@@ -322,6 +357,7 @@ impl StateFile {
                 close(fd);
                 return Err(e);
             }
+            self.page().torn.store(0, Ordering::Release);
         }
         // SAFETY: both descriptors are open; dup2 swaps the file behind ours atomically.
         let duplicated = unsafe { libc::dup2(fd, self.journal) };
@@ -374,18 +410,42 @@ fn open_journal(path: &Path) -> io::Result<libc::c_int> {
 /// `0644` included).
 fn open_file(path: &Path, flags: libc::c_int) -> io::Result<libc::c_int> {
     let c_path = CString::new(path.as_os_str().as_bytes())?;
+    let flags = flags | libc::O_CLOEXEC | libc::O_NOFOLLOW;
     // SAFETY: `c_path` is a valid C string.
-    let fd = unsafe { libc::open(c_path.as_ptr(), flags | libc::O_CLOEXEC, MODE) };
+    let fd = unsafe { libc::open(c_path.as_ptr(), flags, MODE) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: `fd` is open.
-    if unsafe { libc::fchmod(fd, MODE) } != 0 {
-        let e = io::Error::last_os_error();
+    if let Err(e) = plain_file(fd, false).and_then(|()| match unsafe { libc::fchmod(fd, MODE) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }) {
         close(fd);
         return Err(e);
     }
     Ok(fd)
+}
+
+/// Refuses what is not a regular file (and, with `one_link`, one of a single link): the master
+/// (root) changes these files' mode and owner, and must not be led by a link to another file
+/// (`/etc/shadow`) that the directory's owner, nginx's user, put at their path. Symbolic links
+/// are not followed at all (`O_NOFOLLOW`); a hard link to another's file is refused before
+/// its owner is changed (a backup tool's hard link to the journal itself does no harm).
+fn plain_file(fd: libc::c_int, one_link: bool) -> io::Result<()> {
+    // SAFETY: `stat` is plain data, all zeroes a valid value.
+    let mut stat: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: `fd` is open.
+    if unsafe { libc::fstat(fd, &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if stat.st_mode & libc::S_IFMT != libc::S_IFREG || (one_link && stat.st_nlink > 1) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file of one link; refused",
+        ));
+    }
+    Ok(())
 }
 
 /// Maps the lock file's first page, shared, laying it out if it is new. The page's blocks
@@ -590,6 +650,27 @@ mod tests {
     }
 
     #[test]
+    fn a_permit_the_file_revoked_does_not_come_back_from_the_zone() {
+        let dir = temp_dir("held-revoked");
+        let file = StateFile::open(dir.join("z.state"), state::header("z", b"$k")).unwrap();
+        file.rewrite("z", b"$k", 0, &[], |_| Vec::new()).unwrap();
+        file.append(&grant("a", 5)).unwrap();
+        file.append(&state::revoke(5)).unwrap();
+        let held = PermitInfo { key: b"a".to_vec(), seq: 5, granted_ms: 1, expires_ms: None };
+        let done = file.rewrite("z", b"$k", 0, &[held], |_| Vec::new()).unwrap();
+        assert!(done.replay.permits.is_empty());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_link_at_the_path_is_refused() {
+        let dir = temp_dir("link");
+        std::os::unix::fs::symlink("/etc/hostname", dir.join("z.state")).unwrap();
+        assert!(StateFile::open(dir.join("z.state"), state::header("z", b"$k")).is_err());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_journal_removed_while_in_use_is_made_anew_with_its_header() {
         let dir = temp_dir("removed");
         let path = dir.join("z.state");
@@ -616,23 +697,6 @@ mod tests {
         }
         assert!(dir.join("z.state.unusable-5").exists());
         assert!(dir.join("z.state.unusable-5-1").exists());
-        let _ = fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn a_number_given_back_is_reused_only_if_it_was_the_last() {
-        let dir = temp_dir("give-back");
-        let file = StateFile::open(dir.join("z.state"), state::header("z", b"$k")).unwrap();
-        file.rewrite("z", b"$k", 0, &[], |_| Vec::new()).unwrap();
-        let seq = file.numbers().fetch_add(1, Ordering::AcqRel);
-        file.give_back(seq);
-        assert_eq!(file.numbers().load(Ordering::Acquire), seq);
-        let (x, y) = (
-            file.numbers().fetch_add(1, Ordering::AcqRel),
-            file.numbers().fetch_add(1, Ordering::AcqRel),
-        );
-        file.give_back(x);
-        assert_eq!(file.numbers().load(Ordering::Acquire), y + 1, "y was taken after x");
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -188,6 +188,13 @@ unsafe extern "C" fn deadline_in_worker(ev: *mut ngx_event_t) {
     // `reply` alone, so no reference here covers the whole job.
     unsafe {
         let job = (*ev).data.cast::<Job>();
+        // nginx's timers run on its cached clock, which may lag: not yet due, wait the rest.
+        let early = (*job).deadline.saturating_duration_since(Instant::now());
+        if !early.is_zero() {
+            let ms = early.as_millis() as ngx_msec_t + TIMER_GRACE_MS as ngx_msec_t;
+            ngx_add_timer(ev, ms);
+            return;
+        }
         let then = core::mem::replace(&mut *ptr::addr_of_mut!((*job).then), Then::Answered);
         let late = Failure::Timeout { timeout_ms: (*job).settings.timeout_ms };
         deliver(then, &*ptr::addr_of!((*job).command), Err(late), (*job).asked_ms);

@@ -82,10 +82,14 @@ unsafe fn release(r: *mut ngx_http_request_t) {
         return;
     };
     // SAFETY: `table` was created in this zone's slab pool by `init_zone`.
-    let revoked = unsafe { ZoneStore::new(&slab, table, now_ms()) }.revoke(key);
-    if let Some(seq) = revoked {
-        zone.journal(|| state::revoke(seq), req.log());
-    }
+    let mut store = unsafe { ZoneStore::new(&slab, table, now_ms()) };
+    // The permit this request was decided with, and no other (the buyer may hold a new one):
+    // on disk first, so that a release the state file cannot keep is not made here either.
+    let seq = decision.seq;
+    let revoked = store.get(key).is_some_and(|p| p.seq == seq)
+        && zone.journal(|| state::revoke(seq), req.log())
+        && store.revoke_numbered(key, seq);
+    let revoked = revoked.then_some(seq);
     if !redis::release(zone, key) {
         ngx_log_error!(
             NGX_LOG_ERR,

@@ -414,12 +414,16 @@ impl core::fmt::Display for Failure {
     }
 }
 
-/// A connection to Redis, and how far Redis's clock is ahead of this host's (Unix ms), as
-/// measured when it was opened: a script's deadline is sent in Redis's clock, so that the
-/// hosts' clocks need not agree with Redis's to the millisecond.
+/// A connection to Redis, and Redis's clock as read when it was opened: its TIME (Unix ms),
+/// the host's monotonic clock then, and the round trip that read took. A script's deadline is
+/// sent in Redis's clock, derived from the monotonic one (so that neither a host whose clock
+/// differs from Redis's nor a step of the host's clock moves it), and a round trip early (so
+/// that a script Redis runs just before the deadline is answered before the host gives up).
 struct Kept {
     conn: redis::Connection,
-    clock_offset_ms: i64,
+    redis_ms: i64,
+    at: Instant,
+    round_trip_ms: i64,
 }
 
 /// Connections kept open between requests, by server, in this worker process. A connection
@@ -482,10 +486,15 @@ fn connect(settings: &Settings, deadline: Instant) -> Result<Kept, Failure> {
     let client = redis::Client::open(settings.connection_info()).map_err(failure)?;
     let mut conn = client.get_connection_with_timeout(left).map_err(failure)?;
     bound(&mut conn, settings, deadline)?;
-    let before = unix_ms();
+    let before = Instant::now();
     let (seconds, micros): (i64, i64) = redis::cmd("TIME").query(&mut conn).map_err(failure)?;
-    let here = (before + unix_ms()) / 2;
-    Ok(Kept { conn, clock_offset_ms: seconds * 1000 + micros / 1000 - here })
+    let round_trip = before.elapsed();
+    Ok(Kept {
+        conn,
+        redis_ms: seconds * 1000 + micros / 1000,
+        at: before + round_trip / 2,
+        round_trip_ms: round_trip.as_millis() as i64,
+    })
 }
 
 /// Bounds the connection's reads and writes by the time left.
@@ -500,13 +509,6 @@ fn bound(
     conn.set_write_timeout(Some(left)).map_err(failure)
 }
 
-/// This host's clock, in Unix milliseconds.
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// [`execute`], bounded by the time left, with the deadline in Redis's clock for its scripts.
 fn execute_by(
     link: &mut Kept,
@@ -516,8 +518,8 @@ fn execute_by(
     deadline: Instant,
 ) -> Result<Reply, Failure> {
     bound(&mut link.conn, settings, deadline)?;
-    let left_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as i64;
-    let redis_deadline = unix_ms() + left_ms + link.clock_offset_ms;
+    let since_opened = deadline.saturating_duration_since(link.at).as_millis() as i64;
+    let redis_deadline = link.redis_ms + since_opened - link.round_trip_ms - 1;
     execute(&mut link.conn, settings, zone, command, redis_deadline)
         .map_err(|e| Failure::of(settings, &e))
 }

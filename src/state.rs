@@ -70,6 +70,17 @@ pub struct Replay {
     pub counters: Vec<(String, u64)>,
     /// Why lines (or the whole file) were skipped, one reason per entry.
     pub skipped: Vec<String>,
+    /// The numbers the file revokes, and the number below which it revokes every permit: a
+    /// permit a zone holds with one of them is gone, whatever the zone still says.
+    pub revoked: HashSet<u64>,
+    pub cleared_below: u64,
+}
+
+impl Replay {
+    /// Whether the file says the permit numbered `seq` is gone.
+    pub fn gone(&self, seq: u64) -> bool {
+        seq < self.cleared_below || self.revoked.contains(&seq)
+    }
 }
 
 /// Rebuilds a zone's permits from its state file. Permits expired by `now_ms` are left out.
@@ -130,6 +141,8 @@ pub fn replay(text: &[u8], zone: &str, key_spec: &[u8], now_ms: i64) -> Replay {
     }
     replay.permits = by_key.into_values().collect();
     replay.permits.sort_by_key(|p| p.seq);
+    replay.revoked = revoked;
+    replay.cleared_below = cleared_below;
     replay
 }
 

@@ -261,20 +261,28 @@ pub struct JournalHealth {
     /// Bytes appended since the last compaction, and the size that compaction left.
     pub appended: AtomicU64,
     pub compacted: AtomicU64,
-    /// 1 while a worker compacts the file.
+    /// When a worker started compacting the file (Unix ms); 0 while none does.
     pub compacting: AtomicU64,
     /// 1 while compactions fail (a directory nginx's user cannot write, a full disk).
     failing: AtomicU64,
 }
 
 impl JournalHealth {
-    /// Counts `bytes` appended; true when the journal has grown enough past its last
-    /// compaction that this caller should compact it now (one caller at a time): more than
-    /// its compacted size again, and at least [`COMPACT_MIN_BYTES`].
-    pub fn appended(&self, bytes: u64) -> bool {
+    /// Counts `bytes` appended at `now_ms`; true when the journal has grown enough past its
+    /// last compaction that this caller should compact it now (one caller at a time; a
+    /// compaction that has not finished in [`COMPACT_STALE_MS`], its worker killed, is taken
+    /// over): more than its compacted size again, and at least [`COMPACT_MIN_BYTES`].
+    pub fn appended(&self, bytes: u64, now_ms: i64) -> bool {
         let appended = self.appended.fetch_add(bytes, Ordering::AcqRel) + bytes;
-        appended >= COMPACT_MIN_BYTES.max(self.compacted.load(Ordering::Acquire))
-            && self.compacting.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        if appended < COMPACT_MIN_BYTES.max(self.compacted.load(Ordering::Acquire)) {
+            return false;
+        }
+        let since = self.compacting.load(Ordering::Acquire);
+        let free = since == 0 || now_ms.saturating_sub(since as i64) > COMPACT_STALE_MS;
+        free && self
+            .compacting
+            .compare_exchange(since, now_ms.max(1) as u64, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// A compaction left `bytes`; `None` if it failed: the journal then waits until it has
@@ -300,6 +308,9 @@ impl JournalHealth {
         self.failing.load(Ordering::Acquire) != 0
     }
 }
+
+/// How long a compaction may take before another worker takes it over, in milliseconds.
+pub const COMPACT_STALE_MS: i64 = 60_000;
 
 /// The least a journal grows before a worker compacts it.
 pub const COMPACT_MIN_BYTES: u64 = 64 * 1024;
@@ -449,17 +460,17 @@ impl PermitTable {
         expires_ms: Option<i64>,
         numbers: Option<&AtomicU64>,
     ) -> Option<u64> {
+        // The shared counter always ends above the number taken, so that no process (another
+        // generation of nginx) takes it again; a number not used is a gap, never a repeat.
+        let next = self.next_seq;
         let seq = match numbers {
-            Some(numbers) => numbers.fetch_add(1, Ordering::AcqRel).max(self.next_seq),
-            None => self.next_seq,
+            Some(numbers) => numbers
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.max(next) + 1))
+                .map_or(next, |n| n.max(next)),
+            None => next,
         };
         let info = PermitInfo { key: key.to_vec(), seq, granted_ms: now_ms, expires_ms };
-        if self.store(arena, hash, &info).is_none() {
-            if let Some(numbers) = numbers {
-                let _ = numbers.compare_exchange(seq + 1, seq, Ordering::AcqRel, Ordering::Relaxed);
-            }
-            return None;
-        }
+        self.store(arena, hash, &info)?;
         self.next_seq = self.next_seq.max(seq + 1);
         Stats::count(&self.stats.granted);
         Some(seq)
@@ -972,23 +983,45 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
     /// Undoes the admission of `key`'s permit `seq`, which never reached the buyer (the
     /// state file could not record it): not counted as granted, nor as revoked.
     pub fn undo(&mut self, key: &[u8], seq: u64) {
-        let undone = self.with_table(|table, arena| {
-            let permit = table.find(table.hash(key), key)?;
-            // SAFETY: `permit` was just found in this table, under the lock.
-            if unsafe { permit.as_ref() }.seq != seq {
-                return None;
-            }
-            // SAFETY: as above.
-            unsafe { table.remove(arena, permit) };
-            Some(())
-        });
-        if undone.is_some() {
+        if self.take_numbered(key, seq) {
             let _ = self.table().stats.granted.fetch_update(
                 Ordering::AcqRel,
                 Ordering::Acquire,
                 |granted| granted.checked_sub(1),
             );
         }
+    }
+
+    /// Revokes the permit of `key` if it is still the one numbered `seq` (not a permit granted
+    /// anew meanwhile); true if it was.
+    pub fn revoke_numbered(&mut self, key: &[u8], seq: u64) -> bool {
+        let revoked = self.take_numbered(key, seq);
+        if revoked {
+            Stats::count(&self.table().stats.revoked);
+        }
+        revoked
+    }
+
+    /// Takes the permit of `key` out of the table if it is numbered `seq`.
+    fn take_numbered(&mut self, key: &[u8], seq: u64) -> bool {
+        self.with_table(|table, arena| {
+            let Some(permit) = table.find(table.hash(key), key) else {
+                return false;
+            };
+            // SAFETY: `permit` was just found in this table, under the lock.
+            if unsafe { permit.as_ref() }.seq != seq {
+                return false;
+            }
+            // SAFETY: as above.
+            unsafe { table.remove(arena, permit) };
+            true
+        })
+    }
+
+    /// The number the next permit gets, as this zone knows it.
+    pub fn next_number(&mut self) -> u64 {
+        let numbers = self.numbers.map_or(0, |n| n.load(Ordering::Acquire));
+        self.with_table(|table, _| table.next_seq()).max(numbers)
     }
 
     /// Takes the permit of `key` out of the table; returns its number.
@@ -1350,7 +1383,7 @@ mod tests {
         let mut tries = 0;
         // 10 MB of 1 KB records whose compactions all fail.
         for _ in 0..10_000 {
-            if health.appended(1_000) {
+            if health.appended(1_000, 0) {
                 tries += 1;
                 health.compacted(None);
             }
@@ -1360,8 +1393,11 @@ mod tests {
         // One that works starts the count afresh from what it left.
         health.compacted(Some(5_000));
         assert!(!health.compaction_failed());
-        assert!(!health.appended(COMPACT_MIN_BYTES - 1));
-        assert!(health.appended(1));
+        assert!(!health.appended(COMPACT_MIN_BYTES - 1, 0));
+        assert!(health.appended(1, 0));
+        // A worker killed while it compacted: another takes over once it is stale.
+        assert!(!health.appended(1, 1_000));
+        assert!(health.appended(1, COMPACT_STALE_MS + 2));
     }
 
     #[test]

@@ -56,7 +56,10 @@ pub unsafe fn gate(
             zone.name()
         );
         for permit in &settled {
-            zone.journal(|| state::grant(permit), log);
+            // A winner of the draw whose record the state file cannot take is not one.
+            if !zone.journal(|| state::grant(permit), log) {
+                store.undo(&permit.key, permit.seq);
+            }
         }
     }
     if let (Outcome::Admitted, Some(held)) = (verdict.outcome, verdict.permit) {
@@ -71,9 +74,6 @@ pub unsafe fn gate(
         // take it, the admission is undone and he is told UNAVAILABLE, as with Redis away.
         if !zone.journal(|| state::grant(&permit()), log) {
             store.undo(key, held.seq);
-            if let Some(file) = &zone.state {
-                file.give_back(held.seq);
-            }
             verdict = Outcome::Unavailable.into();
         }
     }
