@@ -145,6 +145,13 @@ sub ask {
     my $metrics = fetch('/metrics')->{body};
     like($metrics, qr/^flash_sale_state_errors_total\{zone="sale"\} [1-9]\d*$/m, 'the metrics count it');
     like($metrics, qr/^flash_sale_state_up\{zone="sale"\} 0$/m, 'and say the file takes nothing');
+    # The operator's changes are refused too, whole, rather than made here and lost at the
+    # next start (one try a second: wait for the turn).
+    sleep 1.1;
+    my ($permits) = fetch('/api/zones/sale')->{body} =~ /"permits":(\d+)/;
+    is(fetch('/api/zones/sale/permits', 'DELETE')->{status}, 503, 'full: clearing every permit is refused');
+    my ($after) = fetch('/api/zones/sale')->{body} =~ /"permits":(\d+)/;
+    is($after, $permits, "full: and every permit is still there ($permits)");
     unlink "$dir/filler";
     sleep 1.1;    # while the disk fails, one record a second is tried
     my $later = ask('/sale', map { "later$_" } 1 .. 20);
