@@ -60,11 +60,9 @@ impl ZoneConf {
     /// first record that lands again is logged too. Compacts the journal once it has grown
     /// enough (see `JournalHealth::appended`).
     pub fn journal(&self, record: impl FnOnce() -> String, log: *mut nginx_sys::ngx_log_t) -> bool {
-        let (Some(file), Some(table)) = (&self.state, self.table) else {
+        let (Some(file), Some(table)) = (&self.state, self.table_ref()) else {
             return true;
         };
-        // SAFETY: the table lives in the zone's shared memory; its counters are atomics.
-        let table = unsafe { table.as_ref() };
         let journal = &table.journal;
         let now = crate::http::now_ms();
         if !journal.health.may_try(now) {
@@ -140,19 +138,14 @@ impl ZoneConf {
     /// Rewrites the state file, with the zone's own permits too when `with_zone`; a failure is
     /// logged once until a rewrite works again.
     fn rewrite_state(&self, with_zone: bool, log: *mut nginx_sys::ngx_log_t) {
-        let (Some(file), Some(table_ptr), Some(slab)) = (&self.state, self.table, self.slab())
-        else {
+        let (Some(file), Some(table)) = (&self.state, self.table_ref()) else {
             return;
         };
-        // SAFETY: the table lives in the zone's shared memory; its counters are atomics.
-        let table = unsafe { table_ptr.as_ref() };
         let name = self.name().to_string();
         let now = crate::http::now_ms();
-        let held = if with_zone {
-            // SAFETY: the table was created in this zone's slab pool by `init_zone`.
-            unsafe { ZoneStore::new(&slab, table_ptr, now) }.snapshot().1
-        } else {
-            Vec::new()
+        let held = match self.store(now) {
+            Some(mut store) if with_zone => store.snapshot().1,
+            _ => Vec::new(),
         };
         let rewritten = file
             .rewrite(&name, self.key.value.as_bytes(), now, &held, |_| table.stats.named_values());
@@ -186,6 +179,23 @@ impl ZoneConf {
     /// process that writes it; `None` without a state file (the table numbers them).
     pub fn numbers(&self) -> Option<&core::sync::atomic::AtomicU64> {
         self.state.as_ref().map(StateFile::numbers)
+    }
+
+    /// The zone's table, in its shared memory.
+    pub fn table_ref(&self) -> Option<&PermitTable> {
+        // SAFETY: `init_zone` made the table in this zone's shared memory before any worker
+        // started or any request came; the memory stays mapped as long as the cycle whose
+        // configuration holds `self`. Outside the zone's lock only its atomics and fields that
+        // never change are read.
+        self.table.map(|table| unsafe { &*table.as_ptr() })
+    }
+
+    /// A store over the zone's table at `now_ms`: its permits, under the zone's lock.
+    pub fn store(&self, now_ms: i64) -> Option<ZoneStore<'_, SlabPool>> {
+        let (slab, table) = (self.slab()?, self.table?);
+        // SAFETY: as for `table_ref`; `slab` is this zone's own slab pool, in which
+        // `init_zone` made the table.
+        Some(unsafe { ZoneStore::new(slab, table, now_ms) })
     }
 
     pub fn shm(&self) -> &ngx_shm_zone_t {

@@ -206,10 +206,8 @@ fn override_changes(
     body: &[u8],
 ) -> Result<Vec<(&'static str, Option<String>)>, ApiError> {
     let patch = api::patch(body)?;
-    let (_, _, start, end) = zone.table.map_or((None, None, None, None), |table| {
-        // SAFETY: the table lives in the zone's shared memory; overrides are atomics.
-        unsafe { table.as_ref() }.overrides.get()
-    });
+    let (_, _, start, end) =
+        zone.table_ref().map_or((None, None, None, None), |table| table.overrides.get());
     let start = patch.start_ms.unwrap_or(start);
     let end = patch.end_ms.unwrap_or(end);
     if (Window { start_ms: start, end_ms: end }).is_empty() {
@@ -314,11 +312,9 @@ unsafe fn redis_answered(
 
 /// Counts a round trip, and applies a revocation to this host's cache of permits.
 fn apply_here(zone: &ZoneConf, key: &[u8], reply: &Result<Reply, Failure>) {
-    let (Some(table), Some(slab)) = (zone.table, zone.slab()) else {
+    let Some(mut store) = zone.store(crate::http::now_ms()) else {
         return;
     };
-    // SAFETY: the table was created in this zone's slab pool by `init_zone`.
-    let mut store = unsafe { ZoneStore::new(&slab, table, crate::http::now_ms()) };
     let stats = &store.table().stats;
     Stats::count(&stats.redis_calls);
     match reply {
@@ -652,19 +648,14 @@ fn with_store<T>(
     f: impl FnOnce(&mut ZoneStore<'_, SlabPool>, &SlabPool) -> Result<T, ApiError>,
 ) -> Result<T, ApiError> {
     let slab = zone.slab().ok_or_else(unavailable)?;
-    let table = zone.table.ok_or_else(unavailable)?;
-    // SAFETY: `table` was created in this zone's slab pool.
-    let mut store =
-        unsafe { ZoneStore::new(&slab, table, crate::http::now_ms()) }.with_numbers(zone.numbers());
-    f(&mut store, &slab)
+    let store = zone.store(crate::http::now_ms()).ok_or_else(unavailable)?;
+    f(&mut store.with_numbers(zone.numbers()), &slab)
 }
 
 /// A zone as JSON: settings, permits, memory and counters.
 fn zone_json(zone: &ZoneConf) -> Option<Value> {
     let m = zone_metrics(zone)?;
-    let table = zone.table?;
-    // SAFETY: the table is mapped; overrides are atomics.
-    let (ratio, cap, start, end) = unsafe { table.as_ref() }.overrides.get();
+    let (ratio, cap, start, end) = zone.table_ref()?.overrides.get();
     // Dry-run counters once they count something.
     let requests: serde_json::Map<String, Value> = Outcome::counted()
         .filter(|&(o, dry)| !dry || m.requests[o.counter(true)] > 0)
@@ -716,8 +707,7 @@ fn zone_metrics(zone: &ZoneConf) -> Option<ZoneMetrics> {
     let shm = zone.shm();
     let slab = zone.slab()?;
     let now = crate::http::now_ms();
-    // SAFETY: the table was created in this zone's slab pool by `init_zone`.
-    let mut store = unsafe { ZoneStore::new(&slab, zone.table?, now) };
+    let mut store = zone.store(now)?;
     let (permits, prequeued) = store.counts();
     let table = store.table();
     let stats = &table.stats;

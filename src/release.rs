@@ -13,7 +13,6 @@ use crate::gate::redis;
 use crate::gate::verdict::recorded;
 use crate::http::now_ms;
 use crate::state;
-use crate::zone::ZoneStore;
 
 static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
 
@@ -78,11 +77,9 @@ unsafe fn release(r: *mut ngx_http_request_t) {
     }
     // SAFETY: zone configurations live as long as the cycle; the key as long as the request.
     let (zone, key) = unsafe { (decision.zone.as_ref(), decision.key()) };
-    let (Some(table), Some(slab)) = (zone.table, zone.slab()) else {
+    let Some(mut store) = zone.store(now_ms()) else {
         return;
     };
-    // SAFETY: `table` was created in this zone's slab pool by `init_zone`.
-    let mut store = unsafe { ZoneStore::new(&slab, table, now_ms()) };
     // The permit this request was decided with, and no other (the buyer may hold a new one):
     // on disk first, so that a release the state file cannot keep is not made here either.
     let seq = decision.seq;

@@ -50,6 +50,17 @@ pub trait Shared {
     fn lock(&self) -> Self::Locked<'_>;
 }
 
+/// A shared region is shared through a reference too (the tests' heap).
+impl<T: Shared> Shared for &T {
+    type Locked<'a>
+        = T::Locked<'a>
+    where
+        Self: 'a;
+    fn lock(&self) -> Self::Locked<'_> {
+        T::lock(self)
+    }
+}
+
 /// Tells a table laid out by one build of the module from one it cannot read, so that a
 /// reload with a changed layout fails loudly instead of reading garbage.
 const LAYOUT_MAGIC: u64 = 0x464c_5348_5341_4c05; // "FLSHSAL" + version 5
@@ -781,7 +792,7 @@ fn info(permit: NonNull<Permit>) -> PermitInfo {
 
 /// A table and the region it lives in: each call takes the lock once.
 pub struct ZoneStore<'a, S: Shared> {
-    shared: &'a S,
+    shared: S,
     table: NonNull<PermitTable>,
     now_ms: i64,
     ttl_ms: Option<i64>,
@@ -827,7 +838,7 @@ pub struct Grants {
 impl<'a, S: Shared> ZoneStore<'a, S> {
     /// # Safety
     /// `table` was created by [`PermitTable::create`] inside `shared`, and stays mapped for `'a`.
-    pub unsafe fn new(shared: &'a S, table: NonNull<PermitTable>, now_ms: i64) -> Self {
+    pub unsafe fn new(shared: S, table: NonNull<PermitTable>, now_ms: i64) -> Self {
         ZoneStore {
             shared,
             table,
@@ -1260,7 +1271,7 @@ mod tests {
         PermitTable::create(&heap.lock(), buckets, [1, 2], b"$arg_user").unwrap()
     }
 
-    fn store(heap: &Heap, t: NonNull<PermitTable>, now_ms: i64) -> ZoneStore<'_, Heap> {
+    fn store(heap: &Heap, t: NonNull<PermitTable>, now_ms: i64) -> ZoneStore<'_, &Heap> {
         // SAFETY: `t` was created in `heap` and the heap outlives the store.
         unsafe { ZoneStore::new(heap, t, now_ms) }
     }

@@ -14,7 +14,6 @@ use crate::http::now_ms;
 use crate::sale::PermitInfo;
 use crate::sale::{decide, Outcome};
 use crate::state;
-use crate::zone::ZoneStore;
 
 /// Decides a request of a zone kept here: the decision and the admission in one locked step,
 /// the state file, and the conclusion.
@@ -32,15 +31,11 @@ pub unsafe fn gate(
     let zone: &ZoneConf = unsafe { zone_ptr.as_ref() };
     // SAFETY: see the function's contract.
     let req = unsafe { Request::from_ngx_http_request(r) };
-    let (Some(table), Some(slab)) = (zone.table, zone.slab()) else {
+    let now = now_ms();
+    let Some(store) = zone.store(now) else {
         return SERVER_ERROR;
     };
-
-    let now = now_ms();
-    // SAFETY: `table` was created in this zone's slab pool by `init_zone`.
-    let mut store = unsafe { ZoneStore::new(&slab, table, now) }
-        .with_ttl(lcf.permit_ttl_ms)
-        .with_numbers(zone.numbers());
+    let mut store = store.with_ttl(lcf.permit_ttl_ms).with_numbers(zone.numbers());
     let sale = store.table().overrides.apply(lcf.sale());
     let draw = drawer(lcf, store.table().draw_secret(), key, now);
     let mut verdict = decide(&sale, key, now, draw, &mut store);

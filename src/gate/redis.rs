@@ -21,7 +21,7 @@ use crate::link::AfterReply;
 use crate::offload;
 use crate::remote::{Command, Failure, OnError, Overrides as RemoteOverrides, Reply};
 use crate::sale::{admitted, draw_step, DrawMode, Held, Outcome, PermitStore, Step, Verdict};
-use crate::zone::{Cached, RemoteView, Stats, ZoneStore};
+use crate::zone::{Cached, RemoteView, Stats};
 
 const SERVER_ERROR: ngx_int_t = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
 
@@ -38,13 +38,12 @@ pub unsafe fn gate(
 ) -> ngx_int_t {
     // SAFETY: zone configurations live as long as the location.
     let zone = unsafe { zone_ptr.as_ref() };
-    let (Some(table), Some(slab), Some(redis)) = (zone.table, zone.slab(), zone.redis()) else {
+    let now = now_ms();
+    let (Some(store), Some(redis)) = (zone.store(now), zone.redis()) else {
         return SERVER_ERROR;
     };
     let cache_ms = redis.settings.cache_ms;
-    let now = now_ms();
-    // SAFETY: `table` was created in this zone's slab pool by `init_zone`.
-    let mut store = unsafe { ZoneStore::new(&slab, table, now) }.with_ttl(lcf.permit_ttl_ms);
+    let mut store = store.with_ttl(lcf.permit_ttl_ms);
     let sale = store.table().overrides.apply(lcf.sale());
     let g = Gated { r, lcf, zone: zone_ptr, key, now, sale };
     let link = &store.table().link;
@@ -180,12 +179,11 @@ unsafe fn decide_with_reply(
     let Some(key) = (unsafe { request_key(r, zone) }) else {
         return SERVER_ERROR;
     };
-    let (Some(table), Some(slab), Some(redis)) = (zone.table, zone.slab(), zone.redis()) else {
+    let now = now_ms();
+    let (Some(store), Some(redis)) = (zone.store(now), zone.redis()) else {
         return SERVER_ERROR;
     };
-    let now = now_ms();
-    // SAFETY: `table` was created in this zone's slab pool by `init_zone`.
-    let mut store = unsafe { ZoneStore::new(&slab, table, now) }.with_ttl(lcf.permit_ttl_ms);
+    let mut store = store.with_ttl(lcf.permit_ttl_ms);
     let (stats, link) = (&store.table().stats, &store.table().link);
     Stats::count(&stats.redis_calls);
     let sale = store.table().overrides.apply(lcf.sale());
@@ -285,11 +283,10 @@ unsafe fn without_redis(g: &Gated<'_>) -> ngx_int_t {
     // SAFETY: zone configurations live as long as the location.
     let zone = unsafe { g.zone.as_ref() };
     let open = zone.redis().is_some_and(|redis| redis.settings.on_error == OnError::Open);
-    let (Some(table), Some(slab)) = (zone.table, zone.slab()) else {
+    let Some(store) = zone.store(g.now) else {
         return SERVER_ERROR;
     };
-    // SAFETY: `table` was created in this zone's slab pool by `init_zone`.
-    let mut store = unsafe { ZoneStore::new(&slab, table, g.now) }.with_ttl(g.lcf.permit_ttl_ms);
+    let mut store = store.with_ttl(g.lcf.permit_ttl_ms);
     let verdict = match store.cached(g.key, i64::MAX) {
         // A winner this host knows of passes, however long ago it heard.
         Cached::Fresh(held) => passed(Outcome::Permitted, held),
@@ -341,9 +338,8 @@ fn refresh_overrides(zone_ptr: NonNull<ZoneConf>) {
         move |_, reply| {
             // SAFETY: as above.
             let zone = unsafe { zone_ptr.as_ref() };
-            if let Some(table) = zone.table {
-                // SAFETY: the table's counters are atomics.
-                let stats = unsafe { &table.as_ref().stats };
+            if let Some(table) = zone.table_ref() {
+                let stats = &table.stats;
                 Stats::count(&stats.redis_calls);
                 if let Err(failure) = &reply {
                     stats.redis_failed(failure.index());
@@ -358,13 +354,12 @@ fn refresh_overrides(zone_ptr: NonNull<ZoneConf>) {
 
 /// Makes the sale's overrides in Redis this host's: they replace whatever it had.
 pub fn apply_overrides(zone: &ZoneConf, overrides: &RemoteOverrides) {
-    let (Some(table), Some(slab)) = (zone.table, zone.slab()) else {
+    let (Some(table), Some(slab)) = (zone.table_ref(), zone.slab()) else {
         return;
     };
     // Changes are made under the zone's lock, so that they do not interleave.
     let _locked = slab.lock();
-    // SAFETY: the table lives in the zone's shared memory; overrides are atomics.
-    unsafe { table.as_ref() }.overrides.change(
+    table.overrides.change(
         Some(overrides.block_ratio),
         Some(overrides.max_permits),
         Some(overrides.start_ms),

@@ -58,9 +58,8 @@ pub unsafe fn conclude(g: &Gated<'_>, verdict: Verdict) -> ngx_int_t {
     let (req, zone) = unsafe { (Request::from_ngx_http_request(r), zone_ptr.as_ref()) };
     let outcome = verdict.outcome;
     let dry_run = lcf.dry_run();
-    if let Some(table) = zone.table {
-        // SAFETY: the table lives in the zone's shared memory; its counters are atomics.
-        Stats::count(&unsafe { table.as_ref() }.stats.requests[outcome.counter(dry_run)]);
+    if let Some(table) = zone.table_ref() {
+        Stats::count(&table.stats.requests[outcome.counter(dry_run)]);
     }
     let log = req.log();
     let zone_name = zone.name();

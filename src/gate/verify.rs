@@ -51,9 +51,8 @@ pub unsafe fn verify(
     let zone_name = zone.name();
     let name = zone_name.to_str().unwrap_or_default();
     let checked = token::verify(secret.as_bytes(), token, name, key, now_ms());
-    if let Some(table) = zone.table {
-        // SAFETY: the table lives in the zone's shared memory; its counters are atomics.
-        let stats = unsafe { &table.as_ref().stats };
+    if let Some(table) = zone.table_ref() {
+        let stats = &table.stats;
         Stats::count(if checked.is_ok() { &stats.tokens_valid } else { &stats.tokens_refused });
     }
     let refusal = match checked {
