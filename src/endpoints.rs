@@ -6,11 +6,11 @@ use core::ffi::{c_char, c_void};
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_http_discard_request_body, ngx_http_finalize_request,
     ngx_http_read_client_request_body, ngx_http_request_t, ngx_int_t, ngx_pagesize, ngx_str_t,
-    NGX_DONE, NGX_HTTP_DELETE, NGX_HTTP_GET, NGX_HTTP_HEAD, NGX_HTTP_INTERNAL_SERVER_ERROR,
-    NGX_HTTP_NOT_ALLOWED, NGX_HTTP_PATCH, NGX_HTTP_POST, NGX_HTTP_SPECIAL_RESPONSE, NGX_OK,
+    NGX_DONE, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_SPECIAL_RESPONSE,
+    NGX_OK,
 };
 use ngx::core::{SlabPool, NGX_CONF_ERROR, NGX_CONF_OK};
-use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule, Request};
+use ngx::http::{HttpModuleLocationConf, Method, NgxHttpCoreModule, Request};
 use ngx::ngx_string;
 
 use serde_json::{json, Value};
@@ -67,7 +67,7 @@ unsafe fn metrics(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: see the function's contract.
     let req = unsafe { Request::from_ngx_http_request(r) };
     // SAFETY: as above.
-    if unsafe { (*r).method } & (NGX_HTTP_GET | NGX_HTTP_HEAD) as usize == 0 {
+    if !reading(&req.method()) {
         return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
     }
     // SAFETY: as above.
@@ -112,17 +112,18 @@ unsafe extern "C" fn api_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
 /// `r` is a live request in its content phase.
 unsafe fn api(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: see the function's contract.
-    let (method, route) = unsafe { ((*r).method as u32, request_route(r)) };
+    let (method, route) = unsafe { (Request::from_ngx_http_request(r).method(), request_route(r)) };
     let route = match route {
         Ok(route) => route,
         // SAFETY: as above.
         Err(e) => return unsafe { discard_and_answer(r, Err(e)) },
     };
-    let with_body = matches!(
-        (&route, method),
-        (Route::Permits(_), NGX_HTTP_POST) | (Route::Zone(_), NGX_HTTP_PATCH)
-    );
-    if with_body || method == NGX_HTTP_DELETE {
+    let with_body = match &route {
+        Route::Permits(_) => method == Method::POST,
+        Route::Zone(_) => method == Method::PATCH,
+        _ => false,
+    };
+    if with_body || method == Method::DELETE {
         // SAFETY: as above.
         let req = unsafe { Request::from_ngx_http_request(r) };
         if let Err(e) = api::check_sender(&sender(req), with_body) {
@@ -142,7 +143,7 @@ unsafe fn api(r: *mut ngx_http_request_t) -> ngx_int_t {
         return NGX_DONE as ngx_int_t;
     }
     // SAFETY: as above.
-    match unsafe { on_redis(r, method, &route, None) } {
+    match unsafe { on_redis(r, &method, &route, None) } {
         Some(Ok((zone, command))) => {
             // SAFETY: as above.
             unsafe { ask_redis(r, zone, command) }
@@ -150,7 +151,7 @@ unsafe fn api(r: *mut ngx_http_request_t) -> ngx_int_t {
         // SAFETY: as above.
         Some(Err(e)) => unsafe { discard_and_answer(r, Err(e)) },
         // SAFETY: as above.
-        None => unsafe { discard_and_answer(r, serve(r, method, &route, None)) },
+        None => unsafe { discard_and_answer(r, serve(r, &method, &route, None)) },
     }
 }
 
@@ -162,14 +163,14 @@ unsafe fn api(r: *mut ngx_http_request_t) -> ngx_int_t {
 /// `r` is a live request.
 unsafe fn on_redis(
     r: *mut ngx_http_request_t,
-    method: u32,
+    method: &Method,
     route: &Route,
     body: Option<&[u8]>,
 ) -> Option<Result<(&'static ZoneConf, Command), ApiError>> {
     let (name, key) = match route {
         Route::Permits(name) => (name, None),
         Route::Permit(name, key) => (name, Some(key)),
-        Route::Zone(name) if method == NGX_HTTP_PATCH => {
+        Route::Zone(name) if *method == Method::PATCH => {
             // SAFETY: see the function's contract.
             let zone = unsafe { zone_named(r, name) }?;
             zone.redis?;
@@ -183,15 +184,15 @@ unsafe fn on_redis(
     // SAFETY: see the function's contract.
     let zone = unsafe { zone_named(r, name) }?;
     zone.redis?;
-    let get = method & (NGX_HTTP_GET | NGX_HTTP_HEAD) != 0;
+    let get = reading(method);
     let now_ms = crate::http::now_ms();
     let command = match key {
         Some(key) if get => Ok(Command::Get { key: key.clone(), now_ms }),
-        Some(key) if method == NGX_HTTP_DELETE => Ok(Command::Revoke { key: key.clone() }),
-        None if method == NGX_HTTP_DELETE => Ok(Command::Clear),
+        Some(key) if *method == Method::DELETE => Ok(Command::Revoke { key: key.clone() }),
+        None if *method == Method::DELETE => Ok(Command::Clear),
         // The page is checked here, so that a bad one costs no round trip.
         None if get => api::page(req_args(r)).map(|_| Command::Permits { now_ms }),
-        None if method == NGX_HTTP_POST => {
+        None if *method == Method::POST => {
             api::grants(body?).map(|grants| Command::Grant { grants, now_ms })
         }
         _ => return None,
@@ -332,6 +333,11 @@ fn apply_here(zone: &ZoneConf, key: &[u8], reply: &Result<Reply, Failure>) {
     }
 }
 
+/// Whether a request only reads (GET, HEAD).
+fn reading(method: &Method) -> bool {
+    *method == Method::GET || *method == Method::HEAD
+}
+
 /// The headers that tell where a request comes from, for [`api::check_sender`].
 fn sender(req: &Request) -> api::Sender<'_> {
     let mut sender = api::Sender::default();
@@ -359,7 +365,7 @@ fn sender(req: &Request) -> api::Sender<'_> {
 /// `r` is a live request.
 unsafe fn request_route(r: *mut ngx_http_request_t) -> Result<Route, ApiError> {
     // SAFETY: see the function's contract.
-    let reading = unsafe { (*r).method } as u32 & (NGX_HTTP_GET | NGX_HTTP_HEAD) != 0;
+    let reading = reading(&unsafe { Request::from_ngx_http_request(r) }.method());
     // SAFETY: as above.
     unsafe { relative_path(r) }.and_then(|path| route(path, req_args(r), reading))
 }
@@ -388,12 +394,12 @@ unsafe fn relative_path<'a>(r: *mut ngx_http_request_t) -> Result<&'a [u8], ApiE
 unsafe extern "C" fn api_body_ready(r: *mut ngx_http_request_t) {
     // SAFETY: nginx calls this with the request once its body is read.
     let rc = crate::ffi::guard(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t, || unsafe {
-        let method = (*r).method as u32;
+        let method = Request::from_ngx_http_request(r).method();
         let next = request_route(r).and_then(|route| {
             let body = request_body(r)?;
-            match on_redis(r, method, &route, Some(&body)) {
+            match on_redis(r, &method, &route, Some(&body)) {
                 Some(asked) => asked.map(Next::AskRedis),
-                None => serve(r, method, &route, Some(&body)).map(Next::Answer),
+                None => serve(r, &method, &route, Some(&body)).map(Next::Answer),
             }
         });
         match next {
@@ -496,7 +502,7 @@ unsafe fn allow_header(r: *mut ngx_http_request_t) -> Option<()> {
 /// `r` is a live request.
 unsafe fn serve(
     r: *mut ngx_http_request_t,
-    method: u32,
+    method: &Method,
     route: &Route,
     body: Option<&[u8]>,
 ) -> Answer {
@@ -512,13 +518,13 @@ unsafe fn serve(
             .ok_or_else(|| ApiError::new(404, format!("no zone \"{name}\"")))
     };
     let not_allowed = || Err(ApiError::new(405, "method not allowed here"));
-    let get = method & (NGX_HTTP_GET | NGX_HTTP_HEAD) != 0;
+    let get = reading(method);
     match route {
         Route::Zones if get => {
             Ok((200, Value::Array(zones.iter().filter_map(|z| zone_json(z)).collect())))
         }
         Route::Zone(name) if get => Ok((200, zone_json(find(name)?).ok_or_else(unavailable)?)),
-        Route::Zone(name) if method == NGX_HTTP_PATCH => {
+        Route::Zone(name) if *method == Method::PATCH => {
             let zone = find(name)?;
             let patch = api::patch(body.unwrap_or_default())?;
             with_store(zone, |store, slab| {
@@ -549,7 +555,7 @@ unsafe fn serve(
                 )?;
             Ok((200, api::page_json(&permits, page.limit, key_kind(find(name)?))))
         }
-        Route::Permits(name) if method == NGX_HTTP_POST => {
+        Route::Permits(name) if *method == Method::POST => {
             let zone = find(name)?;
             let grants = api::grants(body.unwrap_or_default())?;
             with_store(zone, |store, _| {
@@ -587,7 +593,7 @@ unsafe fn serve(
                 ))
             })
         }
-        Route::Permits(name) if method == NGX_HTTP_DELETE => {
+        Route::Permits(name) if *method == Method::DELETE => {
             let zone = find(name)?;
             with_store(zone, |store, _| {
                 // On disk first: a clearing the state file cannot keep would come undone at
@@ -611,7 +617,7 @@ unsafe fn serve(
                 Ok((200, api::permit_json(&permit, key_kind(zone))))
             })
         }
-        Route::Permit(name, key) if method == NGX_HTTP_DELETE => {
+        Route::Permit(name, key) if *method == Method::DELETE => {
             let zone = find(name)?;
             with_store(zone, |store, _| {
                 let permit =
