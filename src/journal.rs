@@ -27,10 +27,10 @@
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 use std::cell::Cell;
-use std::ffi::CString;
-use std::fs;
-use std::io;
-use std::os::unix::ffi::OsStrExt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use std::collections::HashSet;
@@ -39,7 +39,7 @@ use crate::sale::PermitInfo;
 use crate::state::{self, Replay};
 
 /// The files' mode: the owner reads and writes, nobody else anything.
-const MODE: libc::mode_t = 0o600;
+const MODE: u32 = 0o600;
 
 /// The lock file's shared page.
 #[repr(C)]
@@ -67,8 +67,8 @@ pub struct StateFile {
     pub path: PathBuf,
     /// The zone's header line (`state::header`): the first line of a journal made anew.
     header: String,
-    journal: libc::c_int,
-    lock: libc::c_int,
+    journal: File,
+    lock: File,
     page: NonNull<Page>,
     /// nginx's worker user and group, which own the files; `None` when nginx is not root.
     owner: Cell<Option<(libc::uid_t, libc::gid_t)>>,
@@ -100,17 +100,9 @@ impl StateFile {
     /// both `0600`, for the zone whose header line is `header`.
     pub fn open(path: PathBuf, header: String) -> io::Result<StateFile> {
         let journal = open_journal(&path)?;
-        let lock = match open_file(&lock_path(&path), libc::O_RDWR | libc::O_CREAT) {
-            Ok(fd) => fd,
-            Err(e) => {
-                close(journal);
-                return Err(e);
-            }
-        };
-        let page = map_page(lock).inspect_err(|_| {
-            close(journal);
-            close(lock);
-        })?;
+        let lock =
+            open_file(&lock_path(&path), OpenOptions::new().read(true).write(true).create(true))?;
+        let page = map_page(&lock)?;
         // SAFETY: the page is mapped; only atomics are in it.
         let seen = unsafe { page.as_ref() }.generation.load(Ordering::Acquire);
         Ok(StateFile {
@@ -128,12 +120,9 @@ impl StateFile {
     /// temporary files made later get the same owner.
     pub fn set_owner(&self, uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
         self.owner.set(Some((uid, gid)));
-        for fd in [self.journal, self.lock] {
-            plain_file(fd, true)?;
-            // SAFETY: both descriptors are open for as long as `self`.
-            if unsafe { libc::fchown(fd, uid, gid) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
+        for file in [&self.journal, &self.lock] {
+            plain_file(file, true)?;
+            std::os::unix::fs::fchown(file, Some(uid), Some(gid))?;
         }
         Ok(())
     }
@@ -141,13 +130,8 @@ impl StateFile {
     /// Whether `other` writes the same file as this (the same device and inode, whatever the
     /// paths say: `a/../x`, a link in the directory).
     pub fn same_file(&self, other: &StateFile) -> bool {
-        let id = |fd| {
-            // SAFETY: `stat` is plain data, all zeroes a valid value.
-            let mut stat: libc::stat = unsafe { core::mem::zeroed() };
-            // SAFETY: the descriptor is open for as long as its StateFile.
-            (unsafe { libc::fstat(fd, &mut stat) } == 0).then_some((stat.st_dev, stat.st_ino))
-        };
-        id(self.journal).is_some_and(|mine| id(other.journal) == Some(mine))
+        let id = |file: &File| file.metadata().ok().map(|m| (m.dev(), m.ino()));
+        id(&self.journal).is_some_and(|mine| id(&other.journal) == Some(mine))
     }
 
     /// The counter every process of every generation takes permit numbers from.
@@ -168,7 +152,7 @@ impl StateFile {
             text.push_str(TORN_END);
         }
         text.push_str(record);
-        let written = match write(self.journal, text.as_bytes()) {
+        let written = match write_once(&self.journal, text.as_bytes()) {
             Ok(n) => n,
             Err(cause) => {
                 if text.len() > record.len() {
@@ -182,7 +166,7 @@ impl StateFile {
         }
         // Cut short: try the rest once, which either lands or says why the disk refused it.
         let rest = &text.as_bytes()[written..];
-        let (more, cause) = match write(self.journal, rest) {
+        let (more, cause) = match write_once(&self.journal, rest) {
             Ok(n) if n == rest.len() => return Ok(made_anew),
             Ok(n) => (n, io::Error::new(io::ErrorKind::WriteZero, "the record was cut short")),
             Err(cause) => (0, cause),
@@ -237,7 +221,6 @@ impl StateFile {
                 .find(|aside| !aside.exists())
                 .unwrap_or_default();
             if let Err(e) = fs::rename(&self.path, &aside) {
-                close(temp.1);
                 let _ = fs::remove_file(&temp.0);
                 return Err(e);
             }
@@ -279,32 +262,25 @@ impl StateFile {
     }
 
     /// The temporary file a rewrite writes, `PATH.tmp`, made empty and given the files' owner.
-    fn temp(&self) -> io::Result<(PathBuf, libc::c_int)> {
+    fn temp(&self) -> io::Result<(PathBuf, File)> {
         let mut temp = self.path.clone().into_os_string();
         temp.push(".tmp");
         let temp = PathBuf::from(temp);
         // A new file, never one that is there (a link someone put in its place).
         let _ = fs::remove_file(&temp);
-        let fd = open_file(&temp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL)?;
-        if let Err(e) = self.owned(fd) {
-            close(fd);
+        let file = open_file(&temp, OpenOptions::new().write(true).create_new(true))?;
+        if let Err(e) = self.owned(&file) {
             let _ = fs::remove_file(&temp);
             return Err(e);
         }
-        Ok((temp, fd))
+        Ok((temp, file))
     }
 
     /// Replaces the journal with `text` through the temporary file and a rename, so that a
     /// crash leaves the old journal or the new one, and points this process's descriptor at it.
-    fn replace(&self, (temp, fd): (PathBuf, libc::c_int), text: &[u8]) -> io::Result<()> {
-        let written = write_all(fd, text).and_then(|()| {
-            // SAFETY: `fd` is open.
-            if unsafe { libc::fsync(fd) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-        close(fd);
+    fn replace(&self, (temp, mut file): (PathBuf, File), text: &[u8]) -> io::Result<()> {
+        let written = file.write_all(text).and_then(|()| file.sync_all());
+        drop(file);
         if let Err(e) = written.and_then(|()| fs::rename(&temp, &self.path)) {
             let _ = fs::remove_file(&temp);
             return Err(e);
@@ -316,28 +292,19 @@ impl StateFile {
     }
 
     /// Gives a file this process made to the files' owner.
-    fn owned(&self, fd: libc::c_int) -> io::Result<()> {
-        let Some((uid, gid)) = self.owner.get() else {
-            return Ok(());
-        };
-        // SAFETY: `fd` is open.
-        if unsafe { libc::fchown(fd, uid, gid) } != 0 {
-            return Err(io::Error::last_os_error());
+    fn owned(&self, file: &File) -> io::Result<()> {
+        match self.owner.get() {
+            Some((uid, gid)) => std::os::unix::fs::fchown(file, Some(uid), Some(gid)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Reopens the journal if another process replaced it (a compaction) or removed it; true
     /// when it was removed, and is made anew.
     fn reopen_if_replaced(&self) -> io::Result<bool> {
-        // SAFETY: `stat` is plain data; the descriptor is open.
-        let mut stat: libc::stat = unsafe { core::mem::zeroed() };
-        // SAFETY: as above.
-        if unsafe { libc::fstat(self.journal, &mut stat) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let links = self.journal.metadata()?.nlink();
         let generation = self.page().generation.load(Ordering::Acquire);
-        if stat.st_nlink == 0 || generation != self.seen.get() {
+        if links == 0 || generation != self.seen.get() {
             self.seen.set(generation);
             return self.reopen();
         }
@@ -347,21 +314,16 @@ impl StateFile {
     /// Points this process's journal descriptor at the file now at `path`; a journal made anew
     /// (the file was removed) gets the zone's header line first, and the answer is true.
     fn reopen(&self) -> io::Result<bool> {
-        let fd = open_journal(&self.path)?;
-        // SAFETY: `stat` is plain data, all zeroes a valid value.
-        let mut stat: libc::stat = unsafe { core::mem::zeroed() };
-        // SAFETY: `fd` is open.
-        let made_anew = unsafe { libc::fstat(fd, &mut stat) } == 0 && stat.st_size == 0;
+        let mut file = open_journal(&self.path)?;
+        let made_anew = file.metadata()?.len() == 0;
         if made_anew {
-            if let Err(e) = self.owned(fd).and_then(|()| write_all(fd, self.header.as_bytes())) {
-                close(fd);
-                return Err(e);
-            }
+            self.owned(&file).and_then(|()| file.write_all(self.header.as_bytes()))?;
             self.page().torn.store(0, Ordering::Release);
         }
-        // SAFETY: both descriptors are open; dup2 swaps the file behind ours atomically.
-        let duplicated = unsafe { libc::dup2(fd, self.journal) };
-        close(fd);
+        // The descriptor number stays: the file behind it is swapped atomically (dup2), which
+        // std has no call for.
+        // SAFETY: both descriptors are open.
+        let duplicated = unsafe { libc::dup2(file.as_raw_fd(), self.journal.as_raw_fd()) };
         if duplicated < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -371,7 +333,7 @@ impl StateFile {
     /// Takes the lock file's lock (`F_WRLCK`, exclusive) until the guard is dropped; waits
     /// for it.
     fn locked(&self, kind: libc::c_short) -> io::Result<Locked<'_>> {
-        set_lock(self.lock, kind, true)?;
+        set_lock(&self.lock, kind, true)?;
         Ok(Locked(self))
     }
 }
@@ -381,17 +343,14 @@ struct Locked<'a>(&'a StateFile);
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        let _ = set_lock(self.0.lock, libc::F_UNLCK as libc::c_short, false);
+        let _ = set_lock(&self.0.lock, libc::F_UNLCK as libc::c_short, false);
     }
 }
 
 impl Drop for StateFile {
     fn drop(&mut self) {
-        // SAFETY: the page was mapped by `open` with this length, and is unmapped once, here;
-        // the descriptors are ours and closed once, here.
+        // SAFETY: the page was mapped by `open` with this length, and is unmapped once, here.
         unsafe { libc::munmap(self.page.as_ptr().cast(), PAGE_LEN) };
-        close(self.journal);
-        close(self.lock);
     }
 }
 
@@ -402,29 +361,17 @@ pub fn lock_path(path: &Path) -> PathBuf {
     PathBuf::from(lock)
 }
 
-fn open_journal(path: &Path) -> io::Result<libc::c_int> {
-    open_file(path, libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT)
+fn open_journal(path: &Path) -> io::Result<File> {
+    open_file(path, OpenOptions::new().append(true).create(true))
 }
 
-/// Opens `path` with `flags`, close-on-exec, and makes it `0600` (a file an older build made
-/// `0644` included).
-fn open_file(path: &Path, flags: libc::c_int) -> io::Result<libc::c_int> {
-    let c_path = CString::new(path.as_os_str().as_bytes())?;
-    let flags = flags | libc::O_CLOEXEC | libc::O_NOFOLLOW;
-    // SAFETY: `c_path` is a valid C string.
-    let fd = unsafe { libc::open(c_path.as_ptr(), flags, MODE) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is open.
-    if let Err(e) = plain_file(fd, false).and_then(|()| match unsafe { libc::fchmod(fd, MODE) } {
-        0 => Ok(()),
-        _ => Err(io::Error::last_os_error()),
-    }) {
-        close(fd);
-        return Err(e);
-    }
-    Ok(fd)
+/// Opens `path` as `options` say, close-on-exec (std's default), without following a link, and
+/// makes it `0600` (a file an older build made `0644` included).
+fn open_file(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
+    let file = options.custom_flags(libc::O_NOFOLLOW).mode(MODE).open(path)?;
+    plain_file(&file, false)?;
+    file.set_permissions(fs::Permissions::from_mode(MODE))?;
+    Ok(file)
 }
 
 /// Refuses what is not a regular file (and, with `one_link`, one of a single link): the master
@@ -432,14 +379,9 @@ fn open_file(path: &Path, flags: libc::c_int) -> io::Result<libc::c_int> {
 /// (`/etc/shadow`) that the directory's owner, nginx's user, put at their path. Symbolic links
 /// are not followed at all (`O_NOFOLLOW`); a hard link to another's file is refused before
 /// its owner is changed (a backup tool's hard link to the journal itself does no harm).
-fn plain_file(fd: libc::c_int, one_link: bool) -> io::Result<()> {
-    // SAFETY: `stat` is plain data, all zeroes a valid value.
-    let mut stat: libc::stat = unsafe { core::mem::zeroed() };
-    // SAFETY: `fd` is open.
-    if unsafe { libc::fstat(fd, &mut stat) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if stat.st_mode & libc::S_IFMT != libc::S_IFREG || (one_link && stat.st_nlink > 1) {
+fn plain_file(file: &File, one_link: bool) -> io::Result<()> {
+    let meta = file.metadata()?;
+    if !meta.is_file() || (one_link && meta.nlink() > 1) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "not a regular file of one link; refused",
@@ -450,7 +392,8 @@ fn plain_file(fd: libc::c_int, one_link: bool) -> io::Result<()> {
 
 /// Maps the lock file's first page, shared, laying it out if it is new. The page's blocks
 /// are allocated first, so that a full disk never faults a write to it.
-fn map_page(fd: libc::c_int) -> io::Result<NonNull<Page>> {
+fn map_page(lock: &File) -> io::Result<NonNull<Page>> {
+    let fd = lock.as_raw_fd();
     // SAFETY: `fd` is open; the range is the page.
     let rc = unsafe { libc::posix_fallocate(fd, 0, PAGE_LEN as libc::off_t) };
     if rc != 0 {
@@ -478,7 +421,8 @@ fn map_page(fd: libc::c_int) -> io::Result<NonNull<Page>> {
     Ok(page)
 }
 
-fn set_lock(fd: libc::c_int, kind: libc::c_short, wait: bool) -> io::Result<()> {
+fn set_lock(lock: &File, kind: libc::c_short, wait: bool) -> io::Result<()> {
+    let fd = lock.as_raw_fd();
     // SAFETY: `flock` is plain data; all zeroes is "from the start, to the end".
     let mut request: libc::flock = unsafe { core::mem::zeroed() };
     request.l_type = kind;
@@ -496,34 +440,14 @@ fn set_lock(fd: libc::c_int, kind: libc::c_short, wait: bool) -> io::Result<()> 
     }
 }
 
-/// One `write`: how many bytes landed.
-fn write(fd: libc::c_int, bytes: &[u8]) -> io::Result<usize> {
+/// One `write` (std's `write_all` would hide how much of a record landed): how many bytes did.
+fn write_once(mut file: &File, bytes: &[u8]) -> io::Result<usize> {
     loop {
-        // SAFETY: `fd` is open; the buffer is valid for its length.
-        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+        match file.write(bytes) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            result => return result,
         }
     }
-}
-
-fn write_all(fd: libc::c_int, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        match write(fd, bytes)? {
-            0 => return Err(io::Error::new(io::ErrorKind::WriteZero, "nothing written")),
-            n => bytes = &bytes[n..],
-        }
-    }
-    Ok(())
-}
-
-fn close(fd: libc::c_int) {
-    // SAFETY: the caller owns `fd` and closes it once.
-    unsafe { libc::close(fd) };
 }
 
 #[cfg(test)]
