@@ -325,7 +325,7 @@ fn apply_here(zone: &ZoneConf, key: &[u8], reply: &Result<Reply, Failure>) {
         }
         Ok(Reply::Cleared(n)) => {
             // `clear` counts the permits known here; Redis knows them all.
-            let (here, _) = store.clear();
+            let here = store.clear();
             stats.revoked.fetch_add(n.saturating_sub(here), core::sync::atomic::Ordering::Relaxed);
         }
         Err(failure) => stats.redis_failed(failure.index()),
@@ -605,7 +605,7 @@ unsafe fn serve(
                         "the state file cannot take the clearing (see the error log); nothing revoked",
                     ));
                 }
-                let (revoked, _) = store.clear();
+                let revoked = store.clear();
                 Ok((200, json!({ "revoked": revoked })))
             })
         }

@@ -984,13 +984,6 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
         })
     }
 
-    /// Revokes the permit of `key`; returns its number, `None` if it held none.
-    pub fn revoke(&mut self, key: &[u8]) -> Option<u64> {
-        let seq = self.take(key)?;
-        Stats::count(&self.table().stats.revoked);
-        Some(seq)
-    }
-
     /// Undoes the admission of `key`'s permit `seq`, which never reached the buyer (the
     /// state file could not record it): not counted as granted, nor as revoked.
     pub fn undo(&mut self, key: &[u8], seq: u64) {
@@ -1107,10 +1100,8 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
         self.take(key);
     }
 
-    /// Revokes every permit; returns how many there were, and the next number (every permit
-    /// below it is gone).
-    pub fn clear(&mut self) -> (u64, u64) {
-        let numbers = self.numbers;
+    /// Revokes every permit; returns how many there were.
+    pub fn clear(&mut self) -> u64 {
         self.with_table(|table, arena| {
             let mut revoked = 0;
             while let Some(permit) = NonNull::new(table.next_in_order(ptr::null())) {
@@ -1119,8 +1110,7 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
                 revoked += 1;
             }
             table.stats.revoked.fetch_add(revoked, Ordering::Relaxed);
-            let next = numbers.map_or(0, |n| n.load(Ordering::Acquire));
-            (revoked, table.next_seq().max(next))
+            revoked
         })
     }
 }
@@ -1335,7 +1325,7 @@ mod tests {
         }
         let p = s.get(&7u32.to_be_bytes()).unwrap();
         assert_eq!((p.seq, p.granted_ms, p.expires_ms), (8, 42, None));
-        assert_eq!(s.revoke(&7u32.to_be_bytes()), Some(8));
+        assert!(s.revoke_numbered(&7u32.to_be_bytes(), 8));
         assert_eq!(s.admit(&7u32.to_be_bytes(), &capped(None)), Admission::Admitted(seq(101)));
     }
 
@@ -1358,7 +1348,7 @@ mod tests {
         assert!(!later.newly_full(), "the full zone is reported once");
         assert_eq!(later.admit(b"buyer-0", &capped(None)), Admission::Permitted(seq(1)));
         assert_eq!(later.permits(), admitted);
-        assert_eq!(later.revoke(b"buyer-0"), Some(1));
+        assert!(later.revoke_numbered(b"buyer-0", 1));
         assert_eq!(later.admit(b"buyer-x", &capped(None)), Admission::Admitted(seq(admitted + 1)));
     }
 
@@ -1467,7 +1457,7 @@ mod tests {
         let cursor = Cursor::of(&first[0]);
         // Revoked, then granted anew (a later number, so a later place): the page goes on at
         // k2, and k1 comes last.
-        s.revoke(b"k1");
+        assert!(s.revoke_numbered(b"k1", 1));
         assert_eq!(keys(&s.list(Some(&cursor), 10)), [&b"k2"[..], b"k3", b"k4"]);
         s.admit(b"k1", &capped(None));
         assert_eq!(keys(&s.list(Some(&cursor), 10)), [&b"k2"[..], b"k3", b"k4", b"k1"]);
@@ -1493,11 +1483,11 @@ mod tests {
             s.admit(k, &capped(Some(3)));
         }
         assert_eq!(s.admit(b"d", &capped(Some(3))), Admission::SoldOut);
-        assert_eq!(s.revoke(b"b"), Some(2));
-        assert_eq!(s.revoke(b"b"), None);
+        assert!(s.revoke_numbered(b"b", 2));
+        assert!(!s.revoke_numbered(b"b", 2));
         assert_eq!(s.get(b"b"), None);
         assert_eq!(s.admit(b"d", &capped(Some(3))), Admission::Admitted(seq(4)));
-        assert_eq!(s.clear(), (3, 5));
+        assert_eq!((s.clear(), s.next_number()), (3, 5));
         assert_eq!(s.permits(), 0);
         assert_eq!(heap.used(), empty);
         assert_eq!(s.table().stats.revoked.load(Ordering::Relaxed), 4);
@@ -1512,7 +1502,7 @@ mod tests {
         let mut s = store(&heap, t, 0).with_ttl(Some(1_000));
         s.admit(b"a", &capped(None));
         s.admit(b"b", &capped(None));
-        s.revoke(b"a");
+        assert!(s.revoke_numbered(b"a", 1));
         let (next_seq, permits) = s.snapshot();
         let counters = s.table().stats.named_values();
         let fresh = table(&heap, 16);
