@@ -112,14 +112,6 @@ impl ZoneConf {
         }
     }
 
-    /// Rewrites the zone's state file as a snapshot of what it holds (every process's records,
-    /// this zone's counters), so that its size follows the permits, not their history. A file
-    /// that is gone (removed while nginx ran) is written from the zone's permits.
-    pub fn compact(&self, log: *mut nginx_sys::ngx_log_t) {
-        let gone = self.state.as_ref().is_some_and(|file| !file.path.exists());
-        self.rewrite_state(gone, log);
-    }
-
     /// Writes the zone's permits into its state file, which was removed while nginx ran and
     /// is made anew: they would be lost at the next start.
     fn rebuild(&self, log: *mut nginx_sys::ngx_log_t) {
@@ -132,21 +124,21 @@ impl ZoneConf {
                 file.path.display()
             );
         }
-        self.rewrite_state(true, log);
+        self.compact(log);
     }
 
-    /// Rewrites the state file, with the zone's own permits too when `with_zone`; a failure is
-    /// logged once until a rewrite works again.
-    fn rewrite_state(&self, with_zone: bool, log: *mut nginx_sys::ngx_log_t) {
+    /// Rewrites the zone's state file as a snapshot of what it holds (every process's records,
+    /// this zone's counters), so that its size follows the permits, not their history. The
+    /// zone's own permits join it unless the file says they are gone: a file removed, made
+    /// anew (by `nginx -t` or `nginx -s`, say) or replaced while nginx ran loses none. A
+    /// failure is logged once until a rewrite works again.
+    pub fn compact(&self, log: *mut nginx_sys::ngx_log_t) {
         let (Some(file), Some(table)) = (&self.state, self.table_ref()) else {
             return;
         };
         let name = self.name().to_string();
         let now = crate::http::now_ms();
-        let held = match self.store(now) {
-            Some(mut store) if with_zone => store.snapshot().1,
-            _ => Vec::new(),
-        };
+        let held = self.store(now).map(|mut store| store.snapshot().1).unwrap_or_default();
         let rewritten = file
             .rewrite(&name, self.key.value.as_bytes(), now, &held, |_| table.stats.named_values());
         let failed_before = table.journal.compaction_failed();

@@ -28,7 +28,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 use std::cell::Cell;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -195,7 +195,7 @@ impl StateFile {
         // journal is read.
         let temp = self.temp()?;
         let mut rewritten = Rewritten::default();
-        let mut replay = match fs::read(&self.path) {
+        let mut replay = match read_journal(&self.path) {
             Ok(text) => state::replay(&text, zone, key_spec, now_ms),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 state::replay(b"", zone, key_spec, now_ms)
@@ -363,6 +363,13 @@ pub fn lock_path(path: &Path) -> PathBuf {
 
 fn open_journal(path: &Path) -> io::Result<File> {
     open_file(path, OpenOptions::new().append(true).create(true))
+}
+
+/// The journal's text; a link at its path is not followed (the master runs as root).
+fn read_journal(path: &Path) -> io::Result<Vec<u8>> {
+    let mut text = Vec::new();
+    File::options().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?.read_to_end(&mut text)?;
+    Ok(text)
 }
 
 /// Opens `path` as `options` say, close-on-exec (std's default), without following a link, and
@@ -581,8 +588,35 @@ mod tests {
         file.append(&grant("a", 5)).unwrap();
         file.append(&state::revoke(5)).unwrap();
         let held = PermitInfo { key: b"a".to_vec(), seq: 5, granted_ms: 1, expires_ms: None };
-        let done = file.rewrite("z", b"$k", 0, &[held], |_| Vec::new()).unwrap();
+        let done = file.rewrite("z", b"$k", 0, &[held.clone()], |_| Vec::new()).unwrap();
         assert!(done.replay.permits.is_empty());
+        // The snapshot keeps no trace of the revocation but its next number: enough, for
+        // another generation's zone that still holds the permit.
+        let again = file.rewrite("z", b"$k", 0, &[held], |_| Vec::new()).unwrap();
+        assert!(again.replay.permits.is_empty());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_journal_made_anew_or_replaced_gets_the_zones_permits() {
+        // `nginx -s quit` after the file was removed: the signaller's configuration makes it
+        // anew, empty, before the master's last compaction.
+        let dir = temp_dir("anew");
+        let path = dir.join("z.state");
+        let file = StateFile::open(path.clone(), state::header("z", b"$k")).unwrap();
+        file.rewrite("z", b"$k", 0, &[], |_| Vec::new()).unwrap();
+        file.append(&grant("a", 1)).unwrap();
+        let held = [PermitInfo { key: b"a".to_vec(), seq: 1, granted_ms: 1, expires_ms: None }];
+        fs::remove_file(&path).unwrap();
+        drop(StateFile::open(path.clone(), state::header("z", b"$k")).unwrap());
+        let done = file.rewrite("z", b"$k", 0, &held, |_| Vec::new()).unwrap();
+        assert_eq!(done.replay.permits, held);
+        // Replaced by something else, a link included: moved aside, its target left unread.
+        fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", &path).unwrap();
+        let done = file.rewrite("z", b"$k", 0, &held, |_| Vec::new()).unwrap();
+        assert!(done.moved_aside.is_some());
+        assert_eq!(done.replay.permits, held);
         let _ = fs::remove_dir_all(&dir);
     }
 

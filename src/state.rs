@@ -74,12 +74,16 @@ pub struct Replay {
     /// permit a zone holds with one of them is gone, whatever the zone still says.
     pub revoked: HashSet<u64>,
     pub cleared_below: u64,
+    /// The next number its last snapshot gave (0 without one): the snapshot listed every
+    /// permit in force below it, so one below it that the file lacks was revoked, cleared or
+    /// expired since (by another generation of nginx, perhaps), not lost.
+    pub snapshot_next: u64,
 }
 
 impl Replay {
     /// Whether the file says the permit numbered `seq` is gone.
     pub fn gone(&self, seq: u64) -> bool {
-        seq < self.cleared_below || self.revoked.contains(&seq)
+        seq < self.cleared_below || seq < self.snapshot_next || self.revoked.contains(&seq)
     }
 }
 
@@ -124,7 +128,10 @@ pub fn replay(text: &[u8], zone: &str, key_spec: &[u8], now_ms: i64) -> Replay {
                 cleared_below = cleared_below.max(below);
                 replay.next_seq = replay.next_seq.max(below);
             }
-            Some(Record::Next(next)) => replay.next_seq = replay.next_seq.max(next),
+            Some(Record::Next(next)) => {
+                replay.next_seq = replay.next_seq.max(next);
+                replay.snapshot_next = next;
+            }
             Some(Record::Counter(name, value)) => replay.counters.push((name, value)),
             None => replay.skipped.push(format!("line {number}: not a record")),
         }

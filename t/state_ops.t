@@ -268,6 +268,28 @@ sub ask {
     $back = ask('/keep', keys %told);
     @same = grep { $back->{$_} eq 'PERMITTED ' . (split ' ', $told{$_})[1] } keys %told;
     is(scalar @same, 15, 'removed just before the stop: the master writes it from the zone');
+    # `nginx -t` or `nginx -s quit` reads the configuration, which makes the file anew, empty,
+    # before the master's last snapshot: that snapshot still holds the zone's permits.
+    unlink $state or die "unlink: $!";
+    my $root = $FlashSale::Crowd::Root;
+    system($ENV{TEST_NGINX_BINARY} || 'nginx', '-q', '-t', '-p', "$root/", '-c', 'conf/nginx.conf') == 0
+        or die 'nginx -t failed';
+    ok(-e $state && !-s $state, 'nginx -t made the removed file anew, empty');
+    stop_nginx();
+    start();
+    $back = ask('/keep', keys %told);
+    @same = grep { $back->{$_} eq 'PERMITTED ' . (split ' ', $told{$_})[1] } keys %told;
+    is(scalar @same, 15, 'made anew empty by nginx -t before the stop: every permit is back');
+    # Replaced by something that is not a state file: moved aside, and the zone's permits kept.
+    open my $junk, '>', $state or die $!;
+    print $junk "garbage\n";
+    close $junk;
+    stop_nginx();
+    ok(scalar(glob("$state.unusable-*")), 'replaced: the stranger file is moved aside');
+    start();
+    $back = ask('/keep', keys %told);
+    @same = grep { $back->{$_} eq 'PERMITTED ' . (split ' ', $told{$_})[1] } keys %told;
+    is(scalar @same, 15, 'replaced before the stop: every permit is back');
     stop_nginx();
 }
 
