@@ -998,6 +998,20 @@ unsafe fn open_state(
     let path = arg.as_bytes().strip_prefix(b"state=").unwrap_or_default();
     let path = std::path::Path::new(std::ffi::OsStr::from_bytes(prefix.as_bytes()))
         .join(std::path::Path::new(std::ffi::OsStr::from_bytes(path)));
+    // Before opening: opening would lay out a lock page in what may be another zone's file.
+    // SAFETY: zone configurations of this cycle live in its pool.
+    let zones = main.zones.iter().map(|z| unsafe { z.as_ref() });
+    let shared = |z: &&ZoneConf| z.state.as_ref().is_some_and(|other| other.is_at(&path));
+    if let Some(other) = zones.into_iter().find(shared) {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "\"{}\" is the state file of flash_sale_zone \"{}\" already, or its lock file",
+            arg,
+            other.name()
+        );
+        return None;
+    }
     let file = match StateFile::open(path, state::header(&name.to_string(), key.as_bytes())) {
         Ok(file) => file,
         Err(e) => {
@@ -1005,19 +1019,6 @@ unsafe fn open_state(
             return None;
         }
     };
-    // SAFETY: zone configurations of this cycle live in its pool.
-    let zones = main.zones.iter().map(|z| unsafe { z.as_ref() });
-    let shared = |z: &&ZoneConf| z.state.as_ref().is_some_and(|other| other.same_file(&file));
-    if let Some(other) = zones.into_iter().find(shared) {
-        ngx_conf_log_error!(
-            NGX_LOG_EMERG,
-            cf,
-            "\"{}\" is the state file of flash_sale_zone \"{}\" already",
-            arg,
-            other.name()
-        );
-        return None;
-    }
     Some(file)
 }
 

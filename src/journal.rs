@@ -127,11 +127,16 @@ impl StateFile {
         Ok(())
     }
 
-    /// Whether `other` writes the same file as this (the same device and inode, whatever the
-    /// paths say: `a/../x`, a link in the directory).
-    pub fn same_file(&self, other: &StateFile) -> bool {
-        let id = |file: &File| file.metadata().ok().map(|m| (m.dev(), m.ino()));
-        id(&self.journal).is_some_and(|mine| id(&other.journal) == Some(mine))
+    /// Whether `path` is this one's journal or lock file, or would share it if opened (the
+    /// same device and inode, whatever the paths say: `a/../x`, a link in the directory,
+    /// `x.lock` beside `x`): `path` and `lock_path(path)` are both checked, so that the
+    /// caller can refuse before opening, and so before writing, anything.
+    pub fn is_at(&self, path: &Path) -> bool {
+        let id = |meta: io::Result<fs::Metadata>| meta.ok().map(|m| (m.dev(), m.ino()));
+        let mine = [id(self.journal.metadata()), id(self.lock.metadata())];
+        [path.to_path_buf(), lock_path(path)]
+            .iter()
+            .any(|p| id(fs::metadata(p)).is_some_and(|theirs| mine.contains(&Some(theirs))))
     }
 
     /// The counter every process of every generation takes permit numbers from.
@@ -588,7 +593,8 @@ mod tests {
         file.append(&grant("a", 5)).unwrap();
         file.append(&state::revoke(5)).unwrap();
         let held = PermitInfo { key: b"a".to_vec(), seq: 5, granted_ms: 1, expires_ms: None };
-        let done = file.rewrite("z", b"$k", 0, &[held.clone()], |_| Vec::new()).unwrap();
+        let done =
+            file.rewrite("z", b"$k", 0, std::slice::from_ref(&held), |_| Vec::new()).unwrap();
         assert!(done.replay.permits.is_empty());
         // The snapshot keeps no trace of the revocation but its next number: enough, for
         // another generation's zone that still holds the permit.

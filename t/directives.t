@@ -633,5 +633,29 @@ open
     location /sale { flash_sale zone=a; return 200; }
 --- must_die
 --- error_log eval
-qr/"state=logs\/shared\.state" is the state file of flash_sale_zone "a" already in \S+nginx\.conf:\d+/
+qr/"state=logs\/shared\.state" is the state file of flash_sale_zone "a" already, or its lock file in \S+nginx\.conf:\d+/
+
+
+
+=== TEST 49: nor can one zone's state file be another's lock file
+--- http_config
+    flash_sale_zone $arg_user zone=a:1m state=logs/shared.state;
+    flash_sale_zone $cookie_uid zone=b:1m state=logs/shared.state.lock;
+--- config
+    location /sale { flash_sale zone=a; return 200; }
+--- must_die
+--- error_log eval
+qr/"state=logs\/shared\.state\.lock" is the state file of flash_sale_zone "a" already, or its lock file in \S+nginx\.conf:\d+/
+
+
+
+=== TEST 50: nor can one zone's lock file be another's state file
+--- http_config
+    flash_sale_zone $arg_user zone=a:1m state=logs/shared.state.lock;
+    flash_sale_zone $cookie_uid zone=b:1m state=logs/shared.state;
+--- config
+    location /sale { flash_sale zone=a; return 200; }
+--- must_die
+--- error_log eval
+qr/"state=logs\/shared\.state" is the state file of flash_sale_zone "a" already, or its lock file in \S+nginx\.conf:\d+/
 
