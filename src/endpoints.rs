@@ -256,8 +256,11 @@ unsafe fn ask_redis(r: *mut ngx_http_request_t, zone: &ZoneConf, command: Comman
             return SERVER_ERROR;
         }
         let name = zone.name().to_string();
-        if !offload::post(r, redis.threads, &redis.settings, name, command, redis_answered) {
-            return SERVER_ERROR;
+        if let Err((_, failure)) =
+            offload::post(r, redis.threads, &redis.settings, name, command, redis_answered)
+        {
+            // Not queued: answered at once, as Redis failing to answer.
+            return redis_answer(r, Err(failure));
         }
         // The answer finalizes the request once more.
         let main = &mut *(*r).main;
@@ -266,8 +269,7 @@ unsafe fn ask_redis(r: *mut ngx_http_request_t, zone: &ZoneConf, command: Comman
     NGX_DONE as ngx_int_t
 }
 
-/// Answers an API request with Redis's reply; a revocation is applied to this host's cache
-/// too, so that it is seen here at once.
+/// Finishes an API request `ask_redis` left waiting, with Redis's reply.
 ///
 /// # Safety
 /// `r` is the live request `ask_redis` left waiting.
@@ -279,6 +281,20 @@ unsafe fn redis_answered(
 ) {
     // SAFETY: see the function's contract.
     let rc = crate::ffi::guard(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t, || unsafe {
+        redis_answer(r, reply)
+    });
+    // SAFETY: as above; this is the finalization `ask_redis` counted.
+    unsafe { ngx_http_finalize_request(r, rc) };
+}
+
+/// Answers an API request with Redis's reply (a failure: 502 with its JSON reason); a
+/// revocation is applied to this host's cache too, so that it is seen here at once.
+///
+/// # Safety
+/// `r` is a live API request in its content phase.
+unsafe fn redis_answer(r: *mut ngx_http_request_t, reply: Result<Reply, Failure>) -> ngx_int_t {
+    // SAFETY: see the function's contract.
+    unsafe {
         let (zone, key) = match request_route(r) {
             Ok(Route::Permit(name, key)) => (zone_named(r, &name), key),
             Ok(Route::Permits(name) | Route::Zone(name)) => (zone_named(r, &name), Vec::new()),
@@ -306,9 +322,7 @@ unsafe fn redis_answered(
             None => Err(ApiError::new(500, "the zone is not available")),
         };
         respond(r, answer)
-    });
-    // SAFETY: as above; this is the finalization `ask_redis` counted.
-    unsafe { ngx_http_finalize_request(r, rc) };
+    }
 }
 
 /// Counts a round trip, and applies a revocation to this host's cache of permits.

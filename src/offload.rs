@@ -63,8 +63,9 @@ struct Job {
 /// of the pool busy) is late.
 const TIMER_GRACE_MS: u64 = 20;
 
-/// Runs `command` for the request `r` on `threads`; `done` gets the reply. False when the task
-/// could not be queued (nginx has logged why); the request is then not suspended.
+/// Runs `command` for the request `r` on `threads`; `done` gets the reply. When the task
+/// cannot be queued (nginx's thread pool queue is full; nginx has logged it) the request is
+/// not suspended, and the command comes back with the failure to decide on at once.
 ///
 /// # Safety
 /// `r` is a live request, which its caller leaves waiting (`NGX_AGAIN`/`NGX_DONE`) on true.
@@ -75,20 +76,24 @@ pub unsafe fn post(
     zone: String,
     command: Command,
     done: Done,
-) -> bool {
+) -> Result<(), (Command, Failure)> {
     let Some(request) = NonNull::new(r) else {
-        return false;
+        return Err((command, Failure::Local("no request to wait".to_string())));
     };
-    if !queue(threads, settings, zone, command, Then::Request(request, done)) {
-        return false;
-    }
+    queue(threads, settings, zone, command, Then::Request(request, done))
+        .map_err(|command| (command, queue_full()))?;
     // SAFETY: `r` is live; it stays so while blocked, until its reply has been handed over.
     unsafe {
         let main = &mut *(*r).main;
         main.set_blocked(main.blocked() + 1);
         (*r).set_aio(1);
     }
-    true
+    Ok(())
+}
+
+/// Why a task was not queued: to the buyer, Redis could not be asked.
+fn queue_full() -> Failure {
+    Failure::Local("nginx's thread pool queue is full".to_string())
 }
 
 /// Runs `command` on `threads` with no request waiting for it (a release by the backend, whose
@@ -101,7 +106,7 @@ pub fn post_detached(
     command: Command,
     done: impl FnOnce(&Command, Result<Reply, Failure>) + 'static,
 ) -> bool {
-    queue(threads, settings, zone, command, Then::Detached(Box::new(done)))
+    queue(threads, settings, zone, command, Then::Detached(Box::new(done))).is_ok()
 }
 
 fn queue(
@@ -110,7 +115,7 @@ fn queue(
     zone: String,
     command: Command,
     then: Then,
-) -> bool {
+) -> Result<(), Command> {
     let job = Box::into_raw(Box::new(Job {
         // SAFETY: nginx's task is plain data whose empty state is all zeroes, as
         // ngx_thread_task_alloc leaves it.
@@ -136,8 +141,7 @@ fn queue(
         task.event.data = job.cast();
         task.event.handler = Some(reply_in_worker);
         if ngx_thread_task_post(threads.as_ptr(), task) != NGX_OK as ngx_int_t {
-            drop(Box::from_raw(job));
-            return false;
+            return Err(Box::from_raw(job).command);
         }
         let timer = ptr::addr_of_mut!((*job).timer);
         (*timer).data = job.cast();
@@ -145,7 +149,7 @@ fn queue(
         (*timer).log = (*ngx_cycle).log;
         ngx_add_timer(timer, ((*job).settings.timeout_ms + TIMER_GRACE_MS) as ngx_msec_t);
     }
-    true
+    Ok(())
 }
 
 /// On a pool thread: the round trip itself. Touches the fields the thread owns (see [`Job`]),

@@ -614,5 +614,33 @@ for my $round (1 .. 5) {
     stop_nginx($_) for qw(a b);
 }
 
+# A thread pool too small for the crowd (one thread, a queue of one) while Redis is frozen:
+# the round trips nginx cannot queue are Redis failing to answer, as a buyer sees it (a new
+# buyer gets UNAVAILABLE, the API 502 with its JSON reason), and counted as kind="local".
+{
+    stop_nginx($_) for qw(a b);
+    start_nginx(host => 'a', port => $a_port, workers => 1, files => \%files,
+                main => 'thread_pool tiny threads=1 max_queue=1;',
+                http => host_config(prefix => 'tiny:', ratio => 0, cap => 100, port => $a_port,
+                                    extra => 'timeout=300ms threads=tiny'));
+    is(fetch_at($a_port, '/sale?user=tiny-first')->{sale}, 'ADMITTED', 'tiny pool: admitted first');
+    my $pid = redis_cli('-a', $password, 'INFO', 'server') =~ /process_id:(\d+)/ ? $1 : 0;
+    kill 'STOP', $pid;
+    my $gate = tally(crowd(paths => [map { "/sale?user=tiny-$_" } 1 .. 8], connections => 8,
+                           once => 1, ports => [$a_port]));
+    my @api = crowd(paths => [('/api/zones/sale/permits') x 4], connections => 4, once => 1,
+                    ports => [$a_port]);
+    kill 'CONT', $pid;
+    is($gate->{UNAVAILABLE} // 0, 8, 'tiny pool: every new buyer told UNAVAILABLE');
+    is(join(' ', map { $_->{status} } @api), '502 502 502 502',
+       'tiny pool: the API answers 502, whether its round trip ran or could not be queued');
+    like(error_log('a'), qr/redis at \S+ failed: nginx's thread pool queue is full/,
+         'tiny pool: the log says why');
+    like(fetch_at($a_port, '/metrics')->{body},
+         qr/^flash_sale_redis_errors_total\{zone="sale",kind="local"\} [1-9]\d*$/m,
+         'tiny pool: the metrics count kind="local"');
+    stop_nginx('a');
+}
+
 stop_redis();
 done_testing();

@@ -57,10 +57,9 @@ pub unsafe fn gate(
         // The sale's secret first: a buyer draws the same on every host. Without Redis (or
         // randomness), this host's own.
         None if wants_shared && link.may_ask(now) => {
-            let command = random_secret().map(|proposal| Command::DrawSecret { proposal });
-            // SAFETY: `r` is live, in its precontent phase.
-            if let Some(waiting) = command.and_then(|command| unsafe { ask(r, zone, command) }) {
-                return waiting;
+            if let Some(proposal) = random_secret() {
+                // SAFETY: `r` is live, in its precontent phase.
+                return unsafe { ask(r, zone, Command::DrawSecret { proposal }) };
             }
             store.table().draw_secret()
         }
@@ -90,9 +89,8 @@ pub unsafe fn gate(
         expires_ms: lcf.permit_ttl_ms.map(|ttl| crate::sale::expiry(now, ttl)),
         recheck,
     };
-    // SAFETY: `r` is live, in its precontent phase; a task that cannot be queued is Redis
-    // not answering.
-    unsafe { ask(r, zone, command).unwrap_or_else(|| without_redis(&g)) }
+    // SAFETY: `r` is live, in its precontent phase.
+    unsafe { ask(r, zone, command) }
 }
 
 /// A proposal for the sale's per-key draw secret, from the system's randomness.
@@ -106,22 +104,31 @@ fn passed(outcome: Outcome, held: Held) -> Verdict {
 }
 
 /// Sends `command` to the zone's Redis and leaves the request waiting for [`answered`]:
-/// `NGX_AGAIN`, for the phase handler to return. `None` when the task could not be queued
-/// (nginx's thread pool queue is full; nginx has logged it).
+/// `NGX_AGAIN`, for the phase handler to return. A task that cannot be queued (nginx's thread
+/// pool queue is full) is decided at once, as Redis failing to answer: counted, logged, and
+/// the request goes on without Redis.
 ///
 /// # Safety
 /// `r` is a live main request in its precontent phase, gated by `zone`.
-unsafe fn ask(r: *mut ngx_http_request_t, zone: &ZoneConf, command: Command) -> Option<ngx_int_t> {
-    let redis = zone.redis()?;
+unsafe fn ask(r: *mut ngx_http_request_t, zone: &ZoneConf, command: Command) -> ngx_int_t {
+    let Some(redis) = zone.redis() else {
+        return SERVER_ERROR;
+    };
     let zone_name = zone.name().to_string();
     // SAFETY: `r` is live; it waits for the reply when the task is queued.
-    if !unsafe { offload::post(r, redis.threads, &redis.settings, zone_name, command, answered) } {
-        return None;
+    match unsafe { offload::post(r, redis.threads, &redis.settings, zone_name, command, answered) }
+    {
+        Ok(()) => {
+            // Nothing but the reply may run the phases on while it waits.
+            // SAFETY: `r` is live.
+            unsafe { (*r).write_event_handler = Some(ngx_http_request_empty_handler) };
+            NGX_AGAIN as ngx_int_t
+        }
+        // SAFETY: `r` is live, in its precontent phase, and was not suspended.
+        Err((command, failure)) => unsafe {
+            decide_with_reply(r, &command, Err(failure), now_ms())
+        },
     }
-    // Nothing but the reply may run the phases on while it waits.
-    // SAFETY: `r` is live.
-    unsafe { (*r).write_event_handler = Some(ngx_http_request_empty_handler) };
-    Some(NGX_AGAIN as ngx_int_t)
 }
 
 /// Redis's reply to a gate's round trip: decides, then runs the request's phases on.
@@ -157,8 +164,11 @@ unsafe fn answered(
     }
 }
 
+/// Decides a gated request on Redis's reply to `command`, or its failure to answer.
+///
 /// # Safety
-/// `r` is the live request [`ask`] suspended, back in its worker.
+/// `r` is a live request in its precontent phase: the one [`ask`] suspended, back in its
+/// worker, or one it could not suspend.
 unsafe fn decide_with_reply(
     r: *mut ngx_http_request_t,
     command: &Command,
@@ -246,9 +256,7 @@ unsafe fn decide_with_reply(
                 // Copy every permit first: a winner admitted through another host must not be
                 // taken for a new buyer here.
                 // SAFETY: `r` is live, in its precontent phase.
-                if let Some(waiting) = unsafe { ask(r, zone, Command::Permits { now_ms: now }) } {
-                    return waiting;
-                }
+                return unsafe { ask(r, zone, Command::Permits { now_ms: now }) };
             }
             Outcome::SoldOut.into()
         }
