@@ -100,8 +100,10 @@ impl StateFile {
     /// both `0600`, for the zone whose header line is `header`.
     pub fn open(path: PathBuf, header: String) -> io::Result<StateFile> {
         let journal = open_journal(&path)?;
-        let lock =
-            open_file(&lock_path(&path), OpenOptions::new().read(true).write(true).create(true))?;
+        let lock_path = lock_path(&path);
+        let lock = open_file(&lock_path, OpenOptions::new().read(true).write(true).create(true))
+            // The caller names the state file; this one it does not.
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", lock_path.display())))?;
         let page = map_page(&lock)?;
         // SAFETY: the page is mapped; only atomics are in it.
         let seen = unsafe { page.as_ref() }.generation.load(Ordering::Acquire);

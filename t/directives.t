@@ -659,3 +659,29 @@ qr/"state=logs\/shared\.state\.lock" is the state file of flash_sale_zone "a" al
 --- error_log eval
 qr/"state=logs\/shared\.state" is the state file of flash_sale_zone "a" already, or its lock file in \S+nginx\.conf:\d+/
 
+
+
+
+=== TEST 51: a link at the state file's path is not followed
+--- post_setup_server_root
+symlink '/etc/hostname', "$Test::Nginx::Util::ServRoot/logs/link.state" or die $!;
+--- http_config
+    flash_sale_zone $arg_user zone=a:1m state=logs/link.state;
+--- config
+    location /sale { flash_sale zone=a; return 200; }
+--- must_die
+--- error_log eval
+qr/cannot open "state=logs\/link\.state": Too many levels of symbolic links .*in \S+nginx\.conf:\d+/
+
+
+
+=== TEST 52: nor one at its lock file's, which the error names
+--- post_setup_server_root
+symlink '/etc/hostname', "$Test::Nginx::Util::ServRoot/logs/sale.state.lock" or die $!;
+--- http_config
+    flash_sale_zone $arg_user zone=a:1m state=logs/sale.state;
+--- config
+    location /sale { flash_sale zone=a; return 200; }
+--- must_die
+--- error_log eval
+qr/cannot open "state=logs\/sale\.state": \S+\/logs\/sale\.state\.lock: Too many levels of symbolic links .*in \S+nginx\.conf:\d+/
