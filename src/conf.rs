@@ -21,7 +21,7 @@ use ngx::{ngx_conf_log_error, ngx_log_error};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 use crate::health::Change;
-use crate::journal::StateFile;
+use crate::journal::{Anew, Rewritten, StateFile};
 use crate::parse;
 use crate::remote::Settings;
 use crate::sale::{BlockRatio, DrawMode, Sale, Window};
@@ -71,9 +71,9 @@ impl ZoneConf {
         }
         let record = record();
         match file.append(&record) {
-            Ok(made_anew) => {
-                if made_anew {
-                    self.rebuild(log);
+            Ok(anew) => {
+                if let Some(anew) = anew {
+                    self.rebuild(&anew, log);
                 }
                 if let Change::CameBack { down_ms } = journal.health.worked(now, now) {
                     ngx_log_error!(
@@ -112,16 +112,17 @@ impl ZoneConf {
         }
     }
 
-    /// Writes the zone's permits into its state file, which was removed while nginx ran and
-    /// is made anew: they would be lost at the next start.
-    fn rebuild(&self, log: *mut nginx_sys::ngx_log_t) {
-        if let Some(file) = &self.state {
+    /// Writes the zone's permits into its state file, which an append made anew: they would be
+    /// lost at the next start.
+    fn rebuild(&self, anew: &Anew, log: *mut nginx_sys::ngx_log_t) {
+        if let (Some(file), Anew::Replaced(aside)) = (&self.state, anew) {
             ngx_log_error!(
                 NGX_LOG_WARN,
                 log,
-                "flash_sale_zone \"{}\": state file \"{}\" was removed while nginx ran; written anew from the zone",
+                "flash_sale_zone \"{}\": state file \"{}\" was replaced while nginx ran; kept the other file as \"{}\"",
                 self.name(),
-                file.path.display()
+                file.path.display(),
+                aside.display()
             );
         }
         self.compact(log);
@@ -141,6 +142,19 @@ impl ZoneConf {
         let held = self.store(now).map(|mut store| store.snapshot().1).unwrap_or_default();
         let rewritten = file
             .rewrite(&name, self.key.value.as_bytes(), now, &held, |_| table.stats.named_values());
+        if let Ok(rewritten) = &rewritten {
+            report_rewrite(&name, file, rewritten, log);
+            // Every file nginx wrote holds a snapshot: one without was made anew by another.
+            if rewritten.replay.snapshot_next == 0 && rewritten.moved_aside.is_none() {
+                ngx_log_error!(
+                    NGX_LOG_WARN,
+                    log,
+                    "flash_sale_zone \"{}\": state file \"{}\" was removed, emptied or replaced while nginx ran; written anew from the zone",
+                    name,
+                    file.path.display()
+                );
+            }
+        }
         let failed_before = table.journal.compaction_failed();
         table.journal.compacted(rewritten.as_ref().ok().map(|r| r.bytes));
         match rewritten {
@@ -1073,6 +1087,39 @@ fn give_to_workers(conf: &ZoneConf, file: &StateFile, log: *mut nginx_sys::ngx_l
     }
 }
 
+/// Logs what a rewrite of `zone`'s state file skipped, and where it moved a file it could
+/// not use.
+fn report_rewrite(
+    zone: &str,
+    file: &StateFile,
+    rewritten: &Rewritten,
+    log: *mut nginx_sys::ngx_log_t,
+) {
+    log_skipped(zone, file, &rewritten.replay.skipped, log);
+    if let Some(aside) = &rewritten.moved_aside {
+        ngx_log_error!(
+            NGX_LOG_WARN,
+            log,
+            "flash_sale_zone \"{}\": kept the unusable state file as \"{}\"",
+            zone,
+            aside.display()
+        );
+    }
+}
+
+fn log_skipped(zone: &str, file: &StateFile, skipped: &[String], log: *mut nginx_sys::ngx_log_t) {
+    for reason in skipped {
+        ngx_log_error!(
+            NGX_LOG_WARN,
+            log,
+            "flash_sale_zone \"{}\": state file \"{}\": skipped {}",
+            zone,
+            file.path.display(),
+            reason
+        );
+    }
+}
+
 /// Fills a new zone's table from its state file and leaves the file a snapshot of it (under
 /// `nginx -t`, only reads it). Problems are logged and never stop nginx: what could be read
 /// is kept.
@@ -1086,22 +1133,10 @@ fn load_state(
 ) {
     let now_ms = crate::http::now_ms();
     let path = file.path.display();
-    let skipped = |skipped: &[String]| {
-        for reason in skipped {
-            ngx_log_error!(
-                NGX_LOG_WARN,
-                log,
-                "flash_sale_zone \"{}\": skipped {} of state file \"{}\"",
-                zone,
-                reason,
-                path
-            );
-        }
-    };
     // SAFETY: set once at startup.
     if unsafe { nginx_sys::ngx_test_config } != 0 {
         let text = std::fs::read(&file.path).unwrap_or_default();
-        skipped(&state::replay(&text, zone, key_spec, now_ms).skipped);
+        log_skipped(zone, file, &state::replay(&text, zone, key_spec, now_ms).skipped, log);
         return;
     }
     let mut lost = 0;
@@ -1127,16 +1162,7 @@ fn load_state(
             return;
         }
     };
-    skipped(&rewritten.replay.skipped);
-    if let Some(aside) = &rewritten.moved_aside {
-        ngx_log_error!(
-            NGX_LOG_WARN,
-            log,
-            "flash_sale_zone \"{}\": kept the unusable state file as \"{}\"",
-            zone,
-            aside.display()
-        );
-    }
+    report_rewrite(zone, file, &rewritten, log);
     // SAFETY: the table's counters are atomics.
     unsafe { table.as_ref() }.journal.compacted(Some(rewritten.bytes));
     ngx_log_error!(

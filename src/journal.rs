@@ -84,6 +84,15 @@ pub struct AppendError {
     pub written: usize,
 }
 
+/// Why an append made the journal at the path anew.
+#[derive(Debug, PartialEq)]
+pub enum Anew {
+    /// It was gone (removed while nginx ran), or left empty.
+    Removed,
+    /// Something else was there (a stranger file, a link); it was moved here.
+    Replaced(PathBuf),
+}
+
 /// What a rewrite found and left.
 #[derive(Debug, Default)]
 pub struct Rewritten {
@@ -146,10 +155,11 @@ impl StateFile {
         &self.page().next_seq
     }
 
-    /// Appends one record, whole, after what every other process wrote. `Ok(true)` when the
-    /// journal was gone (removed while nginx ran) and was made anew, with its header: it then
-    /// holds this record alone, and the caller writes the zone's permits into it.
-    pub fn append(&self, record: &str) -> Result<bool, AppendError> {
+    /// Appends one record, whole, after what every other process wrote. `Ok(Some(_))` when
+    /// the journal at the path was gone or not this zone's (removed, or replaced, while nginx
+    /// ran) and was made anew, with its header: it then holds this record alone, and the
+    /// caller writes the zone's permits into it.
+    pub fn append(&self, record: &str) -> Result<Option<Anew>, AppendError> {
         let failed = |cause| AppendError { cause, written: 0 };
         let _exclusive = self.locked(libc::F_WRLCK as libc::c_short).map_err(failed)?;
         let made_anew = self.reopen_if_replaced().map_err(failed)?;
@@ -215,23 +225,9 @@ impl StateFile {
             },
         };
         if replay.skipped.iter().any(|r| r.starts_with("the whole file")) {
-            // A name nothing has yet: two unusable files in one second keep both.
-            let aside = (0..)
-                .map(|n: u32| {
-                    let mut aside = self.path.clone().into_os_string();
-                    aside.push(format!(".unusable-{}", now_ms / 1000));
-                    if n > 0 {
-                        aside.push(format!("-{n}"));
-                    }
-                    PathBuf::from(aside)
-                })
-                .find(|aside| !aside.exists())
-                .unwrap_or_default();
-            if let Err(e) = fs::rename(&self.path, &aside) {
+            let aside = self.move_aside(now_ms).inspect_err(|_| {
                 let _ = fs::remove_file(&temp.0);
-                return Err(e);
-            }
-            self.page().generation.fetch_add(1, Ordering::AcqRel);
+            })?;
             rewritten.moved_aside = Some(aside);
             replay.permits.clear();
             replay.counters.clear();
@@ -306,21 +302,30 @@ impl StateFile {
         }
     }
 
-    /// Reopens the journal if another process replaced it (a compaction) or removed it; true
-    /// when it was removed, and is made anew.
-    fn reopen_if_replaced(&self) -> io::Result<bool> {
+    /// Reopens the journal if another process replaced it (a compaction) or it was removed;
+    /// says why when it is made anew.
+    fn reopen_if_replaced(&self) -> io::Result<Option<Anew>> {
         let links = self.journal.metadata()?.nlink();
         let generation = self.page().generation.load(Ordering::Acquire);
         if links == 0 || generation != self.seen.get() {
-            self.seen.set(generation);
-            return self.reopen();
+            let anew = self.reopen()?;
+            self.seen.set(self.page().generation.load(Ordering::Acquire));
+            return Ok(anew);
         }
-        Ok(false)
+        Ok(None)
     }
 
-    /// Points this process's journal descriptor at the file now at `path`; a journal made anew
-    /// (the file was removed) gets the zone's header line first, and the answer is true.
-    fn reopen(&self) -> io::Result<bool> {
+    /// Points this process's journal descriptor at the file now at `path`. What is there and
+    /// is not this zone's journal (a stranger file, a link) is moved aside first, never written
+    /// into: its records would be lost with it. A journal made anew gets the zone's header.
+    fn reopen(&self) -> io::Result<Option<Anew>> {
+        let mut moved_aside = None;
+        if !self.journal_at_path()? {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            moved_aside = Some(self.move_aside(now_ms)?);
+        }
         let mut file = open_journal(&self.path)?;
         let made_anew = file.metadata()?.len() == 0;
         if made_anew {
@@ -334,7 +339,44 @@ impl StateFile {
         if duplicated < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(made_anew)
+        Ok(match moved_aside {
+            Some(aside) => Some(Anew::Replaced(aside)),
+            None if made_anew => Some(Anew::Removed),
+            None => None,
+        })
+    }
+
+    /// Whether the path holds this zone's journal, or nothing yet (absent, or empty as
+    /// `nginx -t` leaves it): it starts with the zone's header line.
+    fn journal_at_path(&self) -> io::Result<bool> {
+        let file = File::options().read(true).custom_flags(libc::O_NOFOLLOW).open(&self.path);
+        let mut start = Vec::with_capacity(self.header.len());
+        match file {
+            Ok(file) => file.take(self.header.len() as u64).read_to_end(&mut start)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+            // A link (ELOOP), or what cannot be read: not ours.
+            Err(_) => return Ok(false),
+        };
+        Ok(start.is_empty() || start == self.header.as_bytes())
+    }
+
+    /// Renames the file at the path `PATH.unusable-SECONDS` (`-N` after it when that name is
+    /// taken: two in one second keep both), and tells every process to reopen.
+    fn move_aside(&self, now_ms: i64) -> io::Result<PathBuf> {
+        let aside = (0..)
+            .map(|n: u32| {
+                let mut aside = self.path.clone().into_os_string();
+                aside.push(format!(".unusable-{}", now_ms / 1000));
+                if n > 0 {
+                    aside.push(format!("-{n}"));
+                }
+                PathBuf::from(aside)
+            })
+            .find(|aside| !aside.exists())
+            .unwrap_or_default();
+        fs::rename(&self.path, &aside)?;
+        self.page().generation.fetch_add(1, Ordering::AcqRel);
+        Ok(aside)
     }
 
     /// Takes the lock file's lock (`F_WRLCK`, exclusive) until the guard is dropped; waits
@@ -642,12 +684,27 @@ mod tests {
         let path = dir.join("z.state");
         let file = StateFile::open(path.clone(), state::header("z", b"$k")).unwrap();
         file.rewrite("z", b"$k", 0, &[], |_| Vec::new()).unwrap();
-        assert!(!file.append(&grant("a", 1)).unwrap());
+        assert_eq!(file.append(&grant("a", 1)).unwrap(), None);
         fs::remove_file(&path).unwrap();
-        assert!(file.append(&grant("b", 2)).unwrap(), "made anew: the caller rewrites it");
+        let anew = file.append(&grant("b", 2)).unwrap();
+        assert_eq!(anew, Some(Anew::Removed), "made anew: the caller rewrites it");
         let replay = state::replay(&fs::read(&path).unwrap(), "z", b"$k", 0);
         assert!(replay.skipped.is_empty(), "{:?}", replay.skipped);
         assert_eq!(replay.permits.len(), 1);
+        // Replaced by a stranger file, then by a link: each is moved aside untouched, never
+        // written into, and the record goes to a journal made anew.
+        fs::remove_file(&path).unwrap();
+        fs::write(&path, "not a state file\n").unwrap();
+        let Some(Anew::Replaced(aside)) = file.append(&grant("c", 3)).unwrap() else {
+            panic!("a stranger file is not the journal");
+        };
+        assert_eq!(fs::read(&aside).unwrap(), b"not a state file\n");
+        fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&aside, &path).unwrap();
+        assert!(matches!(file.append(&grant("d", 4)).unwrap(), Some(Anew::Replaced(_))));
+        assert_eq!(fs::read(&aside).unwrap(), b"not a state file\n");
+        let replay = state::replay(&fs::read(&path).unwrap(), "z", b"$k", 0);
+        assert_eq!(replay.permits.len(), 1, "{:?}", replay.skipped);
         let _ = fs::remove_dir_all(&dir);
     }
 

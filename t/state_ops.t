@@ -255,7 +255,7 @@ sub ask {
     my %told = %{ ask('/keep', map { "rm$_" } 1 .. 10) };
     unlink $state or die "unlink: $!";
     %told = (%told, %{ ask('/keep', map { "rm$_" } 11 .. 15) });
-    like(error_log(), qr/state file "\Q$state\E" was removed while nginx ran; written anew from the zone/,
+    like(error_log(), qr/state file "\Q$state\E" was removed, emptied or replaced while nginx ran; written anew from the zone/,
          'removed: the log says so');
     stop_nginx();
     start();
@@ -290,6 +290,22 @@ sub ask {
     $back = ask('/keep', keys %told);
     @same = grep { $back->{$_} eq 'PERMITTED ' . (split ' ', $told{$_})[1] } keys %told;
     is(scalar @same, 15, 'replaced before the stop: every permit is back');
+    # Replaced while nginx runs, then a record and a crash: the stranger file is moved aside
+    # untouched, never written into, and the record goes to a file made anew from the zone.
+    unlink $state or die "unlink: $!";
+    open $junk, '>', $state or die $!;
+    print $junk "stranger\n";
+    close $junk;
+    %told = (%told, %{ ask('/keep', 'rm-late') });
+    like(error_log(), qr/state file "\Q$state\E" was replaced while nginx ran; kept the other file as/,
+         'replaced while running: the log says where the other file is');
+    my @strangers = grep { -s $_ == length "stranger\n" } glob("$state.unusable-*");
+    ok(scalar @strangers, 'replaced while running: the stranger file is kept as it was');
+    kill_nginx();
+    start();
+    $back = ask('/keep', keys %told);
+    @same = grep { $back->{$_} eq 'PERMITTED ' . (split ' ', $told{$_})[1] } keys %told;
+    is(scalar @same, 16, 'replaced while running, then kill -9: every permit is back');
     stop_nginx();
 }
 
