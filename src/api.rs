@@ -11,7 +11,7 @@ use crate::sale::{Grant, PermitInfo};
 use crate::zone::Cursor;
 
 /// What a path under the API's location names.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
     Zones,
     Zone(String),

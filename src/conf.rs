@@ -280,9 +280,13 @@ pub fn ctx_index() -> usize {
 }
 
 impl MainConf {
-    /// This module's configuration of the request's http block.
-    pub fn of(req: &Request) -> Option<&MainConf> {
-        crate::module::FlashSaleModule::main_conf(req)
+    /// This module's configuration of the request's http block. It lives in the cycle's pool,
+    /// as long as any request of the cycle: not tied to this borrow of the request, so that
+    /// the request can be answered while it is read.
+    pub fn of<'a>(req: &Request) -> Option<&'a MainConf> {
+        let conf = crate::module::FlashSaleModule::main_conf(req)?;
+        // SAFETY: see above; nginx frees the configuration only with its cycle.
+        Some(unsafe { &*(conf as *const MainConf) })
     }
 }
 
@@ -294,9 +298,12 @@ pub const DEFAULT_LOG_LEVEL: usize = 7;
 const MIN_ZONE_PAGES: usize = 8;
 
 impl LocConf {
-    /// This module's configuration of the request's location.
-    pub fn of(req: &Request) -> Option<&LocConf> {
-        crate::module::FlashSaleModule::location_conf(req)
+    /// This module's configuration of the request's location; like [`MainConf::of`], not tied
+    /// to this borrow of the request.
+    pub fn of<'a>(req: &Request) -> Option<&'a LocConf> {
+        let conf = crate::module::FlashSaleModule::location_conf(req)?;
+        // SAFETY: as for `MainConf::of`.
+        Some(unsafe { &*(conf as *const LocConf) })
     }
 
     /// The sale as the decision reads it; unset values take their documented defaults.

@@ -4,13 +4,11 @@
 
 use core::ffi::{c_char, c_void};
 use nginx_sys::{
-    ngx_command_t, ngx_conf_t, ngx_http_discard_request_body, ngx_http_finalize_request,
-    ngx_http_read_client_request_body, ngx_http_request_t, ngx_int_t, ngx_pagesize, ngx_str_t,
-    NGX_DONE, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_ALLOWED, NGX_HTTP_SPECIAL_RESPONSE,
-    NGX_OK,
+    ngx_command_t, ngx_conf_t, ngx_http_finalize_request, ngx_http_read_client_request_body,
+    ngx_http_request_t, ngx_int_t, ngx_pagesize, ngx_str_t,
 };
-use ngx::core::{SlabPool, NGX_CONF_ERROR, NGX_CONF_OK};
-use ngx::http::{HttpModuleLocationConf, Method, NgxHttpCoreModule, Request};
+use ngx::core::{SlabPool, Status, NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::http::{HTTPStatus, HttpModuleLocationConf, Method, NgxHttpCoreModule, Request};
 use ngx::ngx_string;
 
 use serde_json::{json, Value};
@@ -18,7 +16,7 @@ use serde_json::{json, Value};
 use crate::api::{self, route, ApiError, Route};
 use crate::conf::{MainConf, ZoneConf};
 use crate::gate::redis as redis_gate;
-use crate::http::{add_header, send, Body};
+use crate::http::{add_header, keep, kept, send, Body, Kept};
 use crate::metrics::{render, ZoneMetrics};
 use crate::offload;
 use crate::remote::{Command, Failure, Reply, OVERRIDE_FIELDS};
@@ -58,32 +56,29 @@ unsafe fn set_content_handler(
 
 unsafe extern "C" fn metrics_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx passes a live request in its content phase.
-    crate::ffi::guard(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t, || unsafe { metrics(r) })
+    unsafe { crate::ffi::with_request(r, server_error(), metrics) }.0
 }
 
-/// # Safety
-/// `r` is a live request in its content phase.
-unsafe fn metrics(r: *mut ngx_http_request_t) -> ngx_int_t {
-    // SAFETY: see the function's contract.
-    let req = unsafe { Request::from_ngx_http_request(r) };
-    // SAFETY: as above.
+fn server_error() -> Status {
+    HTTPStatus::INTERNAL_SERVER_ERROR.into()
+}
+
+/// Answers a request in its content phase with the metrics.
+fn metrics(req: &mut Request) -> Status {
     if !reading(&req.method()) {
-        return NGX_HTTP_NOT_ALLOWED as ngx_int_t;
+        return HTTPStatus::NOT_ALLOWED.into();
     }
-    // SAFETY: as above.
-    if unsafe { ngx_http_discard_request_body(r) } != NGX_OK as ngx_int_t {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    if !req.discard_request_body().is_ok() {
+        return server_error();
     }
     let Some(main) = MainConf::of(req) else {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        return server_error();
     };
     // SAFETY: zone configurations live in the cycle's pool, as long as this location.
     let zones: Vec<ZoneMetrics> =
         main.zones.iter().filter_map(|zone| zone_metrics(unsafe { zone.as_ref() })).collect();
     let text = render(&zones);
-    let content_type = ngx_string!("text/plain; version=0.0.4");
-    // SAFETY: `r` is live and its response has not started.
-    unsafe { send(r, 200, content_type, Body::Copied(text.as_bytes())) }
+    send(req, 200, ngx_string!("text/plain; version=0.0.4"), Body::Copied(&text))
 }
 
 /// `flash_sale_api;` makes the location answer the admin API.
@@ -105,74 +100,83 @@ const METHODS_PERMIT: &str = "GET, HEAD, DELETE";
 
 unsafe extern "C" fn api_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx passes a live request in its content phase.
-    crate::ffi::guard(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t, || unsafe { api(r) })
+    unsafe { crate::ffi::with_request(r, server_error(), api) }.0
 }
 
-/// # Safety
-/// `r` is a live request in its content phase.
-unsafe fn api(r: *mut ngx_http_request_t) -> ngx_int_t {
-    // SAFETY: see the function's contract.
-    let (method, route) = unsafe { (Request::from_ngx_http_request(r).method(), request_route(r)) };
-    let route = match route {
-        Ok(route) => route,
-        // SAFETY: as above.
-        Err(e) => return unsafe { discard_and_answer(r, Err(e)) },
+/// An admin API request as it came: its method and its route, read once.
+#[derive(Clone)]
+struct ApiRequest {
+    method: Method,
+    route: Route,
+}
+
+impl Kept for ApiRequest {
+    const CLEANUP: unsafe extern "C" fn(*mut c_void) = drop_api_request;
+}
+
+/// Drops the `ApiRequest` kept with a request whose body was read, with the request's pool.
+unsafe extern "C" fn drop_api_request(data: *mut c_void) {
+    // SAFETY: `keep` wrote an `ApiRequest` there, and the pool runs this once.
+    unsafe { core::ptr::drop_in_place(data.cast::<ApiRequest>()) }
+}
+
+/// Answers an admin API request in its content phase: at once, or once its body is read
+/// ([`api_body_ready`]), or with Redis's reply ([`ask_redis`]).
+fn api(req: &mut Request) -> Status {
+    let method = req.method();
+    let asked = match request_route(req, &method) {
+        Ok(route) => ApiRequest { method, route },
+        Err(e) => return discard_and_answer(req, None, Err(e)),
     };
-    let with_body = match &route {
-        Route::Permits(_) => method == Method::POST,
-        Route::Zone(_) => method == Method::PATCH,
+    let with_body = match &asked.route {
+        Route::Permits(_) => asked.method == Method::POST,
+        Route::Zone(_) => asked.method == Method::PATCH,
         _ => false,
     };
-    if with_body || method == Method::DELETE {
-        // SAFETY: as above.
-        let req = unsafe { Request::from_ngx_http_request(r) };
+    if with_body || asked.method == Method::DELETE {
         if let Err(e) = api::check_sender(&sender(req), with_body) {
-            // SAFETY: as above.
-            return unsafe { discard_and_answer(r, Err(e)) };
+            return discard_and_answer(req, Some(&asked.route), Err(e));
         }
     }
     if with_body {
-        // SAFETY: as above; the body lands in memory, in one buffer, where it fits.
-        unsafe {
-            (*r).set_request_body_in_single_buf(1);
-            let rc = ngx_http_read_client_request_body(r, Some(api_body_ready));
-            if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
-                return rc;
-            }
+        // The body is read with the request's route: kept with it until then.
+        if keep(req, asked).is_none() {
+            return server_error();
         }
-        return NGX_DONE as ngx_int_t;
+        // The body lands in memory, in one buffer, where it fits.
+        req.as_mut().set_request_body_in_single_buf(1);
+        // SAFETY: the request is live; nginx calls `api_body_ready` with it once the body is in.
+        let rc =
+            Status(unsafe { ngx_http_read_client_request_body(req.into(), Some(api_body_ready)) });
+        if rc >= HTTPStatus::SPECIAL_RESPONSE.into() {
+            return rc;
+        }
+        return Status::NGX_DONE;
     }
-    // SAFETY: as above.
-    match unsafe { on_redis(r, &method, &route, None) } {
-        Some(Ok((zone, command))) => {
-            // SAFETY: as above.
-            unsafe { ask_redis(r, zone, command) }
+    match on_redis(req, &asked, None) {
+        Some(Ok((zone, command))) => ask_redis(req, asked, zone, command),
+        Some(Err(e)) => discard_and_answer(req, Some(&asked.route), Err(e)),
+        None => {
+            let answer = serve(req, &asked, None);
+            discard_and_answer(req, Some(&asked.route), answer)
         }
-        // SAFETY: as above.
-        Some(Err(e)) => unsafe { discard_and_answer(r, Err(e)) },
-        // SAFETY: as above.
-        None => unsafe { discard_and_answer(r, serve(r, &method, &route, None)) },
     }
 }
 
 /// For a zone kept in Redis, the command a permit route runs there; `None` for a zone kept
 /// here, for a route that reads or changes this host's zone only, and for a grant whose body
 /// is not read yet.
-///
-/// # Safety
-/// `r` is a live request.
-unsafe fn on_redis(
-    r: *mut ngx_http_request_t,
-    method: &Method,
-    route: &Route,
+fn on_redis(
+    req: &Request,
+    asked: &ApiRequest,
     body: Option<&[u8]>,
 ) -> Option<Result<(&'static ZoneConf, Command), ApiError>> {
-    let (name, key) = match route {
+    let method = &asked.method;
+    let (name, key) = match &asked.route {
         Route::Permits(name) => (name, None),
         Route::Permit(name, key) => (name, Some(key)),
         Route::Zone(name) if *method == Method::PATCH => {
-            // SAFETY: see the function's contract.
-            let zone = unsafe { zone_named(r, name) }?;
+            let zone = zone_named(req, name)?;
             zone.redis?;
             return Some(
                 override_changes(zone, body?)
@@ -181,8 +185,7 @@ unsafe fn on_redis(
         }
         _ => return None,
     };
-    // SAFETY: see the function's contract.
-    let zone = unsafe { zone_named(r, name) }?;
+    let zone = zone_named(req, name)?;
     zone.redis?;
     let get = reading(method);
     let now_ms = crate::http::now_ms();
@@ -191,7 +194,7 @@ unsafe fn on_redis(
         Some(key) if *method == Method::DELETE => Ok(Command::Revoke { key: key.clone() }),
         None if *method == Method::DELETE => Ok(Command::Clear),
         // The page is checked here, so that a bad one costs no round trip.
-        None if get => api::page(req_args(r)).map(|_| Command::Permits { now_ms }),
+        None if get => api::page(req_args(req)).map(|_| Command::Permits { now_ms }),
         None if *method == Method::POST => {
             api::grants(body?).map(|grants| Command::Grant { grants, now_ms })
         }
@@ -199,7 +202,6 @@ unsafe fn on_redis(
     };
     Some(command.map(|command| (zone, command)))
 }
-
 /// A PATCH's changes to a zone kept in Redis, as Redis keeps them; checked here, against the
 /// overrides this host has, so that a bad one costs no round trip.
 fn override_changes(
@@ -227,12 +229,7 @@ fn override_changes(
 }
 
 /// The zone of this name, as the request's configuration declares it.
-///
-/// # Safety
-/// `r` is a live request.
-unsafe fn zone_named(r: *mut ngx_http_request_t, name: &str) -> Option<&'static ZoneConf> {
-    // SAFETY: see the function's contract.
-    let req = unsafe { Request::from_ngx_http_request(r) };
+fn zone_named(req: &Request, name: &str) -> Option<&'static ZoneConf> {
     let main = MainConf::of(req)?;
     // SAFETY: zone configurations live in the cycle's pool, as long as any request of it.
     main.zones
@@ -241,88 +238,66 @@ unsafe fn zone_named(r: *mut ngx_http_request_t, name: &str) -> Option<&'static 
         .find(|z| z.name().as_bytes() == name.as_bytes())
 }
 
-/// Runs an API command on Redis, with the request waiting; [`redis_answered`] answers.
-///
-/// # Safety
-/// `r` is a live request in its content phase; `zone` is kept in Redis.
-unsafe fn ask_redis(r: *mut ngx_http_request_t, zone: &ZoneConf, command: Command) -> ngx_int_t {
-    const SERVER_ERROR: ngx_int_t = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+/// Runs an API command on Redis for a request in its content phase, `zone` being kept in
+/// Redis; the request waits, and [`redis_answer`] answers with the reply.
+fn ask_redis(req: &mut Request, asked: ApiRequest, zone: &ZoneConf, command: Command) -> Status {
     let Some(redis) = zone.redis() else {
-        return SERVER_ERROR;
+        return server_error();
     };
-    // SAFETY: see the function's contract.
-    unsafe {
-        if ngx_http_discard_request_body(r) != NGX_OK as ngx_int_t {
-            return SERVER_ERROR;
-        }
-        let name = zone.name().to_string();
-        if let Err((_, failure)) =
-            offload::post(r, redis.threads, &redis.settings, name, command, redis_answered)
-        {
-            // Not queued: answered at once, as Redis failing to answer.
-            return redis_answer(r, Err(failure));
-        }
-        // The answer finalizes the request once more.
-        let main = &mut *(*r).main;
-        main.set_count(main.count() + 1);
+    if !req.discard_request_body().is_ok() {
+        return server_error();
     }
-    NGX_DONE as ngx_int_t
+    let name = zone.name().to_string();
+    let again = asked.clone();
+    let answered = move |req: &mut Request, _: &Command, reply, _| {
+        let rc = redis_answer(req, &asked, reply);
+        // SAFETY: the request is live; this is the finalization `ask_redis` counted.
+        unsafe { ngx_http_finalize_request(req.into(), rc.0) };
+    };
+    if let Err((_, failure)) =
+        offload::post(req, redis.threads, &redis.settings, name, command, Box::new(answered))
+    {
+        // Not queued: answered at once, as Redis failing to answer.
+        return redis_answer(req, &again, Err(failure));
+    }
+    // The answer finalizes the request once more.
+    let r = req.as_mut();
+    // SAFETY: a request's main request is live as long as the request.
+    let main = unsafe { &mut *r.main };
+    main.set_count(main.count() + 1);
+    Status::NGX_DONE
 }
 
-/// Finishes an API request `ask_redis` left waiting, with Redis's reply.
-///
-/// # Safety
-/// `r` is the live request `ask_redis` left waiting.
-unsafe fn redis_answered(
-    r: *mut ngx_http_request_t,
-    _command: &Command,
-    reply: Result<Reply, Failure>,
-    _asked_ms: i64,
-) {
-    // SAFETY: see the function's contract.
-    let rc = crate::ffi::guard(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t, || unsafe {
-        redis_answer(r, reply)
-    });
-    // SAFETY: as above; this is the finalization `ask_redis` counted.
-    unsafe { ngx_http_finalize_request(r, rc) };
-}
-
-/// Answers an API request with Redis's reply (a failure: 502 with its JSON reason); a
-/// revocation is applied to this host's cache too, so that it is seen here at once.
-///
-/// # Safety
-/// `r` is a live API request in its content phase.
-unsafe fn redis_answer(r: *mut ngx_http_request_t, reply: Result<Reply, Failure>) -> ngx_int_t {
-    // SAFETY: see the function's contract.
-    unsafe {
-        let (zone, key) = match request_route(r) {
-            Ok(Route::Permit(name, key)) => (zone_named(r, &name), key),
-            Ok(Route::Permits(name) | Route::Zone(name)) => (zone_named(r, &name), Vec::new()),
-            _ => (None, Vec::new()),
-        };
-        let answer = match zone {
-            Some(zone) if matches!(reply, Ok(Reply::Overrides(_))) => {
-                if let Ok(Reply::Overrides(overrides)) = &reply {
-                    redis_gate::apply_overrides(zone, overrides);
-                }
-                apply_here(zone, &key, &reply);
-                zone_json(zone).map(|json| (200, json)).ok_or_else(unavailable)
+/// Answers an API request in its content phase with Redis's reply (a failure: 502 with its
+/// JSON reason); a revocation is applied to this host's cache too, so that it is seen here at
+/// once.
+fn redis_answer(req: &mut Request, asked: &ApiRequest, reply: Result<Reply, Failure>) -> Status {
+    let (zone, key) = match &asked.route {
+        Route::Permit(name, key) => (zone_named(req, name), key.clone()),
+        Route::Permits(name) | Route::Zone(name) => (zone_named(req, name), Vec::new()),
+        Route::Zones => (None, Vec::new()),
+    };
+    let answer = match zone {
+        Some(zone) if matches!(reply, Ok(Reply::Overrides(_))) => {
+            if let Ok(Reply::Overrides(overrides)) = &reply {
+                redis_gate::apply_overrides(zone, overrides);
             }
-            Some(zone) => {
-                apply_here(zone, &key, &reply);
-                let cap =
-                    zone.table.and_then(|t| t.as_ref().overrides.get().1).or(zone.largest_cap);
-                let page = api::page(req_args(r)).ok();
-                let ask = api::RemoteAsk { key, page, cap, kind: key_kind(zone) };
-                match reply {
-                    Ok(reply) => api::remote_answer(&ask, reply),
-                    Err(e) => Err(ApiError::new(502, format!("redis did not answer: {e}"))),
-                }
+            apply_here(zone, &key, &reply);
+            zone_json(zone).map(|json| (200, json)).ok_or_else(unavailable)
+        }
+        Some(zone) => {
+            apply_here(zone, &key, &reply);
+            let cap = zone.table_ref().and_then(|t| t.overrides.get().1).or(zone.largest_cap);
+            let page = api::page(req_args(req)).ok();
+            let ask = api::RemoteAsk { key, page, cap, kind: key_kind(zone) };
+            match reply {
+                Ok(reply) => api::remote_answer(&ask, reply),
+                Err(e) => Err(ApiError::new(502, format!("redis did not answer: {e}"))),
             }
-            None => Err(ApiError::new(500, "the zone is not available")),
-        };
-        respond(r, answer)
-    }
+        }
+        None => Err(ApiError::new(500, "the zone is not available")),
+    };
+    respond(req, Some(&asked.route), answer)
 }
 
 /// Counts a round trip, and applies a revocation to this host's cache of permits.
@@ -374,14 +349,8 @@ fn sender(req: &Request) -> api::Sender<'_> {
 }
 
 /// The route of an API request: its path below the location, and its query string.
-///
-/// # Safety
-/// `r` is a live request.
-unsafe fn request_route(r: *mut ngx_http_request_t) -> Result<Route, ApiError> {
-    // SAFETY: see the function's contract.
-    let reading = reading(&unsafe { Request::from_ngx_http_request(r) }.method());
-    // SAFETY: as above.
-    unsafe { relative_path(r) }.and_then(|path| route(path, req_args(r), reading))
+fn request_route(req: &Request, method: &Method) -> Result<Route, ApiError> {
+    relative_path(req).and_then(|path| route(path, req_args(req), reading(method)))
 }
 
 /// How a zone's keys are shown in the API.
@@ -390,12 +359,7 @@ fn key_kind(zone: &ZoneConf) -> api::KeyKind {
 }
 
 /// The request's path below the API's location, still percent-encoded (keys may hold `/`).
-///
-/// # Safety
-/// `r` is a live request.
-unsafe fn relative_path<'a>(r: *mut ngx_http_request_t) -> Result<&'a [u8], ApiError> {
-    // SAFETY: see the function's contract.
-    let req = unsafe { Request::from_ngx_http_request(r) };
+fn relative_path(req: &Request) -> Result<&[u8], ApiError> {
     let raw = req.unparsed_uri().as_bytes();
     let path = raw.split(|&c| c == b'?').next().unwrap_or(raw);
     let prefix = NgxHttpCoreModule::location_conf(req).map(|clcf| clcf.name.as_bytes());
@@ -406,25 +370,27 @@ unsafe fn relative_path<'a>(r: *mut ngx_http_request_t) -> Result<&'a [u8], ApiE
 }
 
 unsafe extern "C" fn api_body_ready(r: *mut ngx_http_request_t) {
-    // SAFETY: nginx calls this with the request once its body is read.
-    let rc = crate::ffi::guard(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t, || unsafe {
-        let method = Request::from_ngx_http_request(r).method();
-        let next = request_route(r).and_then(|route| {
-            let body = request_body(r)?;
-            match on_redis(r, &method, &route, Some(&body)) {
-                Some(asked) => asked.map(Next::AskRedis),
-                None => serve(r, &method, &route, Some(&body)).map(Next::Answer),
-            }
-        });
-        match next {
-            // The answer comes with Redis's reply; the request was counted for it.
-            Ok(Next::AskRedis((zone, command))) => ask_redis(r, zone, command),
-            Ok(Next::Answer(answer)) => respond(r, Ok(answer)),
-            Err(e) => respond(r, Err(e)),
-        }
+    // SAFETY: nginx calls this with the live request once its body is read.
+    let rc = unsafe { crate::ffi::with_request(r, server_error(), body_ready) };
+    // SAFETY: as above; this ends the request's reading of its body.
+    unsafe { ngx_http_finalize_request(r, rc.0) };
+}
+
+/// Answers an API request whose body is read: at once, or with Redis's reply.
+fn body_ready(req: &mut Request) -> Status {
+    let Some(asked) = kept::<ApiRequest>(req).cloned() else {
+        return server_error();
+    };
+    let next = request_body(req).and_then(|body| match on_redis(req, &asked, Some(&body)) {
+        Some(redis) => redis.map(Next::AskRedis),
+        None => serve(req, &asked, Some(&body)).map(Next::Answer),
     });
-    // SAFETY: as above.
-    unsafe { ngx_http_finalize_request(r, rc) };
+    match next {
+        // The answer comes with Redis's reply; the request was counted for it.
+        Ok(Next::AskRedis((zone, command))) => ask_redis(req, asked, zone, command),
+        Ok(Next::Answer(answer)) => respond(req, Some(&asked.route), Ok(answer)),
+        Err(e) => respond(req, Some(&asked.route), Err(e)),
+    }
 }
 
 /// What a request whose body is read leads to: an answer now, or a round trip to Redis.
@@ -433,16 +399,15 @@ enum Next {
     AskRedis((&'static ZoneConf, Command)),
 }
 
-/// The request body, when it is in memory (it is unless it outgrew client_body_buffer_size).
-///
-/// # Safety
-/// `r` is a live request whose body has been read.
-unsafe fn request_body(r: *mut ngx_http_request_t) -> Result<Vec<u8>, ApiError> {
+/// The body of a request whose body has been read, when it is in memory (it is unless it
+/// outgrew client_body_buffer_size).
+fn request_body(req: &Request) -> Result<Vec<u8>, ApiError> {
     let too_large = || ApiError::new(413, "the body is larger than client_body_buffer_size");
     let mut body = Vec::new();
-    // SAFETY: see the function's contract; the chain is null-terminated.
+    // SAFETY: the request body, when read, lives as long as the request; its chain of buffers
+    // is null-terminated, and each in-memory buffer's bytes run from `pos` to `last`.
     unsafe {
-        let Some(rb) = (*r).request_body.as_ref() else {
+        let Some(rb) = req.as_ref().request_body.as_ref() else {
             return Ok(body);
         };
         let mut cl = rb.bufs;
@@ -462,74 +427,49 @@ unsafe fn request_body(r: *mut ngx_http_request_t) -> Result<Vec<u8>, ApiError> 
 /// An answer: a status and a JSON body.
 type Answer = Result<(u16, Value), ApiError>;
 
-/// # Safety
-/// `r` is a live request whose response has not started.
-unsafe fn discard_and_answer(r: *mut ngx_http_request_t, answer: Answer) -> ngx_int_t {
-    // SAFETY: see the function's contract.
-    if unsafe { ngx_http_discard_request_body(r) } != NGX_OK as ngx_int_t {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+/// Discards the body of a request whose response has not started, and answers it.
+fn discard_and_answer(req: &mut Request, route: Option<&Route>, answer: Answer) -> Status {
+    if !req.discard_request_body().is_ok() {
+        return server_error();
     }
-    // SAFETY: as above.
-    unsafe { respond(r, answer) }
+    respond(req, route, answer)
 }
 
-/// # Safety
-/// `r` is a live request whose response has not started.
-unsafe fn respond(r: *mut ngx_http_request_t, answer: Answer) -> ngx_int_t {
+/// Sends `answer` as JSON, for a request of `route` whose response has not started (a 405
+/// names the route's methods).
+fn respond(req: &mut Request, route: Option<&Route>, answer: Answer) -> Status {
     let (status, body) = match answer {
         Ok((status, value)) => (status, value.to_string()),
         Err(e) => {
-            if e.status == 405 {
-                // SAFETY: see the function's contract.
-                if unsafe { allow_header(r) }.is_none() {
-                    return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-                }
+            if e.status == 405 && route.and_then(|route| allow_header(req, route)).is_none() {
+                return server_error();
             }
             (e.status, e.body())
         }
     };
-    let json = ngx_string!("application/json");
-    // SAFETY: as above.
-    unsafe { send(r, status, json, Body::Copied(format!("{body}\n").as_bytes())) }
+    send(req, status, ngx_string!("application/json"), Body::Copied(&format!("{body}\n")))
 }
 
-/// `Allow:` with the methods of the request's route.
-///
-/// # Safety
-/// `r` is a live request whose headers have not been sent.
-unsafe fn allow_header(r: *mut ngx_http_request_t) -> Option<()> {
-    // SAFETY: see the function's contract.
-    let methods = match unsafe { request_route(r) }.ok()? {
+/// `Allow:` with the methods of the route.
+fn allow_header(req: &mut Request, route: &Route) -> Option<()> {
+    let methods = match route {
         Route::Zones => METHODS_ZONES,
         Route::Zone(_) => METHODS_ZONE,
         Route::Permits(_) => METHODS_PERMITS,
         Route::Permit(..) => METHODS_PERMIT,
     };
-    let value = ngx_str_t { data: methods.as_ptr().cast_mut(), len: methods.len() };
-    // SAFETY: as above; the value is static.
-    unsafe { add_header(r, "Allow", value) }
+    add_header(req, "Allow", ngx_str_t { data: methods.as_ptr().cast_mut(), len: methods.len() })
 }
 
-/// Serves one API request.
-///
-/// # Safety
-/// `r` is a live request.
-unsafe fn serve(
-    r: *mut ngx_http_request_t,
-    method: &Method,
-    route: &Route,
-    body: Option<&[u8]>,
-) -> Answer {
-    // SAFETY: see the function's contract.
-    let req = unsafe { Request::from_ngx_http_request(r) };
+/// Serves one API request on this host's zones.
+fn serve(req: &Request, asked: &ApiRequest, body: Option<&[u8]>) -> Answer {
+    let (method, route) = (&asked.method, &asked.route);
     let main =
         MainConf::of(req).ok_or_else(|| ApiError::new(500, "no flash sale configuration"))?;
     // SAFETY: zone configurations live in the cycle's pool, as long as this location.
     let zones: Vec<&ZoneConf> = main.zones.iter().map(|z| unsafe { z.as_ref() }).collect();
     let find = |name: &str| {
-        // SAFETY: see the function's contract.
-        unsafe { zone_named(r, name) }
-            .ok_or_else(|| ApiError::new(404, format!("no zone \"{name}\"")))
+        zone_named(req, name).ok_or_else(|| ApiError::new(404, format!("no zone \"{name}\"")))
     };
     let not_allowed = || Err(ApiError::new(405, "method not allowed here"));
     let get = reading(method);
@@ -561,7 +501,7 @@ unsafe fn serve(
             Ok((200, zone_json(zone).ok_or_else(unavailable)?))
         }
         Route::Permits(name) if get => {
-            let page = api::page(req_args(r))?;
+            let page = api::page(req_args(req))?;
             let permits =
                 with_store(
                     find(name)?,
@@ -657,9 +597,8 @@ fn unavailable() -> ApiError {
 }
 
 /// The request's arguments (after `?`).
-fn req_args<'a>(r: *mut ngx_http_request_t) -> &'a [u8] {
-    // SAFETY: `r` is live while the API serves it.
-    unsafe { (*r).args.as_bytes() }
+fn req_args(req: &Request) -> &[u8] {
+    req.as_ref().args.as_bytes()
 }
 
 /// Runs `f` on a store over the zone and its slab pool (for the lock).

@@ -1,13 +1,16 @@
 //! HTTP answers the module sends itself, and nginx's clock: small helpers over nginx's
 //! request, for the gate's rejections and the admin API and metrics handlers.
 
-use core::ptr;
+use core::ffi::c_void;
+use core::mem::size_of;
+use core::ptr::{self, NonNull};
 
 use nginx_sys::{
-    ngx_chain_t, ngx_http_output_filter, ngx_http_request_t, ngx_http_send_header, ngx_int_t,
-    ngx_list_push, ngx_str_t, ngx_table_elt_t, ngx_timeofday, ngx_uint_t, NGX_ERROR, NGX_OK,
+    ngx_buf_t, ngx_chain_t, ngx_list_push, ngx_pool_cleanup_add, ngx_str_t, ngx_table_elt_t,
+    ngx_timeofday, ngx_uint_t,
 };
-use ngx::core::{Buffer, Pool};
+use ngx::core::{Buffer, Status};
+use ngx::http::Request;
 
 /// nginx's cached clock, in Unix milliseconds: the time of the current event loop turn, as
 /// every nginx module reads it.
@@ -16,84 +19,98 @@ pub fn now_ms() -> i64 {
     tp.sec * 1000 + tp.msec as i64
 }
 
-/// Adds an output header with a static name.
+/// Adds an output header whose name and value outlive the request (static text, or a copy in
+/// its pool); `None` when nginx cannot allocate.
 ///
-/// # Safety
-/// `r` is a live request whose headers have not been sent.
-pub unsafe fn add_header(
-    r: *mut ngx_http_request_t,
-    key: &'static str,
-    value: ngx_str_t,
-) -> Option<()> {
-    // SAFETY: the output header list holds `ngx_table_elt_t`; nginx only reads the static key.
-    unsafe {
-        let h = ngx_list_push(&mut (*r).headers_out.headers).cast::<ngx_table_elt_t>().as_mut()?;
-        h.hash = 1;
-        h.key = ngx_str_t { data: key.as_ptr().cast_mut(), len: key.len() };
-        h.value = value;
-        h.lowcase_key = ptr::null_mut();
-        #[cfg(ngx_table_elt_next)]
-        {
-            h.next = ptr::null_mut();
-        }
+/// Not ngx's `Request::add_header_out`: that copies both into the pool and leaves the entry's
+/// `next` link unset, which nginx 1.23+ reads for repeated headers.
+pub fn add_header(req: &mut Request, key: &'static str, value: ngx_str_t) -> Option<()> {
+    let headers = &mut req.as_mut().headers_out.headers;
+    // SAFETY: the output header list holds `ngx_table_elt_t`, and a pushed element is ours to
+    // fill; nginx only reads the static key.
+    let h = unsafe { ngx_list_push(headers).cast::<ngx_table_elt_t>().as_mut() }?;
+    h.hash = 1;
+    h.key = ngx_str_t { data: key.as_ptr().cast_mut(), len: key.len() };
+    h.value = value;
+    h.lowcase_key = ptr::null_mut();
+    #[cfg(ngx_table_elt_next)]
+    {
+        h.next = ptr::null_mut();
     }
     Some(())
 }
 
-/// A response body: static text, or bytes to copy into the request's pool.
+/// A response body: static text, or text to copy into the request's pool.
 pub enum Body<'a> {
     Static(&'static str),
-    Copied(&'a [u8]),
+    Copied(&'a str),
 }
 
-/// Sends `body` as the whole response; returns what a content handler returns (the caller
-/// finalizes the request with it).
-///
-/// # Safety
-/// `r` is a live request whose headers have not been sent.
-pub unsafe fn send(
-    r: *mut ngx_http_request_t,
-    status: u16,
-    content_type: ngx_str_t,
-    body: Body<'_>,
-) -> ngx_int_t {
+/// Sends `body` as the whole response with `status` (an HTTP status code); returns what a
+/// content handler returns (the caller finalizes the request with it).
+pub fn send(req: &mut Request, status: u16, content_type: ngx_str_t, body: Body<'_>) -> Status {
     let len = match body {
-        Body::Static(text) => text.len(),
-        Body::Copied(bytes) => bytes.len(),
+        Body::Static(text) | Body::Copied(text) => text.len(),
     };
-    // SAFETY: see the function's contract.
-    unsafe {
-        let out = &mut (*r).headers_out;
-        out.status = ngx_uint_t::from(status);
-        out.content_type = content_type;
-        out.content_type_len = content_type.len;
-        out.content_length_n = len as i64;
+    let out = &mut req.as_mut().headers_out;
+    out.status = ngx_uint_t::from(status);
+    out.content_type = content_type;
+    out.content_type_len = content_type.len;
+    out.content_length_n = len as i64;
 
-        let mut rc = ngx_http_send_header(r);
-        if rc != NGX_ERROR as ngx_int_t && rc <= NGX_OK as ngx_int_t && (*r).header_only() == 0 {
-            let pool = Pool::from_ngx_pool((*r).pool);
-            let buf = match body {
-                Body::Static(text) => pool.create_buffer_from_static_str(text).map(|mut b| {
-                    b.set_last_buf(true);
-                    b.as_ngx_buf_mut()
-                }),
-                Body::Copied(bytes) => pool.create_buffer(bytes.len()).map(|mut b| {
-                    let buf = b.as_ngx_buf_mut();
-                    ptr::copy_nonoverlapping(bytes.as_ptr(), (*buf).last, bytes.len());
-                    (*buf).last = (*buf).last.add(bytes.len());
-                    b.set_last_buf(true);
-                    buf
-                }),
-            };
-            rc = match buf {
-                Some(buf) => {
-                    (*buf).set_last_in_chain(1);
-                    let mut chain = ngx_chain_t { buf, next: ptr::null_mut() };
-                    ngx_http_output_filter(r, &mut chain)
-                }
-                None => NGX_ERROR as ngx_int_t,
-            };
-        }
-        rc
+    let rc = req.send_header();
+    if rc == Status::NGX_ERROR || rc > Status::NGX_OK || req.header_only() {
+        return rc;
     }
+    // The one buffer is the response's last.
+    fn last(mut buf: impl Buffer) -> *mut ngx_buf_t {
+        buf.set_last_buf(true);
+        buf.set_last_in_chain(true);
+        buf.as_ngx_buf_mut()
+    }
+    let pool = req.pool();
+    let buf = match body {
+        Body::Static(text) => pool.create_buffer_from_static_str(text).map(last),
+        Body::Copied(text) => pool.create_buffer_from_str(text).map(last),
+    };
+    match buf {
+        Some(buf) => req.output_filter(&mut ngx_chain_t { buf, next: ptr::null_mut() }),
+        None => Status::NGX_ERROR,
+    }
+}
+
+/// A value kept with a request in its pool, beyond what its module context keeps (an
+/// internal redirect wipes contexts, not the pool; nginx's realip module does the same): the
+/// pool's cleanup entry holds it, and `CLEANUP`, the entry's handler, names its type (and
+/// drops it with the pool, where it has something to drop).
+pub trait Kept: Sized {
+    const CLEANUP: unsafe extern "C" fn(*mut c_void);
+}
+
+/// Keeps `value` with the request until its pool is freed; `None` when nginx cannot allocate.
+pub fn keep<T: Kept>(req: &mut Request, value: T) -> Option<NonNull<T>> {
+    // SAFETY: the request's pool is live; the entry's data is allocated for a `T`, written
+    // here, and only read as one (see `kept`) until the pool frees it.
+    unsafe {
+        let cln = ngx_pool_cleanup_add(req.as_ref().pool, size_of::<T>()).as_mut()?;
+        let data = cln.data.cast::<T>();
+        data.write(value);
+        cln.handler = Some(T::CLEANUP);
+        NonNull::new(data)
+    }
+}
+
+/// The value of type `T` kept with the request, the last if several.
+pub fn kept<T: Kept>(req: &Request) -> Option<&T> {
+    let mut cln = req.pool().as_ref().cleanup;
+    // SAFETY: the pool's cleanup list is null-terminated; an entry whose handler is
+    // `T::CLEANUP` holds a `T` (see `keep`), as long as the request.
+    while let Some(entry) = unsafe { cln.as_ref() } {
+        if entry.handler.map(|h| h as *const ()) == Some(T::CLEANUP as *const ()) {
+            // SAFETY: as above.
+            return unsafe { entry.data.cast::<T>().as_ref() };
+        }
+        cln = entry.next;
+    }
+    None
 }

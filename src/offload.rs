@@ -18,15 +18,17 @@ use std::time::{Duration, Instant};
 
 use nginx_sys::{
     ngx_add_timer, ngx_cycle, ngx_del_timer, ngx_event_t, ngx_http_request_t,
-    ngx_http_run_posted_requests, ngx_int_t, ngx_log_t, ngx_msec_t, ngx_thread_pool_t,
-    ngx_thread_task_post, ngx_thread_task_t, NGX_OK,
+    ngx_http_run_posted_requests, ngx_log_t, ngx_msec_t, ngx_thread_pool_t, ngx_thread_task_post,
+    ngx_thread_task_t,
 };
+use ngx::core::Status;
+use ngx::http::Request;
 
 use crate::remote::{self, Command, Failure, Reply, Settings};
 
 /// What to do in the worker with Redis's reply to a request's round trip: called with the
 /// request, which is live again, the command, its reply, and when it was asked (Unix ms).
-pub type Done = unsafe fn(*mut ngx_http_request_t, &Command, Result<Reply, Failure>, i64);
+pub type Done = Box<dyn FnOnce(&mut Request, &Command, Result<Reply, Failure>, i64)>;
 
 /// What to do in the worker with Redis's reply to a round trip nobody waits for.
 pub type Detached = Box<dyn FnOnce(&Command, Result<Reply, Failure>)>;
@@ -65,30 +67,32 @@ const TIMER_GRACE_MS: u64 = 20;
 
 /// Runs `command` for the request `r` on `threads`; `done` gets the reply. When the task
 /// cannot be queued (nginx's thread pool queue is full; nginx has logged it) the request is
-/// not suspended, and the command comes back with the failure to decide on at once.
-///
-/// # Safety
-/// `r` is a live request, which its caller leaves waiting (`NGX_AGAIN`/`NGX_DONE`) on true.
-pub unsafe fn post(
-    r: *mut ngx_http_request_t,
+/// not suspended, and the command comes back with the failure to decide on at once. On
+/// `Ok`, the caller leaves the request waiting (`NGX_AGAIN`/`NGX_DONE`).
+pub fn post(
+    req: &mut Request,
     threads: NonNull<ngx_thread_pool_t>,
     settings: &Settings,
     zone: String,
     command: Command,
     done: Done,
 ) -> Result<(), (Command, Failure)> {
-    let Some(request) = NonNull::new(r) else {
-        return Err((command, Failure::Local("no request to wait".to_string())));
-    };
+    let request = NonNull::from(req.as_mut());
     queue(threads, settings, zone, command, Then::Request(request, done))
         .map_err(|command| (command, queue_full()))?;
-    // SAFETY: `r` is live; it stays so while blocked, until its reply has been handed over.
-    unsafe {
-        let main = &mut *(*r).main;
-        main.set_blocked(main.blocked() + 1);
-        (*r).set_aio(1);
-    }
+    block(req, true);
     Ok(())
+}
+
+/// Counts (or uncounts) a round trip the request waits for in its main request's `blocked`,
+/// which keeps nginx from freeing the request meanwhile, as a thread's file read does.
+fn block(req: &mut Request, blocked: bool) {
+    let r = req.as_mut();
+    // SAFETY: a request's main request is live as long as the request.
+    let main = unsafe { &mut *r.main };
+    let count = if blocked { main.blocked() + 1 } else { main.blocked().saturating_sub(1) };
+    main.set_blocked(count);
+    r.set_aio(blocked.into());
 }
 
 /// Why a task was not queued: to the buyer, Redis could not be asked.
@@ -140,7 +144,7 @@ fn queue(
         task.handler = Some(run_in_thread);
         task.event.data = job.cast();
         task.event.handler = Some(reply_in_worker);
-        if ngx_thread_task_post(threads.as_ptr(), task) != NGX_OK as ngx_int_t {
+        if Status(ngx_thread_task_post(threads.as_ptr(), task)) != Status::NGX_OK {
             return Err(Box::from_raw(job).command);
         }
         let timer = ptr::addr_of_mut!((*job).timer);
@@ -219,15 +223,17 @@ unsafe fn deliver(then: Then, command: &Command, reply: Result<Reply, Failure>, 
         }
         Then::Answered => return,
     };
-    let r = request.as_ptr();
-    // SAFETY: the request stayed alive while blocked; it is released here, once.
-    unsafe {
-        let c = (*r).connection;
-        let main = &mut *(*r).main;
-        main.set_blocked(main.blocked() - 1);
-        (*r).set_aio(0);
-        // A panic must not unwind into nginx; `done` answers 500 on its own errors.
-        crate::ffi::guard((), || done(r, command, reply, asked_ms));
-        ngx_http_run_posted_requests(c);
+    let mut c = ptr::null_mut();
+    let release = |req: &mut Request| {
+        c = req.connection();
+        block(req, false);
+        done(req, command, reply, asked_ms);
+    };
+    // SAFETY: the request stayed alive while blocked; it is released here, once. A panic
+    // must not unwind into nginx; `done` answers 500 on its own errors.
+    unsafe { crate::ffi::with_request(request.as_ptr(), (), release) };
+    if !c.is_null() {
+        // SAFETY: the connection outlives its requests' handlers.
+        unsafe { ngx_http_run_posted_requests(c) };
     }
 }

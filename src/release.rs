@@ -31,7 +31,7 @@ pub unsafe fn install() {
 /// `flash_sale_release_header`: a backend's answer with that header revokes the buyer's permit.
 unsafe extern "C" fn release_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx passes a live request whose headers are about to be sent.
-    crate::ffi::guard((), || unsafe { release(r) });
+    unsafe { crate::ffi::with_request(r, (), release) };
     // SAFETY: the next filter was set at postconfiguration, before any request; `r` is live.
     unsafe {
         match NEXT_HEADER_FILTER {
@@ -41,11 +41,8 @@ unsafe extern "C" fn release_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
     }
 }
 
-/// # Safety
-/// `r` is a live request whose headers have not been sent.
-unsafe fn release(r: *mut ngx_http_request_t) {
-    // SAFETY: see the function's contract.
-    let req = unsafe { Request::from_ngx_http_request(r) };
+/// Revokes the permit of a request whose backend's answer, about to be sent, has the header.
+fn release(req: &mut Request) {
     if !req.is_main() || req.upstream().is_none() {
         return;
     }
@@ -56,7 +53,7 @@ unsafe fn release(r: *mut ngx_http_request_t) {
     let mut found = false;
     // SAFETY: the output header list holds `ngx_table_elt_t` in null-terminated parts.
     unsafe {
-        let mut part: *mut ngx_list_part_t = &mut (*r).headers_out.headers.part;
+        let mut part: *mut ngx_list_part_t = &mut req.as_mut().headers_out.headers.part;
         while let Some(p) = part.as_mut() {
             let elts = core::slice::from_raw_parts_mut(p.elts.cast::<ngx_table_elt_t>(), p.nelts);
             for h in elts.iter_mut().filter(|h| h.hash != 0) {
@@ -68,8 +65,7 @@ unsafe fn release(r: *mut ngx_http_request_t) {
             part = p.next;
         }
     }
-    // SAFETY: `r` is live.
-    let Some(decision) = (unsafe { recorded(r) }) else {
+    let Some(decision) = recorded(req) else {
         return;
     };
     if !found || !decision.outcome.passes() {

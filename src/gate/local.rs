@@ -2,10 +2,9 @@
 
 use core::ptr::NonNull;
 
-use nginx_sys::{
-    ngx_http_request_t, ngx_int_t, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_NOTICE,
-};
-use ngx::http::Request;
+use nginx_sys::{NGX_LOG_ERR, NGX_LOG_NOTICE};
+use ngx::core::Status;
+use ngx::http::{HTTPStatus, Request};
 use ngx::ngx_log_error;
 
 use crate::conf::{LocConf, ZoneConf};
@@ -16,24 +15,14 @@ use crate::sale::{decide, Outcome};
 use crate::state;
 
 /// Decides a request of a zone kept here: the decision and the admission in one locked step,
-/// the state file, and the conclusion.
-///
-/// # Safety
-/// `r` is a live main request in its precontent phase, gated by `zone_ptr`; `key` is its key.
-pub unsafe fn gate(
-    r: *mut ngx_http_request_t,
-    lcf: &LocConf,
-    zone_ptr: NonNull<ZoneConf>,
-    key: &[u8],
-) -> ngx_int_t {
-    const SERVER_ERROR: ngx_int_t = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+/// the state file, and the conclusion, for a main request in its precontent phase, gated by
+/// `zone_ptr`; `key` is its key.
+pub fn gate(req: &mut Request, lcf: &LocConf, zone_ptr: NonNull<ZoneConf>, key: &[u8]) -> Status {
     // SAFETY: zone configurations live in the cycle's pool, as long as the location does.
     let zone: &ZoneConf = unsafe { zone_ptr.as_ref() };
-    // SAFETY: see the function's contract.
-    let req = unsafe { Request::from_ngx_http_request(r) };
     let now = now_ms();
     let Some(store) = zone.store(now) else {
-        return SERVER_ERROR;
+        return HTTPStatus::INTERNAL_SERVER_ERROR.into();
     };
     let mut store = store.with_ttl(lcf.permit_ttl_ms).with_numbers(zone.numbers());
     let sale = store.table().overrides.apply(lcf.sale());
@@ -81,7 +70,6 @@ pub unsafe fn gate(
             store.permits()
         );
     }
-    let g = Gated { r, lcf, zone: zone_ptr, key, now, sale };
-    // SAFETY: `r` is live, in its precontent phase.
-    unsafe { conclude(&g, verdict) }
+    let g = Gated { lcf, zone: zone_ptr, key, now, sale };
+    conclude(req, &g, verdict)
 }

@@ -15,9 +15,9 @@ pub mod verify;
 use nginx_sys::{
     ngx_array_push, ngx_conf_t, ngx_http_handler_pt,
     ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE as PRECONTENT_PHASE, ngx_http_request_t, ngx_int_t,
-    NGX_DECLINED, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_OK,
 };
-use ngx::http::{HttpModuleMainConf, NgxHttpCoreModule, Request};
+use ngx::core::Status;
+use ngx::http::{HTTPStatus, HttpModuleMainConf, NgxHttpCoreModule, Request};
 
 use crate::conf::{Gate, LocConf, Verify, ZoneConf};
 use verdict::{recorded, request_key};
@@ -25,16 +25,16 @@ use verify::verify;
 
 /// Puts the gate into the precontent phase (postconfiguration).
 pub unsafe extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
-    crate::ffi::guard(nginx_sys::NGX_ERROR as ngx_int_t, || {
+    crate::ffi::guard(Status::NGX_ERROR.0, || {
         // SAFETY: `cf` is the http block's configuration during postconfiguration.
         let Some(cmcf) = NgxHttpCoreModule::main_conf_mut(unsafe { &*cf }) else {
-            return NGX_ERROR as ngx_int_t;
+            return Status::NGX_ERROR.0;
         };
         let handlers = &mut cmcf.phases[PRECONTENT_PHASE as usize].handlers;
         // SAFETY: the phase's handler array holds `ngx_http_handler_pt` elements.
         let slot = unsafe { ngx_array_push(handlers) }.cast::<ngx_http_handler_pt>();
         if slot.is_null() {
-            return NGX_ERROR as ngx_int_t;
+            return Status::NGX_ERROR.0;
         }
         // SAFETY: `slot` is a fresh element of the array. The header filter chain is built during
         // postconfiguration, one module after another, as nginx's own filters do.
@@ -42,58 +42,47 @@ pub unsafe extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
             slot.write(Some(gate_handler));
             crate::release::install();
         }
-        NGX_OK as ngx_int_t
+        Status::NGX_OK.0
     })
 }
 
 unsafe extern "C" fn gate_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // A panic must not unwind into nginx; the zone lock's guard is released while unwinding.
-    // SAFETY: nginx passes a live request.
-    crate::ffi::guard(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t, || unsafe { gate(r) })
+    // SAFETY: nginx passes a live request in its precontent phase.
+    unsafe { crate::ffi::with_request(r, HTTPStatus::INTERNAL_SERVER_ERROR.into(), gate) }.0
 }
 
-/// # Safety
-/// `r` is a live request in its precontent phase.
-unsafe fn gate(r: *mut ngx_http_request_t) -> ngx_int_t {
-    const DECLINED: ngx_int_t = NGX_DECLINED as ngx_int_t;
-    const SERVER_ERROR: ngx_int_t = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-
-    // SAFETY: see the function's contract.
-    let req = unsafe { Request::from_ngx_http_request(r) };
+/// Decides a request in its precontent phase.
+fn gate(req: &mut Request) -> Status {
     // Subrequests belong to a request that was already decided.
     if !req.is_main() {
-        return DECLINED;
+        return Status::NGX_DECLINED;
     }
     let Some(lcf) = LocConf::of(req) else {
-        return DECLINED;
+        return Status::NGX_DECLINED;
     };
     if !matches!(lcf.gate, Gate::Zone(_)) && !matches!(lcf.verify, Verify::Zone { .. }) {
-        return DECLINED;
+        return Status::NGX_DECLINED;
     }
     // Internal redirects (error_page, try_files, rewrite ... last) come back through here.
-    // SAFETY: `r` is live.
-    if unsafe { recorded(r) }.is_some() {
-        return DECLINED;
+    if recorded(req).is_some() {
+        return Status::NGX_DECLINED;
     }
     if let Verify::Zone { zone, token } = lcf.verify {
         // A valid token proves the permit: the gate, if any, is not asked again.
-        // SAFETY: `r` is live; zone configurations live as long as the location.
-        return unsafe { verify(r, lcf, zone, token) };
+        return verify(req, lcf, zone, token);
     }
     let Gate::Zone(zone) = lcf.gate else {
-        return DECLINED;
+        return Status::NGX_DECLINED;
     };
     let zone_ptr = zone;
     // SAFETY: zone configurations live in the cycle's pool, as long as the location does.
     let zone: &ZoneConf = unsafe { zone.as_ref() };
-    // SAFETY: `r` is live.
-    let Some(key) = (unsafe { request_key(r, zone) }) else {
-        return SERVER_ERROR;
+    let Some(key) = request_key(req, zone) else {
+        return HTTPStatus::INTERNAL_SERVER_ERROR.into();
     };
     if zone.redis.is_some() {
-        // SAFETY: `r` is live, in its precontent phase.
-        return unsafe { redis::gate(r, lcf, zone_ptr, key) };
+        return redis::gate(req, lcf, zone_ptr, key);
     }
-    // SAFETY: `r` is live, in its precontent phase.
-    unsafe { local::gate(r, lcf, zone_ptr, key) }
+    local::gate(req, lcf, zone_ptr, key)
 }

@@ -6,10 +6,10 @@
 use core::ptr::NonNull;
 use nginx_sys::{
     ngx_http_core_run_phases, ngx_http_finalize_request, ngx_http_request_empty_handler,
-    ngx_http_request_t, ngx_int_t, NGX_AGAIN, NGX_DECLINED, NGX_DONE,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR, NGX_LOG_WARN,
+    ngx_http_request_t, NGX_LOG_ERR, NGX_LOG_WARN,
 };
-use ngx::http::Request;
+use ngx::core::Status;
+use ngx::http::{HTTPStatus, Request};
 use ngx::ngx_log_error;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -23,29 +23,24 @@ use crate::remote::{Command, Failure, OnError, Overrides as RemoteOverrides, Rep
 use crate::sale::{admitted, draw_step, DrawMode, Held, Outcome, PermitStore, Step, Verdict};
 use crate::zone::{Cached, RemoteView, Stats};
 
-const SERVER_ERROR: ngx_int_t = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+fn server_error() -> Status {
+    HTTPStatus::INTERNAL_SERVER_ERROR.into()
+}
 
-/// Decides a request of a zone kept in Redis; returns what the phase handler returns
-/// (`NGX_AGAIN` while Redis is asked).
-///
-/// # Safety
-/// `r` is a live main request in its precontent phase, gated by `zone_ptr`; `key` is its key.
-pub unsafe fn gate(
-    r: *mut ngx_http_request_t,
-    lcf: &LocConf,
-    zone_ptr: NonNull<ZoneConf>,
-    key: &[u8],
-) -> ngx_int_t {
+/// Decides a main request in its precontent phase, gated by `zone_ptr`, a zone kept in
+/// Redis; `key` is its key. Returns what the phase handler returns (`NGX_AGAIN` while Redis
+/// is asked).
+pub fn gate(req: &mut Request, lcf: &LocConf, zone_ptr: NonNull<ZoneConf>, key: &[u8]) -> Status {
     // SAFETY: zone configurations live as long as the location.
     let zone = unsafe { zone_ptr.as_ref() };
     let now = now_ms();
     let (Some(store), Some(redis)) = (zone.store(now), zone.redis()) else {
-        return SERVER_ERROR;
+        return server_error();
     };
     let cache_ms = redis.settings.cache_ms;
     let mut store = store.with_ttl(lcf.permit_ttl_ms);
     let sale = store.table().overrides.apply(lcf.sale());
-    let g = Gated { r, lcf, zone: zone_ptr, key, now, sale };
+    let g = Gated { lcf, zone: zone_ptr, key, now, sale };
     let link = &store.table().link;
     if link.claim_overrides(now, cache_ms) {
         refresh_overrides(zone_ptr);
@@ -58,8 +53,7 @@ pub unsafe fn gate(
         // randomness), this host's own.
         None if wants_shared && link.may_ask(now) => {
             if let Some(proposal) = random_secret() {
-                // SAFETY: `r` is live, in its precontent phase.
-                return unsafe { ask(r, zone, Command::DrawSecret { proposal }) };
+                return ask(req, zone, Command::DrawSecret { proposal });
             }
             store.table().draw_secret()
         }
@@ -68,19 +62,16 @@ pub unsafe fn gate(
     let draw = drawer(lcf, secret, key, now);
     let recheck =
         match draw_step(&sale, key, now, draw, &mut RemoteView { store: &mut store, cache_ms }) {
-            // SAFETY: `r` is live, in its precontent phase.
-            Step::Decided(verdict) => return unsafe { conclude(&g, verdict) },
+            Step::Decided(verdict) => return conclude(req, &g, verdict),
             Step::Recheck => true,
             Step::Admit => false,
         };
     if !recheck && !store.table().link.may_ask_for_permit(now, cache_ms) {
         // Sold out, as far as this host knows; another winner is asking Redis again.
-        // SAFETY: `r` is live, in its precontent phase.
-        return unsafe { conclude(&g, Outcome::SoldOut.into()) };
+        return conclude(req, &g, Outcome::SoldOut.into());
     }
     if !store.table().link.may_ask(now) {
-        // SAFETY: `r` is live, in its precontent phase.
-        return unsafe { without_redis(&g) };
+        return without_redis(req, &g);
     }
     let command = Command::Admit {
         key: key.to_vec(),
@@ -89,8 +80,7 @@ pub unsafe fn gate(
         expires_ms: lcf.permit_ttl_ms.map(|ttl| crate::sale::expiry(now, ttl)),
         recheck,
     };
-    // SAFETY: `r` is live, in its precontent phase.
-    unsafe { ask(r, zone, command) }
+    ask(req, zone, command)
 }
 
 /// A proposal for the sale's per-key draw secret, from the system's randomness.
@@ -106,98 +96,83 @@ fn passed(outcome: Outcome, held: Held) -> Verdict {
 /// Sends `command` to the zone's Redis and leaves the request waiting for [`answered`]:
 /// `NGX_AGAIN`, for the phase handler to return. A task that cannot be queued (nginx's thread
 /// pool queue is full) is decided at once, as Redis failing to answer: counted, logged, and
-/// the request goes on without Redis.
-///
-/// # Safety
-/// `r` is a live main request in its precontent phase, gated by `zone`.
-unsafe fn ask(r: *mut ngx_http_request_t, zone: &ZoneConf, command: Command) -> ngx_int_t {
+/// the request goes on without Redis. For a main request in its precontent phase, gated by
+/// `zone`.
+fn ask(req: &mut Request, zone: &ZoneConf, command: Command) -> Status {
     let Some(redis) = zone.redis() else {
-        return SERVER_ERROR;
+        return server_error();
     };
     let zone_name = zone.name().to_string();
-    // SAFETY: `r` is live; it waits for the reply when the task is queued.
-    match unsafe { offload::post(r, redis.threads, &redis.settings, zone_name, command, answered) }
+    match offload::post(req, redis.threads, &redis.settings, zone_name, command, Box::new(answered))
     {
         Ok(()) => {
             // Nothing but the reply may run the phases on while it waits.
-            // SAFETY: `r` is live.
-            unsafe { (*r).write_event_handler = Some(ngx_http_request_empty_handler) };
-            NGX_AGAIN as ngx_int_t
+            req.as_mut().write_event_handler = Some(ngx_http_request_empty_handler);
+            Status::NGX_AGAIN
         }
-        // SAFETY: `r` is live, in its precontent phase, and was not suspended.
-        Err((command, failure)) => unsafe {
-            decide_with_reply(r, &command, Err(failure), now_ms())
-        },
+        // Not suspended: decided at once.
+        Err((command, failure)) => decide_with_reply(req, &command, Err(failure), now_ms()),
     }
 }
 
-/// Redis's reply to a gate's round trip: decides, then runs the request's phases on.
-///
-/// # Safety
-/// `r` is the live request [`ask`] suspended.
-unsafe fn answered(
-    r: *mut ngx_http_request_t,
-    command: &Command,
-    reply: Result<Reply, Failure>,
-    asked_ms: i64,
-) {
-    // SAFETY: see the function's contract.
-    unsafe {
-        // nginx's own function, one symbol in the nginx binary: its address is unique.
-        let waiting = ngx_http_request_empty_handler as *const ();
-        if (*r).write_event_handler.map(|h| h as *const ()) != Some(waiting) {
-            // The request was ended while it waited (nginx set its finalizer): let it end.
-            if let Some(handler) = (*r).write_event_handler {
-                handler(r);
-            }
-            return;
+/// Redis's reply to a gate's round trip, for the request [`ask`] suspended: decides, then
+/// runs the request's phases on.
+fn answered(req: &mut Request, command: &Command, reply: Result<Reply, Failure>, asked_ms: i64) {
+    let r: *mut ngx_http_request_t = (&mut *req).into();
+    // nginx's own function, one symbol in the nginx binary: its address is unique.
+    let waiting = ngx_http_request_empty_handler as *const ();
+    let handler = req.as_ref().write_event_handler;
+    if handler.map(|h| h as *const ()) != Some(waiting) {
+        // The request was ended while it waited (nginx set its finalizer): let it end.
+        if let Some(handler) = handler {
+            // SAFETY: nginx's own handler of this live request.
+            unsafe { handler(r) };
         }
-        (*r).write_event_handler = Some(ngx_http_core_run_phases);
-        let rc = crate::ffi::guard(SERVER_ERROR, || decide_with_reply(r, command, reply, asked_ms));
-        // What the precontent phase's checker does with a handler's answer.
-        if rc == NGX_DECLINED as ngx_int_t {
-            (*r).phase_handler += 1;
-            ngx_http_core_run_phases(r);
-        } else if rc != NGX_AGAIN as ngx_int_t && rc != NGX_DONE as ngx_int_t {
-            ngx_http_finalize_request(r, rc);
-        }
+        return;
+    }
+    req.as_mut().write_event_handler = Some(ngx_http_core_run_phases);
+    let rc = crate::ffi::guard(server_error(), || decide_with_reply(req, command, reply, asked_ms));
+    // What the precontent phase's checker does with a handler's answer.
+    if rc == Status::NGX_DECLINED {
+        req.as_mut().phase_handler += 1;
+        // SAFETY: the request is live and back in its worker, its phases to run on.
+        unsafe { ngx_http_core_run_phases(r) };
+    } else if rc != Status::NGX_AGAIN && rc != Status::NGX_DONE {
+        // SAFETY: as above; this ends the handler's part of the request.
+        unsafe { ngx_http_finalize_request(r, rc.0) };
     }
 }
 
-/// Decides a gated request on Redis's reply to `command`, or its failure to answer.
-///
-/// # Safety
-/// `r` is a live request in its precontent phase: the one [`ask`] suspended, back in its
-/// worker, or one it could not suspend.
-unsafe fn decide_with_reply(
-    r: *mut ngx_http_request_t,
+/// Decides a gated request on Redis's reply to `command`, or its failure to answer: a request
+/// in its precontent phase, the one [`ask`] suspended, back in its worker, or one it could
+/// not suspend.
+fn decide_with_reply(
+    req: &mut Request,
     command: &Command,
     reply: Result<Reply, Failure>,
     asked_ms: i64,
-) -> ngx_int_t {
-    // SAFETY: see the function's contract.
-    let req = unsafe { Request::from_ngx_http_request(r) };
+) -> Status {
     let Some(lcf) = LocConf::of(req) else {
-        return SERVER_ERROR;
+        return server_error();
     };
     let Gate::Zone(zone_ptr) = lcf.gate else {
-        return SERVER_ERROR;
+        return server_error();
     };
     // SAFETY: zone configurations live as long as the location.
     let zone = unsafe { zone_ptr.as_ref() };
-    // SAFETY: `r` is live; the key's variables are cached, so this is the key asked about.
-    let Some(key) = (unsafe { request_key(r, zone) }) else {
-        return SERVER_ERROR;
+    // The key's variables are cached, so this is the key asked about.
+    let Some(key) = request_key(req, zone) else {
+        return server_error();
     };
     let now = now_ms();
     let (Some(store), Some(redis)) = (zone.store(now), zone.redis()) else {
-        return SERVER_ERROR;
+        return server_error();
     };
     let mut store = store.with_ttl(lcf.permit_ttl_ms);
     let (stats, link) = (&store.table().stats, &store.table().link);
     Stats::count(&stats.redis_calls);
     let sale = store.table().overrides.apply(lcf.sale());
-    let g = Gated { r, lcf, zone: zone_ptr, key, now, sale };
+    let g = Gated { lcf, zone: zone_ptr, key, now, sale };
     let log = req.log();
     let reply = match reply {
         Ok(reply) => reply,
@@ -222,15 +197,12 @@ unsafe fn decide_with_reply(
                 );
             }
             // What the request goes on with depends on what it was waiting for.
-            // SAFETY: `r` is live, in its precontent phase.
-            return unsafe {
-                match command {
-                    // Nobody has drawn yet: draw with this host's own secret.
-                    Command::DrawSecret { .. } => gate(r, lcf, zone_ptr, key),
-                    // Redis had already said SOLD_OUT; only the copy is missing.
-                    Command::Permits { .. } => conclude(&g, Outcome::SoldOut.into()),
-                    _ => without_redis(&g),
-                }
+            return match command {
+                // Nobody has drawn yet: draw with this host's own secret.
+                Command::DrawSecret { .. } => gate(req, lcf, zone_ptr, key),
+                // Redis had already said SOLD_OUT; only the copy is missing.
+                Command::Permits { .. } => conclude(req, &g, Outcome::SoldOut.into()),
+                _ => without_redis(req, &g),
             };
         }
     };
@@ -255,8 +227,7 @@ unsafe fn decide_with_reply(
             if copy {
                 // Copy every permit first: a winner admitted through another host must not be
                 // taken for a new buyer here.
-                // SAFETY: `r` is live, in its precontent phase.
-                return unsafe { ask(r, zone, Command::Permits { now_ms: now }) };
+                return ask(req, zone, Command::Permits { now_ms: now });
             }
             Outcome::SoldOut.into()
         }
@@ -270,29 +241,23 @@ unsafe fn decide_with_reply(
         }
         AfterReply::Revoked => {
             store.forget(key);
-            // SAFETY: `r` is live, in its precontent phase.
-            return unsafe { gate(r, lcf, zone_ptr, key) };
+            return gate(req, lcf, zone_ptr, key);
         }
-        // SAFETY: `r` is live, in its precontent phase.
-        AfterReply::Again => return unsafe { gate(r, lcf, zone_ptr, key) },
-        AfterReply::Unexpected => return SERVER_ERROR,
+        AfterReply::Again => return gate(req, lcf, zone_ptr, key),
+        AfterReply::Unexpected => return server_error(),
     };
-    // SAFETY: `r` is live, in its precontent phase.
-    unsafe { conclude(&g, verdict) }
+    conclude(req, &g, verdict)
 }
 
 /// A draw winner (or a stale permit) when Redis cannot be asked: a winner this host knows of
 /// passes; for a new buyer, `on_error=closed` answers UNAVAILABLE, `on_error=open` admits
-/// against this host's own zone and cap.
-///
-/// # Safety
-/// `g` is a live main request in its precontent phase.
-unsafe fn without_redis(g: &Gated<'_>) -> ngx_int_t {
+/// against this host's own zone and cap. For a main request in its precontent phase.
+fn without_redis(req: &mut Request, g: &Gated<'_>) -> Status {
     // SAFETY: zone configurations live as long as the location.
     let zone = unsafe { g.zone.as_ref() };
     let open = zone.redis().is_some_and(|redis| redis.settings.on_error == OnError::Open);
     let Some(store) = zone.store(g.now) else {
-        return SERVER_ERROR;
+        return server_error();
     };
     let mut store = store.with_ttl(g.lcf.permit_ttl_ms);
     let verdict = match store.cached(g.key, i64::MAX) {
@@ -301,8 +266,7 @@ unsafe fn without_redis(g: &Gated<'_>) -> ngx_int_t {
         _ if open => admitted(store.admit(g.key, &g.sale)),
         _ => Outcome::Unavailable.into(),
     };
-    // SAFETY: see the function's contract.
-    unsafe { conclude(g, verdict) }
+    conclude(req, g, verdict)
 }
 
 /// Revokes a permit the backend released (`flash_sale_release_header`) in Redis too. The

@@ -3,26 +3,24 @@
 
 use core::cell::RefCell;
 use core::ffi::c_void;
-use core::mem::size_of;
 use core::ptr::NonNull;
 
 use nginx_sys::{
-    ngx_http_discard_request_body, ngx_http_err_page_t, ngx_http_finalize_request,
-    ngx_http_get_flushed_variable, ngx_http_request_t, ngx_int_t, ngx_pool_cleanup_add, ngx_str_t,
-    ngx_timeofday, NGX_DECLINED, NGX_DONE, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_WARN, NGX_OK,
+    ngx_http_err_page_t, ngx_http_finalize_request, ngx_http_get_flushed_variable, ngx_int_t,
+    ngx_str_t, ngx_timeofday, ngx_uint_t, NGX_LOG_WARN,
 };
-use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule, Request};
+use ngx::core::Status;
+use ngx::http::{HTTPStatus, HttpModuleLocationConf, NgxHttpCoreModule, Request};
 use ngx::{ngx_log_debug_http, ngx_log_error, ngx_string};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 use crate::conf::{LocConf, ZoneConf};
-use crate::http::{add_header, send, Body};
+use crate::http::{add_header, keep, kept, send, Body, Kept};
 use crate::sale::{DrawMode, Held, Outcome, Sale, Verdict, MAX_KEY_LEN};
 use crate::zone::{keyed_draw, Stats};
 
-/// A request the gate decides, and what every step of the decision reads.
+/// What every step of a request's decision reads.
 pub struct Gated<'r> {
-    pub r: *mut ngx_http_request_t,
     pub lcf: &'r LocConf,
     pub zone: NonNull<ZoneConf>,
     /// The buyer's key, in the request's memory.
@@ -47,15 +45,12 @@ pub fn drawer<'a>(
     }
 }
 
-/// Counts, logs and records a verdict, and answers a rejection; returns what the phase
-/// handler returns.
-///
-/// # Safety
-/// `g.r` is a live main request in its precontent phase.
-pub unsafe fn conclude(g: &Gated<'_>, verdict: Verdict) -> ngx_int_t {
-    let Gated { r, lcf, zone: zone_ptr, key, now, ref sale } = *g;
-    // SAFETY: see the function's contract; zone configurations live as long as the location.
-    let (req, zone) = unsafe { (Request::from_ngx_http_request(r), zone_ptr.as_ref()) };
+/// Counts, logs and records the verdict on a main request in its precontent phase, and
+/// answers a rejection; returns what the phase handler returns.
+pub fn conclude(req: &mut Request, g: &Gated<'_>, verdict: Verdict) -> Status {
+    let Gated { lcf, zone: zone_ptr, key, now, ref sale } = *g;
+    // SAFETY: zone configurations live in the cycle's pool, as long as the location.
+    let zone = unsafe { zone_ptr.as_ref() };
     let outcome = verdict.outcome;
     let dry_run = lcf.dry_run();
     if let Some(table) = zone.table_ref() {
@@ -93,40 +88,32 @@ pub unsafe fn conclude(g: &Gated<'_>, verdict: Verdict) -> ngx_int_t {
         key: key.as_ptr(),
         key_len: key.len(),
     };
-    // SAFETY: `r` is live.
-    if unsafe { record(r, decision) }.is_none() {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    if record(req, decision).is_none() {
+        return HTTPStatus::INTERNAL_SERVER_ERROR.into();
     }
     if outcome.passes() || dry_run {
-        return NGX_DECLINED as ngx_int_t;
+        return Status::NGX_DECLINED;
     }
     let retry_after = matches!(outcome, Outcome::NotStarted | Outcome::Prequeued)
         .then(|| sale.window.seconds_to_start(now));
     let status = outcome.status(lcf.reject_status());
-    // SAFETY: `r` is live and nothing has been sent yet.
-    unsafe { reject(r, status, outcome.message(), retry_after) }
+    reject(req, status, outcome.message(), retry_after)
 }
 
 /// The buyer's key: the zone's key expression evaluated for this request; `None` on an error.
-///
-/// # Safety
-/// `r` is a live request; the key lives in its memory.
-pub unsafe fn request_key<'r>(r: *mut ngx_http_request_t, zone: &ZoneConf) -> Option<&'r [u8]> {
-    match zone.key_var {
+/// It lives in the request's memory, as long as the request: not tied to this borrow.
+pub fn request_key<'r>(req: &mut Request, zone: &ZoneConf) -> Option<&'r [u8]> {
+    let value = match zone.key_var {
         // SAFETY: the index came from ngx_http_get_variable_index for this configuration.
-        Some(index) => match unsafe { ngx_http_get_flushed_variable(r, index).as_ref() } {
-            Some(value) if value.not_found() == 0 => Some(value.as_bytes()),
-            Some(_) => Some(&[]),
-            None => None,
+        Some(index) => match unsafe { ngx_http_get_flushed_variable(req.into(), index).as_ref() } {
+            Some(value) if value.not_found() == 0 => value.as_bytes(),
+            Some(_) => &[],
+            None => return None,
         },
-        None => {
-            // SAFETY: `r` is live.
-            let req = unsafe { Request::from_ngx_http_request(r) };
-            let value = req.get_complex_value(&zone.key)?.as_bytes();
-            // SAFETY: the value lives in the request's pool, as long as the request.
-            Some(unsafe { core::slice::from_raw_parts(value.as_ptr(), value.len()) })
-        }
-    }
+        None => req.get_complex_value(&zone.key)?.as_bytes(),
+    };
+    // SAFETY: the value lives in the request's pool (or is static), as long as the request.
+    Some(unsafe { core::slice::from_raw_parts(value.as_ptr(), value.len()) })
 }
 
 thread_local! {
@@ -191,111 +178,98 @@ impl Decision {
     }
 }
 
-/// Marks our cleanup entry; there is nothing to clean up.
-unsafe extern "C" fn decision_marker(_data: *mut c_void) {}
-
-fn is_decision(handler: nginx_sys::ngx_pool_cleanup_pt) -> bool {
-    handler.map(|h| h as *const ()) == Some(decision_marker as *const ())
+impl Kept for Decision {
+    const CLEANUP: unsafe extern "C" fn(*mut c_void) = decision_marker;
 }
 
-/// # Safety
-/// `r` is a live request.
-pub unsafe fn record(r: *mut ngx_http_request_t, decision: Decision) -> Option<()> {
-    // SAFETY: the cleanup entry and its data live as long as the request's pool.
-    unsafe {
-        let cln = ngx_pool_cleanup_add((*r).pool, size_of::<Decision>()).as_mut()?;
-        let data = cln.data.cast::<Decision>();
-        data.write(decision);
-        cln.handler = Some(decision_marker);
-        *(*r).ctx.add(crate::conf::ctx_index()) = data.cast();
-    }
+/// Marks the cleanup entry that keeps a decision; there is nothing to clean up.
+unsafe extern "C" fn decision_marker(_data: *mut c_void) {}
+
+/// Keeps the decision with the request, for its variables, its release and its internal
+/// redirects; `None` when nginx cannot allocate.
+pub fn record(req: &mut Request, decision: Decision) -> Option<()> {
+    let kept = keep(req, decision)?;
+    set_context(req, kept.as_ptr());
     Some(())
 }
 
 /// The decision taken for this request, if any, also after an internal redirect.
-///
-/// # Safety
-/// `r` is a live request.
-pub unsafe fn recorded(r: *mut ngx_http_request_t) -> Option<Decision> {
-    let index = crate::conf::ctx_index();
-    // SAFETY: `ctx` has a slot per http module; ours holds null or a `Decision`, and the pool's
-    // cleanup list is null-terminated.
-    unsafe {
-        let slot = (*r).ctx.add(index);
-        if let Some(decision) = (*slot).cast::<Decision>().as_ref() {
-            return Some(*decision);
-        }
-        // Only an internal redirect loses a context; a fresh request has nothing to find.
-        if (*r).internal() == 0 {
-            return None;
-        }
-        let mut cln = (*(*r).pool).cleanup;
-        while let Some(entry) = cln.as_ref() {
-            if is_decision(entry.handler) {
-                *slot = entry.data;
-                return Some(*entry.data.cast::<Decision>());
-            }
-            cln = entry.next;
-        }
+pub fn recorded(req: &mut Request) -> Option<Decision> {
+    let slot = crate::conf::ctx_index();
+    // SAFETY: `ctx` has a slot per http module; ours holds null or a kept `Decision`.
+    if let Some(decision) = unsafe { (*req.as_ref().ctx.add(slot)).cast::<Decision>().as_ref() } {
+        return Some(*decision);
     }
-    None
+    // Only an internal redirect loses a context; a fresh request has nothing to find.
+    if req.as_ref().internal() == 0 {
+        return None;
+    }
+    let decision: *const Decision = kept::<Decision>(req)?;
+    // The context again, for the next reader.
+    set_context(req, decision.cast_mut());
+    // SAFETY: a kept decision lives as long as the request.
+    Some(unsafe { *decision })
+}
+
+/// Points the module's context of the request at its kept decision.
+fn set_context(req: &mut Request, decision: *mut Decision) {
+    let slot = crate::conf::ctx_index();
+    // SAFETY: `ctx` has a slot per http module; ours is for the decision.
+    unsafe { *req.as_mut().ctx.add(slot) = decision.cast() };
 }
 
 /// Answers a rejection: the status, `Cache-Control: no-store`, `Retry-After` when given (the
 /// seconds to the start), and either the location's `error_page` for that status or the
 /// one-line plain-text `message`. A status nginx answers by closing the connection (444, 408,
-/// 499) is handed to nginx as `limit_req` hands it, and nothing is sent.
-///
-/// # Safety
-/// `r` is a live request whose response has not started.
-pub unsafe fn reject(
-    r: *mut ngx_http_request_t,
+/// 499) is handed to nginx as `limit_req` hands it, and nothing is sent. For a request whose
+/// response has not started.
+pub fn reject(
+    req: &mut Request,
     status: u16,
     message: &'static str,
     retry_after: Option<i64>,
-) -> ngx_int_t {
+) -> Status {
+    let code = HTTPStatus(ngx_uint_t::from(status)).into();
     if Outcome::closes_connection(status) {
-        return status as ngx_int_t;
+        return code;
     }
-    // SAFETY: see the function's contract.
-    unsafe {
-        if ngx_http_discard_request_body(r) != NGX_OK as ngx_int_t {
-            (*r).set_keepalive(0);
-        }
-        let headers = add_header(r, "Cache-Control", ngx_string!("no-store")).and_then(|()| {
-            let Some(seconds) = retry_after else {
-                return Some(());
-            };
-            let seconds = seconds.to_string();
-            add_header(r, "Retry-After", ngx_str_t::from_bytes((*r).pool, seconds.as_bytes())?)
-        });
-        if headers.is_none() {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-        }
-        if has_error_page(r, status) {
-            // nginx's special response handler performs the redirect to the error page.
-            return status as ngx_int_t;
-        }
-        let rc = send(r, status, ngx_string!("text/plain"), Body::Static(message));
-        // The phase checker would take NGX_OK as "go on to the content phase": finalize here.
-        ngx_http_finalize_request(r, rc);
-        NGX_DONE as ngx_int_t
+    if !req.discard_request_body().is_ok() {
+        req.as_mut().set_keepalive(0);
     }
+    let retry_after = match retry_after {
+        Some(seconds) => {
+            // SAFETY: the request's pool is live; the copy lives as long as the request.
+            match unsafe {
+                ngx_str_t::from_bytes(req.as_ref().pool, seconds.to_string().as_bytes())
+            } {
+                Some(value) => Some(value),
+                None => return HTTPStatus::INTERNAL_SERVER_ERROR.into(),
+            }
+        }
+        None => None,
+    };
+    let headers = add_header(req, "Cache-Control", ngx_string!("no-store"))
+        .and_then(|()| retry_after.map_or(Some(()), |value| add_header(req, "Retry-After", value)));
+    if headers.is_none() {
+        return HTTPStatus::INTERNAL_SERVER_ERROR.into();
+    }
+    if has_error_page(req, status) {
+        // nginx's special response handler performs the redirect to the error page.
+        return code;
+    }
+    let rc = send(req, status, ngx_string!("text/plain"), Body::Static(message));
+    // The phase checker would take NGX_OK as "go on to the content phase": finalize here.
+    // SAFETY: the request is live; this is its handler's finalization.
+    unsafe { ngx_http_finalize_request(req.into(), rc.0) };
+    Status::NGX_DONE
 }
 
 /// Whether nginx would answer `status` here with an `error_page`, by its own rules.
-///
-/// # Safety
-/// `r` is a live request.
-unsafe fn has_error_page(r: *mut ngx_http_request_t, status: u16) -> bool {
-    // SAFETY: see the function's contract.
-    let req = unsafe { &*r };
-    if req.error_page() != 0 || req.uri_changes() == 0 {
+fn has_error_page(req: &Request, status: u16) -> bool {
+    if req.as_ref().error_page() != 0 || req.as_ref().uri_changes() == 0 {
         return false;
     }
-    // SAFETY: `r` is live.
-    let Some(clcf) = NgxHttpCoreModule::location_conf(unsafe { Request::from_ngx_http_request(r) })
-    else {
+    let Some(clcf) = NgxHttpCoreModule::location_conf(req) else {
         return false;
     };
     // SAFETY: `error_pages`, when set, is an array of `ngx_http_err_page_t`.

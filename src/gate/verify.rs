@@ -2,11 +2,9 @@
 
 use core::ptr::NonNull;
 
-use nginx_sys::{
-    ngx_http_complex_value_t, ngx_http_request_t, ngx_int_t, NGX_DECLINED, NGX_HTTP_FORBIDDEN,
-    NGX_HTTP_INTERNAL_SERVER_ERROR,
-};
-use ngx::http::Request;
+use nginx_sys::ngx_http_complex_value_t;
+use ngx::core::Status;
+use ngx::http::{HTTPStatus, Request};
 use ngx::ngx_log_error;
 
 use crate::conf::{LocConf, ZoneConf};
@@ -17,36 +15,31 @@ use crate::token;
 use crate::zone::Stats;
 
 /// `flash_sale_verify`: passes a request whose token is a valid permit of `zone` for its own
-/// key, and answers 403 with the reason otherwise.
-///
-/// # Safety
-/// `r` is a live main request in its precontent phase; `zone` and `token` belong to its
-/// location's configuration.
-pub unsafe fn verify(
-    r: *mut ngx_http_request_t,
+/// key, and answers 403 with the reason otherwise. For a main request in its precontent
+/// phase; `zone` and `token` belong to its location's configuration.
+pub fn verify(
+    req: &mut Request,
     lcf: &LocConf,
     zone_ptr: NonNull<ZoneConf>,
     token: Option<NonNull<ngx_http_complex_value_t>>,
-) -> ngx_int_t {
-    const SERVER_ERROR: ngx_int_t = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-    // SAFETY: see the function's contract.
-    let (req, zone) = unsafe { (Request::from_ngx_http_request(r), zone_ptr.as_ref()) };
-    // SAFETY: `r` is live.
-    let Some(key) = (unsafe { request_key(r, zone) }) else {
-        return SERVER_ERROR;
+) -> Status {
+    let server_error = || HTTPStatus::INTERNAL_SERVER_ERROR.into();
+    // SAFETY: zone configurations live in the cycle's pool, as long as the location does.
+    let zone = unsafe { zone_ptr.as_ref() };
+    let Some(key) = request_key(req, zone) else {
+        return server_error();
     };
     let token = match token {
         // SAFETY: the complex value was compiled by `flash_sale_verify` for this location.
         Some(value) => match req.get_complex_value(unsafe { value.as_ref() }) {
             Some(value) => value.as_bytes(),
-            None => return SERVER_ERROR,
+            None => return server_error(),
         },
-        // SAFETY: `r` is live.
-        None => unsafe { bearer_token(r) },
+        None => bearer_token(req),
     };
     // `flash_sale_verify` is refused at configuration time without a secret.
     let Some(secret) = lcf.token_secret else {
-        return SERVER_ERROR;
+        return server_error();
     };
     let zone_name = zone.name();
     let name = zone_name.to_str().unwrap_or_default();
@@ -59,10 +52,9 @@ pub unsafe fn verify(
         Ok((seq, expires_ms)) => {
             let held = Held { seq, expires_ms };
             let decision = Decision::passed(Outcome::Permitted, held, zone_ptr, key);
-            // SAFETY: `r` is live.
-            return match unsafe { record(r, decision) } {
-                Some(()) => NGX_DECLINED as ngx_int_t,
-                None => SERVER_ERROR,
+            return match record(req, decision) {
+                Some(()) => Status::NGX_DECLINED,
+                None => server_error(),
             };
         }
         Err(refusal) => refusal,
@@ -77,19 +69,16 @@ pub unsafe fn verify(
         if dry_run { ", dry run" } else { "" }
     );
     if dry_run {
-        return NGX_DECLINED as ngx_int_t;
+        return Status::NGX_DECLINED;
     }
-    // SAFETY: `r` is live and nothing has been sent yet.
-    unsafe { reject(r, NGX_HTTP_FORBIDDEN as u16, refusal.message(), None) }
+    reject(req, 403, refusal.message(), None)
 }
 
-/// The token of an `Authorization: Bearer TOKEN` header; empty without one.
-///
-/// # Safety
-/// `r` is a live request.
-unsafe fn bearer_token<'r>(r: *mut ngx_http_request_t) -> &'r [u8] {
+/// The token of an `Authorization: Bearer TOKEN` header; empty without one. It lives in the
+/// request's memory, as long as the request: not tied to this borrow.
+fn bearer_token<'r>(req: &Request) -> &'r [u8] {
     // SAFETY: the header, when present, lives as long as the request.
-    let Some(header) = (unsafe { (*r).headers_in.authorization.as_ref() }) else {
+    let Some(header) = (unsafe { req.as_ref().headers_in.authorization.as_ref() }) else {
         return &[];
     };
     // SAFETY: as above.
