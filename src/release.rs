@@ -3,8 +3,9 @@
 
 use nginx_sys::{
     ngx_http_output_header_filter_pt, ngx_http_request_t, ngx_http_top_header_filter, ngx_int_t,
-    ngx_list_part_t, ngx_table_elt_t, NGX_ERROR, NGX_LOG_ERR, NGX_LOG_NOTICE,
+    ngx_list_part_t, ngx_table_elt_t, NGX_LOG_ERR, NGX_LOG_NOTICE,
 };
+use ngx::core::Status;
 use ngx::http::Request;
 use ngx::ngx_log_error;
 
@@ -36,7 +37,7 @@ unsafe extern "C" fn release_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
     unsafe {
         match NEXT_HEADER_FILTER {
             Some(next) => next(r),
-            None => NGX_ERROR as ngx_int_t,
+            None => Status::NGX_ERROR.0,
         }
     }
 }

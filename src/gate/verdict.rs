@@ -6,8 +6,8 @@ use core::ffi::c_void;
 use core::ptr::NonNull;
 
 use nginx_sys::{
-    ngx_http_err_page_t, ngx_http_finalize_request, ngx_http_get_flushed_variable, ngx_int_t,
-    ngx_str_t, ngx_timeofday, ngx_uint_t, NGX_LOG_WARN,
+    ngx_http_err_page_t, ngx_http_finalize_request, ngx_http_get_flushed_variable, ngx_str_t,
+    ngx_timeofday, ngx_uint_t, NGX_LOG_WARN,
 };
 use ngx::core::Status;
 use ngx::http::{HTTPStatus, HttpModuleLocationConf, NgxHttpCoreModule, Request};
@@ -279,5 +279,5 @@ fn has_error_page(req: &Request, status: u16) -> bool {
     // SAFETY: as above.
     unsafe { pages.as_slice::<ngx_http_err_page_t>() }
         .iter()
-        .any(|page| page.status == status as ngx_int_t)
+        .any(|page| u16::try_from(page.status) == Ok(status))
 }
