@@ -21,8 +21,8 @@ use crate::gate::redis as redis_gate;
 use crate::http::{add_header, send, Body};
 use crate::metrics::{render, ZoneMetrics};
 use crate::offload;
-use crate::remote::{Command, Failure, Reply, OVERRIDE_FIELDS};
-use crate::sale::{Outcome, Window};
+use crate::remote::{Command, Failure, Reply};
+use crate::sale::{Outcome, OverridesPatch};
 use crate::state;
 use crate::zone::{Stats, ZoneStore};
 
@@ -175,8 +175,7 @@ unsafe fn on_redis(
             let zone = unsafe { zone_named(r, name) }?;
             zone.redis?;
             return Some(
-                override_changes(zone, body?)
-                    .map(|changes| (zone, Command::SetOverrides { changes })),
+                override_changes(zone, body?).map(|patch| (zone, Command::SetOverrides { patch })),
             );
         }
         _ => return None,
@@ -200,30 +199,13 @@ unsafe fn on_redis(
     Some(command.map(|command| (zone, command)))
 }
 
-/// A PATCH's changes to a zone kept in Redis, as Redis keeps them; checked here, against the
-/// overrides this host has, so that a bad one costs no round trip.
-fn override_changes(
-    zone: &ZoneConf,
-    body: &[u8],
-) -> Result<Vec<(&'static str, Option<String>)>, ApiError> {
+/// A PATCH's changes to a zone kept in Redis; checked here, against the overrides this host
+/// has, so that a bad one costs no round trip.
+fn override_changes(zone: &ZoneConf, body: &[u8]) -> Result<OverridesPatch, ApiError> {
     let patch = api::patch(body)?;
-    let (_, _, start, end) =
-        zone.table_ref().map_or((None, None, None, None), |table| table.overrides.get());
-    let start = patch.start_ms.unwrap_or(start);
-    let end = patch.end_ms.unwrap_or(end);
-    if (Window { start_ms: start, end_ms: end }).is_empty() {
-        return Err(ApiError::new(400, "end must be after start"));
-    }
-    let [ratio_field, cap_field, start_field, end_field] = OVERRIDE_FIELDS;
-    Ok([
-        (ratio_field, patch.block_ratio.map(|v| v.map(|r| r.to_string()))),
-        (cap_field, patch.max_permits.map(|v| v.map(|c| c.to_string()))),
-        (start_field, patch.start_ms.map(|v| v.map(|t| t.to_string()))),
-        (end_field, patch.end_ms.map(|v| v.map(|t| t.to_string()))),
-    ]
-    .into_iter()
-    .filter_map(|(field, change)| Some((field, change?)))
-    .collect())
+    let here = zone.table_ref().map(|table| table.overrides.load()).unwrap_or_default();
+    api::patched(&here, &patch)?;
+    Ok(patch)
 }
 
 /// The zone of this name, as the request's configuration declares it.
@@ -310,8 +292,10 @@ unsafe fn redis_answer(r: *mut ngx_http_request_t, reply: Result<Reply, Failure>
             }
             Some(zone) => {
                 apply_here(zone, &key, &reply);
-                let cap =
-                    zone.table.and_then(|t| t.as_ref().overrides.get().1).or(zone.largest_cap);
+                let cap = zone
+                    .table
+                    .and_then(|t| t.as_ref().overrides.load().max_permits)
+                    .or(zone.largest_cap);
                 let page = api::page(req_args(r)).ok();
                 let ask = api::RemoteAsk { key, page, cap, kind: key_kind(zone) };
                 match reply {
@@ -544,18 +528,7 @@ unsafe fn serve(
             with_store(zone, |store, slab| {
                 let overrides = &store.table().overrides;
                 let _locked = slab.lock();
-                let (_, _, start, end) = overrides.get();
-                let start = patch.start_ms.unwrap_or(start);
-                let end = patch.end_ms.unwrap_or(end);
-                if (Window { start_ms: start, end_ms: end }).is_empty() {
-                    return Err(ApiError::new(400, "end must be after start"));
-                }
-                overrides.change(
-                    patch.block_ratio,
-                    patch.max_permits,
-                    patch.start_ms,
-                    patch.end_ms,
-                );
+                overrides.store(&api::patched(&overrides.load(), &patch)?);
                 Ok(())
             })?;
             Ok((200, zone_json(zone).ok_or_else(unavailable)?))
@@ -594,7 +567,7 @@ unsafe fn serve(
                     ));
                 }
                 let permits = store.permits();
-                let cap = store.table().overrides.get().1.or(zone.largest_cap);
+                let cap = store.table().overrides.load().max_permits.or(zone.largest_cap);
                 Ok((
                     200,
                     json!({
@@ -675,7 +648,7 @@ fn with_store<T>(
 /// A zone as JSON: settings, permits, memory and counters.
 fn zone_json(zone: &ZoneConf) -> Option<Value> {
     let m = zone_metrics(zone)?;
-    let (ratio, cap, start, end) = zone.table_ref()?.overrides.get();
+    let overrides = zone.table_ref()?.overrides.load();
     // Dry-run counters once they count something.
     let requests: serde_json::Map<String, Value> = Outcome::counted()
         .filter(|&(o, dry)| !dry || m.requests[o.counter(true)] > 0)
@@ -687,12 +660,7 @@ fn zone_json(zone: &ZoneConf) -> Option<Value> {
         "permits": m.permits,
         "prequeued": m.prequeued,
         "max_permits": m.max_permits,
-        "overrides": {
-            "block_ratio": ratio,
-            "max_permits": cap,
-            "start": start.map(api::rfc3339),
-            "end": end.map(api::rfc3339),
-        },
+        "overrides": api::overrides_json(&overrides),
         "memory": { "used": m.bytes_used, "total": m.bytes_total },
         "requests": requests,
         "granted": m.granted,
@@ -755,7 +723,7 @@ fn zone_metrics(zone: &ZoneConf) -> Option<ZoneMetrics> {
         redis_up: zone.redis.map(|_| u64::from(!table.link.is_down())),
         state_errors: zone.state.as_ref().map(|_| load(&stats.state_errors)),
         state_up: zone.state.as_ref().map(|_| u64::from(!table.journal.health.is_down())),
-        max_permits: table.overrides.get().1.or(zone.largest_cap),
+        max_permits: table.overrides.load().max_permits.or(zone.largest_cap),
         // SAFETY: nginx sets the page size at startup.
         bytes_used: total.saturating_sub(free_pages * unsafe { ngx_pagesize } as u64),
         bytes_total: total,

@@ -36,7 +36,7 @@ pub unsafe fn gate(
         return SERVER_ERROR;
     };
     let mut store = store.with_ttl(lcf.permit_ttl_ms).with_numbers(zone.numbers());
-    let sale = store.table().overrides.apply(lcf.sale());
+    let sale = store.table().overrides.load().apply(lcf.sale());
     let draw = drawer(lcf, store.table().draw_secret(), key, now);
     let mut verdict = decide(&sale, key, now, draw, &mut store);
 
