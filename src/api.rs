@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 
 use crate::parse;
 use crate::remote::Reply;
-use crate::sale::{Grant, PermitInfo};
+use crate::sale::{Grant, Overrides, OverridesPatch, PermitInfo};
 use crate::zone::Cursor;
 
 /// What a path under the API's location names.
@@ -307,20 +307,13 @@ pub fn grants(body: &[u8]) -> Result<Vec<Grant>, ApiError> {
         .collect()
 }
 
-/// The body of `PATCH zones/NAME`: any of block_ratio, max_permits, start, end; null clears.
-#[derive(Debug, Default, PartialEq)]
-pub struct Patch {
-    pub block_ratio: Option<Option<f64>>,
-    pub max_permits: Option<Option<u64>>,
-    pub start_ms: Option<Option<i64>>,
-    pub end_ms: Option<Option<i64>>,
-}
-
-pub fn patch(body: &[u8]) -> Result<Patch, ApiError> {
+/// Reads the body of `PATCH zones/NAME`, a JSON object of any of block_ratio (a number from 0
+/// to 1), max_permits (a whole number), start and end (RFC 3339 times); null clears a field.
+pub fn patch(body: &[u8]) -> Result<OverridesPatch, ApiError> {
     let Value::Object(fields) = parse_json(body)? else {
         return Err(ApiError::new(400, "expected a JSON object"));
     };
-    let mut patch = Patch::default();
+    let mut patch = OverridesPatch::default();
     for (name, value) in &fields {
         let bad = |what: &str| ApiError::new(400, format!("{name}: expected {what} or null"));
         match name.as_str() {
@@ -362,6 +355,27 @@ pub fn patch(body: &[u8]) -> Result<Patch, ApiError> {
         return Err(ApiError::new(400, "nothing to change"));
     }
     Ok(patch)
+}
+
+/// The overrides `now` with `patch`'s changes made, unless they leave the sale no time: an
+/// end that is not after the start.
+pub fn patched(now: &Overrides, patch: &OverridesPatch) -> Result<Overrides, ApiError> {
+    let next = now.patched(patch);
+    if next.window().is_empty() {
+        return Err(ApiError::new(400, "end must be after start"));
+    }
+    Ok(next)
+}
+
+/// A zone's overrides as the API shows them: `{"block_ratio", "max_permits", "start", "end"}`,
+/// the times in RFC 3339, null for a field not overridden.
+pub fn overrides_json(overrides: &Overrides) -> Value {
+    json!({
+        "block_ratio": overrides.block_ratio,
+        "max_permits": overrides.max_permits,
+        "start": overrides.start_ms.map(rfc3339),
+        "end": overrides.end_ms.map(rfc3339),
+    })
 }
 
 /// What a zone's keys are, for showing them: bytes, or addresses when the key is
@@ -694,7 +708,7 @@ mod tests {
                 .unwrap();
         assert_eq!(
             p,
-            Patch {
+            OverridesPatch {
                 block_ratio: Some(Some(0.5)),
                 max_permits: Some(None),
                 start_ms: Some(Some(1_628_380_800_000)),
@@ -714,6 +728,37 @@ mod tests {
         ] {
             assert_eq!(patch(bad).unwrap_err().status, 400, "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn a_patch_must_leave_the_sale_some_time() {
+        let now = Overrides { start_ms: Some(1_000), ..Overrides::default() };
+        let end = |ms| OverridesPatch { end_ms: Some(Some(ms)), ..OverridesPatch::default() };
+        assert_eq!(patched(&now, &end(2_000)), Ok(Overrides { end_ms: Some(2_000), ..now }));
+        for bad in [1_000, 999] {
+            let refused = patched(&now, &end(bad)).unwrap_err();
+            assert_eq!(refused, ApiError::new(400, "end must be after start"));
+        }
+        let both = OverridesPatch { start_ms: Some(None), ..end(999) };
+        assert_eq!(patched(&now, &both).map(|o| o.end_ms), Ok(Some(999)), "no start any more");
+    }
+
+    #[test]
+    fn overrides_as_json() {
+        assert_eq!(
+            overrides_json(&Overrides::default()).to_string(),
+            r#"{"block_ratio":null,"end":null,"max_permits":null,"start":null}"#
+        );
+        let all = Overrides {
+            block_ratio: Some(0.25),
+            max_permits: Some(7),
+            start_ms: Some(1_628_380_800_000),
+            end_ms: Some(1_628_380_800_250),
+        };
+        assert_eq!(
+            overrides_json(&all).to_string(),
+            r#"{"block_ratio":0.25,"end":"2021-08-08T00:00:00.250Z","max_permits":7,"start":"2021-08-08T00:00:00.000Z"}"#
+        );
     }
 
     #[test]

@@ -19,8 +19,8 @@ use crate::gate::redis as redis_gate;
 use crate::http::{add_header, keep, kept, send, Body, Kept};
 use crate::metrics::{render, ZoneMetrics};
 use crate::offload;
-use crate::remote::{Command, Failure, Reply, OVERRIDE_FIELDS};
-use crate::sale::{Outcome, Window};
+use crate::remote::{Command, Failure, Reply};
+use crate::sale::{Outcome, OverridesPatch};
 use crate::state;
 use crate::zone::{Stats, ZoneStore};
 
@@ -179,8 +179,7 @@ fn on_redis(
             let zone = zone_named(req, name)?;
             zone.redis?;
             return Some(
-                override_changes(zone, body?)
-                    .map(|changes| (zone, Command::SetOverrides { changes })),
+                override_changes(zone, body?).map(|patch| (zone, Command::SetOverrides { patch })),
             );
         }
         _ => return None,
@@ -202,30 +201,14 @@ fn on_redis(
     };
     Some(command.map(|command| (zone, command)))
 }
-/// A PATCH's changes to a zone kept in Redis, as Redis keeps them; checked here, against the
-/// overrides this host has, so that a bad one costs no round trip.
-fn override_changes(
-    zone: &ZoneConf,
-    body: &[u8],
-) -> Result<Vec<(&'static str, Option<String>)>, ApiError> {
+
+/// A PATCH's changes to a zone kept in Redis; checked here, against the overrides this host
+/// has, so that a bad one costs no round trip.
+fn override_changes(zone: &ZoneConf, body: &[u8]) -> Result<OverridesPatch, ApiError> {
     let patch = api::patch(body)?;
-    let (_, _, start, end) =
-        zone.table_ref().map_or((None, None, None, None), |table| table.overrides.get());
-    let start = patch.start_ms.unwrap_or(start);
-    let end = patch.end_ms.unwrap_or(end);
-    if (Window { start_ms: start, end_ms: end }).is_empty() {
-        return Err(ApiError::new(400, "end must be after start"));
-    }
-    let [ratio_field, cap_field, start_field, end_field] = OVERRIDE_FIELDS;
-    Ok([
-        (ratio_field, patch.block_ratio.map(|v| v.map(|r| r.to_string()))),
-        (cap_field, patch.max_permits.map(|v| v.map(|c| c.to_string()))),
-        (start_field, patch.start_ms.map(|v| v.map(|t| t.to_string()))),
-        (end_field, patch.end_ms.map(|v| v.map(|t| t.to_string()))),
-    ]
-    .into_iter()
-    .filter_map(|(field, change)| Some((field, change?)))
-    .collect())
+    let here = zone.table_ref().map(|table| table.overrides.load()).unwrap_or_default();
+    api::patched(&here, &patch)?;
+    Ok(patch)
 }
 
 /// The zone of this name, as the request's configuration declares it.
@@ -287,7 +270,8 @@ fn redis_answer(req: &mut Request, asked: &ApiRequest, reply: Result<Reply, Fail
         }
         Some(zone) => {
             apply_here(zone, &key, &reply);
-            let cap = zone.table_ref().and_then(|t| t.overrides.get().1).or(zone.largest_cap);
+            let cap =
+                zone.table_ref().and_then(|t| t.overrides.load().max_permits).or(zone.largest_cap);
             let page = api::page(req_args(req)).ok();
             let ask = api::RemoteAsk { key, page, cap, kind: key_kind(zone) };
             match reply {
@@ -484,18 +468,7 @@ fn serve(req: &Request, asked: &ApiRequest, body: Option<&[u8]>) -> Answer {
             with_store(zone, |store, slab| {
                 let overrides = &store.table().overrides;
                 let _locked = slab.lock();
-                let (_, _, start, end) = overrides.get();
-                let start = patch.start_ms.unwrap_or(start);
-                let end = patch.end_ms.unwrap_or(end);
-                if (Window { start_ms: start, end_ms: end }).is_empty() {
-                    return Err(ApiError::new(400, "end must be after start"));
-                }
-                overrides.change(
-                    patch.block_ratio,
-                    patch.max_permits,
-                    patch.start_ms,
-                    patch.end_ms,
-                );
+                overrides.store(&api::patched(&overrides.load(), &patch)?);
                 Ok(())
             })?;
             Ok((200, zone_json(zone).ok_or_else(unavailable)?))
@@ -534,7 +507,7 @@ fn serve(req: &Request, asked: &ApiRequest, body: Option<&[u8]>) -> Answer {
                     ));
                 }
                 let permits = store.permits();
-                let cap = store.table().overrides.get().1.or(zone.largest_cap);
+                let cap = store.table().overrides.load().max_permits.or(zone.largest_cap);
                 Ok((
                     200,
                     json!({
@@ -614,7 +587,7 @@ fn with_store<T>(
 /// A zone as JSON: settings, permits, memory and counters.
 fn zone_json(zone: &ZoneConf) -> Option<Value> {
     let m = zone_metrics(zone)?;
-    let (ratio, cap, start, end) = zone.table_ref()?.overrides.get();
+    let overrides = zone.table_ref()?.overrides.load();
     // Dry-run counters once they count something.
     let requests: serde_json::Map<String, Value> = Outcome::counted()
         .filter(|&(o, dry)| !dry || m.requests[o.counter(true)] > 0)
@@ -626,12 +599,7 @@ fn zone_json(zone: &ZoneConf) -> Option<Value> {
         "permits": m.permits,
         "prequeued": m.prequeued,
         "max_permits": m.max_permits,
-        "overrides": {
-            "block_ratio": ratio,
-            "max_permits": cap,
-            "start": start.map(api::rfc3339),
-            "end": end.map(api::rfc3339),
-        },
+        "overrides": api::overrides_json(&overrides),
         "memory": { "used": m.bytes_used, "total": m.bytes_total },
         "requests": requests,
         "granted": m.granted,
@@ -694,7 +662,7 @@ fn zone_metrics(zone: &ZoneConf) -> Option<ZoneMetrics> {
         redis_up: zone.redis.map(|_| u64::from(!table.link.is_down())),
         state_errors: zone.state.as_ref().map(|_| load(&stats.state_errors)),
         state_up: zone.state.as_ref().map(|_| u64::from(!table.journal.health.is_down())),
-        max_permits: table.overrides.get().1.or(zone.largest_cap),
+        max_permits: table.overrides.load().max_permits.or(zone.largest_cap),
         // SAFETY: nginx sets the page size at startup.
         bytes_used: total.saturating_sub(free_pages * unsafe { ngx_pagesize } as u64),
         bytes_total: total,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use redis::{ConnectionAddr, ConnectionInfo, RedisConnectionInfo, Script};
 
 use crate::parse;
-use crate::sale::{Cap, Grant, Held, PermitInfo};
+use crate::sale::{Cap, Grant, Held, Overrides, OverridesPatch, PermitInfo};
 
 /// What a host does with a new buyer when Redis does not answer in time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -116,7 +116,7 @@ impl Settings {
 }
 
 /// One atomic step on a zone's permits in Redis.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     /// Admits `key` if it holds no permit and the permits are under the cap. With `recheck`,
     /// only says whether the key still holds a permit.
@@ -137,32 +137,45 @@ pub enum Command {
     DrawSecret { proposal: [u64; 2] },
     /// The sale's overrides (the admin API's PATCH), which every host applies.
     Overrides,
-    /// Changes overrides: each field's new value, `None` to remove it.
-    SetOverrides { changes: Vec<(&'static str, Option<String>)> },
+    /// Changes the sale's overrides as the patch says, field by field.
+    SetOverrides { patch: OverridesPatch },
 }
 
-/// A sale's overrides as Redis keeps them, one field each.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Overrides {
-    pub block_ratio: Option<f64>,
-    pub max_permits: Option<u64>,
-    pub start_ms: Option<i64>,
-    pub end_ms: Option<i64>,
-}
-
+/// The fields of the overrides' hash in Redis, in the order of [`Overrides`]'s fields; each
+/// value is the field's number as Rust writes and reads it (ms since the Unix epoch for the
+/// times).
 pub const OVERRIDE_FIELDS: [&str; 4] = ["block_ratio", "max_permits", "start_ms", "end_ms"];
 
-impl Overrides {
-    /// Reads the fields of an HGETALL; a field that does not parse is left unset.
-    pub fn from_fields(fields: &[(String, String)]) -> Overrides {
-        let get = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
-        Overrides {
-            block_ratio: get("block_ratio").and_then(|v| v.parse().ok()),
-            max_permits: get("max_permits").and_then(|v| v.parse().ok()),
-            start_ms: get("start_ms").and_then(|v| v.parse().ok()),
-            end_ms: get("end_ms").and_then(|v| v.parse().ok()),
-        }
+/// Reads the overrides from the fields of an HGETALL; a field that does not parse is left
+/// unset, as is a field that is not one of [`OVERRIDE_FIELDS`].
+fn overrides_from_fields(fields: &[(String, String)]) -> Overrides {
+    let [ratio, cap, start, end] =
+        OVERRIDE_FIELDS.map(|name| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()));
+    Overrides {
+        block_ratio: ratio.and_then(|v| v.parse().ok()),
+        max_permits: cap.and_then(|v| v.parse().ok()),
+        start_ms: start.and_then(|v| v.parse().ok()),
+        end_ms: end.and_then(|v| v.parse().ok()),
     }
+}
+
+/// A patch as [`SET_OVERRIDES`] takes it: a field and its new value per field the patch
+/// changes, in the order of [`OVERRIDE_FIELDS`], `None` to remove the field.
+fn override_changes(patch: &OverridesPatch) -> Vec<(&'static str, Option<String>)> {
+    fn text<T: ToString>(change: Option<Option<T>>) -> Option<Option<String>> {
+        change.map(|value| value.map(|v| v.to_string()))
+    }
+    let values = [
+        text(patch.block_ratio),
+        text(patch.max_permits),
+        text(patch.start_ms),
+        text(patch.end_ms),
+    ];
+    OVERRIDE_FIELDS
+        .into_iter()
+        .zip(values)
+        .filter_map(|(field, change)| Some((field, change?)))
+        .collect()
 }
 
 /// What Redis said about a key's admission.
@@ -594,16 +607,16 @@ fn execute(
         Command::Overrides => {
             let fields: Vec<(String, String)> =
                 redis::cmd("HGETALL").arg(&overrides).query(conn)?;
-            Ok(Reply::Overrides(Overrides::from_fields(&fields)))
+            Ok(Reply::Overrides(overrides_from_fields(&fields)))
         }
-        Command::SetOverrides { changes } => {
+        Command::SetOverrides { patch } => {
             let mut invocation = set_overrides.key(&overrides);
             invocation.arg(deadline);
-            for (field, value) in changes {
-                invocation.arg(*field).arg(value.as_deref().unwrap_or(""));
+            for (field, value) in override_changes(patch) {
+                invocation.arg(field).arg(value.as_deref().unwrap_or(""));
             }
             let fields: Vec<(String, String)> = invocation.invoke(conn)?;
-            Ok(Reply::Overrides(Overrides::from_fields(&fields)))
+            Ok(Reply::Overrides(overrides_from_fields(&fields)))
         }
     }
 }
@@ -733,7 +746,7 @@ mod tests {
         let fields = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
             pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
         };
-        assert_eq!(Overrides::from_fields(&[]), Overrides::default());
+        assert_eq!(overrides_from_fields(&[]), Overrides::default());
         let all = fields(&[
             ("block_ratio", "0.25"),
             ("max_permits", "7"),
@@ -741,7 +754,7 @@ mod tests {
             ("end_ms", "2000"),
         ]);
         assert_eq!(
-            Overrides::from_fields(&all),
+            overrides_from_fields(&all),
             Overrides {
                 block_ratio: Some(0.25),
                 max_permits: Some(7),
@@ -750,7 +763,38 @@ mod tests {
             }
         );
         let bad = fields(&[("max_permits", "-1"), ("colour", "blue")]);
-        assert_eq!(Overrides::from_fields(&bad), Overrides::default());
+        assert_eq!(overrides_from_fields(&bad), Overrides::default());
+    }
+
+    #[test]
+    fn a_patch_is_sent_as_the_fields_it_changes() {
+        assert_eq!(override_changes(&OverridesPatch::default()), []);
+        let patch = OverridesPatch {
+            block_ratio: Some(Some(0.25)),
+            max_permits: Some(None),
+            start_ms: None,
+            end_ms: Some(Some(1_628_380_800_000)),
+        };
+        assert_eq!(
+            override_changes(&patch),
+            [
+                ("block_ratio", Some("0.25".to_string())),
+                ("max_permits", None),
+                ("end_ms", Some("1628380800000".to_string())),
+            ]
+        );
+        // What is sent reads back as the overrides the patch makes.
+        let set = OverridesPatch {
+            block_ratio: Some(Some(0.1)),
+            max_permits: Some(Some(u64::MAX)),
+            start_ms: Some(Some(-5)),
+            end_ms: Some(Some(i64::MAX)),
+        };
+        let sent: Vec<(String, String)> = override_changes(&set)
+            .into_iter()
+            .map(|(field, value)| (field.to_string(), value.unwrap_or_default()))
+            .collect();
+        assert_eq!(overrides_from_fields(&sent), Overrides::default().patched(&set));
     }
 
     #[test]

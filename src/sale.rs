@@ -298,6 +298,68 @@ impl Sale {
     }
 }
 
+/// A sale's settings changed at run time (the admin API's `PATCH zones/NAME`), which win over
+/// the configuration; `None` is a field not overridden, where the configuration holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Overrides {
+    /// The draw's block ratio, from 0 to 1. Kept as the number given: [`Overrides::apply`]
+    /// ignores one outside 0 to 1 (the API refuses it, but Redis may hold anything).
+    pub block_ratio: Option<f64>,
+    /// The cap on permits.
+    pub max_permits: Option<u64>,
+    /// The sale's start, in ms since the Unix epoch.
+    pub start_ms: Option<i64>,
+    /// The sale's end, in ms since the Unix epoch.
+    pub end_ms: Option<i64>,
+}
+
+impl Overrides {
+    /// The configured sale with the overrides applied.
+    pub fn apply(&self, mut sale: Sale) -> Sale {
+        if let Some(ratio) = self.block_ratio.and_then(BlockRatio::new) {
+            sale.block_ratio = ratio;
+        }
+        if let Some(cap) = self.max_permits {
+            sale.cap = Some(cap);
+        }
+        if let Some(start) = self.start_ms {
+            sale.window.start_ms = Some(start);
+        }
+        if let Some(end) = self.end_ms {
+            sale.window.end_ms = Some(end);
+        }
+        sale
+    }
+
+    /// These overrides with `patch`'s changes made.
+    pub fn patched(&self, patch: &OverridesPatch) -> Overrides {
+        fn change<T: Copy>(now: Option<T>, change: Option<Option<T>>) -> Option<T> {
+            change.unwrap_or(now)
+        }
+        Overrides {
+            block_ratio: change(self.block_ratio, patch.block_ratio),
+            max_permits: change(self.max_permits, patch.max_permits),
+            start_ms: change(self.start_ms, patch.start_ms),
+            end_ms: change(self.end_ms, patch.end_ms),
+        }
+    }
+
+    /// The window the overridden times alone make (`None` where no time is overridden).
+    pub fn window(&self) -> Window {
+        Window { start_ms: self.start_ms, end_ms: self.end_ms }
+    }
+}
+
+/// A change to [`Overrides`], field by field, in the same shapes and units: `None` leaves the
+/// field as it is, `Some(None)` clears it, `Some(Some(value))` sets it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct OverridesPatch {
+    pub block_ratio: Option<Option<f64>>,
+    pub max_permits: Option<Option<u64>>,
+    pub start_ms: Option<Option<i64>>,
+    pub end_ms: Option<Option<i64>>,
+}
+
 /// A permit as a passing request sees it: its number and when it stops counting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Held {
@@ -653,6 +715,84 @@ mod tests {
         assert!(BlockRatio(1.0).blocks(0.999_999_999));
         assert!(BlockRatio(0.4).blocks(0.399));
         assert!(!BlockRatio(0.4).blocks(0.4));
+    }
+
+    #[test]
+    fn overrides_win_over_the_configuration_field_by_field() {
+        let configured = Sale {
+            window: Window { start_ms: Some(10), end_ms: Some(20) },
+            block_ratio: BlockRatio(0.5),
+            cap: Some(3),
+            prequeue_ms: Some(5),
+        };
+        assert_eq!(Overrides::default().apply(configured), configured);
+        let all = Overrides {
+            block_ratio: Some(0.25),
+            max_permits: Some(7),
+            start_ms: Some(100),
+            end_ms: Some(200),
+        };
+        assert_eq!(
+            all.apply(configured),
+            Sale {
+                window: Window { start_ms: Some(100), end_ms: Some(200) },
+                block_ratio: BlockRatio(0.25),
+                cap: Some(7),
+                prequeue_ms: Some(5),
+            }
+        );
+        let cap_only = Overrides { max_permits: Some(0), ..Overrides::default() };
+        assert_eq!(cap_only.apply(configured), Sale { cap: Some(0), ..configured });
+        assert_eq!(cap_only.apply(sale(0.0, None)).cap, Some(0), "over an unlimited cap too");
+        let end_only = Overrides { end_ms: Some(15), ..Overrides::default() };
+        assert_eq!(
+            end_only.apply(configured).window,
+            Window { start_ms: Some(10), end_ms: Some(15) }
+        );
+        for bad in [-0.1, 1.5, f64::NAN, f64::INFINITY] {
+            let ratio = Overrides { block_ratio: Some(bad), ..Overrides::default() };
+            assert_eq!(ratio.apply(configured), configured, "{bad} is no ratio: ignored");
+        }
+        let edges = Overrides { block_ratio: Some(1.0), ..Overrides::default() };
+        assert_eq!(edges.apply(configured).block_ratio, BlockRatio(1.0));
+    }
+
+    #[test]
+    fn a_patch_sets_clears_or_leaves_each_field() {
+        let now = Overrides {
+            block_ratio: Some(0.25),
+            max_permits: Some(7),
+            start_ms: Some(100),
+            end_ms: None,
+        };
+        assert_eq!(now.patched(&OverridesPatch::default()), now, "an empty patch changes nothing");
+        let patch = OverridesPatch {
+            block_ratio: None,
+            max_permits: Some(None),
+            start_ms: Some(Some(150)),
+            end_ms: Some(Some(200)),
+        };
+        assert_eq!(
+            now.patched(&patch),
+            Overrides {
+                block_ratio: Some(0.25),
+                max_permits: None,
+                start_ms: Some(150),
+                end_ms: Some(200)
+            }
+        );
+        let clear_all = OverridesPatch {
+            block_ratio: Some(None),
+            max_permits: Some(None),
+            start_ms: Some(None),
+            end_ms: Some(None),
+        };
+        assert_eq!(now.patched(&clear_all), Overrides::default());
+        assert_eq!(Overrides::default().patched(&clear_all), Overrides::default());
+        assert_eq!(now.patched(&patch).window(), Window { start_ms: Some(150), end_ms: Some(200) });
+        let backwards = OverridesPatch { end_ms: Some(Some(100)), ..OverridesPatch::default() };
+        assert!(now.patched(&backwards).window().is_empty(), "an end at the start");
+        assert_eq!(Overrides::default().window(), Window::default());
     }
 
     #[test]

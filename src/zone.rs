@@ -27,7 +27,7 @@ use crate::health::Health;
 use crate::link::Link;
 
 use crate::sale::{
-    expiry, prequeue_winners, Admission, Cap, Grant, Held, Lookup, Outcome, PermitInfo,
+    expiry, prequeue_winners, Admission, Cap, Grant, Held, Lookup, Outcome, Overrides, PermitInfo,
     PermitLookup, PermitStore, Registration, Sale, COUNTED,
 };
 
@@ -139,10 +139,12 @@ impl Stats {
     }
 }
 
-/// Sale settings changed at run time (the admin API's PATCH); they win over the configuration.
+/// A sale's [`Overrides`] as the zone keeps them, for every worker to read without the lock:
+/// one atomic per field (the ratio as its `f64` bits), and a bit mask of the fields set,
+/// written last (Release) and read first (Acquire).
 #[repr(C)]
 #[derive(Default)]
-pub struct Overrides {
+pub struct SharedOverrides {
     /// Which fields are set: one bit per field, written last, read first.
     set: AtomicU64,
     block_ratio: AtomicU64,
@@ -151,74 +153,43 @@ pub struct Overrides {
     end_ms: AtomicI64,
 }
 
-/// One override field: `None` leaves it as it is, `Some(None)` clears it.
-pub type Change<T> = Option<Option<T>>;
-
 const RATIO: u64 = 1;
 const CAP: u64 = 2;
 const START: u64 = 4;
 const END: u64 = 8;
 
-impl Overrides {
-    /// The configured sale with the overrides applied.
-    pub fn apply(&self, mut sale: Sale) -> Sale {
-        let set = self.set.load(Ordering::Acquire);
-        if set == 0 {
-            return sale;
-        }
-        if set & RATIO != 0 {
-            let bits = self.block_ratio.load(Ordering::Relaxed);
-            if let Some(ratio) = crate::sale::BlockRatio::new(f64::from_bits(bits)) {
-                sale.block_ratio = ratio;
-            }
-        }
-        if set & CAP != 0 {
-            sale.cap = Some(self.max_permits.load(Ordering::Relaxed));
-        }
-        if set & START != 0 {
-            sale.window.start_ms = Some(self.start_ms.load(Ordering::Relaxed));
-        }
-        if set & END != 0 {
-            sale.window.end_ms = Some(self.end_ms.load(Ordering::Relaxed));
-        }
-        sale
-    }
-
-    /// The overrides now: ratio, cap, start, end.
-    pub fn get(&self) -> (Option<f64>, Option<u64>, Option<i64>, Option<i64>) {
+impl SharedOverrides {
+    /// The overrides now.
+    pub fn load(&self) -> Overrides {
         let set = self.set.load(Ordering::Acquire);
         let has = |bit| set & bit != 0;
-        (
-            has(RATIO).then(|| f64::from_bits(self.block_ratio.load(Ordering::Relaxed))),
-            has(CAP).then(|| self.max_permits.load(Ordering::Relaxed)),
-            has(START).then(|| self.start_ms.load(Ordering::Relaxed)),
-            has(END).then(|| self.end_ms.load(Ordering::Relaxed)),
-        )
+        Overrides {
+            block_ratio: has(RATIO)
+                .then(|| f64::from_bits(self.block_ratio.load(Ordering::Relaxed))),
+            max_permits: has(CAP).then(|| self.max_permits.load(Ordering::Relaxed)),
+            start_ms: has(START).then(|| self.start_ms.load(Ordering::Relaxed)),
+            end_ms: has(END).then(|| self.end_ms.load(Ordering::Relaxed)),
+        }
     }
 
-    /// Changes some fields; the caller holds the zone's lock, so changes do not interleave.
-    pub fn change(
-        &self,
-        ratio: Change<f64>,
-        cap: Change<u64>,
-        start: Change<i64>,
-        end: Change<i64>,
-    ) {
-        fn update<T>(set: &mut u64, bit: u64, change: Change<T>, store: impl FnOnce(T)) {
-            match change {
-                Some(Some(value)) => {
-                    store(value);
-                    *set |= bit;
-                }
-                Some(None) => *set &= !bit,
-                None => {}
+    /// Makes `overrides` the zone's: the fields it has are written, then the mask of them.
+    /// A field it clears keeps its last value, unread, so that a reader that took the mask
+    /// before this store reads that value, never one this store half wrote. The caller holds
+    /// the zone's lock, so that stores do not interleave.
+    pub fn store(&self, overrides: &Overrides) {
+        fn put<T>(set: &mut u64, bit: u64, value: Option<T>, store: impl FnOnce(T)) {
+            if let Some(value) = value {
+                store(value);
+                *set |= bit;
             }
         }
-        let mut set = self.set.load(Ordering::Relaxed);
-        update(&mut set, RATIO, ratio, |v| self.block_ratio.store(v.to_bits(), Ordering::Relaxed));
-        update(&mut set, CAP, cap, |v| self.max_permits.store(v, Ordering::Relaxed));
-        update(&mut set, START, start, |v| self.start_ms.store(v, Ordering::Relaxed));
-        update(&mut set, END, end, |v| self.end_ms.store(v, Ordering::Relaxed));
+        let mut set = 0;
+        put(&mut set, RATIO, overrides.block_ratio, |v| {
+            self.block_ratio.store(v.to_bits(), Ordering::Relaxed)
+        });
+        put(&mut set, CAP, overrides.max_permits, |v| self.max_permits.store(v, Ordering::Relaxed));
+        put(&mut set, START, overrides.start_ms, |v| self.start_ms.store(v, Ordering::Relaxed));
+        put(&mut set, END, overrides.end_ms, |v| self.end_ms.store(v, Ordering::Relaxed));
         self.set.store(set, Ordering::Release);
     }
 }
@@ -254,7 +225,7 @@ pub struct PermitTable {
     /// by the first registration and freed by the draw; null when nobody waits.
     prequeue: *mut PermitTable,
     pub stats: Stats,
-    pub overrides: Overrides,
+    pub overrides: SharedOverrides,
     /// For a zone kept in Redis: the link's health and the last SOLD_OUT, shared by workers.
     pub link: Link,
     /// For a zone with a state file: whether records reach it, and how much has been
@@ -389,7 +360,7 @@ impl PermitTable {
                 untimed: empty(),
                 prequeue: ptr::null_mut(),
                 stats: Stats::default(),
-                overrides: Overrides::default(),
+                overrides: SharedOverrides::default(),
                 link: Link::default(),
                 journal: JournalHealth::default(),
                 mask: buckets as u64 - 1,
@@ -1209,6 +1180,7 @@ impl<S: Shared> PermitStore for ZoneStore<'_, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sale::OverridesPatch;
     use std::alloc::{alloc, dealloc, Layout};
     use std::cell::Cell;
     use std::sync::{Mutex, MutexGuard};
@@ -1542,17 +1514,48 @@ mod tests {
         let s = store(&heap, t, 0);
         let overrides = &s.table().overrides;
         let configured = Sale::default();
-        assert_eq!(overrides.apply(configured), configured);
-        overrides.change(Some(Some(0.25)), Some(Some(7)), Some(Some(100)), None);
-        let sale = overrides.apply(configured);
+        assert_eq!(overrides.load(), Overrides::default());
+        assert_eq!(overrides.load().apply(configured), configured);
+        let set = OverridesPatch {
+            block_ratio: Some(Some(0.25)),
+            max_permits: Some(Some(7)),
+            start_ms: Some(Some(100)),
+            end_ms: None,
+        };
+        overrides.store(&overrides.load().patched(&set));
+        let sale = overrides.load().apply(configured);
         assert_eq!(
             (sale.block_ratio.value(), sale.cap, sale.window.start_ms),
             (0.25, Some(7), Some(100))
         );
-        assert_eq!(overrides.get(), (Some(0.25), Some(7), Some(100), None));
-        overrides.change(None, Some(None), None, Some(Some(200)));
-        assert_eq!(overrides.get(), (Some(0.25), None, Some(100), Some(200)));
-        assert_eq!(overrides.apply(configured).cap, None);
+        let now = Overrides {
+            block_ratio: Some(0.25),
+            max_permits: Some(7),
+            start_ms: Some(100),
+            end_ms: None,
+        };
+        assert_eq!(overrides.load(), now);
+        let change = OverridesPatch {
+            max_permits: Some(None),
+            end_ms: Some(Some(200)),
+            ..OverridesPatch::default()
+        };
+        overrides.store(&overrides.load().patched(&change));
+        assert_eq!(
+            overrides.load(),
+            Overrides { max_permits: None, end_ms: Some(200), ..now },
+            "the fields the patch leaves stay"
+        );
+        assert_eq!(overrides.load().apply(configured).cap, None);
+        overrides.store(&Overrides { max_permits: Some(0), ..Overrides::default() });
+        assert_eq!(
+            overrides.load(),
+            Overrides { max_permits: Some(0), ..Overrides::default() },
+            "a store replaces every field"
+        );
+        overrides.store(&Overrides { block_ratio: Some(2.0), ..Overrides::default() });
+        assert_eq!(overrides.load().block_ratio, Some(2.0), "kept as given");
+        assert_eq!(overrides.load().apply(configured), configured, "but no ratio: ignored");
     }
 
     #[test]

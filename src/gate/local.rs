@@ -25,7 +25,7 @@ pub fn gate(req: &mut Request, lcf: &LocConf, zone_ptr: NonNull<ZoneConf>, key: 
         return HTTPStatus::INTERNAL_SERVER_ERROR.into();
     };
     let mut store = store.with_ttl(lcf.permit_ttl_ms).with_numbers(zone.numbers());
-    let sale = store.table().overrides.apply(lcf.sale());
+    let sale = store.table().overrides.load().apply(lcf.sale());
     let draw = drawer(lcf, store.table().draw_secret(), key, now);
     let mut verdict = decide(&sale, key, now, draw, &mut store);
 

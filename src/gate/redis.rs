@@ -19,7 +19,7 @@ use crate::health::Change;
 use crate::http::now_ms;
 use crate::link::AfterReply;
 use crate::offload;
-use crate::remote::{Command, Failure, OnError, Overrides as RemoteOverrides, Reply};
+use crate::remote::{Command, Failure, OnError, Reply};
 use crate::sale::{admitted, draw_step, DrawMode, Held, Outcome, PermitStore, Step, Verdict};
 use crate::zone::{Cached, RemoteView, Stats};
 
@@ -39,7 +39,7 @@ pub fn gate(req: &mut Request, lcf: &LocConf, zone_ptr: NonNull<ZoneConf>, key: 
     };
     let cache_ms = redis.settings.cache_ms;
     let mut store = store.with_ttl(lcf.permit_ttl_ms);
-    let sale = store.table().overrides.apply(lcf.sale());
+    let sale = store.table().overrides.load().apply(lcf.sale());
     let g = Gated { lcf, zone: zone_ptr, key, now, sale };
     let link = &store.table().link;
     if link.claim_overrides(now, cache_ms) {
@@ -171,7 +171,7 @@ fn decide_with_reply(
     let mut store = store.with_ttl(lcf.permit_ttl_ms);
     let (stats, link) = (&store.table().stats, &store.table().link);
     Stats::count(&stats.redis_calls);
-    let sale = store.table().overrides.apply(lcf.sale());
+    let sale = store.table().overrides.load().apply(lcf.sale());
     let g = Gated { lcf, zone: zone_ptr, key, now, sale };
     let log = req.log();
     let reply = match reply {
@@ -325,16 +325,11 @@ fn refresh_overrides(zone_ptr: NonNull<ZoneConf>) {
 }
 
 /// Makes the sale's overrides in Redis this host's: they replace whatever it had.
-pub fn apply_overrides(zone: &ZoneConf, overrides: &RemoteOverrides) {
+pub fn apply_overrides(zone: &ZoneConf, overrides: &crate::sale::Overrides) {
     let (Some(table), Some(slab)) = (zone.table_ref(), zone.slab()) else {
         return;
     };
     // Changes are made under the zone's lock, so that they do not interleave.
     let _locked = slab.lock();
-    table.overrides.change(
-        Some(overrides.block_ratio),
-        Some(overrides.max_permits),
-        Some(overrides.start_ms),
-        Some(overrides.end_ms),
-    );
+    table.overrides.store(overrides);
 }
