@@ -19,6 +19,7 @@
 pub mod api;
 pub mod health;
 pub mod journal;
+pub mod line;
 pub mod link;
 pub mod metrics;
 pub mod parse;
