@@ -20,7 +20,7 @@ use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, Request};
 use ngx::{ngx_conf_log_error, ngx_log_error};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
-use crate::ffi::{directive, ConfError, ConfResult, Directive, DUPLICATE};
+use crate::ffi::{directive, zone_init, ConfError, ConfResult, Directive, DUPLICATE};
 use crate::health::Change;
 use crate::journal::{Anew, Rewritten, StateFile};
 use crate::parse;
@@ -758,123 +758,122 @@ fn declare_zone(d: &mut Directive<'_>, main: &mut MainConf) -> ConfResult {
 
 /// Creates the zone's table, or adopts the one a reload left in place.
 unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, old_data: *mut c_void) -> ngx_int_t {
-    crate::ffi::guard(Status::NGX_ERROR.into(), || {
-        // SAFETY: nginx passes the zone whose `data` `set_zone` made a `ZoneConf`.
-        let zone = unsafe { &mut *shm_zone };
-        // SAFETY: as above.
-        let conf = unsafe { &mut *zone.data.cast::<ZoneConf>() };
-        let log = zone.shm.log;
-        let name = zone.shm.name;
-        // SAFETY: the zone's memory is mapped and its slab pool initialised before `init` runs.
-        let Some(mut pool) = (unsafe { SlabPool::from_shm_zone(zone) }) else {
-            return Status::NGX_ERROR.into();
-        };
-        let key_spec = conf.key.value.as_bytes();
+    // SAFETY: nginx calls this as the `init` of a zone whose `data` `set_zone` made a
+    // `ZoneConf`, with the zone's memory mapped and its slab pool initialised.
+    unsafe { zone_init(shm_zone, old_data, init_table) }
+}
 
-        let reused = !old_data.is_null() || zone.shm.exists != 0;
-        if reused {
-            // Same name and size as before the reload: the memory, and the table in it, stayed.
-            let Some(table) = NonNull::new(pool.as_mut().data.cast::<PermitTable>()) else {
-                return Status::NGX_ERROR.into();
-            };
-            // SAFETY: the slab pool's `data` is only ever set to a table by this function.
-            let existing = unsafe { table.as_ref() };
-            if !existing.is_compatible() {
-                ngx_log_error!(
-                    NGX_LOG_EMERG,
-                    log,
-                    "flash_sale_zone \"{}\" was created by an incompatible version of the module; \
-                     rename or resize the zone to start it afresh",
-                    name
-                );
-                return Status::NGX_ERROR.into();
-            }
-            if existing.key_spec() != key_spec {
-                ngx_log_error!(
-                    NGX_LOG_EMERG,
-                    log,
-                    "flash_sale_zone \"{}\" uses the \"{}\" key while previously it used the \"{}\" key",
-                    name,
-                    conf.key.value,
-                    String::from_utf8_lossy(existing.key_spec())
-                );
-                return Status::NGX_ERROR.into();
-            }
-            conf.table = Some(table);
-            if let Some(file) = &conf.state {
-                // The configuration opened the files anew, perhaps at another path: the file gets
-                // every permit the zone holds.
-                give_to_workers(conf, file, log);
-                // SAFETY: the table lives in this zone's slab pool; workers of the old cycle may
-                // still use it, under its lock.
-                let (next_seq, held) =
-                    unsafe { ZoneStore::new(&pool, table, crate::http::now_ms()) }.snapshot();
-                file.numbers().fetch_max(next_seq, core::sync::atomic::Ordering::AcqRel);
-                let rewritten =
-                    file.rewrite(&name.to_string(), key_spec, crate::http::now_ms(), &held, |_| {
-                        existing.stats.named_values()
-                    });
-                existing.journal.compacted(rewritten.as_ref().ok().map(|r| r.bytes));
-                if let Err(e) = rewritten {
-                    ngx_log_error!(
-                        NGX_LOG_WARN,
-                        log,
-                        "flash_sale_zone \"{}\": cannot rewrite state file \"{}\": {}",
-                        name,
-                        file.path.display(),
-                        e
-                    );
-                }
-            }
-            return Status::NGX_OK.into();
-        }
+fn init_table(zone: &ngx_shm_zone_t, conf: &mut ZoneConf, reused: bool) -> Result<(), ()> {
+    let log = zone.shm.log;
+    let name = zone.shm.name;
+    // `conf`'s zone is this one: nginx mapped it and initialised its slab pool before `init`.
+    let Some(mut pool) = conf.slab() else {
+        return Err(());
+    };
+    let key_spec = conf.key.value.as_bytes();
 
-        let sip_key = match SmallRng::try_from_os_rng() {
-            Ok(mut rng) => [rng.random(), rng.random()],
-            Err(err) => {
-                ngx_log_error!(
-                    NGX_LOG_EMERG,
-                    log,
-                    "flash_sale_zone \"{}\": no randomness: {}",
-                    name,
-                    err
-                );
-                return Status::NGX_ERROR.into();
-            }
+    if reused {
+        // Same name and size as before the reload: the memory, and the table in it, stayed.
+        let Some(table) = NonNull::new(pool.as_mut().data.cast::<PermitTable>()) else {
+            return Err(());
         };
-        let Some(table) = ({
-            let locked = pool.lock();
-            PermitTable::create(&locked, bucket_count(zone.shm.size), sip_key, key_spec)
-        }) else {
+        // SAFETY: the slab pool's `data` is only ever set to a table by this function.
+        let existing = unsafe { table.as_ref() };
+        if !existing.is_compatible() {
             ngx_log_error!(
                 NGX_LOG_EMERG,
                 log,
-                "flash_sale_zone \"{}\" is too small for its table",
+                "flash_sale_zone \"{}\" was created by an incompatible version of the module; \
+                 rename or resize the zone to start it afresh",
                 name
             );
-            return Status::NGX_ERROR.into();
-        };
-        let log_ctx = format!(" in flash_sale_zone \"{}\"\0", name);
-        let slab = pool.as_mut();
-        slab.data = table.as_ptr().cast();
-        // Our own message says the zone is full, once; the slab's would repeat per request.
-        slab.set_log_nomem(0);
-        // SAFETY: the slab pool is ours alone until workers start; the context string is copied
-        // into the zone so that it outlives this cycle's configuration.
-        unsafe {
-            let ctx = nginx_sys::ngx_slab_alloc(slab, log_ctx.len()).cast::<u8>();
-            if !ctx.is_null() {
-                ptr::copy_nonoverlapping(log_ctx.as_ptr(), ctx, log_ctx.len());
-                slab.log_ctx = ctx;
-            }
+            return Err(());
+        }
+        if existing.key_spec() != key_spec {
+            ngx_log_error!(
+                NGX_LOG_EMERG,
+                log,
+                "flash_sale_zone \"{}\" uses the \"{}\" key while previously it used the \"{}\" key",
+                name,
+                conf.key.value,
+                String::from_utf8_lossy(existing.key_spec())
+            );
+            return Err(());
         }
         conf.table = Some(table);
         if let Some(file) = &conf.state {
+            // The configuration opened the files anew, perhaps at another path: the file gets
+            // every permit the zone holds.
             give_to_workers(conf, file, log);
-            load_state(file, &name.to_string(), key_spec, &pool, table, log);
+            // SAFETY: the table lives in this zone's slab pool; workers of the old cycle may
+            // still use it, under its lock.
+            let (next_seq, held) =
+                unsafe { ZoneStore::new(&pool, table, crate::http::now_ms()) }.snapshot();
+            file.numbers().fetch_max(next_seq, core::sync::atomic::Ordering::AcqRel);
+            let rewritten =
+                file.rewrite(&name.to_string(), key_spec, crate::http::now_ms(), &held, |_| {
+                    existing.stats.named_values()
+                });
+            existing.journal.compacted(rewritten.as_ref().ok().map(|r| r.bytes));
+            if let Err(e) = rewritten {
+                ngx_log_error!(
+                    NGX_LOG_WARN,
+                    log,
+                    "flash_sale_zone \"{}\": cannot rewrite state file \"{}\": {}",
+                    name,
+                    file.path.display(),
+                    e
+                );
+            }
         }
-        Status::NGX_OK.into()
-    })
+        return Ok(());
+    }
+
+    let sip_key = match SmallRng::try_from_os_rng() {
+        Ok(mut rng) => [rng.random(), rng.random()],
+        Err(err) => {
+            ngx_log_error!(
+                NGX_LOG_EMERG,
+                log,
+                "flash_sale_zone \"{}\": no randomness: {}",
+                name,
+                err
+            );
+            return Err(());
+        }
+    };
+    let Some(table) = ({
+        let locked = pool.lock();
+        PermitTable::create(&locked, bucket_count(zone.shm.size), sip_key, key_spec)
+    }) else {
+        ngx_log_error!(
+            NGX_LOG_EMERG,
+            log,
+            "flash_sale_zone \"{}\" is too small for its table",
+            name
+        );
+        return Err(());
+    };
+    let log_ctx = format!(" in flash_sale_zone \"{}\"\0", name);
+    let slab = pool.as_mut();
+    slab.data = table.as_ptr().cast();
+    // Our own message says the zone is full, once; the slab's would repeat per request.
+    slab.set_log_nomem(0);
+    // SAFETY: the slab pool is ours alone until workers start; the context string is copied
+    // into the zone so that it outlives this cycle's configuration.
+    unsafe {
+        let ctx = nginx_sys::ngx_slab_alloc(slab, log_ctx.len()).cast::<u8>();
+        if !ctx.is_null() {
+            ptr::copy_nonoverlapping(log_ctx.as_ptr(), ctx, log_ctx.len());
+            slab.log_ctx = ctx;
+        }
+    }
+    conf.table = Some(table);
+    if let Some(file) = &conf.state {
+        give_to_workers(conf, file, log);
+        load_state(file, &name.to_string(), key_spec, &pool, table, log);
+    }
+    Ok(())
 }
 
 /// Opens the state file of `state=PATH` (relative to nginx's prefix) for zone `name` with

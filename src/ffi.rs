@@ -10,15 +10,17 @@ pub fn guard<T>(on_panic: T, body: impl FnOnce() -> T) -> T {
     catch_unwind(AssertUnwindSafe(body)).unwrap_or(on_panic)
 }
 
-// Directive handlers: their raw pointers become references once, here, and their answers
-// become nginx's.
+// Directive handlers and shared-zone initialisation: their raw pointers become references once,
+// here, and their answers become nginx's.
 
 use core::ffi::{c_char, c_void, CStr};
 use core::fmt;
 use core::ptr::NonNull;
 
-use nginx_sys::{ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_str_t, NGX_LOG_EMERG};
-use ngx::core::{Pool, NGX_CONF_ERROR, NGX_CONF_OK};
+use nginx_sys::{
+    ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_int_t, ngx_shm_zone_t, ngx_str_t, NGX_LOG_EMERG,
+};
+use ngx::core::{Pool, Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ngx_conf_log_error;
 
 /// Why a directive refuses the configuration.
@@ -138,6 +140,36 @@ pub unsafe fn directive<C>(
             Ok(()) => NGX_CONF_OK,
             Err(ConfError::Logged) => NGX_CONF_ERROR,
             Err(ConfError::Says(reason)) => reason.as_ptr().cast_mut(),
+        }
+    })
+}
+
+/// The entry of a shared zone's `init`: `body` gets the zone, the module's data in it (a `C`),
+/// and whether the zone's memory came from the previous cycle (`old_data` set, or the memory
+/// already existed); `Err` or a panic is `NGX_ERROR`.
+///
+/// # Safety
+/// The arguments are those nginx passes to the `init` of a shared zone whose `data` this module
+/// set to a `C`, with the zone's memory mapped and its slab pool initialised.
+pub unsafe fn zone_init<C>(
+    shm_zone: *mut ngx_shm_zone_t,
+    old_data: *mut c_void,
+    body: impl FnOnce(&ngx_shm_zone_t, &mut C, bool) -> Result<(), ()>,
+) -> ngx_int_t {
+    guard(Status::NGX_ERROR.into(), || {
+        // SAFETY: nginx passes the zone it initialises, valid for the cycle.
+        let Some(zone) = (unsafe { shm_zone.as_ref() }) else {
+            return Status::NGX_ERROR.into();
+        };
+        // SAFETY: the zone's `data` is a `C` (see the function's contract) outside the zone's
+        // own structure, and nothing else uses it while nginx initialises the zones.
+        let Some(data) = (unsafe { zone.data.cast::<C>().as_mut() }) else {
+            return Status::NGX_ERROR.into();
+        };
+        let reused = !old_data.is_null() || zone.shm.exists != 0;
+        match body(zone, data, reused) {
+            Ok(()) => Status::NGX_OK.into(),
+            Err(()) => Status::NGX_ERROR.into(),
         }
     })
 }
