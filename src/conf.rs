@@ -15,11 +15,12 @@ use nginx_sys::{
     ngx_shm_zone_t, ngx_str_t, ngx_thread_pool_add, ngx_thread_pool_t, ngx_uint_t, NGX_ERROR,
     NGX_LOG_EMERG, NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN,
 };
-use ngx::core::{Pool, SlabPool, Status, NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::core::{SlabPool, Status, NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, Request};
 use ngx::{ngx_conf_log_error, ngx_log_error};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
+use crate::ffi::{directive, zone_init, ConfError, ConfResult, Directive, DUPLICATE};
 use crate::health::Change;
 use crate::journal::{Anew, Rewritten, StateFile};
 use crate::parse;
@@ -334,83 +335,51 @@ impl LocConf {
     }
 }
 
-/// The directive's arguments, the directive name first.
-///
-/// # Safety
-/// `cf` is the configuration nginx passes to a directive handler.
-unsafe fn args<'a>(cf: *mut ngx_conf_t) -> &'a [ngx_str_t] {
-    // SAFETY: nginx fills `cf->args` with the directive's words before calling its handler.
-    unsafe { (*(*cf).args).as_slice::<ngx_str_t>() }
-}
-
 /// A directive's argument as text; nginx's words are bytes, and every value we accept is ASCII.
 fn text(s: &ngx_str_t) -> &str {
     s.to_str().unwrap_or("")
 }
 
 /// Parses the single argument of a location directive into one of its fields.
-///
-/// # Safety
-/// The arguments are those nginx passes to a directive handler whose `conf` is a [`LocConf`].
-unsafe fn set_field<T>(
-    cf: *mut ngx_conf_t,
-    conf: *mut c_void,
+fn set_field<T>(
+    d: &mut Directive<'_>,
+    lcf: &mut LocConf,
     field: impl FnOnce(&mut LocConf) -> &mut Option<T>,
     parse: impl FnOnce(&str) -> Option<T>,
     complaint: &str,
-) -> *mut c_char {
+) -> ConfResult {
     let parse = |value: &str| parse(value).ok_or_else(|| value.to_owned());
-    // SAFETY: see the function's contract.
-    unsafe { set_field_quoting(cf, conf, field, parse, complaint) }
+    set_field_quoting(d, lcf, field, parse, complaint)
 }
 
 /// As [`set_field`], for directives with several words: `parse` gets them joined by spaces
 /// and, when it refuses them, names the word that is wrong, which the error quotes.
-///
-/// # Safety
-/// The arguments are those nginx passes to a directive handler whose `conf` is a [`LocConf`].
-unsafe fn set_field_quoting<T>(
-    cf: *mut ngx_conf_t,
-    conf: *mut c_void,
+fn set_field_quoting<T>(
+    d: &mut Directive<'_>,
+    lcf: &mut LocConf,
     field: impl FnOnce(&mut LocConf) -> &mut Option<T>,
     parse: impl FnOnce(&str) -> Result<T, String>,
     complaint: &str,
-) -> *mut c_char {
-    // SAFETY: `conf` is this module's location configuration (NGX_HTTP_LOC_CONF_OFFSET).
-    let lcf = unsafe { &mut *conf.cast::<LocConf>() };
-    // SAFETY: see the function's contract.
-    let args = unsafe { args(cf) };
+) -> ConfResult {
+    let args = d.args();
     let slot = field(lcf);
     if slot.is_some() {
-        return c"is duplicate".as_ptr().cast_mut();
+        return Err(DUPLICATE);
     }
     let value = match parse(text(&args[1])) {
         Ok(value) => value,
         Err(bad) => {
-            ngx_conf_log_error!(
-                NGX_LOG_EMERG,
-                cf,
+            return Err(d.emerg(format_args!(
                 "invalid value \"{}\" in \"{}\" directive, {}",
-                bad,
-                args[0],
-                complaint
-            );
-            return NGX_CONF_ERROR;
+                bad, args[0], complaint
+            )));
         }
     };
     *slot = Some(value);
     if lcf.window_is_empty() {
-        ngx_conf_log_error!(
-            NGX_LOG_EMERG,
-            cf,
-            "\"{} {}\" leaves {}",
-            args[0],
-            args[1],
-            EMPTY_WINDOW
-        );
-        return NGX_CONF_ERROR;
+        return Err(d.emerg(format_args!("\"{} {}\" leaves {}", args[0], args[1], EMPTY_WINDOW)));
     }
-    NGX_CONF_OK
+    Ok(())
 }
 
 const EMPTY_WINDOW: &str =
@@ -425,13 +394,15 @@ macro_rules! field_directive {
     ($handler:ident, $field:ident, $parse:expr, $hint:expr) => {
         pub(crate) unsafe extern "C" fn $handler(
             cf: *mut ngx_conf_t,
-            _cmd: *mut ngx_command_t,
+            cmd: *mut ngx_command_t,
             conf: *mut c_void,
         ) -> *mut c_char {
-            crate::ffi::guard(NGX_CONF_ERROR, || {
-                // SAFETY: nginx calls this as the handler of a location directive.
-                unsafe { set_field(cf, conf, |c| &mut c.$field, $parse, $hint) }
-            })
+            fn set(d: &mut Directive<'_>, lcf: &mut LocConf) -> ConfResult {
+                set_field(d, lcf, |c| &mut c.$field, $parse, $hint)
+            }
+            // SAFETY: nginx calls this for a command whose slot is NGX_HTTP_LOC_CONF_OFFSET
+            // (`module.rs`): `conf` is a `LocConf`.
+            unsafe { directive(cf, cmd, conf, set) }
         }
     };
 }
@@ -461,105 +432,99 @@ field_directive!(
     "expected info, notice, warn or error"
 );
 
+/// `flash_sale_draw per_request | per_key [INTERVAL];`
 pub(crate) unsafe extern "C" fn set_draw(
     cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
+    cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    crate::ffi::guard(NGX_CONF_ERROR, || {
-        // SAFETY: called by nginx as a location directive handler.
-        let words: Vec<&str> = unsafe { args(cf) }[1..].iter().map(text).collect();
-        let mode = |_: &str| parse::draw_mode(&words).map_err(str::to_owned);
-        let hint =
-            "expected per_request, or per_key with an optional interval of more than zero such as 30s";
-        // SAFETY: called by nginx as a location directive handler.
-        unsafe { set_field_quoting(cf, conf, |c| &mut c.draw, mode, hint) }
-    })
+    // SAFETY: nginx calls this for a command whose slot is NGX_HTTP_LOC_CONF_OFFSET
+    // (`module.rs`): `conf` is a `LocConf`.
+    unsafe { directive(cf, cmd, conf, draw) }
 }
 
+fn draw(d: &mut Directive<'_>, lcf: &mut LocConf) -> ConfResult {
+    let words: Vec<&str> = d.args()[1..].iter().map(text).collect();
+    let mode = |_: &str| parse::draw_mode(&words).map_err(str::to_owned);
+    let hint =
+        "expected per_request, or per_key with an optional interval of more than zero such as 30s";
+    set_field_quoting(d, lcf, |c| &mut c.draw, mode, hint)
+}
+
+/// `flash_sale_release_header NAME;`
 pub(crate) unsafe extern "C" fn set_release_header(
     cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
+    cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    crate::ffi::guard(NGX_CONF_ERROR, || {
-        // SAFETY: called by nginx as a location directive handler; the word lives in the cycle's
-        // pool, as long as the configuration.
-        let value = unsafe { args(cf) }[1];
-        let header = |s: &str| parse::header_name(s).then_some(value);
-        // SAFETY: called by nginx as a location directive handler.
-        unsafe { set_field(cf, conf, |c| &mut c.release_header, header, "expected a header name") }
-    })
+    // SAFETY: nginx calls this for a command whose slot is NGX_HTTP_LOC_CONF_OFFSET
+    // (`module.rs`): `conf` is a `LocConf`.
+    unsafe { directive(cf, cmd, conf, release_header) }
+}
+
+fn release_header(d: &mut Directive<'_>, lcf: &mut LocConf) -> ConfResult {
+    // The word lives in the cycle's pool, as long as the configuration.
+    let value = d.args()[1];
+    let header = |s: &str| parse::header_name(s).then_some(value);
+    set_field(d, lcf, |c| &mut c.release_header, header, "expected a header name")
 }
 
 /// `flash_sale zone=NAME | off;`
 pub(crate) unsafe extern "C" fn set_gate(
     cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
+    cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    crate::ffi::guard(NGX_CONF_ERROR, || {
-        // SAFETY: `conf` is this module's location configuration (NGX_HTTP_LOC_CONF_OFFSET).
-        let lcf = unsafe { &mut *conf.cast::<LocConf>() };
-        // SAFETY: called by nginx as a directive handler.
-        let args = unsafe { args(cf) };
-        if lcf.gate != Gate::Unset {
-            return c"is duplicate".as_ptr().cast_mut();
-        }
-        let value = &args[1];
-        if value.as_bytes() == b"off" {
-            lcf.gate = Gate::Off;
-            return NGX_CONF_OK;
-        }
-        // SAFETY: called by nginx as a directive handler.
-        match unsafe { zone_parameter(cf, value) } {
-            Some(zone) => {
-                lcf.gate = Gate::Zone(zone);
-                NGX_CONF_OK
-            }
-            None => NGX_CONF_ERROR,
-        }
-    })
+    // SAFETY: nginx calls this for a command whose slot is NGX_HTTP_LOC_CONF_OFFSET
+    // (`module.rs`): `conf` is a `LocConf`.
+    unsafe { directive(cf, cmd, conf, gate) }
+}
+
+fn gate(d: &mut Directive<'_>, lcf: &mut LocConf) -> ConfResult {
+    if lcf.gate != Gate::Unset {
+        return Err(DUPLICATE);
+    }
+    let value = &d.args()[1];
+    if value.as_bytes() == b"off" {
+        lcf.gate = Gate::Off;
+        return Ok(());
+    }
+    lcf.gate = Gate::Zone(zone_parameter(d, value)?);
+    Ok(())
 }
 
 /// The zone named by a `zone=NAME` parameter, declared earlier by `flash_sale_zone`; says what
 /// is wrong in the error log otherwise.
-///
-/// # Safety
-/// `cf` is the configuration nginx passes to a directive handler.
-unsafe fn zone_parameter(cf: *mut ngx_conf_t, value: &ngx_str_t) -> Option<NonNull<ZoneConf>> {
+fn zone_parameter(
+    d: &mut Directive<'_>,
+    value: &ngx_str_t,
+) -> Result<NonNull<ZoneConf>, ConfError> {
     let Some(mut name) = value.strip_prefix("zone=").filter(|n| !n.is_empty()) else {
-        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid parameter \"{}\"", value);
-        return None;
+        return Err(d.emerg(format_args!("invalid parameter \"{}\"", value)));
     };
     // Size 0 looks the zone up by name; it is known once its `flash_sale_zone` set its data.
     // SAFETY: `cf` is valid during parsing; the module's address is its shared-memory tag.
-    let shm_zone = unsafe { ngx_shared_memory_add(cf, &mut name, 0, crate::module::module_tag()) };
+    let shm_zone =
+        unsafe { ngx_shared_memory_add(d.conf(), &mut name, 0, crate::module::module_tag()) };
     // SAFETY: a non-null zone from ngx_shared_memory_add stays valid for the cycle.
-    let zone = unsafe { shm_zone.as_ref() }?;
-    let zone_conf = NonNull::new(zone.data.cast::<ZoneConf>());
-    if zone_conf.is_none() {
-        ngx_conf_log_error!(NGX_LOG_EMERG, cf, "unknown flash_sale_zone \"{}\"", name);
-    }
-    zone_conf
+    let zone = unsafe { shm_zone.as_ref() }.ok_or(ConfError::Logged)?;
+    NonNull::new(zone.data.cast::<ZoneConf>())
+        .ok_or_else(|| d.emerg(format_args!("unknown flash_sale_zone \"{}\"", name)))
 }
 
 /// Compiles a value with variables into the cycle's pool.
-///
-/// # Safety
-/// `cf` is the configuration nginx passes to a directive handler.
-unsafe fn complex_value(
-    cf: *mut ngx_conf_t,
+fn complex_value(
+    d: &mut Directive<'_>,
     mut source: ngx_str_t,
 ) -> Option<NonNull<ngx_http_complex_value_t>> {
-    // SAFETY: `cf->pool` is the cycle's pool; a complex value is plain data whose empty state
-    // is all zeroes, and a zeroed compile request with these fields set is how nginx's own
-    // modules call the compiler.
+    // SAFETY: a complex value is plain data whose empty state is all zeroes, and a zeroed
+    // compile request with these fields set is how nginx's own modules call the compiler,
+    // with the configuration being parsed.
     unsafe {
-        let pool = Pool::from_ngx_pool((*cf).pool);
-        let value = NonNull::new(pool.allocate(core::mem::zeroed::<ngx_http_complex_value_t>()))?;
+        let value =
+            NonNull::new(d.pool().allocate(core::mem::zeroed::<ngx_http_complex_value_t>()))?;
         let mut ccv: ngx_http_compile_complex_value_t = core::mem::zeroed();
-        ccv.cf = cf;
+        ccv.cf = d.conf();
         ccv.value = &mut source;
         ccv.complex_value = value.as_ptr();
         (ngx_http_compile_complex_value(&mut ccv) == Status::NGX_OK.0).then_some(value)
@@ -570,116 +535,88 @@ unsafe fn complex_value(
 /// `flash_sale_verify`, read once, at configuration time.
 pub(crate) unsafe extern "C" fn set_token_secret(
     cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
+    cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    crate::ffi::guard(NGX_CONF_ERROR, || {
-        // SAFETY: `conf` is this module's location configuration (NGX_HTTP_LOC_CONF_OFFSET).
-        let lcf = unsafe { &mut *conf.cast::<LocConf>() };
-        // SAFETY: called by nginx as a directive handler.
-        let args = unsafe { args(cf) };
-        if lcf.token_secret.is_some() {
-            return c"is duplicate".as_ptr().cast_mut();
+    // SAFETY: nginx calls this for a command whose slot is NGX_HTTP_LOC_CONF_OFFSET
+    // (`module.rs`): `conf` is a `LocConf`.
+    unsafe { directive(cf, cmd, conf, token_secret) }
+}
+
+fn token_secret(d: &mut Directive<'_>, lcf: &mut LocConf) -> ConfResult {
+    let args = d.args();
+    if lcf.token_secret.is_some() {
+        return Err(DUPLICATE);
+    }
+    let (path, contents) = read_conf_file(d, args[1].as_bytes(), &args[0])?;
+    let secret = match token::secret_from_file(&contents) {
+        Ok(secret) => secret,
+        Err(len) => {
+            return Err(d.emerg(format_args!(
+                "the secret in \"{}\" is {} bytes long, \"{}\" needs at least {}",
+                path.display(),
+                len,
+                args[0],
+                token::MIN_SECRET_LEN
+            )));
         }
-        // SAFETY: called by nginx as a directive handler.
-        let Some((path, contents)) = (unsafe { read_conf_file(cf, args[1].as_bytes(), &args[0]) })
-        else {
-            return NGX_CONF_ERROR;
-        };
-        let secret = match token::secret_from_file(&contents) {
-            Ok(secret) => secret,
-            Err(len) => {
-                ngx_conf_log_error!(
-                    NGX_LOG_EMERG,
-                    cf,
-                    "the secret in \"{}\" is {} bytes long, \"{}\" needs at least {}",
-                    path.display(),
-                    len,
-                    args[0],
-                    token::MIN_SECRET_LEN
-                );
-                return NGX_CONF_ERROR;
-            }
-        };
-        // SAFETY: `cf->pool` is the cycle's pool, alive as long as this configuration.
-        match unsafe { ngx_str_t::from_bytes((*cf).pool, secret) } {
-            Some(copy) => {
-                lcf.token_secret = Some(copy);
-                NGX_CONF_OK
-            }
-            None => NGX_CONF_ERROR,
-        }
-    })
+    };
+    lcf.token_secret = Some(d.copy(secret).ok_or(ConfError::Logged)?);
+    Ok(())
 }
 
 /// `flash_sale_verify zone=NAME [token=VALUE] | off;`
 pub(crate) unsafe extern "C" fn set_verify(
     cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
+    cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    crate::ffi::guard(NGX_CONF_ERROR, || {
-        // SAFETY: `conf` is this module's location configuration (NGX_HTTP_LOC_CONF_OFFSET).
-        let lcf = unsafe { &mut *conf.cast::<LocConf>() };
-        // SAFETY: called by nginx as a directive handler.
-        let args = unsafe { args(cf) };
-        if lcf.verify != Verify::Unset {
-            return c"is duplicate".as_ptr().cast_mut();
+    // SAFETY: nginx calls this for a command whose slot is NGX_HTTP_LOC_CONF_OFFSET
+    // (`module.rs`): `conf` is a `LocConf`.
+    unsafe { directive(cf, cmd, conf, verify) }
+}
+
+fn verify(d: &mut Directive<'_>, lcf: &mut LocConf) -> ConfResult {
+    let args = d.args();
+    if lcf.verify != Verify::Unset {
+        return Err(DUPLICATE);
+    }
+    if args[1].as_bytes() == b"off" && args.len() == 2 {
+        lcf.verify = Verify::Off;
+        return Ok(());
+    }
+    let zone = zone_parameter(d, &args[1])?;
+    let token = match args.get(2) {
+        None => None,
+        Some(arg) => {
+            let Some(source) = arg.strip_prefix("token=").filter(|v| !v.is_empty()) else {
+                return Err(d.emerg(format_args!("invalid parameter \"{}\"", arg)));
+            };
+            Some(complex_value(d, source).ok_or(ConfError::Logged)?)
         }
-        if args[1].as_bytes() == b"off" && args.len() == 2 {
-            lcf.verify = Verify::Off;
-            return NGX_CONF_OK;
-        }
-        // SAFETY: called by nginx as a directive handler.
-        let Some(zone) = (unsafe { zone_parameter(cf, &args[1]) }) else {
-            return NGX_CONF_ERROR;
-        };
-        let token = match args.get(2) {
-            None => None,
-            Some(arg) => {
-                let Some(source) = arg.strip_prefix("token=").filter(|v| !v.is_empty()) else {
-                    ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid parameter \"{}\"", arg);
-                    return NGX_CONF_ERROR;
-                };
-                // SAFETY: called by nginx as a directive handler.
-                match unsafe { complex_value(cf, source) } {
-                    Some(value) => Some(value),
-                    None => return NGX_CONF_ERROR,
-                }
-            }
-        };
-        lcf.verify = Verify::Zone { zone, token };
-        NGX_CONF_OK
-    })
+    };
+    lcf.verify = Verify::Zone { zone, token };
+    Ok(())
 }
 
 /// Reads a file named in a directive, relative to the configuration's directory as
 /// `ssl_session_ticket_key` is; says what failed in the error log otherwise.
-///
-/// # Safety
-/// `cf` is the configuration nginx passes to a directive handler.
-unsafe fn read_conf_file(
-    cf: *mut ngx_conf_t,
+fn read_conf_file(
+    d: &mut Directive<'_>,
     name: &[u8],
     directive: &ngx_str_t,
-) -> Option<(std::path::PathBuf, Vec<u8>)> {
-    // SAFETY: `cf->cycle` is the cycle being configured.
-    let conf_prefix = unsafe { (*(*cf).cycle).conf_prefix };
+) -> Result<(std::path::PathBuf, Vec<u8>), ConfError> {
+    let conf_prefix = d.conf_prefix();
     let path = std::path::Path::new(std::ffi::OsStr::from_bytes(conf_prefix.as_bytes()))
         .join(std::ffi::OsStr::from_bytes(name));
     match std::fs::read(&path) {
-        Ok(contents) => Some((path, contents)),
-        Err(e) => {
-            ngx_conf_log_error!(
-                NGX_LOG_EMERG,
-                cf,
-                "cannot read \"{}\" in \"{}\" directive: {}",
-                path.display(),
-                directive,
-                e
-            );
-            None
-        }
+        Ok(contents) => Ok((path, contents)),
+        Err(e) => Err(d.emerg(format_args!(
+            "cannot read \"{}\" in \"{}\" directive: {}",
+            path.display(),
+            directive,
+            e
+        ))),
     }
 }
 
@@ -687,77 +624,56 @@ unsafe fn read_conf_file(
 /// [on_error=closed|open] [cache=TIME] [threads=NAME];`
 pub(crate) unsafe extern "C" fn set_redis(
     cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    _conf: *mut c_void,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
 ) -> *mut c_char {
-    crate::ffi::guard(NGX_CONF_ERROR, || {
-        // SAFETY: called by nginx as a directive handler.
-        let args = unsafe { args(cf) };
-        // SAFETY: called by nginx as a directive handler.
-        let Some(mut zone) = (unsafe { zone_parameter(cf, &args[1]) }) else {
-            return NGX_CONF_ERROR;
-        };
-        // SAFETY: zone configurations live in the cycle's pool; parsing is single-threaded.
-        let zone = unsafe { zone.as_mut() };
-        if zone.redis.is_some() {
-            ngx_conf_log_error!(
-                NGX_LOG_EMERG,
-                cf,
-                "flash_sale_zone \"{}\" already has a \"{}\"",
-                zone.name(),
-                args[0]
-            );
-            return NGX_CONF_ERROR;
-        }
-        if zone.state.is_some() {
-            ngx_conf_log_error!(
-                NGX_LOG_EMERG,
-                cf,
-                "flash_sale_zone \"{}\" has a state file; a zone kept in Redis needs none",
-                zone.name()
-            );
-            return NGX_CONF_ERROR;
-        }
-        let mut settings = match Settings::parse(args[2..].iter().map(text)) {
-            Ok(settings) => settings,
-            Err(e) => {
-                ngx_conf_log_error!(NGX_LOG_EMERG, cf, "{} in \"{}\" directive", e, args[0]);
-                return NGX_CONF_ERROR;
-            }
-        };
-        if let Some(file) = settings.password_file.clone() {
-            // SAFETY: called by nginx as a directive handler.
-            let Some((_, contents)) = (unsafe { read_conf_file(cf, file.as_bytes(), &args[0]) })
-            else {
-                return NGX_CONF_ERROR;
-            };
-            let password = String::from_utf8_lossy(&contents);
-            settings.password = Some(password.trim_end_matches(['\n', '\r']).to_string());
-        }
-        // nginx's "default" pool (32 threads unless `thread_pool default` says otherwise), or the
-        // one `threads=` names, which a `thread_pool` directive must declare, as for `aio threads=`.
-        let mut pool_name = match &settings.threads {
-            // SAFETY: `cf->pool` is the cycle's pool, alive as long as this configuration.
-            Some(name) => match unsafe { ngx_str_t::from_bytes((*cf).pool, name.as_bytes()) } {
-                Some(name) => Some(name),
-                None => return NGX_CONF_ERROR,
-            },
-            None => None,
-        };
-        let name_ptr = pool_name.as_mut().map_or(ptr::null_mut(), |name| name as *mut ngx_str_t);
-        // SAFETY: `cf` is valid during parsing; nginx keeps the name's bytes, which live in the
-        // cycle's pool; a null name asks for the default pool.
-        let Some(threads) = NonNull::new(unsafe { ngx_thread_pool_add(cf, name_ptr) }) else {
-            return NGX_CONF_ERROR;
-        };
-        // SAFETY: `cf->pool` is the cycle's pool, alive as long as this configuration.
-        let pool = unsafe { Pool::from_ngx_pool((*cf).pool) };
-        let Some(redis) = NonNull::new(pool.allocate(RedisConf { settings, threads })) else {
-            return NGX_CONF_ERROR;
-        };
-        zone.redis = Some(redis);
-        NGX_CONF_OK
-    })
+    // SAFETY: nginx calls this for a command whose slot is NGX_HTTP_MAIN_CONF_OFFSET
+    // (`module.rs`): `conf` is a `MainConf`.
+    unsafe { directive(cf, cmd, conf, redis) }
+}
+
+fn redis(d: &mut Directive<'_>, _main: &mut MainConf) -> ConfResult {
+    let args = d.args();
+    let mut zone = zone_parameter(d, &args[1])?;
+    // SAFETY: zone configurations live in the cycle's pool; parsing is single-threaded.
+    let zone = unsafe { zone.as_mut() };
+    if zone.redis.is_some() {
+        return Err(d.emerg(format_args!(
+            "flash_sale_zone \"{}\" already has a \"{}\"",
+            zone.name(),
+            args[0]
+        )));
+    }
+    if zone.state.is_some() {
+        return Err(d.emerg(format_args!(
+            "flash_sale_zone \"{}\" has a state file; a zone kept in Redis needs none",
+            zone.name()
+        )));
+    }
+    let mut settings = match Settings::parse(args[2..].iter().map(text)) {
+        Ok(settings) => settings,
+        Err(e) => return Err(d.emerg(format_args!("{} in \"{}\" directive", e, args[0]))),
+    };
+    if let Some(file) = settings.password_file.clone() {
+        let (_, contents) = read_conf_file(d, file.as_bytes(), &args[0])?;
+        let password = String::from_utf8_lossy(&contents);
+        settings.password = Some(password.trim_end_matches(['\n', '\r']).to_string());
+    }
+    // nginx's "default" pool (32 threads unless `thread_pool default` says otherwise), or the
+    // one `threads=` names, which a `thread_pool` directive must declare, as for `aio threads=`.
+    let mut pool_name = match &settings.threads {
+        Some(name) => Some(d.copy(name.as_bytes()).ok_or(ConfError::Logged)?),
+        None => None,
+    };
+    let name_ptr = pool_name.as_mut().map_or(ptr::null_mut(), |name| name as *mut ngx_str_t);
+    // SAFETY: `cf` is valid during parsing; nginx keeps the name's bytes, which live in the
+    // cycle's pool; a null name asks for the default pool.
+    let threads = NonNull::new(unsafe { ngx_thread_pool_add(d.conf(), name_ptr) })
+        .ok_or(ConfError::Logged)?;
+    let redis = NonNull::new(d.pool().allocate(RedisConf { settings, threads }))
+        .ok_or(ConfError::Logged)?;
+    zone.redis = Some(redis);
+    Ok(())
 }
 
 /// `flash_sale_zone KEY zone=NAME:SIZE;`
@@ -766,256 +682,218 @@ pub(crate) unsafe extern "C" fn set_zone(
     cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    crate::ffi::guard(NGX_CONF_ERROR, || {
-        // SAFETY: called by nginx as a directive handler.
-        let args = unsafe { args(cf) };
-        // SAFETY: nginx passes its own command entry.
-        let directive = unsafe { (*cmd).name };
+    // SAFETY: nginx calls this for a command whose slot is NGX_HTTP_MAIN_CONF_OFFSET
+    // (`module.rs`): `conf` is a `MainConf`.
+    unsafe { directive(cf, cmd, conf, declare_zone) }
+}
 
-        let mut zone: Option<(ngx_str_t, usize)> = None;
-        let mut state_arg = None;
-        for arg in &args[2..] {
-            if arg.strip_prefix("state=").is_some() {
-                state_arg = Some(arg);
-                continue;
-            }
-            let Some(spec) = arg.strip_prefix("zone=") else {
-                ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid parameter \"{}\"", arg);
-                return NGX_CONF_ERROR;
-            };
-            let Some((name, size)) = parse::zone_name_size(text(&spec)) else {
-                ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid zone size \"{}\"", arg);
-                return NGX_CONF_ERROR;
-            };
-            let Some(size) = parse::size(size) else {
-                ngx_conf_log_error!(NGX_LOG_EMERG, cf, "invalid zone size \"{}\"", arg);
-                return NGX_CONF_ERROR;
-            };
-            // SAFETY: nginx sets the page size before it reads the configuration.
-            if size < MIN_ZONE_PAGES * unsafe { nginx_sys::ngx_pagesize } {
-                ngx_conf_log_error!(NGX_LOG_EMERG, cf, "zone \"{}\" is too small", arg);
-                return NGX_CONF_ERROR;
-            }
-            let name = ngx_str_t { data: spec.data, len: name.len() };
-            zone = Some((name, size));
+fn declare_zone(d: &mut Directive<'_>, main: &mut MainConf) -> ConfResult {
+    let args = d.args();
+    let mut zone: Option<(ngx_str_t, usize)> = None;
+    let mut state_arg = None;
+    for arg in &args[2..] {
+        if arg.strip_prefix("state=").is_some() {
+            state_arg = Some(arg);
+            continue;
         }
-        // NGX_CONF_2MORE guarantees a parameter, and any but zone= was refused above.
-        let Some((mut name, size)) = zone else {
-            return NGX_CONF_ERROR;
+        let Some(spec) = arg.strip_prefix("zone=") else {
+            return Err(d.emerg(format_args!("invalid parameter \"{}\"", arg)));
         };
-        // SAFETY: `conf` is this module's main configuration (NGX_HTTP_MAIN_CONF_OFFSET).
-        let main = unsafe { &mut *conf.cast::<MainConf>() };
-        let state = match state_arg {
-            None => None,
-            // SAFETY: called by nginx as a directive handler.
-            Some(arg) => match unsafe { open_state(cf, main, arg, &name, &args[1]) } {
-                Some(file) => Some(file),
-                None => return NGX_CONF_ERROR,
-            },
+        let Some((name, size)) = parse::zone_name_size(text(&spec)) else {
+            return Err(d.emerg(format_args!("invalid zone size \"{}\"", arg)));
         };
+        let Some(size) = parse::size(size) else {
+            return Err(d.emerg(format_args!("invalid zone size \"{}\"", arg)));
+        };
+        // SAFETY: nginx sets the page size before it reads the configuration.
+        if size < MIN_ZONE_PAGES * unsafe { nginx_sys::ngx_pagesize } {
+            return Err(d.emerg(format_args!("zone \"{}\" is too small", arg)));
+        }
+        let name = ngx_str_t { data: spec.data, len: name.len() };
+        zone = Some((name, size));
+    }
+    // NGX_CONF_2MORE guarantees a parameter, and any but zone= was refused above.
+    let (mut name, size) = zone.ok_or(ConfError::Logged)?;
+    let state = match state_arg {
+        None => None,
+        Some(arg) => Some(open_state(d, main, arg, &name, &args[1])?),
+    };
 
-        // SAFETY: called by nginx as a directive handler.
-        let Some(key) = (unsafe { complex_value(cf, args[1]) }) else {
-            return NGX_CONF_ERROR;
-        };
-        // SAFETY: a compiled complex value is plain data; the copy points to the same program.
-        let key = unsafe { key.as_ptr().read() };
+    let key = complex_value(d, args[1]).ok_or(ConfError::Logged)?;
+    // SAFETY: a compiled complex value is plain data; the copy points to the same program.
+    let key = unsafe { key.as_ptr().read() };
 
-        // SAFETY: `cf` is valid during parsing; the module's address is its shared-memory tag.
-        let shm_zone =
-            unsafe { ngx_shared_memory_add(cf, &mut name, size, crate::module::module_tag()) };
-        let Some(shm) = NonNull::new(shm_zone) else {
-            return NGX_CONF_ERROR;
-        };
-        // SAFETY: a zone returned by ngx_shared_memory_add is valid for the cycle.
-        let zone = unsafe { &mut *shm.as_ptr() };
-        if !zone.data.is_null() {
-            ngx_conf_log_error!(
-                NGX_LOG_EMERG,
-                cf,
-                "{} \"{}\" is already declared",
-                directive,
-                name
-            );
-            return NGX_CONF_ERROR;
-        }
-        let key_var = match parse::lone_variable(text(&args[1])) {
-            Some(var) => {
-                let mut var = ngx_str_t { data: var.as_ptr().cast_mut(), len: var.len() };
-                // SAFETY: `cf` is valid during parsing; nginx copies the name.
-                let index = unsafe { ngx_http_get_variable_index(cf, &mut var) };
-                if index == NGX_ERROR as ngx_int_t {
-                    return NGX_CONF_ERROR;
-                }
-                Some(index as ngx_uint_t)
+    // SAFETY: `cf` is valid during parsing; the module's address is its shared-memory tag.
+    let shm_zone =
+        unsafe { ngx_shared_memory_add(d.conf(), &mut name, size, crate::module::module_tag()) };
+    let shm = NonNull::new(shm_zone).ok_or(ConfError::Logged)?;
+    // SAFETY: a zone returned by ngx_shared_memory_add is valid for the cycle.
+    let zone = unsafe { &mut *shm.as_ptr() };
+    if !zone.data.is_null() {
+        let directive = d.name();
+        return Err(d.emerg(format_args!("{} \"{}\" is already declared", directive, name)));
+    }
+    let key_var = match parse::lone_variable(text(&args[1])) {
+        Some(var) => {
+            let mut var = ngx_str_t { data: var.as_ptr().cast_mut(), len: var.len() };
+            // SAFETY: `cf` is valid during parsing; nginx copies the name.
+            let index = unsafe { ngx_http_get_variable_index(d.conf(), &mut var) };
+            if index == NGX_ERROR as ngx_int_t {
+                return Err(ConfError::Logged);
             }
-            None => None,
-        };
-        // SAFETY: `cf->pool` is the cycle's pool, alive as long as this configuration.
-        let pool = unsafe { Pool::from_ngx_pool((*cf).pool) };
-        // SAFETY: `cf->cycle` is the cycle being configured, never null.
-        let Some(cycle) = NonNull::new(unsafe { (*cf).cycle }) else {
-            return NGX_CONF_ERROR;
-        };
-        let zone_conf = pool.allocate(ZoneConf {
-            key,
-            key_var,
-            largest_cap: None,
-            shm_zone: shm,
-            table: None,
-            state,
-            cycle,
-            redis: None,
-        });
-        let Some(zone_conf) = NonNull::new(zone_conf) else {
-            return NGX_CONF_ERROR;
-        };
-        if main.zones.try_reserve(1).is_err() {
-            return NGX_CONF_ERROR;
+            Some(index as ngx_uint_t)
         }
-        main.zones.push(zone_conf);
-        zone.init = Some(init_zone);
-        zone.data = zone_conf.as_ptr().cast();
-        NGX_CONF_OK
-    })
+        None => None,
+    };
+    let zone_conf = d.pool().allocate(ZoneConf {
+        key,
+        key_var,
+        largest_cap: None,
+        shm_zone: shm,
+        table: None,
+        state,
+        cycle: d.cycle(),
+        redis: None,
+    });
+    let zone_conf = NonNull::new(zone_conf).ok_or(ConfError::Logged)?;
+    main.zones.try_reserve(1).map_err(|_| ConfError::Logged)?;
+    main.zones.push(zone_conf);
+    zone.init = Some(init_zone);
+    zone.data = zone_conf.as_ptr().cast();
+    Ok(())
 }
 
 /// Creates the zone's table, or adopts the one a reload left in place.
 unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, old_data: *mut c_void) -> ngx_int_t {
-    crate::ffi::guard(Status::NGX_ERROR.into(), || {
-        // SAFETY: nginx passes the zone whose `data` `set_zone` made a `ZoneConf`.
-        let zone = unsafe { &mut *shm_zone };
-        // SAFETY: as above.
-        let conf = unsafe { &mut *zone.data.cast::<ZoneConf>() };
-        let log = zone.shm.log;
-        let name = zone.shm.name;
-        // SAFETY: the zone's memory is mapped and its slab pool initialised before `init` runs.
-        let Some(mut pool) = (unsafe { SlabPool::from_shm_zone(zone) }) else {
-            return Status::NGX_ERROR.into();
-        };
-        let key_spec = conf.key.value.as_bytes();
+    // SAFETY: nginx calls this as the `init` of a zone whose `data` `set_zone` made a
+    // `ZoneConf`, with the zone's memory mapped and its slab pool initialised.
+    unsafe { zone_init(shm_zone, old_data, init_table) }
+}
 
-        let reused = !old_data.is_null() || zone.shm.exists != 0;
-        if reused {
-            // Same name and size as before the reload: the memory, and the table in it, stayed.
-            let Some(table) = NonNull::new(pool.as_mut().data.cast::<PermitTable>()) else {
-                return Status::NGX_ERROR.into();
-            };
-            // SAFETY: the slab pool's `data` is only ever set to a table by this function.
-            let existing = unsafe { table.as_ref() };
-            if !existing.is_compatible() {
-                ngx_log_error!(
-                    NGX_LOG_EMERG,
-                    log,
-                    "flash_sale_zone \"{}\" was created by an incompatible version of the module; \
-                     rename or resize the zone to start it afresh",
-                    name
-                );
-                return Status::NGX_ERROR.into();
-            }
-            if existing.key_spec() != key_spec {
-                ngx_log_error!(
-                    NGX_LOG_EMERG,
-                    log,
-                    "flash_sale_zone \"{}\" uses the \"{}\" key while previously it used the \"{}\" key",
-                    name,
-                    conf.key.value,
-                    String::from_utf8_lossy(existing.key_spec())
-                );
-                return Status::NGX_ERROR.into();
-            }
-            conf.table = Some(table);
-            if let Some(file) = &conf.state {
-                // The configuration opened the files anew, perhaps at another path: the file gets
-                // every permit the zone holds.
-                give_to_workers(conf, file, log);
-                // SAFETY: the table lives in this zone's slab pool; workers of the old cycle may
-                // still use it, under its lock.
-                let (next_seq, held) =
-                    unsafe { ZoneStore::new(&pool, table, crate::http::now_ms()) }.snapshot();
-                file.numbers().fetch_max(next_seq, core::sync::atomic::Ordering::AcqRel);
-                let rewritten =
-                    file.rewrite(&name.to_string(), key_spec, crate::http::now_ms(), &held, |_| {
-                        existing.stats.named_values()
-                    });
-                existing.journal.compacted(rewritten.as_ref().ok().map(|r| r.bytes));
-                if let Err(e) = rewritten {
-                    ngx_log_error!(
-                        NGX_LOG_WARN,
-                        log,
-                        "flash_sale_zone \"{}\": cannot rewrite state file \"{}\": {}",
-                        name,
-                        file.path.display(),
-                        e
-                    );
-                }
-            }
-            return Status::NGX_OK.into();
-        }
+fn init_table(zone: &ngx_shm_zone_t, conf: &mut ZoneConf, reused: bool) -> Result<(), ()> {
+    let log = zone.shm.log;
+    let name = zone.shm.name;
+    // `conf`'s zone is this one: nginx mapped it and initialised its slab pool before `init`.
+    let Some(mut pool) = conf.slab() else {
+        return Err(());
+    };
+    let key_spec = conf.key.value.as_bytes();
 
-        let sip_key = match SmallRng::try_from_os_rng() {
-            Ok(mut rng) => [rng.random(), rng.random()],
-            Err(err) => {
-                ngx_log_error!(
-                    NGX_LOG_EMERG,
-                    log,
-                    "flash_sale_zone \"{}\": no randomness: {}",
-                    name,
-                    err
-                );
-                return Status::NGX_ERROR.into();
-            }
+    if reused {
+        // Same name and size as before the reload: the memory, and the table in it, stayed.
+        let Some(table) = NonNull::new(pool.as_mut().data.cast::<PermitTable>()) else {
+            return Err(());
         };
-        let Some(table) = ({
-            let locked = pool.lock();
-            PermitTable::create(&locked, bucket_count(zone.shm.size), sip_key, key_spec)
-        }) else {
+        // SAFETY: the slab pool's `data` is only ever set to a table by this function.
+        let existing = unsafe { table.as_ref() };
+        if !existing.is_compatible() {
             ngx_log_error!(
                 NGX_LOG_EMERG,
                 log,
-                "flash_sale_zone \"{}\" is too small for its table",
+                "flash_sale_zone \"{}\" was created by an incompatible version of the module; \
+                 rename or resize the zone to start it afresh",
                 name
             );
-            return Status::NGX_ERROR.into();
-        };
-        let log_ctx = format!(" in flash_sale_zone \"{}\"\0", name);
-        let slab = pool.as_mut();
-        slab.data = table.as_ptr().cast();
-        // Our own message says the zone is full, once; the slab's would repeat per request.
-        slab.set_log_nomem(0);
-        // SAFETY: the slab pool is ours alone until workers start; the context string is copied
-        // into the zone so that it outlives this cycle's configuration.
-        unsafe {
-            let ctx = nginx_sys::ngx_slab_alloc(slab, log_ctx.len()).cast::<u8>();
-            if !ctx.is_null() {
-                ptr::copy_nonoverlapping(log_ctx.as_ptr(), ctx, log_ctx.len());
-                slab.log_ctx = ctx;
-            }
+            return Err(());
+        }
+        if existing.key_spec() != key_spec {
+            ngx_log_error!(
+                NGX_LOG_EMERG,
+                log,
+                "flash_sale_zone \"{}\" uses the \"{}\" key while previously it used the \"{}\" key",
+                name,
+                conf.key.value,
+                String::from_utf8_lossy(existing.key_spec())
+            );
+            return Err(());
         }
         conf.table = Some(table);
         if let Some(file) = &conf.state {
+            // The configuration opened the files anew, perhaps at another path: the file gets
+            // every permit the zone holds.
             give_to_workers(conf, file, log);
-            load_state(file, &name.to_string(), key_spec, &pool, table, log);
+            // SAFETY: the table lives in this zone's slab pool; workers of the old cycle may
+            // still use it, under its lock.
+            let (next_seq, held) =
+                unsafe { ZoneStore::new(&pool, table, crate::http::now_ms()) }.snapshot();
+            file.numbers().fetch_max(next_seq, core::sync::atomic::Ordering::AcqRel);
+            let rewritten =
+                file.rewrite(&name.to_string(), key_spec, crate::http::now_ms(), &held, |_| {
+                    existing.stats.named_values()
+                });
+            existing.journal.compacted(rewritten.as_ref().ok().map(|r| r.bytes));
+            if let Err(e) = rewritten {
+                ngx_log_error!(
+                    NGX_LOG_WARN,
+                    log,
+                    "flash_sale_zone \"{}\": cannot rewrite state file \"{}\": {}",
+                    name,
+                    file.path.display(),
+                    e
+                );
+            }
         }
-        Status::NGX_OK.into()
-    })
+        return Ok(());
+    }
+
+    let sip_key = match SmallRng::try_from_os_rng() {
+        Ok(mut rng) => [rng.random(), rng.random()],
+        Err(err) => {
+            ngx_log_error!(
+                NGX_LOG_EMERG,
+                log,
+                "flash_sale_zone \"{}\": no randomness: {}",
+                name,
+                err
+            );
+            return Err(());
+        }
+    };
+    let Some(table) = ({
+        let locked = pool.lock();
+        PermitTable::create(&locked, bucket_count(zone.shm.size), sip_key, key_spec)
+    }) else {
+        ngx_log_error!(
+            NGX_LOG_EMERG,
+            log,
+            "flash_sale_zone \"{}\" is too small for its table",
+            name
+        );
+        return Err(());
+    };
+    let log_ctx = format!(" in flash_sale_zone \"{}\"\0", name);
+    let slab = pool.as_mut();
+    slab.data = table.as_ptr().cast();
+    // Our own message says the zone is full, once; the slab's would repeat per request.
+    slab.set_log_nomem(0);
+    // SAFETY: the slab pool is ours alone until workers start; the context string is copied
+    // into the zone so that it outlives this cycle's configuration.
+    unsafe {
+        let ctx = nginx_sys::ngx_slab_alloc(slab, log_ctx.len()).cast::<u8>();
+        if !ctx.is_null() {
+            ptr::copy_nonoverlapping(log_ctx.as_ptr(), ctx, log_ctx.len());
+            slab.log_ctx = ctx;
+        }
+    }
+    conf.table = Some(table);
+    if let Some(file) = &conf.state {
+        give_to_workers(conf, file, log);
+        load_state(file, &name.to_string(), key_spec, &pool, table, log);
+    }
+    Ok(())
 }
 
 /// Opens the state file of `state=PATH` (relative to nginx's prefix) for zone `name` with
 /// the key expression `key`; says what is wrong in the error log otherwise. Two zones cannot
 /// share a file: each would take the other's for unusable.
-///
-/// # Safety
-/// `cf` is the configuration nginx passes to a directive handler.
-unsafe fn open_state(
-    cf: *mut ngx_conf_t,
+fn open_state(
+    d: &mut Directive<'_>,
     main: &MainConf,
     arg: &ngx_str_t,
     name: &ngx_str_t,
     key: &ngx_str_t,
-) -> Option<StateFile> {
-    // SAFETY: `cf->cycle` is the cycle being configured.
-    let prefix = unsafe { (*(*cf).cycle).prefix };
+) -> Result<StateFile, ConfError> {
+    let prefix = d.prefix();
     let path = arg.as_bytes().strip_prefix(b"state=").unwrap_or_default();
     let path = std::path::Path::new(std::ffi::OsStr::from_bytes(prefix.as_bytes()))
         .join(std::path::Path::new(std::ffi::OsStr::from_bytes(path)));
@@ -1024,23 +902,14 @@ unsafe fn open_state(
     let zones = main.zones.iter().map(|z| unsafe { z.as_ref() });
     let shared = |z: &&ZoneConf| z.state.as_ref().is_some_and(|other| other.is_at(&path));
     if let Some(other) = zones.into_iter().find(shared) {
-        ngx_conf_log_error!(
-            NGX_LOG_EMERG,
-            cf,
+        return Err(d.emerg(format_args!(
             "\"{}\" is the state file of flash_sale_zone \"{}\" already, or its lock file",
             arg,
             other.name()
-        );
-        return None;
+        )));
     }
-    let file = match StateFile::open(path, state::header(&name.to_string(), key.as_bytes())) {
-        Ok(file) => file,
-        Err(e) => {
-            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "cannot open \"{}\": {}", arg, e);
-            return None;
-        }
-    };
-    Some(file)
+    StateFile::open(path, state::header(&name.to_string(), key.as_bytes()))
+        .map_err(|e| d.emerg(format_args!("cannot open \"{}\": {}", arg, e)))
 }
 
 /// Gives a state file to nginx's worker user (when nginx runs as root), so that workers can

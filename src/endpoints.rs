@@ -7,14 +7,15 @@ use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_http_finalize_request, ngx_http_read_client_request_body,
     ngx_http_request_t, ngx_int_t, ngx_pagesize, ngx_str_t,
 };
-use ngx::core::{SlabPool, Status, NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::core::{SlabPool, Status};
 use ngx::http::{HTTPStatus, HttpModuleLocationConf, Method, NgxHttpCoreModule, Request};
 use ngx::ngx_string;
 
 use serde_json::{json, Value};
 
 use crate::api::{self, route, ApiError, Route};
-use crate::conf::{MainConf, ZoneConf};
+use crate::conf::{LocConf, MainConf, ZoneConf};
+use crate::ffi::{directive, ConfError, ConfResult, Directive};
 use crate::gate::redis as redis_gate;
 use crate::http::{add_header, keep, kept, send, Body, Kept};
 use crate::metrics::{render, ZoneMetrics};
@@ -27,31 +28,22 @@ use crate::zone::{Stats, ZoneStore};
 /// `flash_sale_metrics;` makes the location answer with the metrics.
 pub unsafe extern "C" fn set_metrics(
     cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    _conf: *mut c_void,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
 ) -> *mut c_char {
-    crate::ffi::guard(NGX_CONF_ERROR, || {
-        // SAFETY: called by nginx as a location directive handler.
-        unsafe { set_content_handler(cf, metrics_handler) }
-    })
+    // SAFETY: nginx calls this for a command whose slot is NGX_HTTP_LOC_CONF_OFFSET
+    // (`module.rs`): `conf` is a `LocConf`.
+    unsafe { directive(cf, cmd, conf, |d, _: &mut LocConf| content_handler(d, metrics_handler)) }
 }
 
 /// Makes the location being parsed answer with `handler`.
-///
-/// # Safety
-/// `cf` is the configuration nginx passes to a location directive handler.
-unsafe fn set_content_handler(
-    cf: *mut ngx_conf_t,
+fn content_handler(
+    d: &mut Directive<'_>,
     handler: unsafe extern "C" fn(*mut ngx_http_request_t) -> ngx_int_t,
-) -> *mut c_char {
-    // SAFETY: `cf` is the location's configuration context while it is parsed.
-    match NgxHttpCoreModule::location_conf_mut(unsafe { &*cf }) {
-        Some(clcf) => {
-            clcf.handler = Some(handler);
-            NGX_CONF_OK
-        }
-        None => NGX_CONF_ERROR,
-    }
+) -> ConfResult {
+    let clcf = NgxHttpCoreModule::location_conf_mut(d.conf()).ok_or(ConfError::Logged)?;
+    clcf.handler = Some(handler);
+    Ok(())
 }
 
 unsafe extern "C" fn metrics_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
@@ -84,13 +76,11 @@ fn metrics(req: &mut Request) -> Status {
 /// `flash_sale_api;` makes the location answer the admin API.
 pub unsafe extern "C" fn set_api(
     cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    _conf: *mut c_void,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
 ) -> *mut c_char {
-    crate::ffi::guard(NGX_CONF_ERROR, || {
-        // SAFETY: called by nginx as a location directive handler.
-        unsafe { set_content_handler(cf, api_handler) }
-    })
+    // SAFETY: as for `set_metrics`.
+    unsafe { directive(cf, cmd, conf, |d, _: &mut LocConf| content_handler(d, api_handler)) }
 }
 
 const METHODS_ZONES: &str = "GET, HEAD";
