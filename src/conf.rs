@@ -227,13 +227,52 @@ impl ZoneConf {
     }
 }
 
+/// A zone's configuration as the locations, the http block, a request's decision and Redis's
+/// callbacks hold it. `flash_sale_zone` makes it in the cycle's pool, which outlives every
+/// request, event and callback of that cycle: the one invariant each use relies on, stated
+/// here once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ZoneRef(NonNull<ZoneConf>);
+
+impl ZoneRef {
+    /// # Safety
+    /// `zone` is a `ZoneConf` `flash_sale_zone` made in the pool of the cycle being configured.
+    unsafe fn new(zone: NonNull<ZoneConf>) -> ZoneRef {
+        ZoneRef(zone)
+    }
+
+    /// The zone's configuration, to change while the configuration is parsed or merged.
+    ///
+    /// # Safety
+    /// Configuration time (single-threaded, no request yet), and no other reference to this
+    /// zone's configuration is in use.
+    unsafe fn as_mut<'a>(self) -> &'a mut ZoneConf {
+        // SAFETY: see the function's contract and the type's.
+        unsafe { &mut *self.0.as_ptr() }
+    }
+
+    /// The zone's configuration, not tied to this handle: it lives as long as the cycle.
+    pub fn get<'a>(self) -> &'a ZoneConf {
+        // SAFETY: see the type's invariant; nothing changes it once the configuration is read.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl core::ops::Deref for ZoneRef {
+    type Target = ZoneConf;
+
+    fn deref(&self) -> &ZoneConf {
+        self.get()
+    }
+}
+
 /// Whether a location is gated, and by which zone.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Gate {
     #[default]
     Unset,
     Off,
-    Zone(NonNull<ZoneConf>),
+    Zone(ZoneRef),
 }
 
 /// `flash_sale_verify`: whether a location checks permit tokens, for which zone, and where the
@@ -244,7 +283,7 @@ pub enum Verify {
     Unset,
     Off,
     Zone {
-        zone: NonNull<ZoneConf>,
+        zone: ZoneRef,
         token: Option<NonNull<ngx_http_complex_value_t>>,
     },
 }
@@ -272,7 +311,7 @@ pub struct LocConf {
 /// The http block's configuration: every zone, for the metrics.
 #[derive(Debug, Default)]
 pub struct MainConf {
-    pub zones: Vec<NonNull<ZoneConf>>,
+    pub zones: Vec<ZoneRef>,
 }
 
 /// This module's index among nginx's http modules: its slot in a request's contexts.
@@ -495,10 +534,7 @@ fn gate(d: &mut Directive<'_>, lcf: &mut LocConf) -> ConfResult {
 
 /// The zone named by a `zone=NAME` parameter, declared earlier by `flash_sale_zone`; says what
 /// is wrong in the error log otherwise.
-fn zone_parameter(
-    d: &mut Directive<'_>,
-    value: &ngx_str_t,
-) -> Result<NonNull<ZoneConf>, ConfError> {
+fn zone_parameter(d: &mut Directive<'_>, value: &ngx_str_t) -> Result<ZoneRef, ConfError> {
     let Some(mut name) = value.strip_prefix("zone=").filter(|n| !n.is_empty()) else {
         return Err(d.emerg(format_args!("invalid parameter \"{}\"", value)));
     };
@@ -508,8 +544,10 @@ fn zone_parameter(
         unsafe { ngx_shared_memory_add(d.conf(), &mut name, 0, crate::module::module_tag()) };
     // SAFETY: a non-null zone from ngx_shared_memory_add stays valid for the cycle.
     let zone = unsafe { shm_zone.as_ref() }.ok_or(ConfError::Logged)?;
-    NonNull::new(zone.data.cast::<ZoneConf>())
-        .ok_or_else(|| d.emerg(format_args!("unknown flash_sale_zone \"{}\"", name)))
+    let data = NonNull::new(zone.data.cast::<ZoneConf>())
+        .ok_or_else(|| d.emerg(format_args!("unknown flash_sale_zone \"{}\"", name)))?;
+    // SAFETY: a zone's data is set by `flash_sale_zone` alone, to its `ZoneConf`.
+    Ok(unsafe { ZoneRef::new(data) })
 }
 
 /// Compiles a value with variables into the cycle's pool.
@@ -634,9 +672,8 @@ pub(crate) unsafe extern "C" fn set_redis(
 
 fn redis(d: &mut Directive<'_>, _main: &mut MainConf) -> ConfResult {
     let args = d.args();
-    let mut zone = zone_parameter(d, &args[1])?;
-    // SAFETY: zone configurations live in the cycle's pool; parsing is single-threaded.
-    let zone = unsafe { zone.as_mut() };
+    // SAFETY: parsing; no other reference to the zone is in use.
+    let zone = unsafe { zone_parameter(d, &args[1])?.as_mut() };
     if zone.redis.is_some() {
         return Err(d.emerg(format_args!(
             "flash_sale_zone \"{}\" already has a \"{}\"",
@@ -757,7 +794,8 @@ fn declare_zone(d: &mut Directive<'_>, main: &mut MainConf) -> ConfResult {
     });
     let zone_conf = NonNull::new(zone_conf).ok_or(ConfError::Logged)?;
     main.zones.try_reserve(1).map_err(|_| ConfError::Logged)?;
-    main.zones.push(zone_conf);
+    // SAFETY: made just now in the cycle's pool.
+    main.zones.push(unsafe { ZoneRef::new(zone_conf) });
     zone.init = Some(init_zone);
     zone.data = zone_conf.as_ptr().cast();
     Ok(())
@@ -899,7 +937,7 @@ fn open_state(
         .join(std::path::Path::new(std::ffi::OsStr::from_bytes(path)));
     // Before opening: opening would lay out a lock page in what may be another zone's file.
     // SAFETY: zone configurations of this cycle live in its pool.
-    let zones = main.zones.iter().map(|z| unsafe { z.as_ref() });
+    let zones = main.zones.iter().map(|z| z.get());
     let shared = |z: &&ZoneConf| z.state.as_ref().is_some_and(|other| other.is_at(&path));
     if let Some(other) = zones.into_iter().find(shared) {
         return Err(d.emerg(format_args!(
@@ -1087,8 +1125,8 @@ pub unsafe extern "C" fn merge_loc_conf(
             );
             return NGX_CONF_ERROR;
         }
-        if let Gate::Zone(mut zone) = conf.gate {
-            // SAFETY: zone configurations live in the cycle's pool; merging is single-threaded.
+        if let Gate::Zone(zone) = conf.gate {
+            // SAFETY: merging; no other reference to the zone is in use.
             let zone = unsafe { zone.as_mut() };
             zone.largest_cap = zone.largest_cap.max(conf.max_permits);
             // The pre-queue's draw happens inside one host's zone; with Redis, hosts would each

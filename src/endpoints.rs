@@ -66,9 +66,7 @@ fn metrics(req: &mut Request) -> Status {
     let Some(main) = MainConf::of(req) else {
         return server_error();
     };
-    // SAFETY: zone configurations live in the cycle's pool, as long as this location.
-    let zones: Vec<ZoneMetrics> =
-        main.zones.iter().filter_map(|zone| zone_metrics(unsafe { zone.as_ref() })).collect();
+    let zones: Vec<ZoneMetrics> = main.zones.iter().filter_map(|zone| zone_metrics(zone)).collect();
     let text = render(&zones);
     send(req, 200, ngx_string!("text/plain; version=0.0.4"), Body::Copied(&text))
 }
@@ -204,11 +202,7 @@ fn override_changes(zone: &ZoneConf, body: &[u8]) -> Result<OverridesPatch, ApiE
 /// The zone of this name, as the request's configuration declares it.
 fn zone_named(req: &Request, name: &str) -> Option<&'static ZoneConf> {
     let main = MainConf::of(req)?;
-    // SAFETY: zone configurations live in the cycle's pool, as long as any request of it.
-    main.zones
-        .iter()
-        .map(|z| unsafe { &*z.as_ptr() })
-        .find(|z| z.name().as_bytes() == name.as_bytes())
+    main.zones.iter().map(|z| z.get()).find(|z| z.name().as_bytes() == name.as_bytes())
 }
 
 /// Runs an API command on Redis for a request in its content phase, `zone` being kept in
@@ -440,8 +434,7 @@ fn serve(req: &Request, asked: &ApiRequest, body: Option<&[u8]>) -> Answer {
     let (method, route) = (&asked.method, &asked.route);
     let main =
         MainConf::of(req).ok_or_else(|| ApiError::new(500, "no flash sale configuration"))?;
-    // SAFETY: zone configurations live in the cycle's pool, as long as this location.
-    let zones: Vec<&ZoneConf> = main.zones.iter().map(|z| unsafe { z.as_ref() }).collect();
+    let zones: Vec<&ZoneConf> = main.zones.iter().map(|z| z.get()).collect();
     let find = |name: &str| {
         zone_named(req, name).ok_or_else(|| ApiError::new(404, format!("no zone \"{name}\"")))
     };

@@ -198,8 +198,7 @@ unsafe extern "C" fn exit_master(cycle: *mut ngx_cycle_t) {
         // SAFETY: as above.
         let log = unsafe { (*cycle).log };
         for zone in &main.zones {
-            // SAFETY: zone configurations live in the cycle's pool.
-            unsafe { zone.as_ref() }.compact(log);
+            zone.compact(log);
         }
     })
 }

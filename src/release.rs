@@ -72,8 +72,8 @@ fn release(req: &mut Request) {
     if !found || !decision.outcome.passes() {
         return;
     }
-    // SAFETY: zone configurations live as long as the cycle; the key as long as the request.
-    let (zone, key) = unsafe { (decision.zone.as_ref(), decision.key()) };
+    // SAFETY: the key lives in the request's memory, as long as the request.
+    let (zone, key) = (decision.zone.get(), unsafe { decision.key() });
     let Some(mut store) = zone.store(now_ms()) else {
         return;
     };

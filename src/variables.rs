@@ -77,8 +77,8 @@ fn token(req: &mut Request, decision: Option<Decision>, v: &mut Value) -> Status
         v.set_not_found(1);
         return Status::NGX_OK;
     };
-    // SAFETY: the zone lives as long as the cycle, the key as long as the main request.
-    let (zone, key) = unsafe { (decision.zone.as_ref().name(), decision.key()) };
+    // SAFETY: the key lives in the main request's memory, as long as the request.
+    let (zone, key) = (decision.zone.name(), unsafe { decision.key() });
     let (Ok(zone), Ok(key)) = (zone.to_str(), core::str::from_utf8(key)) else {
         v.set_not_found(1);
         return Status::NGX_OK;

@@ -1,13 +1,11 @@
 //! The gate's steps for a zone kept in this host's shared memory.
 
-use core::ptr::NonNull;
-
 use nginx_sys::{NGX_LOG_ERR, NGX_LOG_NOTICE};
 use ngx::core::Status;
 use ngx::http::{HTTPStatus, Request};
 use ngx::ngx_log_error;
 
-use crate::conf::{LocConf, ZoneConf};
+use crate::conf::{LocConf, ZoneRef};
 use crate::gate::verdict::{conclude, drawer, Gated};
 use crate::http::now_ms;
 use crate::sale::PermitInfo;
@@ -16,10 +14,8 @@ use crate::state;
 
 /// Decides a request of a zone kept here: the decision and the admission in one locked step,
 /// the state file, and the conclusion, for a main request in its precontent phase, gated by
-/// `zone_ptr`; `key` is its key.
-pub fn gate(req: &mut Request, lcf: &LocConf, zone_ptr: NonNull<ZoneConf>, key: &[u8]) -> Status {
-    // SAFETY: zone configurations live in the cycle's pool, as long as the location does.
-    let zone: &ZoneConf = unsafe { zone_ptr.as_ref() };
+/// `zone`; `key` is its key.
+pub fn gate(req: &mut Request, lcf: &LocConf, zone: ZoneRef, key: &[u8]) -> Status {
     let now = now_ms();
     let Some(store) = zone.store(now) else {
         return HTTPStatus::INTERNAL_SERVER_ERROR.into();
@@ -70,6 +66,6 @@ pub fn gate(req: &mut Request, lcf: &LocConf, zone_ptr: NonNull<ZoneConf>, key: 
             store.permits()
         );
     }
-    let g = Gated { lcf, zone: zone_ptr, key, now, sale };
+    let g = Gated { lcf, zone, key, now, sale };
     conclude(req, &g, verdict)
 }

@@ -19,7 +19,7 @@ use nginx_sys::{
 use ngx::core::Status;
 use ngx::http::{HTTPStatus, HttpModuleMainConf, NgxHttpCoreModule, Request};
 
-use crate::conf::{Gate, LocConf, Verify, ZoneConf};
+use crate::conf::{Gate, LocConf, Verify};
 use verdict::{recorded, request_key};
 use verify::verify;
 
@@ -75,14 +75,11 @@ fn gate(req: &mut Request) -> Status {
     let Gate::Zone(zone) = lcf.gate else {
         return Status::NGX_DECLINED;
     };
-    let zone_ptr = zone;
-    // SAFETY: zone configurations live in the cycle's pool, as long as the location does.
-    let zone: &ZoneConf = unsafe { zone.as_ref() };
-    let Some(key) = request_key(req, zone) else {
+    let Some(key) = request_key(req, &zone) else {
         return HTTPStatus::INTERNAL_SERVER_ERROR.into();
     };
     if zone.redis.is_some() {
-        return redis::gate(req, lcf, zone_ptr, key);
+        return redis::gate(req, lcf, zone, key);
     }
-    local::gate(req, lcf, zone_ptr, key)
+    local::gate(req, lcf, zone, key)
 }

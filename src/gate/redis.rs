@@ -3,7 +3,6 @@
 //! lately, one round trip with the request suspended (see `offload.rs`), and the same
 //! conclusion as for a local zone.
 
-use core::ptr::NonNull;
 use nginx_sys::{
     ngx_http_core_run_phases, ngx_http_finalize_request, ngx_http_request_empty_handler,
     ngx_http_request_t, NGX_LOG_ERR, NGX_LOG_WARN,
@@ -13,7 +12,7 @@ use ngx::http::{HTTPStatus, Request};
 use ngx::ngx_log_error;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use crate::conf::{Gate, LocConf, ZoneConf};
+use crate::conf::{Gate, LocConf, ZoneConf, ZoneRef};
 use crate::gate::verdict::{conclude, drawer, request_key, Gated};
 use crate::health::Change;
 use crate::http::now_ms;
@@ -27,12 +26,10 @@ fn server_error() -> Status {
     HTTPStatus::INTERNAL_SERVER_ERROR.into()
 }
 
-/// Decides a main request in its precontent phase, gated by `zone_ptr`, a zone kept in
+/// Decides a main request in its precontent phase, gated by `zone`, a zone kept in
 /// Redis; `key` is its key. Returns what the phase handler returns (`NGX_AGAIN` while Redis
 /// is asked).
-pub fn gate(req: &mut Request, lcf: &LocConf, zone_ptr: NonNull<ZoneConf>, key: &[u8]) -> Status {
-    // SAFETY: zone configurations live as long as the location.
-    let zone = unsafe { zone_ptr.as_ref() };
+pub fn gate(req: &mut Request, lcf: &LocConf, zone: ZoneRef, key: &[u8]) -> Status {
     let now = now_ms();
     let (Some(store), Some(redis)) = (zone.store(now), zone.redis()) else {
         return server_error();
@@ -40,10 +37,10 @@ pub fn gate(req: &mut Request, lcf: &LocConf, zone_ptr: NonNull<ZoneConf>, key: 
     let cache_ms = redis.settings.cache_ms;
     let mut store = store.with_ttl(lcf.permit_ttl_ms);
     let sale = store.table().overrides.load().apply(lcf.sale());
-    let g = Gated { lcf, zone: zone_ptr, key, now, sale };
+    let g = Gated { lcf, zone, key, now, sale };
     let link = &store.table().link;
     if link.claim_overrides(now, cache_ms) {
-        refresh_overrides(zone_ptr);
+        refresh_overrides(zone);
     }
     let per_key = matches!(lcf.draw, Some(DrawMode::PerKey { .. }));
     let wants_shared = per_key && sale.window.check(now).is_ok() && sale.block_ratio.can_block();
@@ -53,7 +50,7 @@ pub fn gate(req: &mut Request, lcf: &LocConf, zone_ptr: NonNull<ZoneConf>, key: 
         // randomness), this host's own.
         None if wants_shared && link.may_ask(now) => {
             if let Some(proposal) = random_secret() {
-                return ask(req, zone, Command::DrawSecret { proposal });
+                return ask(req, &zone, Command::DrawSecret { proposal });
             }
             store.table().draw_secret()
         }
@@ -80,7 +77,7 @@ pub fn gate(req: &mut Request, lcf: &LocConf, zone_ptr: NonNull<ZoneConf>, key: 
         expires_ms: lcf.permit_ttl_ms.map(|ttl| crate::sale::expiry(now, ttl)),
         recheck,
     };
-    ask(req, zone, command)
+    ask(req, &zone, command)
 }
 
 /// A proposal for the sale's per-key draw secret, from the system's randomness.
@@ -155,13 +152,11 @@ fn decide_with_reply(
     let Some(lcf) = LocConf::of(req) else {
         return server_error();
     };
-    let Gate::Zone(zone_ptr) = lcf.gate else {
+    let Gate::Zone(zone) = lcf.gate else {
         return server_error();
     };
-    // SAFETY: zone configurations live as long as the location.
-    let zone = unsafe { zone_ptr.as_ref() };
     // The key's variables are cached, so this is the key asked about.
-    let Some(key) = request_key(req, zone) else {
+    let Some(key) = request_key(req, &zone) else {
         return server_error();
     };
     let now = now_ms();
@@ -172,7 +167,7 @@ fn decide_with_reply(
     let (stats, link) = (&store.table().stats, &store.table().link);
     Stats::count(&stats.redis_calls);
     let sale = store.table().overrides.load().apply(lcf.sale());
-    let g = Gated { lcf, zone: zone_ptr, key, now, sale };
+    let g = Gated { lcf, zone, key, now, sale };
     let log = req.log();
     let reply = match reply {
         Ok(reply) => reply,
@@ -199,7 +194,7 @@ fn decide_with_reply(
             // What the request goes on with depends on what it was waiting for.
             return match command {
                 // Nobody has drawn yet: draw with this host's own secret.
-                Command::DrawSecret { .. } => gate(req, lcf, zone_ptr, key),
+                Command::DrawSecret { .. } => gate(req, lcf, zone, key),
                 // Redis had already said SOLD_OUT; only the copy is missing.
                 Command::Permits { .. } => conclude(req, &g, Outcome::SoldOut.into()),
                 _ => without_redis(req, &g),
@@ -227,7 +222,7 @@ fn decide_with_reply(
             if copy {
                 // Copy every permit first: a winner admitted through another host must not be
                 // taken for a new buyer here.
-                return ask(req, zone, Command::Permits { now_ms: now });
+                return ask(req, &zone, Command::Permits { now_ms: now });
             }
             Outcome::SoldOut.into()
         }
@@ -241,9 +236,9 @@ fn decide_with_reply(
         }
         AfterReply::Revoked => {
             store.forget(key);
-            return gate(req, lcf, zone_ptr, key);
+            return gate(req, lcf, zone, key);
         }
-        AfterReply::Again => return gate(req, lcf, zone_ptr, key),
+        AfterReply::Again => return gate(req, lcf, zone, key),
         AfterReply::Unexpected => return server_error(),
     };
     conclude(req, &g, verdict)
@@ -253,8 +248,7 @@ fn decide_with_reply(
 /// passes; for a new buyer, `on_error=closed` answers UNAVAILABLE, `on_error=open` admits
 /// against this host's own zone and cap. For a main request in its precontent phase.
 fn without_redis(req: &mut Request, g: &Gated<'_>) -> Status {
-    // SAFETY: zone configurations live as long as the location.
-    let zone = unsafe { g.zone.as_ref() };
+    let zone = g.zone;
     let open = zone.redis().is_some_and(|redis| redis.settings.on_error == OnError::Open);
     let Some(store) = zone.store(g.now) else {
         return server_error();
@@ -295,9 +289,7 @@ pub fn release(zone: &ZoneConf, key: &[u8]) -> bool {
 
 /// Reads the sale's overrides from Redis, for this host to apply when they come; the request
 /// that asked goes on meanwhile.
-fn refresh_overrides(zone_ptr: NonNull<ZoneConf>) {
-    // SAFETY: zone configurations live as long as the cycle, which outlives its events.
-    let zone = unsafe { zone_ptr.as_ref() };
+fn refresh_overrides(zone: ZoneRef) {
     let Some(redis) = zone.redis() else {
         return;
     };
@@ -308,8 +300,6 @@ fn refresh_overrides(zone_ptr: NonNull<ZoneConf>) {
         name,
         Command::Overrides,
         move |_, reply| {
-            // SAFETY: as above.
-            let zone = unsafe { zone_ptr.as_ref() };
             if let Some(table) = zone.table_ref() {
                 let stats = &table.stats;
                 Stats::count(&stats.redis_calls);
@@ -318,7 +308,7 @@ fn refresh_overrides(zone_ptr: NonNull<ZoneConf>) {
                 }
             }
             if let Ok(Reply::Overrides(overrides)) = reply {
-                apply_overrides(zone, &overrides);
+                apply_overrides(&zone, &overrides);
             }
         },
     );

@@ -3,7 +3,6 @@
 
 use core::cell::RefCell;
 use core::ffi::c_void;
-use core::ptr::NonNull;
 
 use nginx_sys::{
     ngx_http_err_page_t, ngx_http_finalize_request, ngx_http_get_flushed_variable, ngx_str_t,
@@ -14,7 +13,7 @@ use ngx::http::{HTTPStatus, HttpModuleLocationConf, NgxHttpCoreModule, Request};
 use ngx::{ngx_log_debug_http, ngx_log_error, ngx_string};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
-use crate::conf::{LocConf, ZoneConf};
+use crate::conf::{LocConf, ZoneConf, ZoneRef};
 use crate::http::{add_header, keep, kept, send, Body, Kept};
 use crate::sale::{DrawMode, Held, Outcome, Sale, Verdict, MAX_KEY_LEN};
 use crate::zone::{keyed_draw, Stats};
@@ -22,7 +21,7 @@ use crate::zone::{keyed_draw, Stats};
 /// What every step of a request's decision reads.
 pub struct Gated<'r> {
     pub lcf: &'r LocConf,
-    pub zone: NonNull<ZoneConf>,
+    pub zone: ZoneRef,
     /// The buyer's key, in the request's memory.
     pub key: &'r [u8],
     pub now: i64,
@@ -48,9 +47,7 @@ pub fn drawer<'a>(
 /// Counts, logs and records the verdict on a main request in its precontent phase, and
 /// answers a rejection; returns what the phase handler returns.
 pub fn conclude(req: &mut Request, g: &Gated<'_>, verdict: Verdict) -> Status {
-    let Gated { lcf, zone: zone_ptr, key, now, ref sale } = *g;
-    // SAFETY: zone configurations live in the cycle's pool, as long as the location.
-    let zone = unsafe { zone_ptr.as_ref() };
+    let Gated { lcf, zone, key, now, ref sale } = *g;
     let outcome = verdict.outcome;
     let dry_run = lcf.dry_run();
     if let Some(table) = zone.table_ref() {
@@ -84,7 +81,7 @@ pub fn conclude(req: &mut Request, g: &Gated<'_>, verdict: Verdict) -> Status {
         dry_run,
         seq: verdict.permit.map_or(0, |held| held.seq),
         expires_ms: verdict.permit.and_then(|held| held.expires_ms),
-        zone: zone_ptr,
+        zone,
         key: key.as_ptr(),
         key_len: key.len(),
     };
@@ -149,14 +146,14 @@ pub struct Decision {
     pub expires_ms: Option<i64>,
     /// The zone that decided, and the key, which lives in the request's memory as long as the
     /// request (for `flash_sale_release_header`).
-    pub zone: NonNull<ZoneConf>,
+    pub zone: ZoneRef,
     key: *const u8,
     key_len: usize,
 }
 
 impl Decision {
     /// A passing decision for `key` (which lives in the request's memory) with its permit.
-    pub fn passed(outcome: Outcome, held: Held, zone: NonNull<ZoneConf>, key: &[u8]) -> Decision {
+    pub fn passed(outcome: Outcome, held: Held, zone: ZoneRef, key: &[u8]) -> Decision {
         Decision {
             outcome,
             dry_run: false,

@@ -7,7 +7,7 @@ use ngx::core::Status;
 use ngx::http::{HTTPStatus, Request};
 use ngx::ngx_log_error;
 
-use crate::conf::{LocConf, ZoneConf};
+use crate::conf::{LocConf, ZoneRef};
 use crate::gate::verdict::{record, reject, request_key, Decision};
 use crate::http::now_ms;
 use crate::sale::{Held, Outcome};
@@ -20,13 +20,11 @@ use crate::zone::Stats;
 pub fn verify(
     req: &mut Request,
     lcf: &LocConf,
-    zone_ptr: NonNull<ZoneConf>,
+    zone: ZoneRef,
     token: Option<NonNull<ngx_http_complex_value_t>>,
 ) -> Status {
     let server_error = || HTTPStatus::INTERNAL_SERVER_ERROR.into();
-    // SAFETY: zone configurations live in the cycle's pool, as long as the location does.
-    let zone = unsafe { zone_ptr.as_ref() };
-    let Some(key) = request_key(req, zone) else {
+    let Some(key) = request_key(req, &zone) else {
         return server_error();
     };
     let token = match token {
@@ -51,7 +49,7 @@ pub fn verify(
     let refusal = match checked {
         Ok((seq, expires_ms)) => {
             let held = Held { seq, expires_ms };
-            let decision = Decision::passed(Outcome::Permitted, held, zone_ptr, key);
+            let decision = Decision::passed(Outcome::Permitted, held, zone, key);
             return match record(req, decision) {
                 Some(()) => Status::NGX_DECLINED,
                 None => server_error(),
