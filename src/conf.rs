@@ -16,7 +16,7 @@ use nginx_sys::{
     NGX_LOG_EMERG, NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN,
 };
 use ngx::core::{SlabPool, Status, NGX_CONF_ERROR, NGX_CONF_OK};
-use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf, Request};
+use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, Request};
 use ngx::{ngx_conf_log_error, ngx_log_error};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
@@ -314,9 +314,29 @@ pub struct MainConf {
     pub zones: Vec<ZoneRef>,
 }
 
+/// This module as ngx's traits know it: its configurations are a [`MainConf`] and a
+/// [`LocConf`]; `module.rs` binds it to the `ngx_module_t` nginx loads (`HttpModule`), so that
+/// the configuration reaches the module's identity without importing its tables.
+pub(crate) struct FlashSaleModule;
+
+// SAFETY: the main configuration this module creates is a `MainConf`.
+unsafe impl HttpModuleMainConf for FlashSaleModule {
+    type MainConf = MainConf;
+}
+
+// SAFETY: the location configuration this module creates is a `LocConf`.
+unsafe impl HttpModuleLocationConf for FlashSaleModule {
+    type LocationConf = LocConf;
+}
+
+/// The tag that marks the shared-memory zones as this module's: its `ngx_module_t`.
+fn module_tag() -> *mut c_void {
+    ptr::from_ref(FlashSaleModule::module()).cast_mut().cast()
+}
+
 /// This module's index among nginx's http modules: its slot in a request's contexts.
 pub fn ctx_index() -> usize {
-    crate::module::module().ctx_index
+    FlashSaleModule::module().ctx_index
 }
 
 impl MainConf {
@@ -324,7 +344,7 @@ impl MainConf {
     /// as long as any request of the cycle: not tied to this borrow of the request, so that
     /// the request can be answered while it is read.
     pub fn of<'a>(req: &Request) -> Option<&'a MainConf> {
-        let conf = crate::module::FlashSaleModule::main_conf(req)?;
+        let conf = FlashSaleModule::main_conf(req)?;
         // SAFETY: see above; nginx frees the configuration only with its cycle.
         Some(unsafe { &*(conf as *const MainConf) })
     }
@@ -341,7 +361,7 @@ impl LocConf {
     /// This module's configuration of the request's location; like [`MainConf::of`], not tied
     /// to this borrow of the request.
     pub fn of<'a>(req: &Request) -> Option<&'a LocConf> {
-        let conf = crate::module::FlashSaleModule::location_conf(req)?;
+        let conf = FlashSaleModule::location_conf(req)?;
         // SAFETY: as for `MainConf::of`.
         Some(unsafe { &*(conf as *const LocConf) })
     }
@@ -541,7 +561,7 @@ fn zone_parameter(d: &mut Directive<'_>, value: &ngx_str_t) -> Result<ZoneRef, C
     // Size 0 looks the zone up by name; it is known once its `flash_sale_zone` set its data.
     // SAFETY: `cf` is valid during parsing; the module's address is its shared-memory tag.
     let shm_zone =
-        unsafe { ngx_shared_memory_add(d.conf(), &mut name, 0, crate::module::module_tag()) };
+        unsafe { ngx_shared_memory_add(d.conf(), &mut name, 0, module_tag()) };
     // SAFETY: a non-null zone from ngx_shared_memory_add stays valid for the cycle.
     let zone = unsafe { shm_zone.as_ref() }.ok_or(ConfError::Logged)?;
     let data = NonNull::new(zone.data.cast::<ZoneConf>())
@@ -762,7 +782,7 @@ fn declare_zone(d: &mut Directive<'_>, main: &mut MainConf) -> ConfResult {
 
     // SAFETY: `cf` is valid during parsing; the module's address is its shared-memory tag.
     let shm_zone =
-        unsafe { ngx_shared_memory_add(d.conf(), &mut name, size, crate::module::module_tag()) };
+        unsafe { ngx_shared_memory_add(d.conf(), &mut name, size, module_tag()) };
     let shm = NonNull::new(shm_zone).ok_or(ConfError::Logged)?;
     // SAFETY: a zone returned by ngx_shared_memory_add is valid for the cycle.
     let zone = unsafe { &mut *shm.as_ptr() };

@@ -1,6 +1,9 @@
-//! The edge between nginx and Rust: every `extern "C"` function nginx calls runs its body
-//! through [`guard`], so that a panic never unwinds into nginx's C frames (which aborts the
-//! process: a worker, or the master while it reads the configuration).
+//! The edge between nginx and Rust: every `extern "C"` function nginx calls goes through one
+//! of the wrappers here, which turn nginx's raw pointers into references once ([`with_request`]
+//! for a request's handlers, [`directive`] for a directive's, [`zone_init`] for a shared
+//! zone's) and run the body through [`guard`], so that a panic never unwinds into nginx's C
+//! frames (which aborts the process: a worker, or the master while it reads the
+//! configuration).
 
 use core::ffi::{c_char, c_void, CStr};
 use core::fmt;

@@ -11,8 +11,9 @@
 //!   [`journal`]: the state file and its lock file on disk.
 //! - The nginx glue: `module` (the module's static and its directive table) and `conf` (the
 //!   directives' handlers, zone init and reload: the one pair that imports each other);
-//!   `ffi`: the guard at every `extern "C"` entry; `http`: nginx's clock and the answers the
-//!   module sends; `gate/`: the precontent gate (`verdict`, `local`, `redis`, `verify`);
+//!   `ffi`: the wrappers at every `extern "C"` entry, which make nginx's raw pointers
+//!   references once and keep panics out of nginx; `http`: nginx's clock, the answers the
+//!   module sends, and values kept with a request; `gate/`: the precontent gate (`verdict`, `local`, `redis`, `verify`);
 //!   `release`: the release-header filter; `variables`; `offload`: Redis's round trips on
 //!   nginx's thread pool; `endpoints`: the admin API and metrics handlers.
 

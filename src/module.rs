@@ -9,38 +9,18 @@ use nginx_sys::{
     NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
     NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
 };
-use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf};
+use ngx::http::{HttpModule, HttpModuleMainConf};
 use ngx::ngx_string;
 
-use crate::conf::{self, LocConf, MainConf};
+use crate::conf::{self, FlashSaleModule};
 use crate::{endpoints, gate, variables};
-
-pub(crate) struct FlashSaleModule;
 
 impl HttpModule for FlashSaleModule {
     fn module() -> &'static ngx_module_t {
-        module()
+        // SAFETY: nginx writes the module's indexes once, before any request or directive
+        // runs.
+        unsafe { &*addr_of!(ngx_http_flash_sale_module) }
     }
-}
-
-// SAFETY: the main configuration this module creates is a `MainConf`.
-unsafe impl HttpModuleMainConf for FlashSaleModule {
-    type MainConf = MainConf;
-}
-
-// SAFETY: the location configuration this module creates is a `LocConf`.
-unsafe impl HttpModuleLocationConf for FlashSaleModule {
-    type LocationConf = LocConf;
-}
-
-pub(crate) fn module() -> &'static ngx_module_t {
-    // SAFETY: nginx writes the module's indexes once, before any request or directive runs.
-    unsafe { &*addr_of!(ngx_http_flash_sale_module) }
-}
-
-/// The tag that marks the shared-memory zones as this module's.
-pub(crate) fn module_tag() -> *mut c_void {
-    addr_of_mut!(ngx_http_flash_sale_module).cast()
 }
 
 /// The module's directives, and their handlers (in `conf`, and in `endpoints` for the API's
