@@ -25,7 +25,7 @@ use crate::health::Change;
 use crate::journal::{Anew, Rewritten, StateFile};
 use crate::parse;
 use crate::remote::Settings;
-use crate::sale::{BlockRatio, DrawMode, Sale, Window};
+use crate::sale::{BlockRatio, DrawMode, Queue, Sale, Window};
 use crate::state;
 use crate::token;
 use crate::zone::{bucket_count, PermitTable, Stats, ZoneStore};
@@ -37,6 +37,8 @@ pub struct ZoneConf {
     pub key_var: Option<ngx_uint_t>,
     /// The largest cap a location puts on this zone, for the metrics.
     pub largest_cap: Option<u64>,
+    /// A location puts a line (`flash_sale_queue`) on this zone: the metrics show it.
+    pub lined: bool,
     pub shm_zone: NonNull<ngx_shm_zone_t>,
     /// Set by [`init_zone`] before any worker starts.
     pub table: Option<NonNull<PermitTable>>,
@@ -306,6 +308,8 @@ pub struct LocConf {
     /// `flash_sale_token_secret`: the file's secret, in the cycle's pool.
     pub token_secret: Option<ngx_str_t>,
     pub verify: Verify,
+    /// `flash_sale_queue`: `Some(None)` for `off`.
+    pub queue: Option<Option<Queue>>,
 }
 
 /// The http block's configuration: every zone, for the metrics.
@@ -373,6 +377,7 @@ impl LocConf {
             block_ratio: self.block_ratio.unwrap_or(BlockRatio::ADMIT_ALL),
             cap: self.max_permits,
             prequeue_ms: self.prequeue_ms,
+            queue: self.queue.flatten(),
         }
     }
 
@@ -510,6 +515,25 @@ fn draw(d: &mut Directive<'_>, lcf: &mut LocConf) -> ConfResult {
     set_field_quoting(d, lcf, |c| &mut c.draw, mode, hint)
 }
 
+/// `flash_sale_queue rate=RATE [idle=TIME] [refresh=TIME] | off;`
+pub(crate) unsafe extern "C" fn set_queue(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls this for a command whose slot is NGX_HTTP_LOC_CONF_OFFSET
+    // (`module.rs`): `conf` is a `LocConf`.
+    unsafe { directive(cf, cmd, conf, queue) }
+}
+
+fn queue(d: &mut Directive<'_>, lcf: &mut LocConf) -> ConfResult {
+    let words: Vec<&str> = d.args()[1..].iter().map(text).collect();
+    let settings = |_: &str| parse::queue(&words).map_err(str::to_owned);
+    let hint = "expected rate=RATE such as rate=20r/s or rate=600r/m, then optionally \
+                idle=TIME and refresh=TIME of more than zero, or off";
+    set_field_quoting(d, lcf, |c| &mut c.queue, settings, hint)
+}
+
 /// `flash_sale_release_header NAME;`
 pub(crate) unsafe extern "C" fn set_release_header(
     cf: *mut ngx_conf_t,
@@ -560,8 +584,7 @@ fn zone_parameter(d: &mut Directive<'_>, value: &ngx_str_t) -> Result<ZoneRef, C
     };
     // Size 0 looks the zone up by name; it is known once its `flash_sale_zone` set its data.
     // SAFETY: `cf` is valid during parsing; the module's address is its shared-memory tag.
-    let shm_zone =
-        unsafe { ngx_shared_memory_add(d.conf(), &mut name, 0, module_tag()) };
+    let shm_zone = unsafe { ngx_shared_memory_add(d.conf(), &mut name, 0, module_tag()) };
     // SAFETY: a non-null zone from ngx_shared_memory_add stays valid for the cycle.
     let zone = unsafe { shm_zone.as_ref() }.ok_or(ConfError::Logged)?;
     let data = NonNull::new(zone.data.cast::<ZoneConf>())
@@ -781,8 +804,7 @@ fn declare_zone(d: &mut Directive<'_>, main: &mut MainConf) -> ConfResult {
     let key = unsafe { key.as_ptr().read() };
 
     // SAFETY: `cf` is valid during parsing; the module's address is its shared-memory tag.
-    let shm_zone =
-        unsafe { ngx_shared_memory_add(d.conf(), &mut name, size, module_tag()) };
+    let shm_zone = unsafe { ngx_shared_memory_add(d.conf(), &mut name, size, module_tag()) };
     let shm = NonNull::new(shm_zone).ok_or(ConfError::Logged)?;
     // SAFETY: a zone returned by ngx_shared_memory_add is valid for the cycle.
     let zone = unsafe { &mut *shm.as_ptr() };
@@ -806,6 +828,7 @@ fn declare_zone(d: &mut Directive<'_>, main: &mut MainConf) -> ConfResult {
         key,
         key_var,
         largest_cap: None,
+        lined: false,
         shm_zone: shm,
         table: None,
         state,
@@ -1134,6 +1157,7 @@ pub unsafe extern "C" fn merge_loc_conf(
         conf.draw = conf.draw.or(prev.draw);
         conf.prequeue_ms = conf.prequeue_ms.or(prev.prequeue_ms);
         conf.token_secret = conf.token_secret.or(prev.token_secret);
+        conf.queue = conf.queue.or(prev.queue);
         if conf.verify == Verify::Unset {
             conf.verify = prev.verify;
         }
@@ -1149,6 +1173,7 @@ pub unsafe extern "C" fn merge_loc_conf(
             // SAFETY: merging; no other reference to the zone is in use.
             let zone = unsafe { zone.as_mut() };
             zone.largest_cap = zone.largest_cap.max(conf.max_permits);
+            zone.lined |= matches!(conf.queue, Some(Some(_)));
             // The pre-queue's draw happens inside one host's zone; with Redis, hosts would each
             // draw their own.
             if zone.redis.is_some() && conf.prequeue_ms.is_some() {
@@ -1159,6 +1184,28 @@ pub unsafe extern "C" fn merge_loc_conf(
                     zone.name()
                 );
                 return NGX_CONF_ERROR;
+            }
+            if let Some(Some(_)) = conf.queue {
+                if zone.redis.is_some() {
+                    ngx_conf_log_error!(
+                        NGX_LOG_EMERG,
+                        cf,
+                        "\"flash_sale_queue\" cannot be used with flash_sale_zone \"{}\", which is kept in Redis",
+                        zone.name()
+                    );
+                    return NGX_CONF_ERROR;
+                }
+                // The draw decides who may join the line; drawn afresh on every request, it
+                // would only delay a buyer turned away, who asks again.
+                let per_request = matches!(conf.draw.unwrap_or_default(), DrawMode::PerRequest);
+                if per_request && conf.block_ratio.is_some_and(BlockRatio::can_block) {
+                    ngx_conf_log_error!(
+                        NGX_LOG_EMERG,
+                        cf,
+                        "\"flash_sale_queue\" with a \"flash_sale_block_ratio\" needs \"flash_sale_draw per_key\": drawn per request, a buyer turned away draws again and joins the line anyway"
+                    );
+                    return NGX_CONF_ERROR;
+                }
             }
         }
         if conf.window_is_empty() {

@@ -589,6 +589,13 @@ fn zone_json(zone: &ZoneConf) -> Option<Value> {
         "revoked": m.revoked,
         "expired": m.expired,
         "tokens": { "valid": m.tokens_valid, "refused": m.tokens_refused },
+        "queue": m.line.map(|line| json!({
+            "waiting": line.waiting,
+            "serving": line.serving,
+            "admitted": line.admitted,
+            "admitted_last_minute": line.admitted_last_minute,
+            "left": line.left,
+        })),
         "state": zone.state.as_ref().map(|file| json!({
             "path": file.path.display().to_string(),
             "up": m.state_up == Some(1),
@@ -618,7 +625,7 @@ fn zone_metrics(zone: &ZoneConf) -> Option<ZoneMetrics> {
     let slab = zone.slab()?;
     let now = crate::http::now_ms();
     let mut store = zone.store(now)?;
-    let (permits, prequeued) = store.counts();
+    let (permits, prequeued, line) = store.counts();
     let table = store.table();
     let stats = &table.stats;
     let load = |c: &core::sync::atomic::AtomicU64| c.load(core::sync::atomic::Ordering::Relaxed);
@@ -649,5 +656,6 @@ fn zone_metrics(zone: &ZoneConf) -> Option<ZoneMetrics> {
         // SAFETY: nginx sets the page size at startup.
         bytes_used: total.saturating_sub(free_pages * unsafe { ngx_pagesize } as u64),
         bytes_total: total,
+        line: zone.lined.then_some(line),
     })
 }

@@ -75,6 +75,17 @@ pub const DEFAULT_IDLE_MS: i64 = 60_000;
 /// Default `refresh=`: twenty seconds.
 pub const DEFAULT_REFRESH_MS: i64 = 20_000;
 
+impl Queue {
+    /// `Retry-After` for a waiter whose turn is `wait_seconds` away: the wait, but no more than
+    /// `refresh`, spread by up to a fifth either way (`spread` is uniform in [0, 1)) so that a
+    /// line's waiters do not come back in lockstep; whole seconds, at least 1.
+    pub fn retry_after(&self, wait_seconds: u64, spread: f64) -> u64 {
+        let refresh = (self.refresh_ms.max(0) as u64).div_ceil(1000);
+        let base = wait_seconds.min(refresh).max(1) as f64;
+        (base * (0.8 + 0.4 * spread.clamp(0.0, 1.0))).round().max(1.0) as u64
+    }
+}
+
 /// The bucket of slots the line calls waiters with. In shared memory.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -86,18 +97,32 @@ pub struct Pace {
 }
 
 impl Pace {
-    /// Fills the bucket for the time since it was last filled, at `rate`, up to its burst.
-    /// The first fill starts it full: the first buyers of an empty line do not wait.
-    pub fn fill(&mut self, rate: Rate, now_ms: i64) {
-        let elapsed = if self.filled_ms == 0 {
-            i64::MAX
+    /// Adds the slots earned at `rate` since the last fill, not yet capped: they are owed to
+    /// the waiters who were in line meanwhile (see [`LineState::call`]), and only what they
+    /// cannot take is capped. The first fill starts it full: the first buyers of an empty
+    /// line do not wait.
+    fn earn(&mut self, rate: Rate, now_ms: i64) {
+        if self.filled_ms == 0 {
+            self.units = rate.burst();
         } else {
-            now_ms.saturating_sub(self.filled_ms).max(0)
-        };
-        let earned = rate.0.saturating_mul(elapsed as u64);
-        self.units = self.units.saturating_add(earned).min(rate.burst());
+            let elapsed = now_ms.saturating_sub(self.filled_ms).max(0) as u64;
+            self.units = self.units.saturating_add(rate.0.saturating_mul(elapsed));
+        }
         // A clock that went back does not move the fill time back: no slot is earned twice.
         self.filled_ms = self.filled_ms.max(now_ms);
+    }
+
+    /// Keeps at most the burst: one second's worth, which an empty line holds for its next
+    /// buyers.
+    fn cap(&mut self, rate: Rate) {
+        self.units = self.units.min(rate.burst());
+    }
+
+    /// Fills the bucket for the time since it was last filled, at `rate`, up to its burst
+    /// (with nobody in line to take the slots).
+    pub fn fill(&mut self, rate: Rate, now_ms: i64) {
+        self.earn(rate, now_ms);
+        self.cap(rate);
     }
 
     /// Takes up to `wanted` whole slots; returns how many it took.
@@ -120,7 +145,7 @@ impl Pace {
 
 /// The line's counts. In shared memory, changed under the zone's lock.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LineState {
     /// The ticket the next waiter takes; tickets start at 1.
     pub next_ticket: u64,
@@ -131,20 +156,73 @@ pub struct LineState {
     /// The first `called` live waiters are called in.
     pub called: u64,
     pub pace: Pace,
+    /// The rate of the last step: the time until the next is paid at it.
+    rate: Rate,
     /// Waiters admitted since the zone started, for the metrics.
     pub admitted: u64,
     /// Waiters who left, silent for `idle`, since the zone started.
     pub left: u64,
+    /// How long admitted waiters waited: counts per bucket of [`WAIT_BUCKETS`] (the last one
+    /// for longer waits), and the sum in milliseconds.
+    pub waited: [u64; WAIT_BUCKETS.len() + 1],
+    pub waited_ms: u64,
+    /// Admissions per second over the last minute: (Unix second, count) in a ring.
+    recent: [[u64; 2]; 60],
 }
+
+impl Default for LineState {
+    fn default() -> LineState {
+        LineState {
+            next_ticket: 0,
+            head: 0,
+            waiting: 0,
+            called: 0,
+            pace: Pace::default(),
+            rate: Rate(0),
+            admitted: 0,
+            left: 0,
+            waited: [0; WAIT_BUCKETS.len() + 1],
+            waited_ms: 0,
+            recent: [[0; 2]; 60],
+        }
+    }
+}
+
+/// The line, as the metrics and the API show it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LineFigures {
+    /// Waiters in line now (silent ones may linger until the next step takes them off).
+    pub waiting: u64,
+    /// Waiters admitted, and waiters who left silent, since the zone started.
+    pub admitted: u64,
+    pub left: u64,
+    pub admitted_last_minute: u64,
+    /// The ticket of the last waiter called in, while one is in line.
+    pub serving: Option<u64>,
+    /// How long admitted waiters waited: counts per bucket of [`WAIT_BUCKETS`] (then longer),
+    /// and the sum in milliseconds.
+    pub waited: [u64; WAIT_BUCKETS.len() + 1],
+    pub waited_ms: u64,
+}
+
+/// The upper bounds of the wait histogram's buckets, in seconds (Prometheus's `le`).
+pub const WAIT_BUCKETS: [u64; 10] = [1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600];
 
 /// Where a waiter stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Place {
     /// Called in: he may come in now.
     Called,
-    /// Waiting: `position` waiters ahead of him are still to be called, which at the line's
-    /// pace takes `wait_seconds`.
-    Waiting { position: u64, wait_seconds: u64 },
+    Waiting(Waiting),
+}
+
+/// A waiter not called yet: `position` waiters ahead of him are still to be called, which at
+/// the line's pace takes `wait_seconds` (whole seconds, rounded up, at least 1: his own call
+/// too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Waiting {
+    pub position: u64,
+    pub wait_seconds: u64,
 }
 
 /// A Fenwick tree over a ring of ticket slots: how many live tickets lie in a range, and the
@@ -225,15 +303,20 @@ impl<'a> Ranks<'a> {
     /// The oldest live ticket at or after `head`, with `next_ticket` the first not taken;
     /// `next_ticket` when none is live.
     fn oldest(&self, head: u64, next_ticket: u64) -> u64 {
-        let live = self.between(head, next_ticket);
-        if live == 0 {
+        self.nth(head, next_ticket, 1)
+    }
+
+    /// The `n`th live ticket (from 1) at or after `head`; `next_ticket` when fewer are live.
+    fn nth(&self, head: u64, next_ticket: u64, n: u64) -> u64 {
+        if n == 0 || self.between(head, next_ticket) < n {
             return next_ticket;
         }
         let start = self.slot(head);
         let before_start = self.prefix(start);
-        let total = self.prefix(self.tree.len());
+        let after_start = self.prefix(self.tree.len()) - before_start;
         // In ring order from the head's slot: its slots to the end first, then the wrap.
-        let slot = if total > before_start { self.find(before_start + 1) } else { self.find(1) };
+        let slot =
+            if n <= after_start { self.find(before_start + n) } else { self.find(n - after_start) };
         let offset = (slot + self.tree.len() - start) % self.tree.len();
         head + offset as u64
     }
@@ -266,11 +349,20 @@ impl LineState {
         Ok(ticket)
     }
 
-    /// Calls waiters in with the slots the bucket holds at `now_ms`.
+    /// Calls waiters in with the slots earned up to `now_ms`: every slot earned while
+    /// uncalled waiters were in line calls one of them, whenever the next step comes; what is
+    /// left is capped at the burst.
+    ///
+    /// The time since the last step is paid at the rate that step ran at, so that a new rate
+    /// (the admin API's, another location's) takes effect from now on: no burst from a
+    /// change, and none held back.
     pub fn call(&mut self, rate: Rate, now_ms: i64) {
-        self.pace.fill(rate, now_ms);
+        let ran_at = if self.rate.0 == 0 { rate } else { self.rate };
+        self.pace.earn(ran_at, now_ms);
+        self.rate = rate;
         let uncalled = self.waiting - self.called;
         self.called += self.pace.take(uncalled);
+        self.pace.cap(rate);
     }
 
     /// Where the waiter with `ticket` stands; call [`LineState::call`] first.
@@ -281,13 +373,39 @@ impl LineState {
         }
         let position = ahead - self.called;
         // His own slot too: he comes in with the slot after the `position` before him.
-        Place::Waiting { position, wait_seconds: rate.seconds_for(position + 1) }
+        Place::Waiting(Waiting { position, wait_seconds: rate.seconds_for(position + 1) })
     }
 
-    /// The waiter with `ticket` leaves the line: admitted (`called` is true: he used his
+    /// Counts an admission from the line at `now_ms` of a waiter who joined at `joined_ms`.
+    pub fn count_admission(&mut self, joined_ms: i64, now_ms: i64) {
+        let waited_ms = now_ms.saturating_sub(joined_ms).max(0) as u64;
+        let bucket = WAIT_BUCKETS.iter().position(|&le| waited_ms <= le * 1000);
+        self.waited[bucket.unwrap_or(WAIT_BUCKETS.len())] += 1;
+        self.waited_ms = self.waited_ms.saturating_add(waited_ms);
+        let second = now_ms.max(0) as u64 / 1000;
+        let slot = &mut self.recent[(second % 60) as usize];
+        if slot[0] != second {
+            *slot = [second, 0];
+        }
+        slot[1] += 1;
+    }
+
+    /// Admissions from the line in the minute up to `now_ms`.
+    pub fn admitted_last_minute(&self, now_ms: i64) -> u64 {
+        let second = now_ms.max(0) as u64 / 1000;
+        self.recent.iter().filter(|[s, _]| *s + 60 > second && *s <= second).map(|[_, n]| n).sum()
+    }
+
+    /// The ticket of the last waiter called in, if one is in line: where the line is
+    /// serving.
+    pub fn serving(&self, ranks: &Ranks<'_>) -> Option<u64> {
+        (self.called > 0).then(|| ranks.nth(self.head, self.next_ticket, self.called))
+    }
+
+    /// The waiter with `ticket` leaves the line: admitted (`admitted` is true: he used his
     /// call), or gone. A called waiter's slot passes to the next waiter; one nobody is left to
     /// take goes back to the bucket.
-    pub fn leave(&mut self, ranks: &mut Ranks<'_>, ticket: u64, admitted: bool, rate: Rate) {
+    pub fn leave(&mut self, ranks: &mut Ranks<'_>, ticket: u64, admitted: bool) {
         if ticket < self.head || ticket >= self.next_ticket || self.waiting == 0 {
             return;
         }
@@ -300,20 +418,12 @@ impl LineState {
             self.left += 1;
         }
         if self.called > self.waiting {
-            self.pace.give_back(self.called - self.waiting, rate);
+            self.pace.give_back(self.called - self.waiting, self.rate);
             self.called = self.waiting;
         }
         if self.waiting == 0 {
             self.head = self.next_ticket;
         }
-    }
-
-    /// Changes the pace from `now_ms` on: the calls due at the old rate until now are made,
-    /// and what is left in the bucket is capped at the new burst, so that no change of rate
-    /// lets a burst through.
-    pub fn set_rate(&mut self, old: Rate, new: Rate, now_ms: i64) {
-        self.call(old, now_ms);
-        self.pace.give_back(0, new);
     }
 }
 
@@ -342,12 +452,12 @@ mod tests {
             self.state.call(rate, now);
             let place = self.state.place(&Ranks::new(&mut self.tree), ticket, rate);
             if place == Place::Called {
-                self.state.leave(&mut Ranks::new(&mut self.tree), ticket, true, rate);
+                self.state.leave(&mut Ranks::new(&mut self.tree), ticket, true);
             }
             place
         }
-        fn leave(&mut self, ticket: u64, rate: Rate) {
-            self.state.leave(&mut Ranks::new(&mut self.tree), ticket, false, rate);
+        fn leave(&mut self, ticket: u64) {
+            self.state.leave(&mut Ranks::new(&mut self.tree), ticket, false);
         }
     }
 
@@ -360,6 +470,19 @@ mod tests {
         assert_eq!(Rate::from_milli(16).unwrap().seconds_for(1), 63, "1r/m as limit_req has it");
         assert_eq!(rate(20).to_text(), "20r/s");
         assert_eq!(Rate::from_milli(10_000 / 60 * 60 / 60).unwrap().to_text(), "9r/m");
+    }
+
+    #[test]
+    fn retry_after_is_the_wait_capped_at_refresh_and_spread() {
+        let q = Queue { rate: rate(1), idle_ms: 60_000, refresh_ms: 20_000 };
+        assert_eq!(q.retry_after(10, 0.5), 10);
+        assert_eq!(q.retry_after(100, 0.5), 20, "no more than refresh");
+        assert_eq!(q.retry_after(100, 0.0), 16, "a fifth less");
+        assert_eq!(q.retry_after(100, 0.999), 24, "a fifth more");
+        assert_eq!(q.retry_after(0, 0.0), 1, "at least a second");
+        let spread: std::collections::BTreeSet<u64> =
+            (0..100).map(|i| q.retry_after(100, i as f64 / 100.0)).collect();
+        assert!(spread.len() >= 8, "{spread:?}");
     }
 
     #[test]
@@ -409,22 +532,22 @@ mod tests {
         assert_eq!(line.ask(tickets[9], r, 1_000), Place::Called);
         assert_eq!(
             line.ask(tickets[10], r, 1_000),
-            Place::Waiting { position: 0, wait_seconds: 1 },
+            Place::Waiting(Waiting { position: 0, wait_seconds: 1 }),
             "the eight called waiters ahead, who have not come in yet, are not counted"
         );
         assert_eq!(
             line.ask(tickets[50], r, 1_000),
-            Place::Waiting { position: 40, wait_seconds: 5 }
+            Place::Waiting(Waiting { position: 40, wait_seconds: 5 })
         );
         // One second later ten more are called: 2..20 are called, ticket 21 is next.
         assert_eq!(
             line.ask(tickets[50], r, 2_000),
-            Place::Waiting { position: 30, wait_seconds: 4 }
+            Place::Waiting(Waiting { position: 30, wait_seconds: 4 })
         );
         assert_eq!(line.ask(tickets[19], r, 2_000), Place::Called);
         assert_eq!(
             line.ask(tickets[20], r, 2_000),
-            Place::Waiting { position: 0, wait_seconds: 1 }
+            Place::Waiting(Waiting { position: 0, wait_seconds: 1 })
         );
     }
 
@@ -457,15 +580,24 @@ mod tests {
         line.state.call(r, 1_000);
         assert_eq!(line.state.called, 2);
         // The two called waiters never come back: when they leave, the next two are called.
-        line.leave(tickets[0], r);
-        line.leave(tickets[1], r);
+        line.leave(tickets[0]);
+        line.leave(tickets[1]);
         assert_eq!(line.ask(tickets[2], r, 1_000), Place::Called);
         assert_eq!(line.ask(tickets[3], r, 1_000), Place::Called);
-        assert_eq!(line.ask(tickets[4], r, 1_000), Place::Waiting { position: 0, wait_seconds: 1 });
+        assert_eq!(
+            line.ask(tickets[4], r, 1_000),
+            Place::Waiting(Waiting { position: 0, wait_seconds: 1 })
+        );
         // Uncalled waiters ahead who leave move a waiter up.
-        assert_eq!(line.ask(tickets[9], r, 1_000), Place::Waiting { position: 5, wait_seconds: 3 });
-        line.leave(tickets[5], r);
-        assert_eq!(line.ask(tickets[9], r, 1_000), Place::Waiting { position: 4, wait_seconds: 3 });
+        assert_eq!(
+            line.ask(tickets[9], r, 1_000),
+            Place::Waiting(Waiting { position: 5, wait_seconds: 3 })
+        );
+        line.leave(tickets[5]);
+        assert_eq!(
+            line.ask(tickets[9], r, 1_000),
+            Place::Waiting(Waiting { position: 4, wait_seconds: 3 })
+        );
     }
 
     #[test]
@@ -475,11 +607,30 @@ mod tests {
         let t = line.join().unwrap();
         assert_eq!(line.ask(t, r, 1_000), Place::Called);
         assert_eq!(line.state.waiting, 0);
-        // An hour later, a crowd of 100: five come in at once, the rest wait.
+        // An hour later, a crowd of 100: five come in at once, the rest wait. (The store calls
+        // before a buyer joins, so that slots earned before he came are not his.)
+        line.state.call(r, 3_601_000);
         let tickets: Vec<u64> = (0..100).map(|_| line.join().unwrap()).collect();
         let now = 3_601_000;
         let called = tickets.iter().filter(|&&t| line.ask(t, r, now) == Place::Called).count();
         assert_eq!(called, 5);
+    }
+
+    #[test]
+    fn the_serving_ticket_and_the_last_minute() {
+        let mut line = Line::new(16);
+        let r = rate(2);
+        let tickets: Vec<u64> = (0..6).map(|_| line.join().unwrap()).collect();
+        line.leave(tickets[0]);
+        line.state.call(r, 1_000);
+        assert_eq!(line.state.serving(&Ranks::new(&mut line.tree)), Some(tickets[2]));
+        line.state.count_admission(500, 1_000);
+        line.state.count_admission(0, 30_000);
+        line.state.count_admission(0, 61_500);
+        assert_eq!(line.state.admitted_last_minute(61_900), 2);
+        assert_eq!(line.state.waited[0], 1, "half a second");
+        assert_eq!(line.state.waited[5], 1, "61.5 s: up to 120");
+        assert_eq!(line.state.waited_ms, 500 + 30_000 + 61_500);
     }
 
     #[test]
@@ -488,13 +639,16 @@ mod tests {
         let r = rate(1);
         let tickets: Vec<u64> = (0..4).map(|_| line.join().unwrap()).collect();
         assert_eq!(line.join(), Err(LineFull::Full));
-        line.leave(tickets[1], r);
+        line.leave(tickets[1]);
         assert_eq!(line.join(), Err(LineFull::Full), "the oldest still holds the ring");
-        line.leave(tickets[0], r);
+        line.leave(tickets[0]);
         let t = line.join().unwrap();
         assert_eq!(t, 5);
-        assert_eq!(line.ask(tickets[3], r, 1_000), Place::Waiting { position: 0, wait_seconds: 1 });
-        assert_eq!(line.ask(t, r, 1_000), Place::Waiting { position: 1, wait_seconds: 2 });
+        assert_eq!(
+            line.ask(tickets[3], r, 1_000),
+            Place::Waiting(Waiting { position: 0, wait_seconds: 1 })
+        );
+        assert_eq!(line.ask(t, r, 1_000), Place::Waiting(Waiting { position: 1, wait_seconds: 2 }));
     }
 
     #[test]
@@ -505,7 +659,6 @@ mod tests {
         let tickets: Vec<u64> = (0..200).map(|_| line.join().unwrap()).collect();
         line.state.call(fast, 1_000);
         assert_eq!(line.state.called, 50);
-        line.state.set_rate(fast, slow, 1_500);
         line.state.call(slow, 1_500);
         assert_eq!(line.state.called, 75, "the half second at the old rate is kept");
         line.state.call(slow, 2_500);
@@ -545,7 +698,7 @@ mod tests {
                                 live.retain(|&o| o != t);
                                 admitted += 1;
                             }
-                            Place::Waiting { position, wait_seconds } => {
+                            Place::Waiting(Waiting { position, wait_seconds }) => {
                                 if let Some(&before) = shown.get(&t) {
                                     proptest::prop_assert!(position <= before);
                                 }
@@ -556,7 +709,7 @@ mod tests {
                     }
                     3 if !live.is_empty() => {
                         let t = live.remove(pick % live.len());
-                        line.leave(t, r);
+                        line.leave(t);
                     }
                     _ => {}
                 }

@@ -3,6 +3,7 @@
 
 use core::fmt::Write;
 
+use crate::line::{LineFigures, WAIT_BUCKETS};
 use crate::sale::{Outcome, COUNTED};
 
 /// One zone's figures, read from its shared memory.
@@ -31,6 +32,8 @@ pub struct ZoneMetrics {
     pub max_permits: Option<u64>,
     pub bytes_used: u64,
     pub bytes_total: u64,
+    /// For a zone with a line (`flash_sale_queue`): its figures.
+    pub line: Option<LineFigures>,
 }
 
 /// A metric with one sample per zone: name, type, help, and the zone's value (if any).
@@ -65,7 +68,7 @@ pub fn render(zones: &[ZoneMetrics]) -> String {
             }
         },
     );
-    let simple: [Family; 12] = [
+    let simple: [Family; 15] = [
         ("flash_sale_permits", "gauge", "Permits held now.", |z| Some(z.permits)),
         ("flash_sale_prequeued", "gauge", "Buyers waiting for the pre-queue's draw.", |z| {
             Some(z.prequeued)
@@ -91,6 +94,18 @@ pub fn render(zones: &[ZoneMetrics]) -> String {
             |z| z.state_errors,
         ),
         ("flash_sale_state_up", "gauge", "Whether the state file takes records.", |z| z.state_up),
+        ("flash_sale_queue_waiting", "gauge", "Buyers waiting in the line now.", |z| {
+            z.line.map(|l| l.waiting)
+        }),
+        ("flash_sale_queue_admitted_total", "counter", "Buyers admitted from the line.", |z| {
+            z.line.map(|l| l.admitted)
+        }),
+        (
+            "flash_sale_queue_left_total",
+            "counter",
+            "Waiters who left the line, silent for its idle time.",
+            |z| z.line.map(|l| l.left),
+        ),
     ];
     for (name, kind, help, value) in simple {
         family(name, kind, help, &|out| {
@@ -117,6 +132,36 @@ pub fn render(zones: &[ZoneMetrics]) -> String {
                         escape(&zone.name)
                     );
                 }
+            }
+        },
+    );
+    family(
+        "flash_sale_queue_wait_seconds",
+        "histogram",
+        "How long buyers admitted from the line waited in it.",
+        &|out| {
+            for zone in zones {
+                let Some(line) = zone.line else {
+                    continue;
+                };
+                let name = escape(&zone.name);
+                let mut below = 0;
+                for (le, count) in WAIT_BUCKETS.iter().zip(line.waited) {
+                    below += count;
+                    let _ = writeln!(
+                        out,
+                        "flash_sale_queue_wait_seconds_bucket{{zone=\"{name}\",le=\"{le}\"}} {below}"
+                    );
+                }
+                let all: u64 = line.waited.iter().sum();
+                let _ = writeln!(
+                    out,
+                    "flash_sale_queue_wait_seconds_bucket{{zone=\"{name}\",le=\"+Inf\"}} {all}"
+                );
+                let sum = line.waited_ms as f64 / 1000.0;
+                let _ = writeln!(out, "flash_sale_queue_wait_seconds_sum{{zone=\"{name}\"}} {sum}");
+                let _ =
+                    writeln!(out, "flash_sale_queue_wait_seconds_count{{zone=\"{name}\"}} {all}");
             }
         },
     );
@@ -170,6 +215,14 @@ mod tests {
             max_permits: Some(3),
             bytes_used: 45_056,
             bytes_total: 1_048_576,
+            line: Some(LineFigures {
+                waiting: 7,
+                admitted: 3,
+                left: 1,
+                waited: [1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                waited_ms: 7_500_500,
+                ..LineFigures::default()
+            }),
             ..ZoneMetrics::default()
         };
         laptop.requests[Outcome::Admitted.counter(false)] = 4;
@@ -199,6 +252,16 @@ mod tests {
             "flash_sale_state_up{zone=\"laptop\"} 1",
             "flash_sale_zone_bytes{zone=\"laptop\",kind=\"used\"} 45056",
             "flash_sale_zone_bytes{zone=\"laptop\",kind=\"total\"} 1048576",
+            "flash_sale_queue_waiting{zone=\"laptop\"} 7",
+            "flash_sale_queue_admitted_total{zone=\"laptop\"} 3",
+            "flash_sale_queue_left_total{zone=\"laptop\"} 1",
+            "# TYPE flash_sale_queue_wait_seconds histogram",
+            "flash_sale_queue_wait_seconds_bucket{zone=\"laptop\",le=\"1\"} 1",
+            "flash_sale_queue_wait_seconds_bucket{zone=\"laptop\",le=\"5\"} 2",
+            "flash_sale_queue_wait_seconds_bucket{zone=\"laptop\",le=\"3600\"} 2",
+            "flash_sale_queue_wait_seconds_bucket{zone=\"laptop\",le=\"+Inf\"} 3",
+            "flash_sale_queue_wait_seconds_sum{zone=\"laptop\"} 7500.5",
+            "flash_sale_queue_wait_seconds_count{zone=\"laptop\"} 3",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
@@ -207,6 +270,7 @@ mod tests {
         assert!(!text.contains("flash_sale_max_permits{zone=\"ph"), "no cap, no sample");
         assert!(!text.contains("flash_sale_redis_up{zone=\"ph"), "a local zone has no Redis");
         assert!(!text.contains("flash_sale_state_up{zone=\"ph"), "no state file, no sample");
-        assert_eq!(text.matches("# TYPE").count(), 15);
+        assert!(!text.contains("flash_sale_queue_waiting{zone=\"ph"), "no line, no sample");
+        assert_eq!(text.matches("# TYPE").count(), 19);
     }
 }

@@ -208,6 +208,49 @@ pub fn draw_mode<'a>(args: &[&'a str]) -> Result<crate::sale::DrawMode, &'a str>
     }
 }
 
+/// Parses a rate as `limit_req_zone` takes it, `20r/s` or `600r/m`, into thousandths of a
+/// request per second, rounded down as nginx rounds it (`1r/m` is 16); zero is refused.
+pub fn rate(s: &str) -> Option<crate::line::Rate> {
+    let (digits, per) = match (s.strip_suffix("r/s"), s.strip_suffix("r/m")) {
+        (Some(digits), _) => (digits, 1),
+        (_, Some(digits)) => (digits, 60),
+        _ => return None,
+    };
+    if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    crate::line::Rate::from_milli(n.checked_mul(1000)? / per)
+}
+
+/// Parses the arguments of `flash_sale_queue`: `rate=RATE [idle=TIME] [refresh=TIME]`, in any
+/// order, or `off` (`None`). Errors: the word that is wrong (empty when `rate=` is missing),
+/// so that `nginx -t` can quote it.
+pub fn queue<'a>(args: &[&'a str]) -> Result<Option<crate::line::Queue>, &'a str> {
+    use crate::line::{Queue, DEFAULT_IDLE_MS, DEFAULT_REFRESH_MS};
+    if let ["off"] = args {
+        return Ok(None);
+    }
+    let (mut rate, mut idle_ms, mut refresh_ms) = (None, None, None);
+    for &arg in args {
+        match arg.split_once('=') {
+            Some(("rate", value)) if rate.is_none() => rate = Some(self::rate(value).ok_or(arg)?),
+            Some(("idle", value)) if idle_ms.is_none() => {
+                idle_ms = Some(duration_ms(value).ok_or(arg)?)
+            }
+            Some(("refresh", value)) if refresh_ms.is_none() => {
+                refresh_ms = Some(duration_ms(value).ok_or(arg)?)
+            }
+            _ => return Err(arg),
+        }
+    }
+    Ok(Some(Queue {
+        rate: rate.ok_or("")?,
+        idle_ms: idle_ms.unwrap_or(DEFAULT_IDLE_MS),
+        refresh_ms: refresh_ms.unwrap_or(DEFAULT_REFRESH_MS),
+    }))
+}
+
 /// Parses `on` or `off`.
 pub fn flag(s: &str) -> Option<bool> {
     match s {
@@ -487,5 +530,40 @@ mod tests {
         assert_eq!(zone_name_size("laptop:"), Some(("laptop", "")));
         assert_eq!(zone_name_size("laptop"), None);
         assert_eq!(zone_name_size(":10m"), None);
+    }
+
+    #[test]
+    fn rates_as_limit_req_reads_them() {
+        assert_eq!(rate("20r/s").map(|r| r.milli()), Some(20_000));
+        assert_eq!(rate("600r/m").map(|r| r.milli()), Some(10_000));
+        assert_eq!(rate("1r/m").map(|r| r.milli()), Some(16), "nginx's rounding");
+        for bad in [
+            "0r/s",
+            "r/s",
+            "20",
+            "20r/h",
+            "-1r/s",
+            "2.5r/s",
+            " 20r/s",
+            "20r/S",
+            "99999999999999999999r/s",
+        ] {
+            assert_eq!(rate(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn queue_settings_in_any_order_or_off() {
+        use crate::line::Queue;
+        let q = queue(&["refresh=5s", "rate=10r/s", "idle=2m"]).unwrap().unwrap();
+        assert_eq!(q, Queue { rate: rate("10r/s").unwrap(), idle_ms: 120_000, refresh_ms: 5_000 });
+        let q = queue(&["rate=600r/m"]).unwrap().unwrap();
+        assert_eq!((q.idle_ms, q.refresh_ms), (60_000, 20_000));
+        assert_eq!(queue(&["off"]), Ok(None));
+        assert_eq!(queue(&["idle=1m"]), Err(""), "rate= is required");
+        assert_eq!(queue(&["rate=10r/s", "rate=5r/s"]), Err("rate=5r/s"));
+        assert_eq!(queue(&["rate=10r/s", "idle=0s"]), Err("idle=0s"));
+        assert_eq!(queue(&["rate=10r/s", "off"]), Err("off"));
+        assert_eq!(queue(&["rate=10r/s", "burst=5"]), Err("burst=5"));
     }
 }

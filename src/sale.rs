@@ -6,6 +6,8 @@
 
 use core::fmt;
 
+pub use crate::line::{Queue, Waiting};
+
 /// What the gate decided for one request; the names are the values of `$flash_sale_status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -28,6 +30,8 @@ pub enum Outcome {
     /// The sale's shared store (Redis) did not answer in time: a new buyer cannot be admitted
     /// without it (`on_error=closed`).
     Unavailable,
+    /// The buyer is in the sale's waiting line (`flash_sale_queue`), not yet called in.
+    Queued,
     /// The buyer won the draw and now holds a new permit.
     Admitted,
 }
@@ -47,6 +51,7 @@ const NAMES: [&str; COUNTED] = [
     "SOLD_OUT",
     "BLOCKED",
     "UNAVAILABLE",
+    "QUEUED",
     "ADMITTED",
     "NO_KEY_DRY_RUN",
     "KEY_TOO_LONG_DRY_RUN",
@@ -57,11 +62,12 @@ const NAMES: [&str; COUNTED] = [
     "SOLD_OUT_DRY_RUN",
     "BLOCKED_DRY_RUN",
     "UNAVAILABLE_DRY_RUN",
+    "QUEUED_DRY_RUN",
     "ADMITTED",
 ];
 
 impl Outcome {
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 11] = [
         Outcome::NoKey,
         Outcome::KeyTooLong,
         Outcome::NotStarted,
@@ -71,6 +77,7 @@ impl Outcome {
         Outcome::SoldOut,
         Outcome::Blocked,
         Outcome::Unavailable,
+        Outcome::Queued,
         Outcome::Admitted,
     ];
 
@@ -140,6 +147,7 @@ impl Outcome {
             Outcome::SoldOut => "SOLD_OUT: the sale is sold out.\n",
             Outcome::Blocked => "BLOCKED: you were not drawn this time.\n",
             Outcome::Unavailable => "UNAVAILABLE: the sale cannot take new buyers right now.\n",
+            Outcome::Queued => "QUEUED: you are in line; come back when your turn comes.\n",
             Outcome::Admitted => "ADMITTED\n",
         }
     }
@@ -285,6 +293,8 @@ pub struct Sale {
     /// `flash_sale_prequeue`: how long before the start buyers are registered for the
     /// pre-queue's draw.
     pub prequeue_ms: Option<i64>,
+    /// `flash_sale_queue`: buyers who may buy wait in a paced line.
+    pub queue: Option<Queue>,
 }
 
 impl Sale {
@@ -379,6 +389,9 @@ pub enum Lookup {
     /// The key held a permit when last asked, but only the sale's shared store can say
     /// whether it still does: ask it before any draw.
     Recheck,
+    /// No permit for the key, room under the cap, and the key is in the waiting line: it
+    /// keeps its place without drawing again.
+    InLine,
 }
 
 /// What the store did when asked to admit a key.
@@ -425,6 +438,22 @@ pub trait PermitLookup {
 pub trait PermitStore: PermitLookup {
     /// Stores a permit for `key` if it has none and the count is under the sale's cap.
     fn admit(&mut self, key: &[u8], sale: &Sale) -> Admission;
+    /// For a sale with a line: puts `key` in it (once), and admits it as [`admit`] does if it
+    /// is called in, in the same atomic step.
+    ///
+    /// [`admit`]: PermitStore::admit
+    fn queue(&mut self, key: &[u8], sale: &Sale) -> Queued;
+}
+
+/// What the line did for a buyer who may buy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Queued {
+    /// Called in: the admission, in the same step.
+    Called(Admission),
+    /// Not called yet.
+    Waiting(Waiting),
+    /// The line has no room for him (its ring, or the zone's memory).
+    Full,
 }
 
 /// The pre-queue's draw: which of `registered` buyers (in order of registration) get a permit,
@@ -455,16 +484,24 @@ pub fn prequeue_winners(
     order
 }
 
-/// The outcome of a request, and the permit it passed with.
+/// The outcome of a request, the permit it passed with, and for QUEUED, its place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verdict {
     pub outcome: Outcome,
     pub permit: Option<Held>,
+    pub waiting: Option<Waiting>,
 }
 
 impl From<Outcome> for Verdict {
     fn from(outcome: Outcome) -> Verdict {
-        Verdict { outcome, permit: None }
+        Verdict { outcome, permit: None, waiting: None }
+    }
+}
+
+impl Verdict {
+    /// A passing verdict with its permit.
+    pub fn passed(outcome: Outcome, held: Held) -> Verdict {
+        Verdict { outcome, permit: Some(held), waiting: None }
     }
 }
 
@@ -477,10 +514,12 @@ pub enum Step {
     Recheck,
     /// Everything passed (the draw too, if any): admit the key.
     Admit,
+    /// Everything passed, in a sale with a line: the key joins it, or keeps its place.
+    Line,
 }
 
 /// Everything before the admission, in the documented order: key, window (and pre-queue),
-/// permit, cap, draw.
+/// permit, cap, line (a buyer in it keeps his place and draws no more), draw.
 ///
 /// `draw` is called at most once, and only when the ratio can block someone, so the common
 /// cases (ratio 0, returning winners, sold out) never pay for a random number.
@@ -511,29 +550,46 @@ pub fn draw_step(
         Ok(()) => {}
     }
     let can_block = sale.block_ratio.can_block();
-    if can_block || store.lookup_always() {
+    let lined = sale.queue.is_some();
+    if can_block || lined || store.lookup_always() {
         match store.lookup(key, sale) {
             Lookup::Permitted(held) => {
-                return Step::Decided(Verdict { outcome: Outcome::Permitted, permit: Some(held) })
+                return Step::Decided(Verdict::passed(Outcome::Permitted, held))
             }
             Lookup::SoldOut => return decided(Outcome::SoldOut),
             Lookup::Recheck => return Step::Recheck,
+            Lookup::InLine => return Step::Line,
             Lookup::Open if can_block && sale.block_ratio.blocks(draw()) => {
                 return decided(Outcome::Blocked)
             }
             Lookup::Open => {}
         }
     }
-    Step::Admit
+    if lined {
+        Step::Line
+    } else {
+        Step::Admit
+    }
 }
 
 /// The verdict an admission gives.
 pub fn admitted(admission: Admission) -> Verdict {
-    let passed = |outcome, held| Verdict { outcome, permit: Some(held) };
     match admission {
-        Admission::Admitted(held) => passed(Outcome::Admitted, held),
-        Admission::Permitted(held) => passed(Outcome::Permitted, held),
+        Admission::Admitted(held) => Verdict::passed(Outcome::Admitted, held),
+        Admission::Permitted(held) => Verdict::passed(Outcome::Permitted, held),
         Admission::SoldOut | Admission::ZoneFull => Outcome::SoldOut.into(),
+    }
+}
+
+/// The verdict the line gives.
+pub fn lined(queued: Queued) -> Verdict {
+    match queued {
+        Queued::Called(admission) => admitted(admission),
+        Queued::Waiting(waiting) => {
+            Verdict { outcome: Outcome::Queued, permit: None, waiting: Some(waiting) }
+        }
+        // Like a zone without room for another permit.
+        Queued::Full => Outcome::SoldOut.into(),
     }
 }
 
@@ -552,6 +608,7 @@ pub fn decide<S: PermitStore>(
         // two workers racing for the last permit cannot both win it. A store that admits
         // itself has nothing to recheck.
         Step::Admit | Step::Recheck => admitted(store.admit(key, sale)),
+        Step::Line => lined(store.queue(key, sale)),
     }
 }
 
@@ -561,13 +618,18 @@ mod tests {
 
     use rand::{rngs::SmallRng, SeedableRng};
 
-    /// A store with the real semantics and none of the memory: a set and a count.
+    /// A store with the real semantics and none of the memory: a set and a count, and a line
+    /// of its own (the zone's, in a vector; a clock it is told).
     #[derive(Default)]
     struct SetStore {
         permits: Vec<Vec<u8>>,
         registered: Vec<Vec<u8>>,
         room: Option<usize>,
         lookups: usize,
+        line: Vec<(Vec<u8>, u64)>,
+        line_state: crate::line::LineState,
+        ranks: Vec<u32>,
+        now_ms: i64,
     }
 
     impl SetStore {
@@ -598,6 +660,8 @@ mod tests {
                 Lookup::Permitted(held)
             } else if sale.cap.is_some_and(|cap| self.permits.len() as u64 >= cap) {
                 Lookup::SoldOut
+            } else if self.line.iter().any(|(k, _)| k == key) {
+                Lookup::InLine
             } else {
                 Lookup::Open
             }
@@ -628,10 +692,40 @@ mod tests {
                 Admission::Admitted(Held { seq: self.permits.len() as u64, expires_ms: None })
             }
         }
+
+        fn queue(&mut self, key: &[u8], sale: &Sale) -> Queued {
+            use crate::line::{Place, Ranks};
+            let Some(queue) = sale.queue else {
+                return Queued::Called(self.admit(key, sale));
+            };
+            if self.ranks.is_empty() {
+                self.ranks = vec![0; 64];
+            }
+            let ticket = match self.line.iter().find(|(k, _)| k == key) {
+                Some(&(_, ticket)) => ticket,
+                None => match self.line_state.join(&mut Ranks::new(&mut self.ranks)) {
+                    Ok(ticket) => {
+                        self.line.push((key.to_vec(), ticket));
+                        ticket
+                    }
+                    Err(_) => return Queued::Full,
+                },
+            };
+            self.line_state.call(queue.rate, self.now_ms);
+            match self.line_state.place(&Ranks::new(&mut self.ranks), ticket, queue.rate) {
+                Place::Waiting(waiting) => Queued::Waiting(waiting),
+                Place::Called => {
+                    let mut ranks = Ranks::new(&mut self.ranks);
+                    self.line_state.leave(&mut ranks, ticket, true);
+                    self.line.retain(|(k, _)| k != key);
+                    Queued::Called(self.admit(key, sale))
+                }
+            }
+        }
     }
 
     fn sale(ratio: f64, cap: Cap) -> Sale {
-        Sale { window: Window::default(), block_ratio: BlockRatio(ratio), cap, prequeue_ms: None }
+        Sale { block_ratio: BlockRatio(ratio), cap, ..Sale::default() }
     }
 
     fn outcome(
@@ -724,6 +818,7 @@ mod tests {
             block_ratio: BlockRatio(0.5),
             cap: Some(3),
             prequeue_ms: Some(5),
+            queue: None,
         };
         assert_eq!(Overrides::default().apply(configured), configured);
         let all = Overrides {
@@ -739,6 +834,7 @@ mod tests {
                 block_ratio: BlockRatio(0.25),
                 cap: Some(7),
                 prequeue_ms: Some(5),
+                queue: None,
             }
         );
         let cap_only = Overrides { max_permits: Some(0), ..Overrides::default() };
@@ -838,7 +934,7 @@ mod tests {
         let seq = |v: Verdict| v.permit.map(|held| held.seq);
         let admitted = decide(&s, b"a", 0, || 0.9, &mut store);
         let first = Held { seq: 1, expires_ms: None };
-        assert_eq!(admitted, Verdict { outcome: Outcome::Admitted, permit: Some(first) });
+        assert_eq!(admitted, Verdict::passed(Outcome::Admitted, first));
         assert_eq!(seq(decide(&s, b"b", 0, || 0.9, &mut store)), Some(2));
         assert_eq!(seq(decide(&s, b"a", 0, never_drawn, &mut store)), Some(1));
         assert_eq!(decide(&s, b"c", 0, || 0.1, &mut store), Outcome::Blocked.into());
@@ -977,7 +1073,7 @@ mod tests {
         let held = Held { seq: 2, expires_ms: None };
         assert_eq!(
             step(Lookup::Permitted(held), never_drawn),
-            Step::Decided(Verdict { outcome: Outcome::Permitted, permit: Some(held) })
+            Step::Decided(Verdict::passed(Outcome::Permitted, held))
         );
         assert_eq!(step(Lookup::SoldOut, never_drawn), Step::Decided(Outcome::SoldOut.into()));
         assert_eq!(step(Lookup::Open, || 0.1), Step::Decided(Outcome::Blocked.into()));
@@ -996,7 +1092,7 @@ mod tests {
         let held = Held { seq: 4, expires_ms: None };
         assert_eq!(
             draw_step(&s, b"k", 0, never_drawn, &mut Remote(Lookup::Permitted(held))),
-            Step::Decided(Verdict { outcome: Outcome::Permitted, permit: Some(held) })
+            Step::Decided(Verdict::passed(Outcome::Permitted, held))
         );
         assert_eq!(
             draw_step(&s, b"k", 0, never_drawn, &mut Remote(Lookup::SoldOut)),
@@ -1019,6 +1115,7 @@ mod tests {
             block_ratio: BlockRatio(0.5),
             cap,
             prequeue_ms: Some(5_000),
+            queue: None,
         }
     }
 
@@ -1100,5 +1197,51 @@ mod tests {
         assert!(prequeue_winners(50, None, BlockRatio(1.0), &mut rng).is_empty());
         let half = prequeue_winners(10_000, None, BlockRatio(0.5), &mut rng).len();
         assert!((4_700..=5_300).contains(&half), "{half} of 10000");
+    }
+
+    fn lined_sale(per_second: u64, ratio: f64, cap: Cap) -> Sale {
+        let rate = crate::line::Rate::from_milli(per_second * 1000).unwrap();
+        Sale {
+            block_ratio: BlockRatio(ratio),
+            cap,
+            queue: Some(Queue { rate, idle_ms: 60_000, refresh_ms: 20_000 }),
+            ..Sale::default()
+        }
+    }
+
+    #[test]
+    fn a_line_admits_at_its_pace_in_order_of_arrival() {
+        let sale = lined_sale(2, 0.0, None);
+        let mut store = SetStore { now_ms: 1_000, ..SetStore::default() };
+        let verdicts: Vec<Verdict> = (0..5)
+            .map(|i| decide(&sale, format!("b{i}").as_bytes(), 1_000, never_drawn, &mut store))
+            .collect();
+        let outcomes: Vec<Outcome> = verdicts.iter().map(|v| v.outcome).collect();
+        use Outcome::*;
+        assert_eq!(outcomes, [Admitted, Admitted, Queued, Queued, Queued], "a burst of one second");
+        assert_eq!(verdicts[2].waiting, Some(Waiting { position: 0, wait_seconds: 1 }));
+        assert_eq!(verdicts[4].waiting, Some(Waiting { position: 2, wait_seconds: 2 }));
+        // Asking again keeps the place; the returning winners pass.
+        assert_eq!(
+            decide(&sale, b"b4", 1_000, never_drawn, &mut store).waiting,
+            verdicts[4].waiting
+        );
+        assert_eq!(outcome(&sale, b"b0", 1_000, never_drawn, &mut store), Permitted);
+        // Half a second later one more is called: b2, not b4 who asks first.
+        store.now_ms = 1_500;
+        assert_eq!(outcome(&sale, b"b4", 1_500, never_drawn, &mut store), Queued);
+        assert_eq!(outcome(&sale, b"b2", 1_500, never_drawn, &mut store), Admitted);
+    }
+
+    #[test]
+    fn the_draw_decides_who_joins_and_the_cap_still_rules() {
+        use Outcome::*;
+        let sale = lined_sale(100, 0.5, Some(2));
+        let mut store = SetStore { now_ms: 1_000, ..SetStore::default() };
+        assert_eq!(outcome(&sale, b"unlucky", 1_000, || 0.1, &mut store), Blocked);
+        assert!(store.line.is_empty(), "turned away by the draw, not in line");
+        assert_eq!(outcome(&sale, b"a", 1_000, || 0.9, &mut store), Admitted);
+        assert_eq!(outcome(&sale, b"b", 1_000, || 0.9, &mut store), Admitted);
+        assert_eq!(outcome(&sale, b"c", 1_000, never_drawn, &mut store), SoldOut, "at the cap");
     }
 }

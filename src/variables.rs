@@ -1,6 +1,7 @@
 //! The module's variables: `$flash_sale_status` (the outcome's name, for `log_format`,
 //! `add_header` and error pages), `$flash_sale_seq` (the permit's number) and
-//! `$flash_sale_token` (the permit, signed for the checkout).
+//! `$flash_sale_token` (the permit, signed for the checkout), `$flash_sale_position` and
+//! `$flash_sale_wait` (a waiter's place in line and his wait in seconds).
 
 use nginx_sys::{
     ngx_conf_t, ngx_http_add_variable, ngx_http_request_t, ngx_http_variable_value_t as Value,
@@ -18,8 +19,13 @@ use crate::token;
 type Getter = fn(&mut Request, Option<Decision>, &mut Value) -> Status;
 
 /// The variables, by name; nginx calls [`get`] with a variable's place here.
-const VARIABLES: [(&str, Getter); 3] =
-    [("flash_sale_status", status), ("flash_sale_seq", seq), ("flash_sale_token", token)];
+const VARIABLES: [(&str, Getter); 5] = [
+    ("flash_sale_status", status),
+    ("flash_sale_seq", seq),
+    ("flash_sale_token", token),
+    ("flash_sale_position", position),
+    ("flash_sale_wait", wait),
+];
 
 /// Declares the module's variables (preconfiguration).
 pub unsafe extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
@@ -61,11 +67,7 @@ fn status(_: &mut Request, decision: Option<Decision>, v: &mut Value) -> Status 
 
 /// `$flash_sale_seq`: the number of the permit the request passed with; not found otherwise.
 fn seq(req: &mut Request, decision: Option<Decision>, v: &mut Value) -> Status {
-    let Some(seq) = decision.map(|d| d.seq).filter(|&seq| seq != 0) else {
-        v.set_not_found(1);
-        return Status::NGX_OK;
-    };
-    set_copy(req, v, &seq.to_string())
+    set_number(req, v, decision.map(|d| d.seq).filter(|&seq| seq != 0))
 }
 
 /// `$flash_sale_token`: the token of the permit the request passed with, signed with the
@@ -88,6 +90,28 @@ fn token(req: &mut Request, decision: Option<Decision>, v: &mut Value) -> Status
         return Status::NGX_ERROR;
     };
     set_copy(req, v, &signed)
+}
+
+/// `$flash_sale_position`: the waiters ahead of a QUEUED buyer who are still to be called in;
+/// not found otherwise.
+fn position(req: &mut Request, decision: Option<Decision>, v: &mut Value) -> Status {
+    set_number(req, v, decision.and_then(|d| d.waiting).map(|w| w.position))
+}
+
+/// `$flash_sale_wait`: a QUEUED buyer's estimated wait, in whole seconds; not found otherwise.
+fn wait(req: &mut Request, decision: Option<Decision>, v: &mut Value) -> Status {
+    set_number(req, v, decision.and_then(|d| d.waiting).map(|w| w.wait_seconds))
+}
+
+/// Fills `v` with `number`'s digits; not found for `None`.
+fn set_number(req: &mut Request, v: &mut Value, number: Option<u64>) -> Status {
+    match number {
+        Some(number) => set_copy(req, v, &number.to_string()),
+        None => {
+            v.set_not_found(1);
+            Status::NGX_OK
+        }
+    }
 }
 
 /// Every variable's getter: `data` is its place in [`VARIABLES`]. The request, the decision

@@ -26,9 +26,10 @@ use rand::{rngs::StdRng, SeedableRng};
 use crate::health::Health;
 use crate::link::Link;
 
+use crate::line::{LineFigures, LineFull, LineState, Place, Ranks};
 use crate::sale::{
     expiry, prequeue_winners, Admission, Cap, Grant, Held, Lookup, Outcome, Overrides, PermitInfo,
-    PermitLookup, PermitStore, Registration, Sale, COUNTED,
+    PermitLookup, PermitStore, Queue, Queued, Registration, Sale, COUNTED,
 };
 
 /// Allocation inside a locked region.
@@ -63,7 +64,7 @@ impl<T: Shared> Shared for &T {
 
 /// Tells a table laid out by one build of the module from one it cannot read, so that a
 /// reload with a changed layout fails loudly instead of reading garbage.
-const LAYOUT_MAGIC: u64 = 0x464c_5348_5341_4c05; // "FLSHSAL" + version 5
+const LAYOUT_MAGIC: u64 = 0x464c_5348_5341_4c06; // "FLSHSAL" + version 6
 
 /// Counters kept in the zone, exact across workers, updated without the lock.
 #[repr(C)]
@@ -224,6 +225,15 @@ pub struct PermitTable {
     /// Keys registered for the pre-queue's draw: a table of its own in the same zone, created
     /// by the first registration and freed by the draw; null when nobody waits.
     prequeue: *mut PermitTable,
+    /// The waiting line (`flash_sale_queue`): its waiters, a table of their own in the same
+    /// zone (a waiter's `seq` is his ticket, `granted_ms` when he joined, `expires_ms` when
+    /// he leaves unless he asks again), made for the first waiter; null before.
+    line: *mut PermitTable,
+    /// The tree of live tickets (`ranks_len` slots; see [`Ranks`]), made with the line.
+    ranks: *mut u32,
+    ranks_len: usize,
+    /// The line's counts and pace.
+    line_state: LineState,
     pub stats: Stats,
     pub overrides: SharedOverrides,
     /// For a zone kept in Redis: the link's health and the last SOLD_OUT, shared by workers.
@@ -297,6 +307,9 @@ pub const COMPACT_STALE_MS: i64 = 60_000;
 /// The least a journal grows before a worker compacts it.
 pub const COMPACT_MIN_BYTES: u64 = 64 * 1024;
 
+/// The most silent waiters one step takes out of the line.
+const LEAVE_PER_STEP: usize = 64;
+
 /// One permit: this header, then `key_len` bytes of key. 56 bytes, so that a 40-byte key
 /// fits a 128-byte slab chunk and a 200-byte key a 256-byte one.
 #[repr(C)]
@@ -359,6 +372,10 @@ impl PermitTable {
                 timed: empty(),
                 untimed: empty(),
                 prequeue: ptr::null_mut(),
+                line: ptr::null_mut(),
+                ranks: ptr::null_mut(),
+                ranks_len: 0,
+                line_state: LineState::default(),
                 stats: Stats::default(),
                 overrides: SharedOverrides::default(),
                 link: Link::default(),
@@ -549,6 +566,39 @@ impl PermitTable {
         }
     }
 
+    /// Takes a permit off its list (`timed` or `untimed`).
+    ///
+    /// # Safety
+    /// `p` is a permit of this table, on its list; the lock is held.
+    unsafe fn unlink(&mut self, p: *mut Permit) {
+        // SAFETY: see the function's contract; every link is valid or null.
+        unsafe {
+            let list = if (*p).expires_ms == 0 { &mut self.untimed } else { &mut self.timed };
+            match (*p).list_prev.as_mut() {
+                Some(prev) => prev.list_next = (*p).list_next,
+                None => list.head = (*p).list_next,
+            }
+            match (*p).list_next.as_mut() {
+                Some(next) => next.list_prev = (*p).list_prev,
+                None => list.tail = (*p).list_prev,
+            }
+        }
+    }
+
+    /// Gives a permit a new expiry (a waiter who asked again), in its place on the list.
+    ///
+    /// # Safety
+    /// `permit` is a permit of this table; the lock is held.
+    unsafe fn renew(&mut self, permit: NonNull<Permit>, expires_ms: i64) {
+        let p = permit.as_ptr();
+        // SAFETY: see the function's contract.
+        unsafe {
+            self.unlink(p);
+            (*p).expires_ms = expires_ms;
+            self.link(p);
+        }
+    }
+
     /// Takes a permit out of its chain and list and frees it.
     ///
     /// # Safety
@@ -564,15 +614,7 @@ impl PermitTable {
             if *slot == p {
                 *slot = (*p).next;
             }
-            let list = if (*p).expires_ms == 0 { &mut self.untimed } else { &mut self.timed };
-            match (*p).list_prev.as_mut() {
-                Some(prev) => prev.list_next = (*p).list_next,
-                None => list.head = (*p).list_next,
-            }
-            match (*p).list_next.as_mut() {
-                Some(next) => next.list_prev = (*p).list_prev,
-                None => list.tail = (*p).list_prev,
-            }
+            self.unlink(p);
             let size = permit_size((*p).key_len as usize);
             arena.free(permit.cast(), size);
         }
@@ -662,12 +704,25 @@ impl PermitTable {
         registered.retain(|key| self.find(self.hash(key), key).is_none());
         // SAFETY: nothing points into the pre-queue any more.
         unsafe { queue.destroy(arena) };
-
-        // Permits held already (an operator's grants) count against the cap.
-        let room = sale.cap.map(|cap| cap.saturating_sub(self.permits));
         // A generator of its own, seeded from the system: the draw happens once per sale.
         let mut rng = StdRng::try_from_os_rng()
             .unwrap_or_else(|_| StdRng::seed_from_u64(self.sip_key[0] ^ now_ms as u64));
+
+        if let Some(line) = sale.queue {
+            // With a line, the registered take its front, those the draw lets through, in a
+            // uniformly random order; the cap rules when they are called in.
+            let mut full = false;
+            for i in prequeue_winners(registered.len(), None, sale.block_ratio, &mut rng) {
+                if self.enter_line(arena, &registered[i], line, now_ms).is_none() {
+                    full = true;
+                    break;
+                }
+            }
+            return (Vec::new(), full);
+        }
+
+        // Permits held already (an operator's grants) count against the cap.
+        let room = sale.cap.map(|cap| cap.saturating_sub(self.permits));
         let mut granted = Vec::new();
         for i in prequeue_winners(registered.len(), room, sale.block_ratio, &mut rng) {
             let key = &registered[i];
@@ -678,6 +733,212 @@ impl PermitTable {
             granted.push(PermitInfo { key: key.clone(), seq, granted_ms: now_ms, expires_ms });
         }
         (granted, false)
+    }
+
+    /// The line's waiters and its tree, made for the first waiter; `None` when the zone has
+    /// no room for them.
+    fn line_parts(&mut self, arena: &impl Arena) -> Option<(&mut PermitTable, Ranks<'_>)> {
+        if self.line.is_null() {
+            // Half the permits' buckets: a line holds what the zone can hold, but its waiters
+            // come and go.
+            let buckets = (self.mask as usize + 1).div_ceil(2).max(16);
+            // A slot for every waiter the zone could hold: a waiter takes at least 64 bytes,
+            // and the permits' buckets number one per 128.
+            let slots = (self.mask as usize + 1) * 2;
+            let tree = arena.alloc(slots.checked_mul(size_of::<u32>())?)?;
+            let Some(line) = PermitTable::create(arena, buckets, self.sip_key, b"") else {
+                // SAFETY: just allocated with this size, and not used.
+                unsafe { arena.free(tree, slots * size_of::<u32>()) };
+                return None;
+            };
+            // SAFETY: `tree` has room for `slots` counts, all zero for an empty line.
+            unsafe { ptr::write_bytes(tree.as_ptr().cast::<u32>(), 0, slots) };
+            (self.line, self.ranks, self.ranks_len) = (line.as_ptr(), tree.as_ptr().cast(), slots);
+        }
+        // SAFETY: both were made above in this zone's arena, live as long as the zone, and
+        // are reached from this table alone, under the lock the caller holds.
+        unsafe {
+            let tree = core::slice::from_raw_parts_mut(self.ranks, self.ranks_len);
+            Some((&mut *self.line, Ranks::new(tree)))
+        }
+    }
+
+    /// Puts `key` in the line, or renews its place there: it stays until `idle` after now.
+    /// Returns its ticket and when it joined; `None` when the line or the zone has no room.
+    fn enter_line(
+        &mut self,
+        arena: &impl Arena,
+        key: &[u8],
+        queue: Queue,
+        now_ms: i64,
+    ) -> Option<(u64, i64)> {
+        let mut state = self.line_state;
+        let (line, mut ranks) = self.line_parts(arena)?;
+        let until = now_ms.saturating_add(queue.idle_ms).max(1);
+        let hash = line.hash(key);
+        let entered = match line.find(hash, key) {
+            Some(waiter) => {
+                // SAFETY: `waiter` was just found in the line's table, under the lock.
+                let joined = unsafe {
+                    line.renew(waiter, until);
+                    (waiter.as_ref().seq, waiter.as_ref().granted_ms)
+                };
+                Some(joined)
+            }
+            None => {
+                // The waiter's memory first: a ticket is only taken for a waiter who has one.
+                let info = PermitInfo {
+                    key: key.to_vec(),
+                    seq: 0,
+                    granted_ms: now_ms,
+                    expires_ms: Some(until),
+                };
+                line.store(arena, hash, &info)?;
+                let waiter = line.find(hash, key)?;
+                match state.join(&mut ranks) {
+                    Ok(ticket) => {
+                        // SAFETY: as above.
+                        unsafe { (*waiter.as_ptr()).seq = ticket };
+                        Some((ticket, now_ms))
+                    }
+                    Err(LineFull::Full) => {
+                        // SAFETY: as above; stored just now, and nothing else refers to it.
+                        unsafe { line.remove(arena, waiter) };
+                        None
+                    }
+                }
+            }
+        };
+        self.line_state = state;
+        entered
+    }
+
+    /// Waiters silent past their time leave, the longest silent first: at most
+    /// [`LEAVE_PER_STEP`] a step, so that a crowd leaving at once costs no request a long
+    /// hold of the lock.
+    fn leave_silent(&mut self, arena: &impl Arena, now_ms: i64) {
+        if self.line.is_null() {
+            return;
+        }
+        let mut state = self.line_state;
+        if let Some((line, mut ranks)) = self.line_parts(arena) {
+            for _ in 0..LEAVE_PER_STEP {
+                let Some(head) = NonNull::new(line.timed.head) else {
+                    break;
+                };
+                // SAFETY: the head of a list is a live waiter; the lock is held.
+                let (expires_ms, ticket) = unsafe { (head.as_ref().expires_ms, head.as_ref().seq) };
+                if expires_ms > now_ms {
+                    break;
+                }
+                // SAFETY: as above.
+                unsafe { line.remove(arena, head) };
+                state.leave(&mut ranks, ticket, false);
+            }
+        }
+        self.line_state = state;
+    }
+
+    /// Whether `key` waits in the line.
+    fn in_line(&mut self, key: &[u8]) -> bool {
+        // SAFETY: the line is null or a live table of this zone; the lock is held.
+        match unsafe { self.line.as_mut() } {
+            Some(line) => line.find(line.hash(key), key).is_some(),
+            None => false,
+        }
+    }
+
+    /// A buyer who may buy, in a sale with a line (see [`PermitStore::queue`]); with the
+    /// admission's `newly_full`.
+    #[allow(clippy::too_many_arguments)]
+    fn queue_step(
+        &mut self,
+        arena: &impl Arena,
+        key: &[u8],
+        sale: &Sale,
+        queue: Queue,
+        now_ms: i64,
+        expires_ms: Option<i64>,
+        numbers: Option<&AtomicU64>,
+    ) -> (Queued, bool) {
+        let rate = queue.rate;
+        self.leave_silent(arena, now_ms);
+        // The calls earned before this step go to those who were in line then.
+        self.line_state.call(rate, now_ms);
+        let Some((ticket, joined_ms)) = self.enter_line(arena, key, queue, now_ms) else {
+            return (Queued::Full, self.report_full());
+        };
+        let mut state = self.line_state;
+        let Some((line, mut ranks)) = self.line_parts(arena) else {
+            return (Queued::Full, false);
+        };
+        state.call(rate, now_ms);
+        let place = state.place(&ranks, ticket, rate);
+        if let Place::Called = place {
+            // Called in: he leaves the line, admitted or told the stock is gone.
+            if let Some(waiter) = line.find(line.hash(key), key) {
+                // SAFETY: just found in the line's table, under the lock.
+                unsafe { line.remove(arena, waiter) };
+            }
+            state.leave(&mut ranks, ticket, true);
+            state.count_admission(joined_ms, now_ms);
+        }
+        self.line_state = state;
+        match place {
+            Place::Waiting(waiting) => (Queued::Waiting(waiting), false),
+            Place::Called => {
+                let (admission, newly_full) =
+                    self.admission(arena, key, sale, now_ms, expires_ms, numbers);
+                (Queued::Called(admission), newly_full)
+            }
+        }
+    }
+
+    /// Stores a permit for `key` if it has none and the count is under the cap; with whether
+    /// this is the first time the zone is found full.
+    fn admission(
+        &mut self,
+        arena: &impl Arena,
+        key: &[u8],
+        sale: &Sale,
+        now_ms: i64,
+        expires_ms: Option<i64>,
+        numbers: Option<&AtomicU64>,
+    ) -> (Admission, bool) {
+        let hash = self.hash(key);
+        if let Some(permit) = self.find(hash, key) {
+            return (Admission::Permitted(held(permit)), false);
+        }
+        if !self.under_cap(sale.cap) {
+            return (Admission::SoldOut, false);
+        }
+        match self.insert(arena, hash, key, now_ms, expires_ms, numbers) {
+            Some(seq) => (Admission::Admitted(Held { seq, expires_ms }), false),
+            None => (Admission::ZoneFull, self.report_full()),
+        }
+    }
+
+    /// The line as the metrics and the API show it, once silent waiters have left.
+    fn line_figures(&mut self, arena: &impl Arena, now_ms: i64) -> LineFigures {
+        self.leave_silent(arena, now_ms);
+        let state = self.line_state;
+        let serving = match self.line.is_null() {
+            true => None,
+            false => {
+                // SAFETY: made with the line, live as long as the zone; the lock is held.
+                let tree = unsafe { core::slice::from_raw_parts_mut(self.ranks, self.ranks_len) };
+                state.serving(&Ranks::new(tree))
+            }
+        };
+        LineFigures {
+            waiting: state.waiting,
+            admitted: state.admitted,
+            left: state.left,
+            admitted_last_minute: state.admitted_last_minute(now_ms),
+            serving,
+            waited: state.waited,
+            waited_ms: state.waited_ms,
+        }
     }
 
     /// Frees every permit of the table, its key expression and the table itself.
@@ -855,9 +1116,13 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
         self.with_table(|table, _| table.permits())
     }
 
-    /// Permits stored now, and keys waiting for the pre-queue's draw, in one locked step.
-    pub fn counts(&mut self) -> (u64, u64) {
-        self.with_table(|table, _| (table.permits(), table.prequeued()))
+    /// Permits stored now, keys waiting for the pre-queue's draw, and the line, in one
+    /// locked step.
+    pub fn counts(&mut self) -> (u64, u64, LineFigures) {
+        let now_ms = self.now_ms;
+        self.with_table(|table, arena| {
+            (table.permits(), table.prequeued(), table.line_figures(arena, now_ms))
+        })
     }
 
     /// Runs `f` on the table with the lock held, after taking expired permits off.
@@ -1129,10 +1394,12 @@ impl<S: Shared> PermitLookup for ZoneStore<'_, S> {
             let hash = table.hash(key);
             if let Some(permit) = table.find(hash, key) {
                 Lookup::Permitted(held(permit))
-            } else if table.under_cap(sale.cap) {
-                Lookup::Open
-            } else {
+            } else if !table.under_cap(sale.cap) {
                 Lookup::SoldOut
+            } else if sale.queue.is_some() && table.in_line(key) {
+                Lookup::InLine
+            } else {
+                Lookup::Open
             }
         })
     }
@@ -1160,20 +1427,23 @@ impl<S: Shared> PermitStore for ZoneStore<'_, S> {
         let (now_ms, expires_ms) = (self.now_ms, self.ttl_ms.map(|ttl| expiry(self.now_ms, ttl)));
         let numbers = self.numbers;
         let (admission, newly_full) = self.with_sale(sale, |table, arena| {
-            let hash = table.hash(key);
-            if let Some(permit) = table.find(hash, key) {
-                return (Admission::Permitted(held(permit)), false);
-            }
-            if !table.under_cap(sale.cap) {
-                return (Admission::SoldOut, false);
-            }
-            match table.insert(arena, hash, key, now_ms, expires_ms, numbers) {
-                Some(seq) => (Admission::Admitted(Held { seq, expires_ms }), false),
-                None => (Admission::ZoneFull, table.report_full()),
-            }
+            table.admission(arena, key, sale, now_ms, expires_ms, numbers)
         });
         self.newly_full |= newly_full;
         admission
+    }
+
+    fn queue(&mut self, key: &[u8], sale: &Sale) -> Queued {
+        let Some(queue) = sale.queue else {
+            return Queued::Called(self.admit(key, sale));
+        };
+        let (now_ms, expires_ms) = (self.now_ms, self.ttl_ms.map(|ttl| expiry(self.now_ms, ttl)));
+        let numbers = self.numbers;
+        let (queued, newly_full) = self.with_sale(sale, |table, arena| {
+            table.queue_step(arena, key, sale, queue, now_ms, expires_ms, numbers)
+        });
+        self.newly_full |= newly_full;
+        queued
     }
 }
 
@@ -1618,6 +1888,73 @@ mod tests {
 
     fn prequeued(cap: Cap) -> Sale {
         Sale { cap, prequeue_ms: Some(60_000), ..Sale::default() }
+    }
+
+    fn lined(per_second: u64, idle_ms: i64) -> Sale {
+        let rate = crate::line::Rate::from_milli(per_second * 1000).unwrap();
+        Sale { queue: Some(Queue { rate, idle_ms, refresh_ms: 20_000 }), ..Sale::default() }
+    }
+
+    fn place(queued: Queued) -> Option<u64> {
+        match queued {
+            Queued::Waiting(w) => Some(w.position),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_line_keeps_places_and_lets_silent_waiters_go() {
+        let heap = Heap::new(1 << 20);
+        let t = table(&heap, 64);
+        let sale = lined(2, 10_000);
+        let mut s = store(&heap, t, 1_000);
+        let first: Vec<Queued> =
+            (0..6).map(|i| s.queue(format!("w{i}").as_bytes(), &sale)).collect();
+        assert!(matches!(first[0], Queued::Called(Admission::Admitted(_))));
+        assert!(matches!(first[1], Queued::Called(Admission::Admitted(_))));
+        assert_eq!(
+            first[2..].iter().map(|q| place(*q)).collect::<Vec<_>>(),
+            [Some(0), Some(1), Some(2), Some(3)]
+        );
+        assert_eq!(s.lookup(b"w5", &sale), Lookup::InLine);
+        assert_eq!(s.lookup(b"w0", &sale), Lookup::Permitted(seq(1)));
+        assert_eq!(place(s.queue(b"w5", &sale)), Some(3), "asking again keeps the place");
+        // w2 and w3 go silent; 11 s later they have left, and w4 and w5, who kept asking
+        // (at 6 s), are called in, w4 first.
+        let mut s = store(&heap, t, 6_000);
+        assert_eq!(place(s.queue(b"w5", &sale)), None, "called in by now");
+        let mut s = store(&heap, t, 6_500);
+        assert!(matches!(s.queue(b"w4", &sale), Queued::Called(Admission::Admitted(_))));
+        let mut s = store(&heap, t, 17_000);
+        let figures = s.counts().2;
+        assert_eq!((figures.waiting, figures.left), (0, 2), "the silent two left");
+        assert_eq!(figures.admitted, 4);
+        assert_eq!(figures.admitted_last_minute, 4);
+    }
+
+    #[test]
+    fn the_prequeue_takes_the_front_of_the_line_in_a_random_order() {
+        let heap = Heap::new(1 << 20);
+        let t = table(&heap, 64);
+        let mut s = store(&heap, t, 0);
+        for i in 0..20 {
+            s.register(format!("early-{i}").as_bytes());
+        }
+        let sale = Sale {
+            prequeue_ms: Some(60_000),
+            window: crate::sale::Window { start_ms: Some(1_000), end_ms: None },
+            ..lined(1, 60_000)
+        };
+        let mut s = store(&heap, t, 1_000);
+        // A late buyer joins behind all twenty.
+        assert_eq!(place(s.queue(b"late", &sale)), Some(19), "one of the twenty is called");
+        let mut positions: Vec<u64> = (0..20)
+            .filter_map(|i| place(s.queue(format!("early-{i}").as_bytes(), &sale)))
+            .collect();
+        assert_eq!(positions.len(), 19);
+        positions.sort_unstable();
+        assert_eq!(positions, (0..19).collect::<Vec<_>>());
+        assert_eq!(s.table().prequeued(), 0);
     }
 
     #[test]

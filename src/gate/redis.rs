@@ -19,7 +19,7 @@ use crate::http::now_ms;
 use crate::link::AfterReply;
 use crate::offload;
 use crate::remote::{Command, Failure, OnError, Reply};
-use crate::sale::{admitted, draw_step, DrawMode, Held, Outcome, PermitStore, Step, Verdict};
+use crate::sale::{admitted, draw_step, DrawMode, Outcome, PermitStore, Step, Verdict};
 use crate::zone::{Cached, RemoteView, Stats};
 
 fn server_error() -> Status {
@@ -62,6 +62,8 @@ pub fn gate(req: &mut Request, lcf: &LocConf, zone: ZoneRef, key: &[u8]) -> Stat
             Step::Decided(verdict) => return conclude(req, &g, verdict),
             Step::Recheck => true,
             Step::Admit => false,
+            // `nginx -t` refuses a line in a zone kept in Redis.
+            Step::Line => return server_error(),
         };
     if !recheck && !store.table().link.may_ask_for_permit(now, cache_ms) {
         // Sold out, as far as this host knows; another winner is asking Redis again.
@@ -84,10 +86,6 @@ pub fn gate(req: &mut Request, lcf: &LocConf, zone: ZoneRef, key: &[u8]) -> Stat
 fn random_secret() -> Option<[u64; 2]> {
     let mut rng = StdRng::try_from_os_rng().ok()?;
     Some([rng.random(), rng.random()])
-}
-
-fn passed(outcome: Outcome, held: Held) -> Verdict {
-    Verdict { outcome, permit: Some(held) }
 }
 
 /// Sends `command` to the zone's Redis and leaves the request waiting for [`answered`]:
@@ -215,7 +213,7 @@ fn decide_with_reply(
     let verdict = match link.after_reply(reply, now, cache_ms) {
         AfterReply::Pass { outcome, held, new } => {
             store.remember(key, held, new);
-            passed(outcome, held)
+            Verdict::passed(outcome, held)
         }
         AfterReply::SoldOut { copy } => {
             store.forget(key);
@@ -256,7 +254,7 @@ fn without_redis(req: &mut Request, g: &Gated<'_>) -> Status {
     let mut store = store.with_ttl(g.lcf.permit_ttl_ms);
     let verdict = match store.cached(g.key, i64::MAX) {
         // A winner this host knows of passes, however long ago it heard.
-        Cached::Fresh(held) => passed(Outcome::Permitted, held),
+        Cached::Fresh(held) => Verdict::passed(Outcome::Permitted, held),
         _ if open => admitted(store.admit(g.key, &g.sale)),
         _ => Outcome::Unavailable.into(),
     };

@@ -15,7 +15,7 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 use crate::conf::{LocConf, ZoneConf, ZoneRef};
 use crate::http::{add_header, keep, kept, send, Body, Kept};
-use crate::sale::{DrawMode, Held, Outcome, Sale, Verdict, MAX_KEY_LEN};
+use crate::sale::{DrawMode, Held, Outcome, Sale, Verdict, Waiting, MAX_KEY_LEN};
 use crate::zone::{keyed_draw, Stats};
 
 /// What every step of a request's decision reads.
@@ -81,6 +81,7 @@ pub fn conclude(req: &mut Request, g: &Gated<'_>, verdict: Verdict) -> Status {
         dry_run,
         seq: verdict.permit.map_or(0, |held| held.seq),
         expires_ms: verdict.permit.and_then(|held| held.expires_ms),
+        waiting: verdict.waiting,
         zone,
         key: key.as_ptr(),
         key_len: key.len(),
@@ -91,8 +92,13 @@ pub fn conclude(req: &mut Request, g: &Gated<'_>, verdict: Verdict) -> Status {
     if outcome.passes() || dry_run {
         return Status::NGX_DECLINED;
     }
-    let retry_after = matches!(outcome, Outcome::NotStarted | Outcome::Prequeued)
-        .then(|| sale.window.seconds_to_start(now));
+    let retry_after = match (outcome, sale.queue, verdict.waiting) {
+        (Outcome::NotStarted | Outcome::Prequeued, ..) => Some(sale.window.seconds_to_start(now)),
+        (Outcome::Queued, Some(queue), Some(waiting)) => {
+            Some(queue.retry_after(waiting.wait_seconds, draw()) as i64)
+        }
+        _ => None,
+    };
     let status = outcome.status(lcf.reject_status());
     reject(req, status, outcome.message(), retry_after)
 }
@@ -144,6 +150,8 @@ pub struct Decision {
     pub seq: u64,
     /// When that permit expires, if it does.
     pub expires_ms: Option<i64>,
+    /// For QUEUED: the place in line and the wait.
+    pub waiting: Option<Waiting>,
     /// The zone that decided, and the key, which lives in the request's memory as long as the
     /// request (for `flash_sale_release_header`).
     pub zone: ZoneRef,
@@ -159,6 +167,7 @@ impl Decision {
             dry_run: false,
             seq: held.seq,
             expires_ms: held.expires_ms,
+            waiting: None,
             zone,
             key: key.as_ptr(),
             key_len: key.len(),
