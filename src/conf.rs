@@ -528,6 +528,10 @@ pub(crate) unsafe extern "C" fn set_queue(
 
 fn queue(d: &mut Directive<'_>, lcf: &mut LocConf) -> ConfResult {
     let words: Vec<&str> = d.args()[1..].iter().map(text).collect();
+    if parse::queue(&words) == Err("") {
+        let name = d.args()[0];
+        return Err(d.emerg(format_args!("\"{name}\" needs rate=RATE, such as rate=20r/s")));
+    }
     let settings = |_: &str| parse::queue(&words).map_err(str::to_owned);
     let hint = "expected rate=RATE such as rate=20r/s or rate=600r/m, then optionally \
                 idle=TIME and refresh=TIME of more than zero, or off";

@@ -186,8 +186,8 @@ sub crowd {
             local $Port = $ports[$k % @ports];
             my @mine = @paths[grep { $_ % $n == $k } 0 .. $#paths];
             my @done = $once ? map { request_once($_) } @mine : run_connection(\@mine);
-            print $w join('', map { "$_->{path} $_->{status} $_->{sale} $_->{worker} $_->{seq} $Port\n" }
-                @done);
+            print $w join('', map { "$_->{path} $_->{status} $_->{sale} $_->{worker} $_->{seq} $Port "
+                                    . "$_->{position} $_->{wait} $_->{retry}\n" } @done);
             close $w;
             POSIX::_exit(0);
         }
@@ -199,9 +199,11 @@ sub crowd {
         my ($pid, $r) = @$kid;
         while (my $line = <$r>) {
             chomp $line;
-            my ($path, $status, $sale, $worker, $seq, $port) = split ' ', $line;
+            my ($path, $status, $sale, $worker, $seq, $port, $position, $wait, $retry) =
+                split ' ', $line;
             push @results, { path => $path, status => $status, sale => $sale, worker => $worker,
-                             seq => $seq, port => $port };
+                             seq => $seq, port => $port, position => $position, wait => $wait,
+                             retry => $retry };
         }
         waitpid $pid, 0;
     }
@@ -334,11 +336,13 @@ sub run_connection {
 sub request_once {
     my ($path) = @_;
     my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $Port)
-        or return { path => $path, status => 0, sale => 'NO_CONNECTION', worker => '-', seq => '-' };
+        or return { path => $path, status => 0, sale => 'NO_CONNECTION', worker => '-', seq => '-',
+                    position => '-', wait => '-', retry => '-' };
     print $sock "GET $path HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
     my $buf = '';
     my $res = read_response($sock, \$buf)
-        // { status => 0, sale => 'NONE', worker => '-', seq => '-' };
+        // { status => 0, sale => 'NONE', worker => '-', seq => '-', position => '-', wait => '-',
+             retry => '-' };
     return { path => $path, %$res };
 }
 
@@ -354,6 +358,10 @@ sub read_response {
     my ($sale) = $head =~ /^X-Sale:\s*(\S+)/mi;
     my ($worker) = $head =~ /^X-Worker:\s*(\S+)/mi;
     my ($seq) = $head =~ /^X-Seq:\s*(\S+)/mi;
+    # A waiter's place, wait and Retry-After, where the test's configuration sends them.
+    my ($position) = $head =~ /^X-Position:\s*(\S+)/mi;
+    my ($wait) = $head =~ /^X-Wait:\s*(\S+)/mi;
+    my ($retry) = $head =~ /^Retry-After:\s*(\S+)/mi;
     my $close = $head =~ /^Connection:\s*close/mi;
     my $need = length($head) + 2 + ($length // 0);
     while (length $$buf < $need) {
@@ -361,7 +369,8 @@ sub read_response {
         return undef unless $n;
     }
     my $res = { status => $status, sale => $sale // '-', worker => $worker // '-',
-             seq => $seq // '-', close => $close, headers => $head,
+             seq => $seq // '-', position => $position // '-', wait => $wait // '-',
+             retry => $retry // '-', close => $close, headers => $head,
              body => substr($$buf, length($head) + 2, $length // 0) };
     substr($$buf, 0, $need, '');
     return $res;
