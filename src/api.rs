@@ -5,6 +5,7 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::{DecodePaddingMode, Engine};
 use serde_json::{json, Map, Value};
 
+use crate::line::Rate;
 use crate::parse;
 use crate::remote::Reply;
 use crate::sale::{Grant, Overrides, OverridesPatch, PermitInfo};
@@ -348,6 +349,14 @@ pub fn patch(body: &[u8]) -> Result<OverridesPatch, ApiError> {
                     patch.end_ms = Some(time);
                 }
             }
+            "queue_rate" => {
+                let rate = "a rate such as \"20r/s\" or \"600r/m\"";
+                patch.queue_rate = Some(match value {
+                    Value::Null => None,
+                    Value::String(s) => Some(parse::rate(s).ok_or_else(|| bad(rate))?.milli()),
+                    _ => return Err(bad(rate)),
+                })
+            }
             other => return Err(ApiError::new(400, format!("unknown field \"{other}\""))),
         }
     }
@@ -367,14 +376,16 @@ pub fn patched(now: &Overrides, patch: &OverridesPatch) -> Result<Overrides, Api
     Ok(next)
 }
 
-/// A zone's overrides as the API shows them: `{"block_ratio", "max_permits", "start", "end"}`,
-/// the times in RFC 3339, null for a field not overridden.
+/// A zone's overrides as the API shows them: `{"block_ratio", "max_permits", "start", "end",
+/// "queue_rate"}`, the times in RFC 3339, the rate as `limit_req` writes it (`20r/s`), null for
+/// a field not overridden.
 pub fn overrides_json(overrides: &Overrides) -> Value {
     json!({
         "block_ratio": overrides.block_ratio,
         "max_permits": overrides.max_permits,
         "start": overrides.start_ms.map(rfc3339),
         "end": overrides.end_ms.map(rfc3339),
+        "queue_rate": overrides.queue_rate.and_then(Rate::from_milli).map(Rate::to_text),
     })
 }
 
@@ -712,7 +723,8 @@ mod tests {
                 block_ratio: Some(Some(0.5)),
                 max_permits: Some(None),
                 start_ms: Some(Some(1_628_380_800_000)),
-                end_ms: None
+                end_ms: None,
+                queue_rate: None
             }
         );
         for bad in [
@@ -747,18 +759,38 @@ mod tests {
     fn overrides_as_json() {
         assert_eq!(
             overrides_json(&Overrides::default()).to_string(),
-            r#"{"block_ratio":null,"end":null,"max_permits":null,"start":null}"#
+            r#"{"block_ratio":null,"end":null,"max_permits":null,"queue_rate":null,"start":null}"#
         );
         let all = Overrides {
             block_ratio: Some(0.25),
             max_permits: Some(7),
             start_ms: Some(1_628_380_800_000),
             end_ms: Some(1_628_380_800_250),
+            queue_rate: Some(20_000),
         };
         assert_eq!(
             overrides_json(&all).to_string(),
-            r#"{"block_ratio":0.25,"end":"2021-08-08T00:00:00.250Z","max_permits":7,"start":"2021-08-08T00:00:00.000Z"}"#
+            r#"{"block_ratio":0.25,"end":"2021-08-08T00:00:00.250Z","max_permits":7,"queue_rate":"20r/s","start":"2021-08-08T00:00:00.000Z"}"#
         );
+        let slow = Overrides { queue_rate: Some(10_000 / 60), ..Overrides::default() };
+        assert_eq!(overrides_json(&slow)["queue_rate"], "10r/m");
+        assert_eq!(
+            patch(br#"{"queue_rate": "600r/m"}"#).map(|p| p.queue_rate),
+            Ok(Some(Some(10_000)))
+        );
+        assert_eq!(patch(br#"{"queue_rate": null}"#).map(|p| p.queue_rate), Ok(Some(None)));
+        for bad in
+            [r#"{"queue_rate": "0r/s"}"#, r#"{"queue_rate": 20}"#, r#"{"queue_rate": "fast"}"#]
+        {
+            assert_eq!(
+                patch(bad.as_bytes()),
+                Err(ApiError::new(
+                    400,
+                    r#"queue_rate: expected a rate such as "20r/s" or "600r/m" or null"#
+                )),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

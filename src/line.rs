@@ -49,12 +49,13 @@ impl Rate {
         slots.saturating_mul(1000).div_ceil(self.0)
     }
 
-    /// As `limit_req` writes it: `20r/s`, or `600r/m` for rates under one a second.
+    /// As `limit_req` writes it: `20r/s`, or `600r/m` for rates that are not whole per second
+    /// (to the nearest per minute: `10r/m`, kept as 166 thousandths a second, reads back).
     pub fn to_text(self) -> String {
         if self.0 % 1000 == 0 {
             format!("{}r/s", self.0 / 1000)
         } else {
-            format!("{}r/m", self.0 * 60 / 1000)
+            format!("{}r/m", (self.0 * 60 + 500) / 1000)
         }
     }
 }
@@ -469,7 +470,8 @@ mod tests {
         assert_eq!(rate(20).seconds_for(41), 3);
         assert_eq!(Rate::from_milli(16).unwrap().seconds_for(1), 63, "1r/m as limit_req has it");
         assert_eq!(rate(20).to_text(), "20r/s");
-        assert_eq!(Rate::from_milli(10_000 / 60 * 60 / 60).unwrap().to_text(), "9r/m");
+        assert_eq!(Rate::from_milli(10_000 / 60).unwrap().to_text(), "10r/m", "as given");
+        assert_eq!(Rate::from_milli(16).unwrap().to_text(), "1r/m");
     }
 
     #[test]

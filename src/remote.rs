@@ -144,18 +144,20 @@ pub enum Command {
 /// The fields of the overrides' hash in Redis, in the order of [`Overrides`]'s fields; each
 /// value is the field's number as Rust writes and reads it (ms since the Unix epoch for the
 /// times).
-pub const OVERRIDE_FIELDS: [&str; 4] = ["block_ratio", "max_permits", "start_ms", "end_ms"];
+pub const OVERRIDE_FIELDS: [&str; 5] =
+    ["block_ratio", "max_permits", "start_ms", "end_ms", "queue_rate"];
 
 /// Reads the overrides from the fields of an HGETALL; a field that does not parse is left
 /// unset, as is a field that is not one of [`OVERRIDE_FIELDS`].
 fn overrides_from_fields(fields: &[(String, String)]) -> Overrides {
-    let [ratio, cap, start, end] =
+    let [ratio, cap, start, end, rate] =
         OVERRIDE_FIELDS.map(|name| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()));
     Overrides {
         block_ratio: ratio.and_then(|v| v.parse().ok()),
         max_permits: cap.and_then(|v| v.parse().ok()),
         start_ms: start.and_then(|v| v.parse().ok()),
         end_ms: end.and_then(|v| v.parse().ok()),
+        queue_rate: rate.and_then(|v| v.parse().ok()),
     }
 }
 
@@ -170,6 +172,7 @@ fn override_changes(patch: &OverridesPatch) -> Vec<(&'static str, Option<String>
         text(patch.max_permits),
         text(patch.start_ms),
         text(patch.end_ms),
+        text(patch.queue_rate),
     ];
     OVERRIDE_FIELDS
         .into_iter()
@@ -759,7 +762,8 @@ mod tests {
                 block_ratio: Some(0.25),
                 max_permits: Some(7),
                 start_ms: Some(1000),
-                end_ms: Some(2000)
+                end_ms: Some(2000),
+                queue_rate: None
             }
         );
         let bad = fields(&[("max_permits", "-1"), ("colour", "blue")]);
@@ -774,6 +778,7 @@ mod tests {
             max_permits: Some(None),
             start_ms: None,
             end_ms: Some(Some(1_628_380_800_000)),
+            queue_rate: None,
         };
         assert_eq!(
             override_changes(&patch),
@@ -789,6 +794,7 @@ mod tests {
             max_permits: Some(Some(u64::MAX)),
             start_ms: Some(Some(-5)),
             end_ms: Some(Some(i64::MAX)),
+            queue_rate: None,
         };
         let sent: Vec<(String, String)> = override_changes(&set)
             .into_iter()

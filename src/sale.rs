@@ -321,6 +321,9 @@ pub struct Overrides {
     pub start_ms: Option<i64>,
     /// The sale's end, in ms since the Unix epoch.
     pub end_ms: Option<i64>,
+    /// The line's rate, in thousandths of a buyer per second (`limit_req`'s unit); it applies
+    /// where a location has a line.
+    pub queue_rate: Option<u64>,
 }
 
 impl Overrides {
@@ -338,6 +341,11 @@ impl Overrides {
         if let Some(end) = self.end_ms {
             sale.window.end_ms = Some(end);
         }
+        if let (Some(queue), Some(rate)) =
+            (&mut sale.queue, self.queue_rate.and_then(crate::line::Rate::from_milli))
+        {
+            queue.rate = rate;
+        }
         sale
     }
 
@@ -351,6 +359,7 @@ impl Overrides {
             max_permits: change(self.max_permits, patch.max_permits),
             start_ms: change(self.start_ms, patch.start_ms),
             end_ms: change(self.end_ms, patch.end_ms),
+            queue_rate: change(self.queue_rate, patch.queue_rate),
         }
     }
 
@@ -368,6 +377,7 @@ pub struct OverridesPatch {
     pub max_permits: Option<Option<u64>>,
     pub start_ms: Option<Option<i64>>,
     pub end_ms: Option<Option<i64>>,
+    pub queue_rate: Option<Option<u64>>,
 }
 
 /// A permit as a passing request sees it: its number and when it stops counting.
@@ -826,6 +836,7 @@ mod tests {
             max_permits: Some(7),
             start_ms: Some(100),
             end_ms: Some(200),
+            queue_rate: None,
         };
         assert_eq!(
             all.apply(configured),
@@ -860,6 +871,7 @@ mod tests {
             max_permits: Some(7),
             start_ms: Some(100),
             end_ms: None,
+            queue_rate: None,
         };
         assert_eq!(now.patched(&OverridesPatch::default()), now, "an empty patch changes nothing");
         let patch = OverridesPatch {
@@ -867,6 +879,7 @@ mod tests {
             max_permits: Some(None),
             start_ms: Some(Some(150)),
             end_ms: Some(Some(200)),
+            queue_rate: None,
         };
         assert_eq!(
             now.patched(&patch),
@@ -874,7 +887,8 @@ mod tests {
                 block_ratio: Some(0.25),
                 max_permits: None,
                 start_ms: Some(150),
-                end_ms: Some(200)
+                end_ms: Some(200),
+                queue_rate: None
             }
         );
         let clear_all = OverridesPatch {
@@ -882,6 +896,7 @@ mod tests {
             max_permits: Some(None),
             start_ms: Some(None),
             end_ms: Some(None),
+            queue_rate: None,
         };
         assert_eq!(now.patched(&clear_all), Overrides::default());
         assert_eq!(Overrides::default().patched(&clear_all), Overrides::default());

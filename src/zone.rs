@@ -152,12 +152,14 @@ pub struct SharedOverrides {
     max_permits: AtomicU64,
     start_ms: AtomicI64,
     end_ms: AtomicI64,
+    queue_rate: AtomicU64,
 }
 
 const RATIO: u64 = 1;
 const CAP: u64 = 2;
 const START: u64 = 4;
 const END: u64 = 8;
+const RATE: u64 = 16;
 
 impl SharedOverrides {
     /// The overrides now.
@@ -170,6 +172,7 @@ impl SharedOverrides {
             max_permits: has(CAP).then(|| self.max_permits.load(Ordering::Relaxed)),
             start_ms: has(START).then(|| self.start_ms.load(Ordering::Relaxed)),
             end_ms: has(END).then(|| self.end_ms.load(Ordering::Relaxed)),
+            queue_rate: has(RATE).then(|| self.queue_rate.load(Ordering::Relaxed)),
         }
     }
 
@@ -191,6 +194,7 @@ impl SharedOverrides {
         put(&mut set, CAP, overrides.max_permits, |v| self.max_permits.store(v, Ordering::Relaxed));
         put(&mut set, START, overrides.start_ms, |v| self.start_ms.store(v, Ordering::Relaxed));
         put(&mut set, END, overrides.end_ms, |v| self.end_ms.store(v, Ordering::Relaxed));
+        put(&mut set, RATE, overrides.queue_rate, |v| self.queue_rate.store(v, Ordering::Relaxed));
         self.set.store(set, Ordering::Release);
     }
 }
@@ -1791,6 +1795,7 @@ mod tests {
             max_permits: Some(Some(7)),
             start_ms: Some(Some(100)),
             end_ms: None,
+            queue_rate: None,
         };
         overrides.store(&overrides.load().patched(&set));
         let sale = overrides.load().apply(configured);
@@ -1803,6 +1808,7 @@ mod tests {
             max_permits: Some(7),
             start_ms: Some(100),
             end_ms: None,
+            queue_rate: None,
         };
         assert_eq!(overrides.load(), now);
         let change = OverridesPatch {

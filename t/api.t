@@ -156,9 +156,9 @@ Content-Type: application/json
 ["X-Sale: NOT_STARTED", "", "X-Sale: ADMITTED", "X-Sale: ADMITTED", "X-Sale: SOLD_OUT", "",
  "X-Sale: BLOCKED", "", "X-Sale: NOT_STARTED"]
 --- response_body_like eval
-["", qr/"overrides":\{"block_ratio":null,"end":null,"max_permits":2,"start":"2021-08-08T00:00:00.000Z"\}/,
+["", qr/"overrides":\{"block_ratio":null,"end":null,"max_permits":2,"queue_rate":null,"start":"2021-08-08T00:00:00.000Z"\}/,
  "", "", "", qr/"overrides":\{"block_ratio":1.0,"end":null,"max_permits":5,/, "",
- qr/"overrides":\{"block_ratio":1.0,"end":null,"max_permits":5,"start":null\}/, ""]
+ qr/"overrides":\{"block_ratio":1.0,"end":null,"max_permits":5,"queue_rate":null,"start":null\}/, ""]
 
 
 === TEST 6: bad requests get a 4xx with a reason, and change nothing
@@ -201,7 +201,7 @@ Content-Type: application/json
  qr/"error":"end must be after start"/, qr/"error":"unknown field \\"colour\\""/,
  qr/"error":"method not allowed here"/, qr/"error":"method not allowed here"/,
  qr/"error":"the body is larger than client_body_buffer_size"/, qr/"error":"bad after: expected the \\"next\\" of the page before"/,
- qr/"granted":0,.*"overrides":\{"block_ratio":null,"end":null,"max_permits":null,"start":null\},"permits":0,/]
+ qr/"granted":0,.*"overrides":\{"block_ratio":null,"end":null,"max_permits":null,"queue_rate":null,"start":null\},"permits":0,/]
 --- no_error_log
 [alert]
 [crit]

@@ -62,7 +62,7 @@ __DATA__
  qr/^\{"error":"send the body as Content-Type: application\/json"\}$/,
  qr/^\{"error":"send the body as Content-Type: application\/json"\}$/,
  qr/^\{"error":"no permit for this key"\}$/,
- qr/"granted":0,.*"max_permits":1,.*"overrides":\{"block_ratio":null,"end":null,"max_permits":null,"start":null\},"permits":0,/,
+ qr/"granted":0,.*"max_permits":1,.*"overrides":\{"block_ratio":null,"end":null,"max_permits":null,"queue_rate":null,"start":null\},"permits":0,/,
  "ok"]
 
 
@@ -98,7 +98,7 @@ DELETE from one revokes nothing
  qr/"error":"refused: a request from another site/,
  qr/"error":"refused: Sec-Fetch-Site is \\"same-site\\", not same-origin"/,
  qr/"error":"refused: a request from another site/,
- qr/"granted":1,.*"max_permits":1,.*"overrides":\{"block_ratio":null,"end":null,"max_permits":null,"start":null\},"permits":1,/]
+ qr/"granted":1,.*"max_permits":1,.*"overrides":\{"block_ratio":null,"end":null,"max_permits":null,"queue_rate":null,"start":null\},"permits":1,/]
 
 
 === TEST 3: the operator's own tools work: curl with the documented header, and a page of

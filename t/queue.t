@@ -9,13 +9,14 @@
 # 5. With flash_sale_prequeue, the registered take the front in a random order, the late
 #    after them.
 # 6. A dry run lets waiters through, told QUEUED_DRY_RUN, with their places.
+# 7. The admin API's PATCH changes the rate at once, without a burst.
 
 use strict;
 use warnings;
 use Test::More;
 use POSIX qw(strftime);
 use Time::HiRes qw(time sleep);
-use FlashSale::Crowd qw(start_nginx stop_nginx crowd crowd_port fetch fetch_at reload_nginx);
+use FlashSale::Crowd qw(start_nginx stop_nginx crowd crowd_port fetch fetch_at reload_nginx send_body);
 
 my $port = crowd_port();
 
@@ -243,6 +244,36 @@ sub keep_asking {
     is(join(' ', map { $_->{sale} } @res), 'ADMITTED QUEUED_DRY_RUN QUEUED_DRY_RUN QUEUED_DRY_RUN QUEUED_DRY_RUN',
        'and says who would have waited');
     is(join(' ', map { $_->{position} } @res), '- 0 1 2 3', 'with their places');
+    stop_nginx();
+}
+
+# 7. PATCH queue_rate.
+{
+    start_nginx(workers => 2, http => config('rate=2r/s idle=1m'));
+    my @users = map { "p$_" } 1 .. 300;
+    my $t0 = time;
+    my @joined = join_in_order(@users);
+    my @waiting = map { user_of($_) } grep { $_->{sale} eq 'QUEUED' } @joined;
+    my $count = sub { scalar keys %{ $_[0]{admitted} } };
+    my $slow = keep_asking(t0 => $t0, users => \@waiting, every => 0.2, until => $t0 + 3);
+    my $before = $count->($slow);
+    ok($before <= 2 * 3 + 1, "at 2r/s: $before in 3 s");
+    my $patched = send_body($port, 'PATCH', '/api/zones/sale', '{"queue_rate": "20r/s"}');
+    like($patched->{body}, qr/"queue_rate":"20r\/s"/, 'PATCH sets the rate');
+    my $t1 = time;
+    @waiting = grep { !$slow->{admitted}{$_} } @waiting;
+    my $fast = keep_asking(t0 => $t1, users => \@waiting, every => 0.2, until => $t1 + 3);
+    my @ahead = grep { $_->[1] > 20 * $_->[0] + 20 + 1 } @{ $fast->{rounds} };
+    is(scalar @ahead, 0, 'at once at 20r/s, no faster');
+    ok($count->($fast) >= 20 * 3 - 10, 'and as fast (' . $count->($fast) . ' in 3 s)');
+    send_body($port, 'PATCH', '/api/zones/sale', '{"queue_rate": "1r/s"}');
+    my $t2 = time;
+    @waiting = grep { !$fast->{admitted}{$_} } @waiting;
+    my $down = keep_asking(t0 => $t2, users => \@waiting, every => 0.2, until => $t2 + 3);
+    # Waiters called at 20r/s before the change may come in after it: up to a poll's worth.
+    ok($count->($down) <= 1 * 3 + 1 + 20 * 0.2 + 1,
+       'slowed down to 1r/s without a burst (' . $count->($down) . ' in 3 s)');
+    like(fetch('/api/zones/sale')->{body}, qr/"queue_rate":"1r\/s"/, 'the API shows the rate');
     stop_nginx();
 }
 

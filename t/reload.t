@@ -113,7 +113,7 @@ Content-Type: application/json
 --- response_headers eval
 ["X-Sale: SOLD_OUT", "X-Sale: PERMITTED", "", ""]
 --- response_body_like eval
-["", "", qr/"max_permits":3,.*"overrides":\{"block_ratio":null,"end":null,"max_permits":3,"start":null\},"permits":3,/,
+["", "", qr/"max_permits":3,.*"overrides":\{"block_ratio":null,"end":null,"max_permits":3,"queue_rate":null,"start":null\},"permits":3,/,
  qr/^\Qflash_sale_requests_total{zone="sale",status="ADMITTED"} 3\E$(?s:.*)^\Qflash_sale_permits_granted_total{zone="sale"} 3\E$/m]
 
 
@@ -157,4 +157,4 @@ flash_sale_zone "sale" uses the "$cookie_uid" key while previously it used the "
 --- response_headers eval
 ["X-Sale: BLOCKED", ""]
 --- response_body_like eval
-["", qr/"overrides":\{"block_ratio":null,"end":null,"max_permits":null,"start":null\},"permits":0,/]
+["", qr/"overrides":\{"block_ratio":null,"end":null,"max_permits":null,"queue_rate":null,"start":null\},"permits":0,/]
