@@ -105,6 +105,7 @@ http {{
     flash_sale_zone $arg_user zone=soldout:1m;
     flash_sale_zone $arg_user zone=winners:4m;
     flash_sale_zone $arg_user zone=many:32m;
+    flash_sale_zone $arg_user zone=line:32m;
 {rush_zones}{admit_zones}
     limit_req_zone $arg_user zone=perbuyer:64m rate=1r/m;
     limit_req_zone $arg_user zone=perbuyer_fast:16m rate=100000r/s;
@@ -154,6 +155,13 @@ http {{
 
         # 5. everyone admitted, with and without a state file (a journal write per request)
 {admit_locations}
+
+        # 6. waiting in a line (nobody is let in after the first: 1r/m)
+        location /queued {{
+            flash_sale zone=line;
+            flash_sale_queue rate=1r/m refresh=20s;
+            {PROXY}
+        }}
 
         # 4. before the start
         location /early {{
@@ -403,7 +411,8 @@ def instructions():
     out = nginx.dir / "callgrind.out"
     nginx.start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p"])
     prime_gate_only = [("/soldout/fill", range(1, SOLD_OUT_CAP + 1), "early-"),
-                       ("/winners", range(1, 1001), "buyer-")]
+                       ("/winners", range(1, 1001), "buyer-"),
+                       ("/queued", range(1, 1001), "buyer-")]
     for path, ids, prefix in prime_gate_only:
         visit(GATE_PORT, path, ids, prefix)
     n = 2000
@@ -411,7 +420,9 @@ def instructions():
     for name, path, ids in [("sold out, baseline", "/reject", range(10**6, 10**6 + n)),
                             ("sold out, module", "/soldout", range(10**6, 10**6 + n)),
                             ("returning winners, baseline", "/pass", range(1, n + 1)),
-                            ("returning winners, module", "/winners", [i % 1000 + 1 for i in range(n)])]:
+                            ("returning winners, module", "/winners", [i % 1000 + 1 for i in range(n)]),
+                            ("queued, baseline", "/reject", range(10**6, 10**6 + n)),
+                            ("queued, module", "/queued", [i % 1000 + 1 for i in range(n)])]:
         visit(GATE_PORT, path, ids[:200])  # warm this path
         subprocess.run(["callgrind_control", "-z", str(nginx.proc.pid)], check=True,
                        capture_output=True)

@@ -4,8 +4,8 @@
 
 use core::ffi::{c_char, c_void};
 use nginx_sys::{
-    ngx_command_t, ngx_conf_t, ngx_http_finalize_request, ngx_http_read_client_request_body,
-    ngx_http_request_t, ngx_int_t, ngx_pagesize, ngx_str_t,
+    ngx_command_t, ngx_conf_t, ngx_http_read_client_request_body, ngx_http_request_t, ngx_int_t,
+    ngx_pagesize, ngx_str_t,
 };
 use ngx::core::{SlabPool, Status};
 use ngx::http::{HTTPStatus, HttpModuleLocationConf, Method, NgxHttpCoreModule, Request};
@@ -15,9 +15,9 @@ use serde_json::{json, Value};
 
 use crate::api::{self, route, ApiError, Route};
 use crate::conf::{LocConf, MainConf, ZoneConf};
-use crate::ffi::{directive, ConfError, ConfResult, Directive};
+use crate::ffi::{directive, ConfError, ConfResult, Directive, Next};
 use crate::gate::redis as redis_gate;
-use crate::http::{add_header, keep, kept, send, Body, Kept};
+use crate::http::{add_header, keep, kept, main_request, send, Body, Kept};
 use crate::metrics::{render, ZoneMetrics};
 use crate::offload;
 use crate::remote::{Command, Failure, Reply};
@@ -216,10 +216,9 @@ fn ask_redis(req: &mut Request, asked: ApiRequest, zone: &ZoneConf, command: Com
     }
     let name = zone.name().to_string();
     let again = asked.clone();
+    // The reply finalizes the request once more: the finalization counted below.
     let answered = move |req: &mut Request, _: &Command, reply, _| {
-        let rc = redis_answer(req, &asked, reply);
-        // SAFETY: the request is live; this is the finalization `ask_redis` counted.
-        unsafe { ngx_http_finalize_request(req.into(), rc.0) };
+        Next::Finalize(redis_answer(req, &asked, reply))
     };
     if let Err((_, failure)) =
         offload::post(req, redis.threads, &redis.settings, name, command, Box::new(answered))
@@ -227,10 +226,7 @@ fn ask_redis(req: &mut Request, asked: ApiRequest, zone: &ZoneConf, command: Com
         // Not queued: answered at once, as Redis failing to answer.
         return redis_answer(req, &again, Err(failure));
     }
-    // The answer finalizes the request once more.
-    let r = req.as_mut();
-    // SAFETY: a request's main request is live as long as the request.
-    let main = unsafe { &mut *r.main };
+    let main = main_request(req);
     main.set_count(main.count() + 1);
     Status::NGX_DONE
 }
@@ -338,10 +334,10 @@ fn relative_path(req: &Request) -> Result<&[u8], ApiError> {
 }
 
 unsafe extern "C" fn api_body_ready(r: *mut ngx_http_request_t) {
+    // The answer ends the request's reading of its body: finalized, whatever it is.
+    let server_error = Next::Finalize(server_error());
     // SAFETY: nginx calls this with the live request once its body is read.
-    let rc = unsafe { crate::ffi::with_request(r, server_error(), body_ready) };
-    // SAFETY: as above; this ends the request's reading of its body.
-    unsafe { ngx_http_finalize_request(r, rc.0) };
+    unsafe { crate::ffi::handle(r, server_error, |req| Next::Finalize(body_ready(req))) };
 }
 
 /// Answers an API request whose body is read: at once, or with Redis's reply.
@@ -349,20 +345,20 @@ fn body_ready(req: &mut Request) -> Status {
     let Some(asked) = kept::<ApiRequest>(req).cloned() else {
         return server_error();
     };
-    let next = request_body(req).and_then(|body| match on_redis(req, &asked, Some(&body)) {
-        Some(redis) => redis.map(Next::AskRedis),
-        None => serve(req, &asked, Some(&body)).map(Next::Answer),
+    let leads = request_body(req).and_then(|body| match on_redis(req, &asked, Some(&body)) {
+        Some(redis) => redis.map(WithBody::AskRedis),
+        None => serve(req, &asked, Some(&body)).map(WithBody::Answer),
     });
-    match next {
+    match leads {
         // The answer comes with Redis's reply; the request was counted for it.
-        Ok(Next::AskRedis((zone, command))) => ask_redis(req, asked, zone, command),
-        Ok(Next::Answer(answer)) => respond(req, Some(&asked.route), Ok(answer)),
+        Ok(WithBody::AskRedis((zone, command))) => ask_redis(req, asked, zone, command),
+        Ok(WithBody::Answer(answer)) => respond(req, Some(&asked.route), Ok(answer)),
         Err(e) => respond(req, Some(&asked.route), Err(e)),
     }
 }
 
 /// What a request whose body is read leads to: an answer now, or a round trip to Redis.
-enum Next {
+enum WithBody {
     Answer((u16, Value)),
     AskRedis((&'static ZoneConf, Command)),
 }

@@ -1,7 +1,7 @@
 //! The edge between nginx and Rust: every `extern "C"` function nginx calls goes through one
-//! of the wrappers here, which turn nginx's raw pointers into references once ([`with_request`]
-//! for a request's handlers, [`directive`] for a directive's, [`zone_init`] for a shared
-//! zone's) and run the body through [`guard`], so that a panic never unwinds into nginx's C
+//! of the wrappers here, which turn nginx's raw pointers into references once ([`handle`] and
+//! [`with_request`] for a request's handlers, [`directive`] for a directive's, [`zone_init`]
+//! for a shared zone's) and run the body through [`guard`], so that a panic never unwinds into nginx's C
 //! frames (which aborts the process: a worker, or the master while it reads the
 //! configuration).
 
@@ -11,11 +11,11 @@ use core::ptr::NonNull;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use nginx_sys::{
-    ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_http_request_t, ngx_int_t, ngx_shm_zone_t,
-    ngx_str_t, NGX_LOG_EMERG,
+    ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_http_core_run_phases, ngx_http_finalize_request,
+    ngx_http_request_t, ngx_int_t, ngx_shm_zone_t, ngx_str_t, NGX_LOG_EMERG,
 };
 use ngx::core::{Pool, Status, NGX_CONF_ERROR, NGX_CONF_OK};
-use ngx::http::Request;
+use ngx::http::{HTTPStatus, Request};
 use ngx::ngx_conf_log_error;
 
 /// Runs `body`; a panic in it gives `on_panic` instead, what the entry answers nginx when it
@@ -24,12 +24,16 @@ pub fn guard<T>(on_panic: T, body: impl FnOnce() -> T) -> T {
     catch_unwind(AssertUnwindSafe(body)).unwrap_or(on_panic)
 }
 
-/// Runs the `body` of a handler nginx calls with a request (a phase or content handler, a
-/// filter, a variable's getter, a body or reply callback) with that request as a reference,
-/// made once here; a panic, or a null request, gives `on_panic`.
+/// Runs the `body` of a handler nginx calls with a request (a filter, a variable's getter, and
+/// under [`handle`] every handler that answers the request) with that request as a
+/// reference, made once here; a panic, or a null request, gives `on_panic`.
 ///
 /// # Safety
-/// `r` is null or a request nginx handed to the caller, live until the body returns.
+/// `r` is null or a request nginx handed to the caller, live until the body returns, and the
+/// body does not free it (see [`Next`]). While the body runs, nginx may call back into the
+/// module with the same request (its header filters, a variable's getter, a body read at
+/// once): each such entry makes a reference of its own for its call, as ngx's own `Request`
+/// methods that call nginx have it, and the body's is not used until that call returns.
 pub unsafe fn with_request<T>(
     r: *mut ngx_http_request_t,
     on_panic: T,
@@ -38,10 +42,76 @@ pub unsafe fn with_request<T>(
     if r.is_null() {
         return on_panic;
     }
-    // SAFETY: see the function's contract: nginx's request, live, not used elsewhere while
-    // the body runs (nginx runs one handler of a request at a time, on one thread).
+    // SAFETY: see the function's contract.
     let req = unsafe { Request::from_ngx_http_request(r) };
     guard(on_panic, || body(req))
+}
+
+/// What nginx is to do with a request once the module's handler is done with it. Finalizing
+/// may free the request, and running its phases or its write handler may end it: [`handle`]
+/// does them last, when no reference of the module's to the request is left.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Return this to nginx: a phase or content handler's answer.
+    Return(Status),
+    /// Finalize the request with this status, then return `NGX_DONE`.
+    Finalize(Status),
+    /// Run the request's phases on from the handler after this one: a precontent handler's
+    /// `NGX_DECLINED`, given after the request waited.
+    RunPhases,
+    /// Hand the request to its write event handler, which nginx set while it waited: the
+    /// request is being ended.
+    WriteHandler,
+    /// Nothing more to do.
+    Done,
+}
+
+impl From<Status> for Next {
+    fn from(status: Status) -> Next {
+        Next::Return(status)
+    }
+}
+
+impl From<HTTPStatus> for Next {
+    fn from(status: HTTPStatus) -> Next {
+        Next::Return(status.into())
+    }
+}
+
+/// The entry of a handler that answers a request: [`with_request`], then what the body said
+/// is next; returns what the handler returns to nginx (`NGX_DONE` after anything but
+/// [`Next::Return`]).
+///
+/// # Safety
+/// As for [`with_request`].
+pub unsafe fn handle(
+    r: *mut ngx_http_request_t,
+    on_panic: Next,
+    body: impl FnOnce(&mut Request) -> Next,
+) -> ngx_int_t {
+    // SAFETY: see the function's contract.
+    let next = unsafe { with_request(r, on_panic, body) };
+    if r.is_null() {
+        return Status::NGX_ERROR.0;
+    }
+    // SAFETY: the request is live (see the contract), and the body's reference is gone.
+    unsafe {
+        match next {
+            Next::Return(status) => return status.0,
+            Next::Finalize(status) => ngx_http_finalize_request(r, status.0),
+            Next::RunPhases => {
+                (*r).phase_handler += 1;
+                ngx_http_core_run_phases(r);
+            }
+            Next::WriteHandler => {
+                if let Some(handler) = (*r).write_event_handler {
+                    handler(r);
+                }
+            }
+            Next::Done => {}
+        }
+    }
+    Status::NGX_DONE.0
 }
 
 // Directive handlers and shared-zone initialisation: their raw pointers become references once,

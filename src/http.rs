@@ -6,8 +6,8 @@ use core::mem::size_of;
 use core::ptr::{self, NonNull};
 
 use nginx_sys::{
-    ngx_buf_t, ngx_chain_t, ngx_list_push, ngx_pool_cleanup_add, ngx_str_t, ngx_table_elt_t,
-    ngx_timeofday, ngx_uint_t,
+    ngx_buf_t, ngx_chain_t, ngx_http_request_t, ngx_list_push, ngx_pool_cleanup_add, ngx_str_t,
+    ngx_table_elt_t, ngx_timeofday, ngx_uint_t,
 };
 use ngx::core::{Buffer, Status};
 use ngx::http::Request;
@@ -38,6 +38,16 @@ pub fn add_header(req: &mut Request, key: &'static str, value: ngx_str_t) -> Opt
         h.next = ptr::null_mut();
     }
     Some(())
+}
+
+/// The request's main request (itself, for a main request), to count what it waits for.
+pub fn main_request(req: &mut Request) -> &mut ngx_http_request_t {
+    let r = req.as_mut();
+    if ptr::eq(r.main, r) {
+        return r;
+    }
+    // SAFETY: a subrequest's main request is another request, live as long as it is.
+    unsafe { &mut *r.main }
 }
 
 /// A response body: static text, or text to copy into the request's pool.
@@ -84,6 +94,8 @@ pub fn send(req: &mut Request, status: u16, content_type: ngx_str_t, body: Body<
 /// pool's cleanup entry holds it, and `CLEANUP`, the entry's handler, names its type (and
 /// drops it with the pool, where it has something to drop).
 pub trait Kept: Sized {
+    /// A function of this type's alone: code no other function has (an empty one is folded
+    /// into others by the compiler), so that its address tells this type's entries.
     const CLEANUP: unsafe extern "C" fn(*mut c_void);
 }
 

@@ -2,7 +2,8 @@
 //! ngx_http_flash_sale_module: a flash-sale gate for nginx.
 //!
 //! The layers, from plain Rust to raw nginx; imports point down them:
-//! - [`sale`]: the decision (window, draw, cap) and its types; [`parse`]: directive values;
+//! - [`sale`]: the decision (window, draw, cap) and its types; [`line`]: the waiting line's
+//!   pace and places; [`parse`]: directive values;
 //!   [`api`], [`metrics`], [`state`]: the admin API's requests and answers, the metrics' text,
 //!   the state file's records; [`token`]: signed permits for the checkout; [`remote`]: a sale
 //!   kept in Redis (its scripts, replies and failures); [`health`]: a dependency's health;

@@ -22,13 +22,17 @@ use nginx_sys::{
     ngx_thread_task_t,
 };
 use ngx::core::Status;
-use ngx::http::Request;
+use ngx::http::{HTTPStatus, Request};
+
+use crate::ffi::Next;
+use crate::http::main_request;
 
 use crate::remote::{self, Command, Failure, Reply, Settings};
 
 /// What to do in the worker with Redis's reply to a request's round trip: called with the
-/// request, which is live again, the command, its reply, and when it was asked (Unix ms).
-pub type Done = Box<dyn FnOnce(&mut Request, &Command, Result<Reply, Failure>, i64)>;
+/// request, which is live again, the command, its reply, and when it was asked (Unix ms);
+/// says what nginx does with the request next.
+pub type Done = Box<dyn FnOnce(&mut Request, &Command, Result<Reply, Failure>, i64) -> Next>;
 
 /// What to do in the worker with Redis's reply to a round trip nobody waits for.
 pub type Detached = Box<dyn FnOnce(&Command, Result<Reply, Failure>)>;
@@ -87,12 +91,10 @@ pub fn post(
 /// Counts (or uncounts) a round trip the request waits for in its main request's `blocked`,
 /// which keeps nginx from freeing the request meanwhile, as a thread's file read does.
 fn block(req: &mut Request, blocked: bool) {
-    let r = req.as_mut();
-    // SAFETY: a request's main request is live as long as the request.
-    let main = unsafe { &mut *r.main };
+    let main = main_request(req);
     let count = if blocked { main.blocked() + 1 } else { main.blocked().saturating_sub(1) };
     main.set_blocked(count);
-    r.set_aio(blocked.into());
+    req.as_mut().set_aio(blocked.into());
 }
 
 /// Why a task was not queued: to the buyer, Redis could not be asked.
@@ -227,11 +229,12 @@ unsafe fn deliver(then: Then, command: &Command, reply: Result<Reply, Failure>, 
     let release = |req: &mut Request| {
         c = req.connection();
         block(req, false);
-        done(req, command, reply, asked_ms);
+        done(req, command, reply, asked_ms)
     };
-    // SAFETY: the request stayed alive while blocked; it is released here, once. A panic
-    // must not unwind into nginx; `done` answers 500 on its own errors.
-    unsafe { crate::ffi::with_request(request.as_ptr(), (), release) };
+    // A panic in `done` finalizes the request with a 500.
+    let server_error = Next::Finalize(HTTPStatus::INTERNAL_SERVER_ERROR.into());
+    // SAFETY: the request stayed alive while blocked; it is released here, once.
+    unsafe { crate::ffi::handle(request.as_ptr(), server_error, release) };
     if !c.is_null() {
         // SAFETY: the connection outlives its requests' handlers.
         unsafe { ngx_http_run_posted_requests(c) };

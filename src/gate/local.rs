@@ -1,11 +1,11 @@
 //! The gate's steps for a zone kept in this host's shared memory.
 
 use nginx_sys::{NGX_LOG_ERR, NGX_LOG_NOTICE};
-use ngx::core::Status;
 use ngx::http::{HTTPStatus, Request};
 use ngx::ngx_log_error;
 
 use crate::conf::{LocConf, ZoneRef};
+use crate::ffi::Next;
 use crate::gate::verdict::{conclude, drawer, Gated};
 use crate::http::now_ms;
 use crate::sale::PermitInfo;
@@ -15,7 +15,7 @@ use crate::state;
 /// Decides a request of a zone kept here: the decision and the admission in one locked step,
 /// the state file, and the conclusion, for a main request in its precontent phase, gated by
 /// `zone`; `key` is its key.
-pub fn gate(req: &mut Request, lcf: &LocConf, zone: ZoneRef, key: &[u8]) -> Status {
+pub fn gate(req: &mut Request, lcf: &LocConf, zone: ZoneRef, key: &[u8]) -> Next {
     let now = now_ms();
     let Some(store) = zone.store(now) else {
         return HTTPStatus::INTERNAL_SERVER_ERROR.into();

@@ -20,6 +20,7 @@ use ngx::core::Status;
 use ngx::http::{HTTPStatus, HttpModuleMainConf, NgxHttpCoreModule, Request};
 
 use crate::conf::{Gate, LocConf, Verify};
+use crate::ffi::Next;
 use verdict::{recorded, request_key};
 use verify::verify;
 
@@ -49,31 +50,31 @@ pub unsafe extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
 unsafe extern "C" fn gate_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // A panic must not unwind into nginx; the zone lock's guard is released while unwinding.
     // SAFETY: nginx passes a live request in its precontent phase.
-    unsafe { crate::ffi::with_request(r, HTTPStatus::INTERNAL_SERVER_ERROR.into(), gate) }.0
+    unsafe { crate::ffi::handle(r, HTTPStatus::INTERNAL_SERVER_ERROR.into(), gate) }
 }
 
 /// Decides a request in its precontent phase.
-fn gate(req: &mut Request) -> Status {
+fn gate(req: &mut Request) -> Next {
     // Subrequests belong to a request that was already decided.
     if !req.is_main() {
-        return Status::NGX_DECLINED;
+        return Status::NGX_DECLINED.into();
     }
     let Some(lcf) = LocConf::of(req) else {
-        return Status::NGX_DECLINED;
+        return Status::NGX_DECLINED.into();
     };
     if !matches!(lcf.gate, Gate::Zone(_)) && !matches!(lcf.verify, Verify::Zone { .. }) {
-        return Status::NGX_DECLINED;
+        return Status::NGX_DECLINED.into();
     }
     // Internal redirects (error_page, try_files, rewrite ... last) come back through here.
     if recorded(req).is_some() {
-        return Status::NGX_DECLINED;
+        return Status::NGX_DECLINED.into();
     }
     if let Verify::Zone { zone, token } = lcf.verify {
         // A valid token proves the permit: the gate, if any, is not asked again.
         return verify(req, lcf, zone, token);
     }
     let Gate::Zone(zone) = lcf.gate else {
-        return Status::NGX_DECLINED;
+        return Status::NGX_DECLINED.into();
     };
     let Some(key) = request_key(req, &zone) else {
         return HTTPStatus::INTERNAL_SERVER_ERROR.into();

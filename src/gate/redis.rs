@@ -4,8 +4,7 @@
 //! conclusion as for a local zone.
 
 use nginx_sys::{
-    ngx_http_core_run_phases, ngx_http_finalize_request, ngx_http_request_empty_handler,
-    ngx_http_request_t, NGX_LOG_ERR, NGX_LOG_WARN,
+    ngx_http_core_run_phases, ngx_http_request_empty_handler, NGX_LOG_ERR, NGX_LOG_WARN,
 };
 use ngx::core::Status;
 use ngx::http::{HTTPStatus, Request};
@@ -13,6 +12,7 @@ use ngx::ngx_log_error;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::conf::{Gate, LocConf, ZoneConf, ZoneRef};
+use crate::ffi::Next;
 use crate::gate::verdict::{conclude, drawer, request_key, Gated};
 use crate::health::Change;
 use crate::http::now_ms;
@@ -22,14 +22,14 @@ use crate::remote::{Command, Failure, OnError, Reply};
 use crate::sale::{admitted, draw_step, DrawMode, Outcome, PermitStore, Step, Verdict};
 use crate::zone::{Cached, RemoteView, Stats};
 
-fn server_error() -> Status {
+fn server_error() -> Next {
     HTTPStatus::INTERNAL_SERVER_ERROR.into()
 }
 
 /// Decides a main request in its precontent phase, gated by `zone`, a zone kept in
 /// Redis; `key` is its key. Returns what the phase handler returns (`NGX_AGAIN` while Redis
 /// is asked).
-pub fn gate(req: &mut Request, lcf: &LocConf, zone: ZoneRef, key: &[u8]) -> Status {
+pub fn gate(req: &mut Request, lcf: &LocConf, zone: ZoneRef, key: &[u8]) -> Next {
     let now = now_ms();
     let (Some(store), Some(redis)) = (zone.store(now), zone.redis()) else {
         return server_error();
@@ -93,7 +93,7 @@ fn random_secret() -> Option<[u64; 2]> {
 /// pool queue is full) is decided at once, as Redis failing to answer: counted, logged, and
 /// the request goes on without Redis. For a main request in its precontent phase, gated by
 /// `zone`.
-fn ask(req: &mut Request, zone: &ZoneConf, command: Command) -> Status {
+fn ask(req: &mut Request, zone: &ZoneConf, command: Command) -> Next {
     let Some(redis) = zone.redis() else {
         return server_error();
     };
@@ -103,38 +103,37 @@ fn ask(req: &mut Request, zone: &ZoneConf, command: Command) -> Status {
         Ok(()) => {
             // Nothing but the reply may run the phases on while it waits.
             req.as_mut().write_event_handler = Some(ngx_http_request_empty_handler);
-            Status::NGX_AGAIN
+            Status::NGX_AGAIN.into()
         }
         // Not suspended: decided at once.
         Err((command, failure)) => decide_with_reply(req, &command, Err(failure), now_ms()),
     }
 }
 
-/// Redis's reply to a gate's round trip, for the request [`ask`] suspended: decides, then
-/// runs the request's phases on.
-fn answered(req: &mut Request, command: &Command, reply: Result<Reply, Failure>, asked_ms: i64) {
-    let r: *mut ngx_http_request_t = (&mut *req).into();
+/// Redis's reply to a gate's round trip, for the request [`ask`] suspended: decides, and
+/// says how the request goes on (what the precontent phase's checker does with a handler's
+/// answer).
+fn answered(
+    req: &mut Request,
+    command: &Command,
+    reply: Result<Reply, Failure>,
+    asked_ms: i64,
+) -> Next {
     // nginx's own function, one symbol in the nginx binary: its address is unique.
     let waiting = ngx_http_request_empty_handler as *const ();
     let handler = req.as_ref().write_event_handler;
     if handler.map(|h| h as *const ()) != Some(waiting) {
         // The request was ended while it waited (nginx set its finalizer): let it end.
-        if let Some(handler) = handler {
-            // SAFETY: nginx's own handler of this live request.
-            unsafe { handler(r) };
-        }
-        return;
+        return Next::WriteHandler;
     }
     req.as_mut().write_event_handler = Some(ngx_http_core_run_phases);
-    let rc = crate::ffi::guard(server_error(), || decide_with_reply(req, command, reply, asked_ms));
-    // What the precontent phase's checker does with a handler's answer.
-    if rc == Status::NGX_DECLINED {
-        req.as_mut().phase_handler += 1;
-        // SAFETY: the request is live and back in its worker, its phases to run on.
-        unsafe { ngx_http_core_run_phases(r) };
-    } else if rc != Status::NGX_AGAIN && rc != Status::NGX_DONE {
-        // SAFETY: as above; this ends the handler's part of the request.
-        unsafe { ngx_http_finalize_request(r, rc.0) };
+    let decided =
+        crate::ffi::guard(server_error(), || decide_with_reply(req, command, reply, asked_ms));
+    match decided {
+        Next::Return(Status::NGX_DECLINED) => Next::RunPhases,
+        Next::Return(Status::NGX_AGAIN | Status::NGX_DONE) => Next::Done,
+        Next::Return(status) => Next::Finalize(status),
+        next => next,
     }
 }
 
@@ -146,7 +145,7 @@ fn decide_with_reply(
     command: &Command,
     reply: Result<Reply, Failure>,
     asked_ms: i64,
-) -> Status {
+) -> Next {
     let Some(lcf) = LocConf::of(req) else {
         return server_error();
     };
@@ -245,7 +244,7 @@ fn decide_with_reply(
 /// A draw winner (or a stale permit) when Redis cannot be asked: a winner this host knows of
 /// passes; for a new buyer, `on_error=closed` answers UNAVAILABLE, `on_error=open` admits
 /// against this host's own zone and cap. For a main request in its precontent phase.
-fn without_redis(req: &mut Request, g: &Gated<'_>) -> Status {
+fn without_redis(req: &mut Request, g: &Gated<'_>) -> Next {
     let zone = g.zone;
     let open = zone.redis().is_some_and(|redis| redis.settings.on_error == OnError::Open);
     let Some(store) = zone.store(g.now) else {

@@ -3,10 +3,11 @@
 
 use core::cell::RefCell;
 use core::ffi::c_void;
+use core::sync::atomic::AtomicBool;
 
 use nginx_sys::{
-    ngx_http_err_page_t, ngx_http_finalize_request, ngx_http_get_flushed_variable, ngx_str_t,
-    ngx_timeofday, ngx_uint_t, NGX_LOG_WARN,
+    ngx_http_err_page_t, ngx_http_get_flushed_variable, ngx_str_t, ngx_timeofday, ngx_uint_t,
+    NGX_LOG_WARN,
 };
 use ngx::core::Status;
 use ngx::http::{HTTPStatus, HttpModuleLocationConf, NgxHttpCoreModule, Request};
@@ -14,6 +15,7 @@ use ngx::{ngx_log_debug_http, ngx_log_error, ngx_string};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 use crate::conf::{LocConf, ZoneConf, ZoneRef};
+use crate::ffi::Next;
 use crate::http::{add_header, keep, kept, send, Body, Kept};
 use crate::sale::{DrawMode, Held, Outcome, Sale, Verdict, Waiting, MAX_KEY_LEN};
 use crate::zone::{keyed_draw, Stats};
@@ -46,7 +48,7 @@ pub fn drawer<'a>(
 
 /// Counts, logs and records the verdict on a main request in its precontent phase, and
 /// answers a rejection; returns what the phase handler returns.
-pub fn conclude(req: &mut Request, g: &Gated<'_>, verdict: Verdict) -> Status {
+pub fn conclude(req: &mut Request, g: &Gated<'_>, verdict: Verdict) -> Next {
     let Gated { lcf, zone, key, now, ref sale } = *g;
     let outcome = verdict.outcome;
     let dry_run = lcf.dry_run();
@@ -90,7 +92,7 @@ pub fn conclude(req: &mut Request, g: &Gated<'_>, verdict: Verdict) -> Status {
         return HTTPStatus::INTERNAL_SERVER_ERROR.into();
     }
     if outcome.passes() || dry_run {
-        return Status::NGX_DECLINED;
+        return Status::NGX_DECLINED.into();
     }
     let retry_after = match (outcome, sale.queue, verdict.waiting) {
         (Outcome::NotStarted | Outcome::Prequeued, ..) => Some(sale.window.seconds_to_start(now)),
@@ -188,8 +190,16 @@ impl Kept for Decision {
     const CLEANUP: unsafe extern "C" fn(*mut c_void) = decision_marker;
 }
 
-/// Marks the cleanup entry that keeps a decision; there is nothing to clean up.
-unsafe extern "C" fn decision_marker(_data: *mut c_void) {}
+/// Marks the cleanup entry that keeps a decision; there is nothing to clean up. Its address
+/// names such entries (see [`Kept`]), so it touches a static of its own: an empty function
+/// would be folded by the compiler into others with the same code, such as the pool cleanups
+/// of types with nothing to drop (seen in a release build).
+unsafe extern "C" fn decision_marker(_data: *mut c_void) {
+    static MARKED: AtomicBool = AtomicBool::new(false);
+    // SAFETY: the flag is only ever written, and only here, on the worker's event thread; a
+    // volatile write is one the compiler keeps.
+    unsafe { core::ptr::write_volatile(MARKED.as_ptr(), true) };
+}
 
 /// Keeps the decision with the request, for its variables, its release and its internal
 /// redirects; `None` when nginx cannot allocate.
@@ -234,8 +244,8 @@ pub fn reject(
     status: u16,
     message: &'static str,
     retry_after: Option<i64>,
-) -> Status {
-    let code = HTTPStatus(ngx_uint_t::from(status)).into();
+) -> Next {
+    let code = Next::from(HTTPStatus(ngx_uint_t::from(status)));
     if Outcome::closes_connection(status) {
         return code;
     }
@@ -264,10 +274,8 @@ pub fn reject(
         return code;
     }
     let rc = send(req, status, ngx_string!("text/plain"), Body::Static(message));
-    // The phase checker would take NGX_OK as "go on to the content phase": finalize here.
-    // SAFETY: the request is live; this is its handler's finalization.
-    unsafe { ngx_http_finalize_request(req.into(), rc.0) };
-    Status::NGX_DONE
+    // The phase checker would take NGX_OK as "go on to the content phase": finalize instead.
+    Next::Finalize(rc)
 }
 
 /// Whether nginx would answer `status` here with an `error_page`, by its own rules.

@@ -8,6 +8,7 @@ use ngx::http::{HTTPStatus, Request};
 use ngx::ngx_log_error;
 
 use crate::conf::{LocConf, ZoneRef};
+use crate::ffi::Next;
 use crate::gate::verdict::{record, reject, request_key, Decision};
 use crate::http::now_ms;
 use crate::sale::{Held, Outcome};
@@ -22,7 +23,7 @@ pub fn verify(
     lcf: &LocConf,
     zone: ZoneRef,
     token: Option<NonNull<ngx_http_complex_value_t>>,
-) -> Status {
+) -> Next {
     let server_error = || HTTPStatus::INTERNAL_SERVER_ERROR.into();
     let Some(key) = request_key(req, &zone) else {
         return server_error();
@@ -51,7 +52,7 @@ pub fn verify(
             let held = Held { seq, expires_ms };
             let decision = Decision::passed(Outcome::Permitted, held, zone, key);
             return match record(req, decision) {
-                Some(()) => Status::NGX_DECLINED,
+                Some(()) => Status::NGX_DECLINED.into(),
                 None => server_error(),
             };
         }
@@ -67,7 +68,7 @@ pub fn verify(
         if dry_run { ", dry run" } else { "" }
     );
     if dry_run {
-        return Status::NGX_DECLINED;
+        return Status::NGX_DECLINED.into();
     }
     reject(req, 403, refusal.message(), None)
 }
