@@ -50,6 +50,19 @@ pub fn main_request(req: &mut Request) -> &mut ngx_http_request_t {
     unsafe { &mut *r.main }
 }
 
+/// A copy of `bytes` in the request's pool, as long as the request; `None` when nginx cannot
+/// allocate.
+pub fn pool_copy(req: &Request, bytes: &[u8]) -> Option<ngx_str_t> {
+    // SAFETY: the request's pool is live while the request is.
+    unsafe { ngx_str_t::from_bytes(req.as_ref().pool, bytes) }
+}
+
+/// `n`'s digits, copied into the request's pool (formatted on the stack: no heap allocation on
+/// a request's path); `None` when nginx cannot allocate.
+pub fn pool_number(req: &Request, n: u64) -> Option<ngx_str_t> {
+    pool_copy(req, itoa::Buffer::new().format(n).as_bytes())
+}
+
 /// A response body: static text, or text to copy into the request's pool.
 pub enum Body<'a> {
     Static(&'static str),

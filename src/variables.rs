@@ -12,6 +12,7 @@ use ngx::http::Request;
 
 use crate::conf::LocConf;
 use crate::gate::verdict::{recorded, Decision};
+use crate::http::{pool_copy, pool_number};
 use crate::token;
 
 /// What a variable's value is made from: the request, the decision of its main request, and
@@ -89,7 +90,7 @@ fn token(req: &mut Request, decision: Option<Decision>, v: &mut Value) -> Status
     let Some(signed) = token::sign(secret.as_bytes(), &claims) else {
         return Status::NGX_ERROR;
     };
-    set_copy(req, v, &signed)
+    set_copy(v, pool_copy(req, signed.as_bytes()))
 }
 
 /// `$flash_sale_position`: the waiters ahead of a QUEUED buyer who are still to be called in;
@@ -106,7 +107,7 @@ fn wait(req: &mut Request, decision: Option<Decision>, v: &mut Value) -> Status 
 /// Fills `v` with `number`'s digits; not found for `None`.
 fn set_number(req: &mut Request, v: &mut Value, number: Option<u64>) -> Status {
     match number {
-        Some(number) => set_copy(req, v, &number.to_string()),
+        Some(number) => set_copy(v, pool_number(req, number)),
         None => {
             v.set_not_found(1);
             Status::NGX_OK
@@ -130,10 +131,9 @@ unsafe extern "C" fn get(r: *mut ngx_http_request_t, v: *mut Value, data: usize)
     unsafe { crate::ffi::with_request(r, Status::NGX_ERROR, |req| body(req, decision, v)) }.0
 }
 
-/// Fills `v` with a copy of `text` in the request's pool.
-fn set_copy(req: &mut Request, v: &mut Value, text: &str) -> Status {
-    // SAFETY: the request's pool is live; the copy lives as long as the value is used.
-    match unsafe { ngx_str_t::from_bytes(req.as_ref().pool, text.as_bytes()) } {
+/// Fills `v` with `copy`, made in the request's pool; an error when nginx could not make it.
+fn set_copy(v: &mut Value, copy: Option<ngx_str_t>) -> Status {
+    match copy {
         Some(copy) => {
             set_value(v, Some(copy.as_bytes()));
             Status::NGX_OK

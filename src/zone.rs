@@ -165,6 +165,10 @@ impl SharedOverrides {
     /// The overrides now.
     pub fn load(&self) -> Overrides {
         let set = self.set.load(Ordering::Acquire);
+        // The common case, on every request: nothing overridden.
+        if set == 0 {
+            return Overrides::default();
+        }
         let has = |bit| set & bit != 0;
         Overrides {
             block_ratio: has(RATIO)
@@ -712,16 +716,18 @@ impl PermitTable {
         let mut rng = StdRng::try_from_os_rng()
             .unwrap_or_else(|_| StdRng::seed_from_u64(self.sip_key[0] ^ now_ms as u64));
 
-        if let Some(line) = sale.queue {
+        if let Some(queue) = sale.queue {
             // With a line, the registered take its front, those the draw lets through, in a
             // uniformly random order; the cap rules when they are called in.
-            let mut full = false;
-            for i in prequeue_winners(registered.len(), None, sale.block_ratio, &mut rng) {
-                if self.enter_line(arena, &registered[i], line, now_ms).is_none() {
-                    full = true;
-                    break;
-                }
-            }
+            let order = prequeue_winners(registered.len(), None, sale.block_ratio, &mut rng);
+            let hashes: Vec<u64> = order.iter().map(|&i| self.hash(&registered[i])).collect();
+            let Some(mut line) = self.line(arena) else {
+                return (Vec::new(), true);
+            };
+            let full = order
+                .iter()
+                .zip(hashes)
+                .any(|(&i, hash)| line.enter(arena, hash, &registered[i], queue, now_ms).is_none());
             return (Vec::new(), full);
         }
 
@@ -739,9 +745,8 @@ impl PermitTable {
         (granted, false)
     }
 
-    /// The line's waiters and its tree, made for the first waiter; `None` when the zone has
-    /// no room for them.
-    fn line_parts(&mut self, arena: &impl Arena) -> Option<(&mut PermitTable, Ranks<'_>)> {
+    /// The line's parts, made for the first waiter; `None` when the zone has no room for them.
+    fn line(&mut self, arena: &impl Arena) -> Option<Line<'_>> {
         if self.line.is_null() {
             // Half the permits' buckets: a line holds what the zone can hold, but its waiters
             // come and go.
@@ -759,95 +764,20 @@ impl PermitTable {
             unsafe { ptr::write_bytes(tree.as_ptr().cast::<u32>(), 0, slots) };
             (self.line, self.ranks, self.ranks_len) = (line.as_ptr(), tree.as_ptr().cast(), slots);
         }
-        // SAFETY: both were made above in this zone's arena, live as long as the zone, and
-        // are reached from this table alone, under the lock the caller holds.
-        unsafe {
-            let tree = core::slice::from_raw_parts_mut(self.ranks, self.ranks_len);
-            Some((&mut *self.line, Ranks::new(tree)))
-        }
-    }
-
-    /// Puts `key` in the line, or renews its place there: it stays until `idle` after now.
-    /// Returns its ticket and when it joined; `None` when the line or the zone has no room.
-    fn enter_line(
-        &mut self,
-        arena: &impl Arena,
-        key: &[u8],
-        queue: Queue,
-        now_ms: i64,
-    ) -> Option<(u64, i64)> {
-        let mut state = self.line_state;
-        let (line, mut ranks) = self.line_parts(arena)?;
-        let until = now_ms.saturating_add(queue.idle_ms).max(1);
-        let hash = line.hash(key);
-        let entered = match line.find(hash, key) {
-            Some(waiter) => {
-                // SAFETY: `waiter` was just found in the line's table, under the lock.
-                let joined = unsafe {
-                    line.renew(waiter, until);
-                    (waiter.as_ref().seq, waiter.as_ref().granted_ms)
-                };
-                Some(joined)
-            }
-            None => {
-                // The waiter's memory first: a ticket is only taken for a waiter who has one.
-                let info = PermitInfo {
-                    key: key.to_vec(),
-                    seq: 0,
-                    granted_ms: now_ms,
-                    expires_ms: Some(until),
-                };
-                line.store(arena, hash, &info)?;
-                let waiter = line.find(hash, key)?;
-                match state.join(&mut ranks) {
-                    Ok(ticket) => {
-                        // SAFETY: as above.
-                        unsafe { (*waiter.as_ptr()).seq = ticket };
-                        Some((ticket, now_ms))
-                    }
-                    Err(LineFull::Full) => {
-                        // SAFETY: as above; stored just now, and nothing else refers to it.
-                        unsafe { line.remove(arena, waiter) };
-                        None
-                    }
-                }
-            }
+        // SAFETY: the waiters' table and the tree were made above in this zone's arena, live
+        // as long as the zone, and are reached from this table alone, under the lock the
+        // caller holds; neither is part of `self`, whose counts the line borrows besides.
+        let (waiters, tree) = unsafe {
+            (&mut *self.line, core::slice::from_raw_parts_mut(self.ranks, self.ranks_len))
         };
-        self.line_state = state;
-        entered
+        Some(Line { waiters, ranks: Ranks::new(tree), state: &mut self.line_state })
     }
 
-    /// Waiters silent past their time leave, the longest silent first: at most
-    /// [`LEAVE_PER_STEP`] a step, so that a crowd leaving at once costs no request a long
-    /// hold of the lock.
-    fn leave_silent(&mut self, arena: &impl Arena, now_ms: i64) {
-        if self.line.is_null() {
-            return;
-        }
-        let mut state = self.line_state;
-        if let Some((line, mut ranks)) = self.line_parts(arena) {
-            for _ in 0..LEAVE_PER_STEP {
-                let Some(head) = NonNull::new(line.timed.head) else {
-                    break;
-                };
-                // SAFETY: the head of a list is a live waiter; the lock is held.
-                let (expires_ms, ticket) = unsafe { (head.as_ref().expires_ms, head.as_ref().seq) };
-                if expires_ms > now_ms {
-                    break;
-                }
-                // SAFETY: as above.
-                unsafe { line.remove(arena, head) };
-                state.leave(&mut ranks, ticket, false);
-            }
-        }
-        self.line_state = state;
-    }
-
-    /// Whether `key` waits in the line.
-    fn in_line(&mut self, key: &[u8]) -> bool {
+    /// Whether `key` (whose hash is `hash`) waits in the line.
+    fn in_line(&mut self, hash: u64, key: &[u8]) -> bool {
         // SAFETY: the line is null or a live table of this zone; the lock is held.
         match unsafe { self.line.as_mut() } {
-            Some(line) => line.find(line.hash(key), key).is_some(),
+            Some(waiters) => waiters.find(hash, key).is_some(),
             None => false,
         }
     }
@@ -865,32 +795,22 @@ impl PermitTable {
         expires_ms: Option<i64>,
         numbers: Option<&AtomicU64>,
     ) -> (Queued, bool) {
-        let rate = queue.rate;
-        self.leave_silent(arena, now_ms);
-        // The calls earned before this step go to those who were in line then.
-        self.line_state.call(rate, now_ms);
-        let Some((ticket, joined_ms)) = self.enter_line(arena, key, queue, now_ms) else {
+        let hash = self.hash(key);
+        let Some(mut line) = self.line(arena) else {
             return (Queued::Full, self.report_full());
         };
-        let mut state = self.line_state;
-        let Some((line, mut ranks)) = self.line_parts(arena) else {
-            return (Queued::Full, false);
+        line.leave_silent(arena, now_ms);
+        // The calls earned before this step go to those who were in line then.
+        line.state.call(queue.rate, now_ms);
+        let Some((ticket, joined_ms)) = line.enter(arena, hash, key, queue, now_ms) else {
+            return (Queued::Full, self.report_full());
         };
-        state.call(rate, now_ms);
-        let place = state.place(&ranks, ticket, rate);
-        if let Place::Called = place {
-            // Called in: he leaves the line, admitted or told the stock is gone.
-            if let Some(waiter) = line.find(line.hash(key), key) {
-                // SAFETY: just found in the line's table, under the lock.
-                unsafe { line.remove(arena, waiter) };
-            }
-            state.leave(&mut ranks, ticket, true);
-            state.count_admission(joined_ms, now_ms);
-        }
-        self.line_state = state;
-        match place {
+        line.state.call(queue.rate, now_ms);
+        match line.state.place(&line.ranks, ticket, queue.rate) {
             Place::Waiting(waiting) => (Queued::Waiting(waiting), false),
             Place::Called => {
+                // Called in: he leaves the line, admitted or told the stock is gone.
+                line.leave_called(arena, hash, key, ticket, joined_ms, now_ms);
                 let (admission, newly_full) =
                     self.admission(arena, key, sale, now_ms, expires_ms, numbers);
                 (Queued::Called(admission), newly_full)
@@ -924,22 +844,20 @@ impl PermitTable {
 
     /// The line as the metrics and the API show it, once silent waiters have left.
     fn line_figures(&mut self, arena: &impl Arena, now_ms: i64) -> LineFigures {
-        self.leave_silent(arena, now_ms);
-        let state = self.line_state;
-        let serving = match self.line.is_null() {
-            true => None,
-            false => {
-                // SAFETY: made with the line, live as long as the zone; the lock is held.
-                let tree = unsafe { core::slice::from_raw_parts_mut(self.ranks, self.ranks_len) };
-                state.serving(&Ranks::new(tree))
-            }
+        if self.line.is_null() {
+            return LineFigures::default();
+        }
+        let Some(mut line) = self.line(arena) else {
+            return LineFigures::default();
         };
+        line.leave_silent(arena, now_ms);
+        let state = &*line.state;
         LineFigures {
             waiting: state.waiting,
             admitted: state.admitted,
             left: state.left,
             admitted_last_minute: state.admitted_last_minute(now_ms),
-            serving,
+            serving: state.serving(&line.ranks),
             waited: state.waited,
             waited_ms: state.waited_ms,
         }
@@ -987,6 +905,92 @@ impl PermitTable {
             p = self.next_in_order(current.as_ptr());
             Some(current)
         })
+    }
+}
+
+/// The waiting line of a zone, as one locked step sees it: its waiters (a table of their own:
+/// a waiter's `seq` is his ticket, `granted_ms` when he joined, `expires_ms` when he leaves
+/// unless he asks again), the tree of their tickets, and its counts.
+struct Line<'a> {
+    waiters: &'a mut PermitTable,
+    ranks: Ranks<'a>,
+    state: &'a mut LineState,
+}
+
+impl Line<'_> {
+    /// Puts `key` (whose hash, the same in every table of the zone, is `hash`) in the line, or
+    /// renews its place there: it stays until `idle` after now. Returns its ticket and when it
+    /// joined; `None` when the line or the zone has no room.
+    fn enter(
+        &mut self,
+        arena: &impl Arena,
+        hash: u64,
+        key: &[u8],
+        queue: Queue,
+        now_ms: i64,
+    ) -> Option<(u64, i64)> {
+        let until = now_ms.saturating_add(queue.idle_ms).max(1);
+        if let Some(waiter) = self.waiters.find(hash, key) {
+            // SAFETY: `waiter` was just found in the waiters' table, under the lock.
+            unsafe {
+                self.waiters.renew(waiter, until);
+                return Some((waiter.as_ref().seq, waiter.as_ref().granted_ms));
+            }
+        }
+        // The waiter's memory first: a ticket is only taken for a waiter who has one.
+        let info =
+            PermitInfo { key: key.to_vec(), seq: 0, granted_ms: now_ms, expires_ms: Some(until) };
+        self.waiters.store(arena, hash, &info)?;
+        let waiter = self.waiters.find(hash, key)?;
+        match self.state.join(&mut self.ranks) {
+            Ok(ticket) => {
+                // SAFETY: as above.
+                unsafe { (*waiter.as_ptr()).seq = ticket };
+                Some((ticket, now_ms))
+            }
+            Err(LineFull::Full) => {
+                // SAFETY: as above; stored just now, and nothing else refers to it.
+                unsafe { self.waiters.remove(arena, waiter) };
+                None
+            }
+        }
+    }
+
+    /// Waiters silent past their time leave, the longest silent first: at most
+    /// [`LEAVE_PER_STEP`] a step, so that a crowd leaving at once costs no request a long
+    /// hold of the lock.
+    fn leave_silent(&mut self, arena: &impl Arena, now_ms: i64) {
+        for _ in 0..LEAVE_PER_STEP {
+            let Some(head) = NonNull::new(self.waiters.timed.head) else {
+                break;
+            };
+            // SAFETY: the head of a list is a live waiter; the lock is held.
+            let (expires_ms, ticket) = unsafe { (head.as_ref().expires_ms, head.as_ref().seq) };
+            if expires_ms > now_ms {
+                break;
+            }
+            // SAFETY: as above.
+            unsafe { self.waiters.remove(arena, head) };
+            self.state.leave(&mut self.ranks, ticket, false);
+        }
+    }
+
+    /// The called waiter with `ticket`, who joined at `joined_ms`, leaves the line to come in.
+    fn leave_called(
+        &mut self,
+        arena: &impl Arena,
+        hash: u64,
+        key: &[u8],
+        ticket: u64,
+        joined_ms: i64,
+        now_ms: i64,
+    ) {
+        if let Some(waiter) = self.waiters.find(hash, key) {
+            // SAFETY: just found in the waiters' table, under the lock.
+            unsafe { self.waiters.remove(arena, waiter) };
+        }
+        self.state.leave(&mut self.ranks, ticket, true);
+        self.state.count_admission(joined_ms, now_ms);
     }
 }
 
@@ -1400,7 +1404,7 @@ impl<S: Shared> PermitLookup for ZoneStore<'_, S> {
                 Lookup::Permitted(held(permit))
             } else if !table.under_cap(sale.cap) {
                 Lookup::SoldOut
-            } else if sale.queue.is_some() && table.in_line(key) {
+            } else if sale.queue.is_some() && table.in_line(hash, key) {
                 Lookup::InLine
             } else {
                 Lookup::Open

@@ -6,8 +6,7 @@ use core::ffi::c_void;
 use core::sync::atomic::AtomicBool;
 
 use nginx_sys::{
-    ngx_http_err_page_t, ngx_http_get_flushed_variable, ngx_str_t, ngx_timeofday, ngx_uint_t,
-    NGX_LOG_WARN,
+    ngx_http_err_page_t, ngx_http_get_flushed_variable, ngx_timeofday, ngx_uint_t, NGX_LOG_WARN,
 };
 use ngx::core::Status;
 use ngx::http::{HTTPStatus, HttpModuleLocationConf, NgxHttpCoreModule, Request};
@@ -16,7 +15,7 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 use crate::conf::{LocConf, ZoneConf, ZoneRef};
 use crate::ffi::Next;
-use crate::http::{add_header, keep, kept, send, Body, Kept};
+use crate::http::{add_header, keep, kept, pool_number, send, Body, Kept};
 use crate::sale::{DrawMode, Held, Outcome, Sale, Verdict, Waiting, MAX_KEY_LEN};
 use crate::zone::{keyed_draw, Stats};
 
@@ -95,9 +94,11 @@ pub fn conclude(req: &mut Request, g: &Gated<'_>, verdict: Verdict) -> Next {
         return Status::NGX_DECLINED.into();
     }
     let retry_after = match (outcome, sale.queue, verdict.waiting) {
-        (Outcome::NotStarted | Outcome::Prequeued, ..) => Some(sale.window.seconds_to_start(now)),
+        (Outcome::NotStarted | Outcome::Prequeued, ..) => {
+            Some(sale.window.seconds_to_start(now).max(0) as u64)
+        }
         (Outcome::Queued, Some(queue), Some(waiting)) => {
-            Some(queue.retry_after(waiting.wait_seconds, draw()) as i64)
+            Some(queue.retry_after(waiting.wait_seconds, draw()))
         }
         _ => None,
     };
@@ -243,7 +244,7 @@ pub fn reject(
     req: &mut Request,
     status: u16,
     message: &'static str,
-    retry_after: Option<i64>,
+    retry_after: Option<u64>,
 ) -> Next {
     let code = Next::from(HTTPStatus(ngx_uint_t::from(status)));
     if Outcome::closes_connection(status) {
@@ -252,16 +253,9 @@ pub fn reject(
     if !req.discard_request_body().is_ok() {
         req.as_mut().set_keepalive(0);
     }
-    let retry_after = match retry_after {
-        Some(seconds) => {
-            // SAFETY: the request's pool is live; the copy lives as long as the request.
-            match unsafe {
-                ngx_str_t::from_bytes(req.as_ref().pool, seconds.to_string().as_bytes())
-            } {
-                Some(value) => Some(value),
-                None => return HTTPStatus::INTERNAL_SERVER_ERROR.into(),
-            }
-        }
+    let retry_after = match retry_after.map(|seconds| pool_number(req, seconds)) {
+        Some(None) => return HTTPStatus::INTERNAL_SERVER_ERROR.into(),
+        Some(copy) => copy,
         None => None,
     };
     let headers = add_header(req, "Cache-Control", ngx_string!("no-store"))
