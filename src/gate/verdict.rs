@@ -4,6 +4,7 @@
 use core::cell::RefCell;
 use core::ffi::c_void;
 use core::ptr::NonNull;
+use std::borrow::Cow;
 
 use nginx_sys::{
     ngx_http_err_page_t, ngx_http_finalize_request, ngx_http_get_flushed_variable, ngx_str_t,
@@ -15,7 +16,8 @@ use ngx::{ngx_log_debug_http, ngx_log_error, ngx_string};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 use crate::conf::{LocConf, ZoneConf};
-use crate::http::{add_header, keep, kept, send, Body, Kept};
+use crate::http::{accept, add_header, keep, kept, send_as, static_str, Body, Kept};
+use crate::page::{self, Figures, Words};
 use crate::sale::{DrawMode, Held, Outcome, Sale, Verdict, MAX_KEY_LEN};
 use crate::zone::{keyed_draw, Stats};
 
@@ -94,10 +96,8 @@ pub fn conclude(req: &mut Request, g: &Gated<'_>, verdict: Verdict) -> Status {
     if outcome.passes() || dry_run {
         return Status::NGX_DECLINED;
     }
-    let retry_after = matches!(outcome, Outcome::NotStarted | Outcome::Prequeued)
-        .then(|| sale.window.seconds_to_start(now));
     let status = outcome.status(lcf.reject_status());
-    reject(req, status, outcome.message(), retry_after)
+    reject(req, status, &Words::of(outcome), &Figures::of(outcome, &sale.window, now))
 }
 
 /// The buyer's key: the zone's key expression evaluated for this request; `None` on an error.
@@ -218,17 +218,13 @@ fn set_context(req: &mut Request, decision: *mut Decision) {
     unsafe { *req.as_mut().ctx.add(slot) = decision.cast() };
 }
 
-/// Answers a rejection: the status, `Cache-Control: no-store`, `Retry-After` when given (the
-/// seconds to the start), and either the location's `error_page` for that status or the
-/// one-line plain-text `message`. A status nginx answers by closing the connection (444, 408,
-/// 499) is handed to nginx as `limit_req` hands it, and nothing is sent. For a request whose
-/// response has not started.
-pub fn reject(
-    req: &mut Request,
-    status: u16,
-    message: &'static str,
-    retry_after: Option<i64>,
-) -> Status {
+/// Answers a rejection: the status, `Cache-Control: no-store`, `Retry-After` when the figures
+/// have one, and either the location's `error_page` for that status or, with `Vary: Accept`,
+/// the `words` and `figures` in the representation the request's `Accept` prefers (the
+/// one-line text, the HTML page or the JSON). A status nginx answers by closing the
+/// connection (444, 408, 499) is handed to nginx as `limit_req` hands it, and nothing is sent.
+/// For a request whose response has not started.
+pub fn reject(req: &mut Request, status: u16, words: &Words, figures: &Figures) -> Status {
     let code = HTTPStatus(ngx_uint_t::from(status)).into();
     if Outcome::closes_connection(status) {
         return code;
@@ -236,7 +232,7 @@ pub fn reject(
     if !req.discard_request_body().is_ok() {
         req.as_mut().set_keepalive(0);
     }
-    let retry_after = match retry_after {
+    let retry_after = match figures.retry_after {
         Some(seconds) => {
             // SAFETY: the request's pool is live; the copy lives as long as the request.
             match unsafe {
@@ -257,7 +253,16 @@ pub fn reject(
         // nginx's special response handler performs the redirect to the error page.
         return code;
     }
-    let rc = send(req, status, ngx_string!("text/plain"), Body::Static(message));
+    if add_header(req, "Vary", ngx_string!("Accept")).is_none() {
+        return HTTPStatus::INTERNAL_SERVER_ERROR.into();
+    }
+    let representation = page::negotiate(accept(req));
+    let media_type = static_str(representation.mime());
+    let charset = representation.charset().map(static_str);
+    let rc = match page::render(words, figures, representation) {
+        Cow::Borrowed(text) => send_as(req, status, media_type, charset, Body::Static(text)),
+        Cow::Owned(text) => send_as(req, status, media_type, charset, Body::Copied(&text)),
+    };
     // The phase checker would take NGX_OK as "go on to the content phase": finalize here.
     // SAFETY: the request is live; this is its handler's finalization.
     unsafe { ngx_http_finalize_request(req.into(), rc.0) };
