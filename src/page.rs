@@ -321,9 +321,9 @@ main{width:100%;max-width:30rem;background:var(--card);border-radius:1rem;paddin
 box-shadow:0 1px 3px rgba(0,0,0,.12)}\
 h1{font-size:1.5rem;line-height:1.25;margin:0 0 .75rem}\
 p{margin:0 0 1rem}\
-dl{margin:1.25rem 0;display:grid;grid-template-columns:auto 1fr;gap:.5rem 1rem}\
-dt{color:var(--muted)}\
-dd{margin:0;font-weight:600;font-variant-numeric:tabular-nums}\
+dl{margin:1.25rem 0}\
+dt{color:var(--muted);font-size:.9375rem}\
+dd{margin:0 0 .75rem;font-size:1.25rem;font-weight:600;font-variant-numeric:tabular-nums}\
 .note{font-size:.9375rem;color:var(--muted)}\
 .status{margin:1.5rem 0 0;font:.75rem/1 ui-monospace,monospace;color:var(--muted);letter-spacing:.05em}";
 
