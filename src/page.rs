@@ -179,11 +179,19 @@ const OFFERS: [Representation; 3] =
 ///
 /// A request without the header, with `*/*` (curl's), or with one that names neither HTML nor
 /// JSON nor a wildcard cannot prefer anything but the text, and is answered without parsing.
+#[inline]
 pub fn negotiate(accept: Option<&[u8]>) -> Representation {
-    let Some(accept) = accept else {
-        return Representation::Text;
-    };
-    if accept == b"*/*" || !may_prefer_another(accept) {
+    match accept {
+        None => Representation::Text,
+        Some(b"*/*") => Representation::Text,
+        Some(accept) => weigh(accept),
+    }
+}
+
+/// [`negotiate`] for a header that is there and not `*/*`.
+#[inline(never)]
+fn weigh(accept: &[u8]) -> Representation {
+    if !may_prefer_another(accept) {
         return Representation::Text;
     }
     let Ok(accept) = core::str::from_utf8(accept) else {
@@ -279,6 +287,7 @@ fn matches(
 
 /// The body of an answer in `representation`: the text is the outcome's line itself, with
 /// nothing copied; the page and the JSON are written for the figures.
+#[inline]
 pub fn render(
     words: &Words,
     figures: &Figures,
@@ -293,6 +302,7 @@ pub fn render(
 
 /// `{"status": "SOLD_OUT", "position": null, "wait_seconds": null, "retry_after": null,
 /// "starts_in": null, "ends_in": 3600}` and a line break.
+#[inline(never)]
 fn json(words: &Words, f: &Figures) -> String {
     fn number(n: Option<impl core::fmt::Display>) -> String {
         n.map_or_else(|| "null".to_owned(), |n| n.to_string())
@@ -330,6 +340,7 @@ dd{margin:0 0 .75rem;font-size:1.25rem;font-weight:600;font-variant-numeric:tabu
 /// A page for a browser: valid HTML5, its style inline, no script, no asset to fetch (the
 /// empty icon spares a request through the gate per reload), everything in it escaped, and an
 /// automatic refresh after `retry_after` (at most [`MAX_REFRESH`]) where it has one.
+#[inline(never)]
 fn html(words: &Words, f: &Figures) -> String {
     let mut page = String::with_capacity(2560);
     page.push_str(
