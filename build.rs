@@ -14,6 +14,14 @@ fn main() {
     if version >= 1_023_000 {
         println!("cargo::rustc-cfg=ngx_table_elt_next");
     }
+    // `headers_in.accept` exists where nginx defines NGX_HTTP_HEADERS: with HTTP/2 or
+    // `--with-compat` (nginx's auto/modules).
+    println!("cargo::rerun-if-env-changed=DEP_NGINX_FEATURES");
+    println!("cargo::rustc-check-cfg=cfg(ngx_http_headers)");
+    let features = env::var("DEP_NGINX_FEATURES").unwrap_or_default();
+    if features.split(',').any(|f| f == "compat" || f == "http_v2") {
+        println!("cargo::rustc-cfg=ngx_http_headers");
+    }
 
     if env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("macos") {
         // nginx's symbols are resolved when the module is loaded, not when it is linked.

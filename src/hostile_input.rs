@@ -1,7 +1,8 @@
-//! Property tests: the parsers of directive values, admin API requests and tokens take any input
-//! without panicking (a panic in a worker is a crash), and the ones that round-trip do.
+//! Property tests: the parsers of directive values, admin API requests, tokens and `Accept`
+//! headers take any input without panicking (a panic in a worker is a crash), and the ones that
+//! round-trip do.
 
-use crate::{api, parse, remote, sale::BlockRatio, token};
+use crate::{api, page, parse, remote, sale::BlockRatio, token};
 use proptest::prelude::*;
 
 const SECRET: &[u8] = b"a secret of at least thirty-two bytes";
@@ -41,6 +42,16 @@ proptest! {
         let _ = api::grants(&body);
         let _ = api::patch(&body);
         let _ = api::percent_decode(&body);
+    }
+
+    #[test]
+    fn accept_headers_never_panic(accept in proptest::collection::vec(any::<u8>(), 0..128)) {
+        let _ = page::negotiate(Some(&accept));
+    }
+
+    #[test]
+    fn accept_shaped_headers_never_panic(s in r#"[a-zA-Z*/;=., "0-9+\\-]{0,80}"#) {
+        let _ = page::negotiate(Some(s.as_bytes()));
     }
 
     #[test]

@@ -63,6 +63,29 @@ pub fn pool_number(req: &Request, n: u64) -> Option<ngx_str_t> {
     pool_copy(req, itoa::Buffer::new().format(n).as_bytes())
 }
 
+/// A static string as nginx's string: for a header's value or a content type.
+pub const fn static_str(s: &'static str) -> ngx_str_t {
+    ngx_str_t { data: s.as_ptr().cast_mut(), len: s.len() }
+}
+
+/// The request's `Accept` header, if it has one (the first, if it has several).
+pub fn accept(req: &Request) -> Option<&[u8]> {
+    #[cfg(ngx_http_headers)]
+    {
+        // SAFETY: the header, when present, lives as long as the request.
+        let header = unsafe { req.as_ref().headers_in.accept.as_ref() }?;
+        // SAFETY: as above; a header's value is `len` bytes at `data`.
+        Some(unsafe { core::slice::from_raw_parts(header.value.data, header.value.len) })
+    }
+    // nginx keeps `headers_in.accept` only when built with HTTP/2 or `--with-compat`.
+    #[cfg(not(ngx_http_headers))]
+    {
+        req.headers_in_iterator()
+            .find(|(name, _)| name.as_bytes().eq_ignore_ascii_case(b"accept"))
+            .map(|(_, value)| value.as_bytes())
+    }
+}
+
 /// A response body: static text, or text to copy into the request's pool.
 pub enum Body<'a> {
     Static(&'static str),
@@ -72,13 +95,29 @@ pub enum Body<'a> {
 /// Sends `body` as the whole response with `status` (an HTTP status code); returns what a
 /// content handler returns (the caller finalizes the request with it).
 pub fn send(req: &mut Request, status: u16, content_type: ngx_str_t, body: Body<'_>) -> Status {
+    send_as(req, status, content_type, None, body)
+}
+
+/// [`send`] with the media type and its charset apart, as nginx keeps them: `charset_types`,
+/// `gzip_types` and `ssi_types` are matched against the media type alone, and nginx's header
+/// filter writes `Content-Type: text/html; charset=utf-8`.
+pub fn send_as(
+    req: &mut Request,
+    status: u16,
+    media_type: ngx_str_t,
+    charset: Option<ngx_str_t>,
+    body: Body<'_>,
+) -> Status {
     let len = match body {
         Body::Static(text) | Body::Copied(text) => text.len(),
     };
     let out = &mut req.as_mut().headers_out;
     out.status = ngx_uint_t::from(status);
-    out.content_type = content_type;
-    out.content_type_len = content_type.len;
+    out.content_type = media_type;
+    out.content_type_len = media_type.len;
+    if let Some(charset) = charset {
+        out.charset = charset;
+    }
     out.content_length_n = len as i64;
 
     let rc = req.send_header();

@@ -7,7 +7,8 @@
 //!   [`api`], [`metrics`], [`state`]: the admin API's requests and answers, the metrics' text,
 //!   the state file's records; [`token`]: signed permits for the checkout; [`remote`]: a sale
 //!   kept in Redis (its scripts, replies and failures); [`health`]: a dependency's health;
-//!   [`link`]: what a host knows of a sale in Redis. No FFI.
+//!   [`link`]: what a host knows of a sale in Redis; [`page`]: what a rejected buyer is told
+//!   (the text, the HTML page or the JSON his `Accept` asks for). No FFI.
 //! - [`zone`]: the permit table in shared memory, and `slab`: nginx's slab pool under it;
 //!   [`journal`]: the state file and its lock file on disk.
 //! - The nginx glue: `module` (the module's static and its directive table) and `conf` (the
@@ -24,6 +25,7 @@ pub mod journal;
 pub mod line;
 pub mod link;
 pub mod metrics;
+pub mod page;
 pub mod parse;
 pub mod remote;
 pub mod sale;

@@ -222,6 +222,15 @@ impl Window {
             _ => 0,
         }
     }
+
+    /// Whole seconds until the end, rounded up; 0 once it has come, `None` for a sale that
+    /// never ends.
+    pub fn seconds_to_end(&self, now_ms: i64) -> Option<i64> {
+        self.end_ms.map(|end| match end.saturating_sub(now_ms) {
+            left if left > 0 => (left - 1) / 1000 + 1,
+            _ => 0,
+        })
+    }
 }
 
 /// The share of new buyers the draw turns away, from 0 (admit all) to 1 (admit none).
@@ -799,6 +808,21 @@ mod tests {
         assert_eq!(w.seconds_to_start(8_500), 2);
         assert_eq!(w.seconds_to_start(10_000), 0);
         assert_eq!(Window::default().seconds_to_start(0), 0);
+    }
+
+    #[test]
+    fn seconds_to_the_end_round_up_and_stop_at_zero() {
+        let w = Window { start_ms: Some(0), end_ms: Some(10_000) };
+        assert_eq!(w.seconds_to_end(0), Some(10));
+        assert_eq!(w.seconds_to_end(9_999), Some(1));
+        assert_eq!(w.seconds_to_end(8_500), Some(2));
+        assert_eq!(w.seconds_to_end(10_000), Some(0));
+        assert_eq!(w.seconds_to_end(i64::MAX), Some(0));
+        assert_eq!(
+            Window { start_ms: None, end_ms: Some(i64::MAX) }.seconds_to_end(i64::MIN),
+            Some(i64::MAX / 1000 + 1)
+        );
+        assert_eq!(Window { start_ms: Some(10_000), end_ms: None }.seconds_to_end(0), None);
     }
 
     #[test]

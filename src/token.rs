@@ -12,6 +12,8 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
+use crate::page::Words;
+
 /// The shortest secret accepted: HMAC-SHA256's own output size, as RFC 7518 asks for HS256.
 pub const MIN_SECRET_LEN: usize = 32;
 
@@ -55,6 +57,26 @@ impl Refusal {
             Refusal::Expired => "TOKEN_EXPIRED: the permit has expired.\n",
             Refusal::OtherZone => "TOKEN_OTHER_ZONE: the token is for another sale.\n",
             Refusal::OtherKey => "TOKEN_OTHER_KEY: the token is for another buyer.\n",
+        }
+    }
+
+    /// What the 403 answer says, in every representation (see [`crate::page`]).
+    pub const fn words(self) -> Words {
+        let sentence = match self {
+            Refusal::Missing => {
+                "This page is for buyers who won a place in the sale, and this request carries \
+                 no permit. Open it from the shop's page after winning."
+            }
+            Refusal::Invalid => "The permit this request carries is not valid for this sale.",
+            Refusal::Expired => "The permit this request carries has expired.",
+            Refusal::OtherZone => "The permit this request carries is for another sale.",
+            Refusal::OtherKey => "The permit this request carries belongs to another buyer.",
+        };
+        Words {
+            name: self.as_str(),
+            line: self.message(),
+            heading: "This page needs a sale permit",
+            sentence,
         }
     }
 }
@@ -177,6 +199,21 @@ mod tests {
         let mut mac = mac(secret).unwrap();
         mac.update(unsigned.as_bytes());
         format!("{unsigned}.{}", BASE64URL.encode(mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn every_refusal_has_its_words() {
+        for refusal in [
+            Refusal::Missing,
+            Refusal::Invalid,
+            Refusal::Expired,
+            Refusal::OtherZone,
+            Refusal::OtherKey,
+        ] {
+            let words = refusal.words();
+            assert_eq!((words.name, words.line), (refusal.as_str(), refusal.message()));
+            assert!(words.sentence.ends_with('.'));
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use core::cell::RefCell;
 use core::ffi::c_void;
 use core::sync::atomic::AtomicBool;
+use std::borrow::Cow;
 
 use nginx_sys::{
     ngx_http_err_page_t, ngx_http_get_flushed_variable, ngx_timeofday, ngx_uint_t, NGX_LOG_WARN,
@@ -15,7 +16,8 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 use crate::conf::{LocConf, ZoneConf, ZoneRef};
 use crate::ffi::Next;
-use crate::http::{add_header, keep, kept, pool_number, send, Body, Kept};
+use crate::http::{accept, add_header, keep, kept, pool_number, send_as, static_str, Body, Kept};
+use crate::page::{self, Figures, Words};
 use crate::sale::{DrawMode, Held, Outcome, Sale, Verdict, Waiting, MAX_KEY_LEN};
 use crate::zone::{keyed_draw, Stats};
 
@@ -93,17 +95,14 @@ pub fn conclude(req: &mut Request, g: &Gated<'_>, verdict: Verdict) -> Next {
     if outcome.passes() || dry_run {
         return Status::NGX_DECLINED.into();
     }
-    let retry_after = match (outcome, sale.queue, verdict.waiting) {
-        (Outcome::NotStarted | Outcome::Prequeued, ..) => {
-            Some(sale.window.seconds_to_start(now).max(0) as u64)
-        }
-        (Outcome::Queued, Some(queue), Some(waiting)) => {
-            Some(queue.retry_after(waiting.wait_seconds, draw()))
-        }
-        _ => None,
-    };
+    let mut figures = Figures::of(outcome, &sale.window, now);
+    if let (Some(queue), Some(waiting)) = (sale.queue, verdict.waiting) {
+        figures.position = Some(waiting.position);
+        figures.wait_seconds = Some(waiting.wait_seconds);
+        figures.retry_after = Some(queue.retry_after(waiting.wait_seconds, draw()));
+    }
     let status = outcome.status(lcf.reject_status());
-    reject(req, status, outcome.message(), retry_after)
+    reject(req, status, &Words::of(outcome), &figures)
 }
 
 /// The buyer's key: the zone's key expression evaluated for this request; `None` on an error.
@@ -235,17 +234,13 @@ fn set_context(req: &mut Request, decision: *mut Decision) {
     unsafe { *req.as_mut().ctx.add(slot) = decision.cast() };
 }
 
-/// Answers a rejection: the status, `Cache-Control: no-store`, `Retry-After` when given (the
-/// seconds to the start), and either the location's `error_page` for that status or the
-/// one-line plain-text `message`. A status nginx answers by closing the connection (444, 408,
-/// 499) is handed to nginx as `limit_req` hands it, and nothing is sent. For a request whose
-/// response has not started.
-pub fn reject(
-    req: &mut Request,
-    status: u16,
-    message: &'static str,
-    retry_after: Option<u64>,
-) -> Next {
+/// Answers a rejection: the status, `Cache-Control: no-store`, `Retry-After` when the figures
+/// have one, and either the location's `error_page` for that status or, with `Vary: Accept`,
+/// the `words` and `figures` in the representation the request's `Accept` prefers (the
+/// one-line text, the HTML page or the JSON). A status nginx answers by closing the
+/// connection (444, 408, 499) is handed to nginx as `limit_req` hands it, and nothing is sent.
+/// For a request whose response has not started.
+pub fn reject(req: &mut Request, status: u16, words: &Words, figures: &Figures) -> Next {
     let code = Next::from(HTTPStatus(ngx_uint_t::from(status)));
     if Outcome::closes_connection(status) {
         return code;
@@ -253,7 +248,7 @@ pub fn reject(
     if !req.discard_request_body().is_ok() {
         req.as_mut().set_keepalive(0);
     }
-    let retry_after = match retry_after.map(|seconds| pool_number(req, seconds)) {
+    let retry_after = match figures.retry_after.map(|seconds| pool_number(req, seconds)) {
         Some(None) => return HTTPStatus::INTERNAL_SERVER_ERROR.into(),
         Some(copy) => copy,
         None => None,
@@ -267,7 +262,16 @@ pub fn reject(
         // nginx's special response handler performs the redirect to the error page.
         return code;
     }
-    let rc = send(req, status, ngx_string!("text/plain"), Body::Static(message));
+    if add_header(req, "Vary", ngx_string!("Accept")).is_none() {
+        return HTTPStatus::INTERNAL_SERVER_ERROR.into();
+    }
+    let representation = page::negotiate(accept(req));
+    let media_type = static_str(representation.mime());
+    let charset = representation.charset().map(static_str);
+    let rc = match page::render(words, figures, representation) {
+        Cow::Borrowed(text) => send_as(req, status, media_type, charset, Body::Static(text)),
+        Cow::Owned(text) => send_as(req, status, media_type, charset, Body::Copied(&text)),
+    };
     // The phase checker would take NGX_OK as "go on to the content phase": finalize instead.
     Next::Finalize(rc)
 }

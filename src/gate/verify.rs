@@ -11,6 +11,7 @@ use crate::conf::{LocConf, ZoneRef};
 use crate::ffi::Next;
 use crate::gate::verdict::{record, reject, request_key, Decision};
 use crate::http::now_ms;
+use crate::page::Figures;
 use crate::sale::{Held, Outcome};
 use crate::token;
 use crate::zone::Stats;
@@ -70,7 +71,7 @@ pub fn verify(
     if dry_run {
         return Status::NGX_DECLINED.into();
     }
-    reject(req, 403, refusal.message(), None)
+    reject(req, 403, &refusal.words(), &Figures::default())
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header; empty without one. It lives in the
