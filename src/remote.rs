@@ -511,15 +511,16 @@ return {code, permit, position, ticket, waiting}
 
 /// KEYS as for [`LINE`]; ARGV: the deadline, cap (-1 for none), now_ms, expires_ms, lined (1
 /// when the sale has a line), idle_ms, the block ratio, a seed. The pre-queue's draw if
-/// nobody has made it yet; replies every permit, as an HGETALL.
+/// nobody has made it yet; replies every permit, as an HGETALL, for a sale without a line
+/// (the draw's winners hold permits), and none for a sale with one (they are in line).
 const OPEN: &str = r"
 expire_permits(ARGV[3])
 if ARGV[5] == '1' then
   local rnow = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
   settle_line(ARGV[3], ARGV[8], rnow, tonumber(ARGV[6]))
-else
-  settle_permits(ARGV[3], ARGV[4], tonumber(ARGV[2]), tonumber(ARGV[7]), ARGV[8])
+  return {}
 end
+settle_permits(ARGV[3], ARGV[4], tonumber(ARGV[2]), tonumber(ARGV[7]), ARGV[8])
 return redis.call('HGETALL', KEYS[1])
 ";
 
