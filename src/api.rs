@@ -477,9 +477,13 @@ pub fn remote_answer(ask: &RemoteAsk, reply: Reply) -> Result<(u16, Value), ApiE
                 "over_cap": ask.cap.is_some_and(|cap| permits > cap),
             }),
         )),
-        Reply::Admission(_) | Reply::DrawSecret(_) | Reply::Overrides(_) => {
-            Err(ApiError::new(500, "unexpected reply from Redis"))
-        }
+        Reply::Admission(_)
+        | Reply::DrawSecret(_)
+        | Reply::Overrides(_)
+        | Reply::Lined(_)
+        | Reply::Registered(_)
+        | Reply::Opened(_)
+        | Reply::Line(..) => Err(ApiError::new(500, "unexpected reply from Redis")),
     }
 }
 

@@ -39,6 +39,8 @@ pub struct ZoneConf {
     pub largest_cap: Option<u64>,
     /// A location puts a line (`flash_sale_queue`) on this zone: the metrics show it.
     pub lined: bool,
+    /// A location puts a pre-queue (`flash_sale_prequeue`) on this zone.
+    pub prequeued: bool,
     pub shm_zone: NonNull<ngx_shm_zone_t>,
     /// Set by [`init_zone`] before any worker starts.
     pub table: Option<NonNull<PermitTable>>,
@@ -833,6 +835,7 @@ fn declare_zone(d: &mut Directive<'_>, main: &mut MainConf) -> ConfResult {
         key_var,
         largest_cap: None,
         lined: false,
+        prequeued: false,
         shm_zone: shm,
         table: None,
         state,
@@ -1178,27 +1181,8 @@ pub unsafe extern "C" fn merge_loc_conf(
             let zone = unsafe { zone.as_mut() };
             zone.largest_cap = zone.largest_cap.max(conf.max_permits);
             zone.lined |= matches!(conf.queue, Some(Some(_)));
-            // The pre-queue's draw happens inside one host's zone; with Redis, hosts would each
-            // draw their own.
-            if zone.redis.is_some() && conf.prequeue_ms.is_some() {
-                ngx_conf_log_error!(
-                    NGX_LOG_EMERG,
-                    cf,
-                    "\"flash_sale_prequeue\" cannot be used with flash_sale_zone \"{}\", which is kept in Redis",
-                    zone.name()
-                );
-                return NGX_CONF_ERROR;
-            }
+            zone.prequeued |= conf.prequeue_ms.is_some();
             if let Some(Some(_)) = conf.queue {
-                if zone.redis.is_some() {
-                    ngx_conf_log_error!(
-                        NGX_LOG_EMERG,
-                        cf,
-                        "\"flash_sale_queue\" cannot be used with flash_sale_zone \"{}\", which is kept in Redis",
-                        zone.name()
-                    );
-                    return NGX_CONF_ERROR;
-                }
                 // The draw decides who may join the line; drawn afresh on every request, it
                 // would only delay a buyer turned away, who asks again.
                 let per_request = matches!(conf.draw.unwrap_or_default(), DrawMode::PerRequest);

@@ -564,7 +564,7 @@ fn with_store<T>(
 }
 
 /// A zone as JSON: settings, permits, memory and counters.
-fn zone_json(zone: &ZoneConf) -> Option<Value> {
+fn zone_json(zone: &'static ZoneConf) -> Option<Value> {
     let m = zone_metrics(zone)?;
     let overrides = zone.table_ref()?.overrides.load();
     // Dry-run counters once they count something.
@@ -616,13 +616,21 @@ fn zone_json(zone: &ZoneConf) -> Option<Value> {
 }
 
 /// Reads a zone's figures: the counters without the lock, the permits and memory with it.
-fn zone_metrics(zone: &ZoneConf) -> Option<ZoneMetrics> {
+fn zone_metrics(zone: &'static ZoneConf) -> Option<ZoneMetrics> {
     let shm = zone.shm();
     let slab = zone.slab()?;
     let now = crate::http::now_ms();
     let mut store = zone.store(now)?;
-    let (permits, prequeued, line) = store.counts();
+    let (permits, mut prequeued, mut line) = store.counts();
     let table = store.table();
+    if zone.redis.is_some() && (zone.lined || zone.prequeued) {
+        // The line and the pre-queue are Redis's: as it last told this host, read again at
+        // most once a second.
+        if table.link.claim_figures(now) {
+            redis_gate::refresh_line(zone);
+        }
+        (line, prequeued) = table.link.figures();
+    }
     let stats = &table.stats;
     let load = |c: &core::sync::atomic::AtomicU64| c.load(core::sync::atomic::Ordering::Relaxed);
     let free_pages = {

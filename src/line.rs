@@ -428,6 +428,96 @@ impl LineState {
     }
 }
 
+/// What a host heard from Redis about one waiter of a line kept there (`flash_sale_redis`),
+/// kept in the host's zone so that his refreshes need not all be round trips. In shared
+/// memory.
+///
+/// The rule: a refresh is answered from here, without Redis, while
+/// - less than half of `idle` has passed since Redis was last asked about him (so that his
+///   place in Redis, which only a round trip renews, is never at risk of idling out), and
+/// - he is far from his turn: his estimated wait is longer than `refresh` (the most a waiter's
+///   page waits before asking again), so that he is asked about in Redis on the refresh
+///   before he is called, and is admitted then.
+///
+/// His estimated place is the one Redis gave him less what the line's pace has called since
+/// (`rate` x the time since, in whole slots), and never more than the place he was last
+/// shown. With waiters ahead of him, every slot the pace earns calls one of them, and those
+/// who leave move him up too: his real place is never behind the estimate, so the estimate
+/// never holds back a waiter whose turn has come for longer than the time it takes to ask
+/// Redis again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Heard {
+    /// His ticket in Redis's line; 0 for a buyer registered for the pre-queue (not in line).
+    pub ticket: u64,
+    /// The waiters ahead of him still to be called, as Redis said.
+    pub position: u64,
+    /// The place he was last shown: what he sees never goes up while he keeps asking.
+    pub shown: u64,
+    /// When Redis said it, in this host's Unix milliseconds.
+    pub asked_ms: i64,
+}
+
+/// What a host answers a waiter's refresh with, from what it heard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Estimate {
+    /// Far from his turn, and his place in Redis safe: QUEUED, without a round trip.
+    Queued(Waiting),
+    /// Ask Redis: he may be near his turn, or his place needs renewing.
+    Ask,
+}
+
+impl Heard {
+    /// What Redis said at `now_ms`: ticket and place, shown as no more than what `before`
+    /// (the last heard for this buyer) showed for the same ticket.
+    pub fn new(before: Option<Heard>, ticket: u64, position: u64, now_ms: i64) -> Heard {
+        let shown = match before {
+            Some(b) if b.ticket == ticket && ticket != 0 => b.shown.min(position),
+            _ => position,
+        };
+        Heard { ticket, position, shown, asked_ms: now_ms }
+    }
+
+    /// A buyer registered for the pre-queue in Redis at `now_ms`.
+    pub fn registered(now_ms: i64) -> Heard {
+        Heard { ticket: 0, position: 0, shown: 0, asked_ms: now_ms }
+    }
+
+    /// Whether this is a waiter (not a pre-queue registration).
+    pub fn in_line(&self) -> bool {
+        self.ticket != 0
+    }
+
+    /// The waiters ahead of him now, estimated: Redis's place less what the pace has called
+    /// since, never above what he was shown.
+    pub fn position_at(&self, rate: Rate, now_ms: i64) -> u64 {
+        let since = now_ms.saturating_sub(self.asked_ms).max(0) as u64;
+        let called = rate.0.saturating_mul(since) / SLOT;
+        self.position.saturating_sub(called).min(self.shown)
+    }
+
+    /// The answer to his refresh at `now_ms` under `queue` (see the rule above).
+    pub fn estimate(&self, queue: &Queue, now_ms: i64) -> Estimate {
+        let since = now_ms.saturating_sub(self.asked_ms);
+        if !self.in_line() || since < 0 || since >= queue.idle_ms / 2 {
+            return Estimate::Ask;
+        }
+        let position = self.position_at(queue.rate, now_ms);
+        let wait_seconds = queue.rate.seconds_for(position + 1);
+        let refresh = (queue.refresh_ms.max(0) as u64).div_ceil(1000);
+        if wait_seconds <= refresh {
+            return Estimate::Ask;
+        }
+        Estimate::Queued(Waiting { position, wait_seconds })
+    }
+
+    /// As shown now: his last shown place and its wait (what a host answers while Redis is
+    /// away: nobody is called meanwhile).
+    pub fn as_shown(&self, rate: Rate) -> Waiting {
+        Waiting { position: self.shown, wait_seconds: rate.seconds_for(self.shown + 1) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -666,6 +756,101 @@ mod tests {
         line.state.call(slow, 2_500);
         assert_eq!(line.state.called, 77, "then two a second");
         let _ = tickets;
+    }
+
+    fn heard_queue() -> Queue {
+        Queue { rate: rate(10), idle_ms: 10_000, refresh_ms: 2_000 }
+    }
+
+    #[test]
+    fn a_far_waiter_is_answered_from_what_the_host_heard() {
+        let q = heard_queue();
+        let heard = Heard::new(None, 7, 100, 1_000);
+        assert_eq!(
+            heard.estimate(&q, 1_000),
+            Estimate::Queued(Waiting { position: 100, wait_seconds: 11 })
+        );
+        // Two seconds at 10 a second: twenty called since.
+        assert_eq!(
+            heard.estimate(&q, 3_000),
+            Estimate::Queued(Waiting { position: 80, wait_seconds: 9 })
+        );
+        assert_eq!(heard.position_at(q.rate, 3_050), 80, "whole slots only");
+        // Half of idle since Redis was asked: ask again, far or not.
+        assert_eq!(
+            heard.estimate(&q, 5_999),
+            Estimate::Queued(Waiting { position: 51, wait_seconds: 6 })
+        );
+        assert_eq!(heard.estimate(&q, 6_000), Estimate::Ask);
+        // A clock that went back asks.
+        assert_eq!(heard.estimate(&q, 999), Estimate::Ask);
+    }
+
+    #[test]
+    fn a_waiter_near_his_turn_asks_redis() {
+        let q = heard_queue();
+        // Within refresh (2 s, 20 slots) of his turn: asked about in Redis.
+        assert_eq!(Heard::new(None, 7, 19, 1_000).estimate(&q, 1_000), Estimate::Ask);
+        assert_eq!(
+            Heard::new(None, 7, 20, 1_000).estimate(&q, 1_000),
+            Estimate::Queued(Waiting { position: 20, wait_seconds: 3 })
+        );
+        assert_eq!(Heard::new(None, 7, 30, 1_000).estimate(&q, 2_100), Estimate::Ask);
+        assert_eq!(Heard::new(None, 7, 0, 1_000).estimate(&q, 1_000), Estimate::Ask);
+        assert_eq!(Heard::registered(1_000).estimate(&q, 1_000), Estimate::Ask, "not in line");
+    }
+
+    #[test]
+    fn a_shown_place_never_goes_up() {
+        let heard = Heard::new(None, 7, 100, 1_000);
+        // Redis says 90 later: shown 90. Then 95 (a slower rate since a reload): still 90.
+        let later = Heard::new(Some(Heard { shown: 85, ..heard }), 7, 90, 2_000);
+        assert_eq!((later.position, later.shown), (90, 85));
+        let again = Heard::new(Some(later), 7, 95, 3_000);
+        assert_eq!(again.shown, 85);
+        assert_eq!(again.position_at(rate(10), 3_000), 85);
+        // Another ticket (he left and came back): a new place.
+        assert_eq!(Heard::new(Some(again), 9, 300, 4_000).shown, 300);
+        assert_eq!(again.as_shown(rate(10)), Waiting { position: 85, wait_seconds: 9 });
+    }
+
+    proptest::proptest! {
+        /// Whatever Redis says and whenever he asks, the place shown to a waiter never goes
+        /// up, and an estimate is never ahead of a line that calls at its pace.
+        #[test]
+        fn estimates_never_go_up_nor_run_ahead(
+            per_second in 1u64..50,
+            start in 0u64..5_000,
+            steps in proptest::collection::vec((0u8..3, 0i64..2_000, 0u64..40), 1..100),
+        ) {
+            let q = Queue { rate: rate(per_second), idle_ms: 6_000, refresh_ms: 1_000 };
+            let (mut now, mut left) = (1_000i64, 0u64);
+            // The line calls at its pace since the start, and some ahead leave.
+            let real_at = |now: i64, left: u64| {
+                start.saturating_sub(per_second * (now - 1_000) as u64 / 1000 + left)
+            };
+            let mut real = real_at(now, left);
+            let mut heard = Heard::new(None, 3, real, now);
+            let mut last = heard.shown;
+            for (what, later, gone) in steps {
+                now += later;
+                left += gone;
+                real = real_at(now, left);
+                let shown = match (what, heard.estimate(&q, now)) {
+                    (0, _) | (_, Estimate::Ask) => {
+                        heard = Heard::new(Some(heard), 3, real, now);
+                        heard.shown
+                    }
+                    (_, Estimate::Queued(w)) => {
+                        proptest::prop_assert!(w.position >= real.min(heard.shown));
+                        heard.shown = w.position;
+                        w.position
+                    }
+                };
+                proptest::prop_assert!(shown <= last, "{} after {}", shown, last);
+                last = shown;
+            }
+        }
     }
 
     proptest::proptest! {

@@ -6,7 +6,8 @@
 use core::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use crate::health::{claim_turn, Change, Health};
-use crate::remote::{Answer, Reply};
+use crate::line::{LineFigures, WAIT_BUCKETS};
+use crate::remote::{Answer, LineAnswer, Reply};
 use crate::sale::{Held, Outcome, PermitInfo};
 
 /// A host reads the sale's overrides once per cache time, and at most this often: they change
@@ -29,7 +30,22 @@ pub struct Link {
     /// The sale's secret for per-key draws, from Redis; valid once `draw_secret_known` is 1.
     draw_secret: [AtomicU64; 2],
     draw_secret_known: AtomicU64,
+    /// The sale's opening on this host (a sale with a pre-queue): 0 before, the time a request
+    /// claimed it while it asks Redis, -1 once done.
+    opening_ms: AtomicI64,
+    /// When one request may next read the line's figures from Redis.
+    figures_at_ms: AtomicI64,
+    /// The line's figures as Redis last gave them (see [`LineFigures`]; `serving` 0 for none),
+    /// and the buyers registered for the pre-queue.
+    figures: [AtomicU64; FIGURES],
 }
+
+/// How many numbers the line's figures are kept as: waiting, serving, admitted, left, the
+/// last minute, prequeued, the wait's sum, and its histogram.
+const FIGURES: usize = 7 + WAIT_BUCKETS.len() + 1;
+
+/// A host reads the line's figures from Redis at most this often, for the metrics and the API.
+pub const FIGURES_MS: i64 = 1000;
 
 impl Link {
     /// Whether a request may ask Redis now: always while it answers; while it is down, one
@@ -81,6 +97,73 @@ impl Link {
         self.draw_secret[0].store(secret[0], Ordering::Relaxed);
         self.draw_secret[1].store(secret[1], Ordering::Relaxed);
         self.draw_secret_known.store(1, Ordering::Release);
+    }
+
+    /// Whether this request is the one that opens the sale on this host (asks Redis for the
+    /// pre-queue's draw and the permits it gave): once per host, and again after `retry_ms`
+    /// if the one that claimed it did not finish (a worker that died).
+    pub fn claim_opening(&self, now_ms: i64, retry_ms: i64) -> bool {
+        let claimed = self.opening_ms.load(Ordering::Acquire);
+        let free = claimed == 0 || (claimed > 0 && now_ms.saturating_sub(claimed) > retry_ms);
+        free && self
+            .opening_ms
+            .compare_exchange(claimed, now_ms.max(1), Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Whether the sale is opened on this host.
+    pub fn opened(&self) -> bool {
+        self.opening_ms.load(Ordering::Acquire) == -1
+    }
+
+    /// The opening is done (true), or failed and is left for another request (false).
+    pub fn opening_done(&self, done: bool) {
+        self.opening_ms.store(if done { -1 } else { 0 }, Ordering::Release);
+    }
+
+    /// Whether this request is the one (per host and [`FIGURES_MS`]) that reads the line's
+    /// figures from Redis.
+    pub fn claim_figures(&self, now_ms: i64) -> bool {
+        claim_turn(&self.figures_at_ms, now_ms, FIGURES_MS)
+    }
+
+    /// Keeps the line's figures Redis gave, and the pre-queue's registrations.
+    pub fn set_figures(&self, line: &LineFigures, prequeued: u64) {
+        let values = [
+            line.waiting,
+            line.serving.unwrap_or(0),
+            line.admitted,
+            line.left,
+            line.admitted_last_minute,
+            prequeued,
+            line.waited_ms,
+        ]
+        .into_iter()
+        .chain(line.waited);
+        for (slot, value) in self.figures.iter().zip(values) {
+            slot.store(value, Ordering::Relaxed);
+        }
+    }
+
+    /// The line's figures as Redis last gave them, and the pre-queue's registrations.
+    pub fn figures(&self) -> (LineFigures, u64) {
+        let v: [u64; FIGURES] = core::array::from_fn(|i| self.figures[i].load(Ordering::Relaxed));
+        let line = LineFigures {
+            waiting: v[0],
+            serving: (v[1] > 0).then_some(v[1]),
+            admitted: v[2],
+            left: v[3],
+            admitted_last_minute: v[4],
+            waited_ms: v[6],
+            waited: core::array::from_fn(|i| v[7 + i]),
+        };
+        (line, v[5])
+    }
+
+    /// Whether Redis said SOLD_OUT and no admission has reopened the sale since (trusted or
+    /// stale: a waiter is then not answered from the host's cache).
+    pub fn known_sold_out(&self) -> bool {
+        self.sold_out_until_ms.load(Ordering::Acquire) != 0
     }
 
     /// Remembers Redis's SOLD_OUT for `cache_ms`: the host holds a copy of every permit.
@@ -142,8 +225,15 @@ pub enum AfterReply {
     /// The buyer's permit is gone (revoked since this host heard): forget it and decide him
     /// anew, as a new buyer.
     Revoked,
-    /// The per-key draws' secret is known now: decide the request anew.
+    /// The per-key draws' secret is known now, or the sale is opened on this host: decide
+    /// the request anew.
     Again,
+    /// The buyer waits in the line: his ticket and place, as Redis said.
+    Waiting { ticket: u64, position: u64 },
+    /// The buyer is registered for the pre-queue (true), or the sale opened in Redis first.
+    Registered(bool),
+    /// The opening's copy of every permit: keep it, then decide the request anew.
+    Opened(Vec<PermitInfo>),
     /// A reply that answers no gate's round trip.
     Unexpected,
 }
@@ -153,6 +243,13 @@ impl Link {
     /// out sale, a SOLD_OUT claims the copy's turn (per `cache_ms`), a secret is kept. Says
     /// what the gate does next.
     pub fn after_reply(&self, reply: Reply, now_ms: i64, cache_ms: i64) -> AfterReply {
+        let reply = match reply {
+            Reply::Lined(LineAnswer::Admission(answer)) => Reply::Admission(answer),
+            Reply::Lined(LineAnswer::Waiting { ticket, position, .. }) => {
+                return AfterReply::Waiting { ticket, position }
+            }
+            reply => reply,
+        };
         match reply {
             Reply::Admission(Answer::Admitted(held)) => {
                 self.reopened();
@@ -170,6 +267,8 @@ impl Link {
                 self.set_draw_secret(secret);
                 AfterReply::Again
             }
+            Reply::Registered(registered) => AfterReply::Registered(registered),
+            Reply::Opened(permits) => AfterReply::Opened(permits),
             _ => AfterReply::Unexpected,
         }
     }
@@ -219,6 +318,69 @@ mod tests {
         assert_eq!(link.after_reply(Reply::DrawSecret([7, 8]), 0, 500), AfterReply::Again);
         assert_eq!(link.draw_secret(), Some([7, 8]));
         assert_eq!(link.after_reply(Reply::Cleared(3), 0, 500), AfterReply::Unexpected);
+    }
+
+    #[test]
+    fn a_line_step_leads_the_gate_as_an_admission_or_a_place() {
+        let link = Link::default();
+        let held = Held { seq: 2, expires_ms: None };
+        assert_eq!(
+            link.after_reply(Reply::Lined(LineAnswer::Admission(Answer::Admitted(held))), 0, 500),
+            AfterReply::Pass { outcome: Outcome::Admitted, held, new: true }
+        );
+        let waiting = LineAnswer::Waiting { ticket: 9, position: 4, waiting: 12 };
+        assert_eq!(
+            link.after_reply(Reply::Lined(waiting), 0, 500),
+            AfterReply::Waiting { ticket: 9, position: 4 }
+        );
+        assert_eq!(
+            link.after_reply(Reply::Lined(LineAnswer::Admission(Answer::SoldOut)), 10, 500),
+            AfterReply::SoldOut { copy: true }
+        );
+        assert_eq!(
+            link.after_reply(Reply::Registered(false), 0, 500),
+            AfterReply::Registered(false)
+        );
+        assert_eq!(
+            link.after_reply(Reply::Opened(Vec::new()), 0, 500),
+            AfterReply::Opened(Vec::new())
+        );
+    }
+
+    #[test]
+    fn the_opening_is_claimed_once_per_host_and_taken_over_if_left() {
+        let link = Link::default();
+        assert!(!link.opened());
+        assert!(link.claim_opening(1_000, 2_000));
+        assert!(!link.claim_opening(1_500, 2_000), "one request opens");
+        assert!(link.claim_opening(3_001, 2_000), "one that never finished is taken over");
+        link.opening_done(false);
+        assert!(link.claim_opening(3_002, 2_000), "a failed one is tried again");
+        link.opening_done(true);
+        assert!(link.opened());
+        assert!(!link.claim_opening(1_000_000, 2_000));
+    }
+
+    #[test]
+    fn the_line_figures_are_kept_as_redis_gave_them() {
+        let link = Link::default();
+        assert_eq!(link.figures(), (LineFigures::default(), 0));
+        let mut line = LineFigures {
+            waiting: 5,
+            admitted: 7,
+            left: 1,
+            admitted_last_minute: 3,
+            serving: Some(40),
+            waited_ms: 12_345,
+            ..LineFigures::default()
+        };
+        line.waited[2] = 4;
+        line.waited[10] = 1;
+        link.set_figures(&line, 9);
+        assert_eq!(link.figures(), (line, 9));
+        assert!(link.claim_figures(0));
+        assert!(!link.claim_figures(999));
+        assert!(link.claim_figures(1_000));
     }
 
     #[test]

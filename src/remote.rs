@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use redis::{ConnectionAddr, ConnectionInfo, RedisConnectionInfo, Script};
 
+use crate::line::{LineFigures, WAIT_BUCKETS};
 use crate::parse;
 use crate::sale::{Cap, Grant, Held, Overrides, OverridesPatch, PermitInfo};
 
@@ -119,8 +120,34 @@ impl Settings {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     /// Admits `key` if it holds no permit and the permits are under the cap. With `recheck`,
-    /// only says whether the key still holds a permit.
-    Admit { key: Vec<u8>, cap: Cap, now_ms: i64, expires_ms: Option<i64>, recheck: bool },
+    /// only says whether the key still holds a permit. With `settle`, the pre-queue's draw
+    /// comes first, if nobody has made it yet.
+    Admit {
+        key: Vec<u8>,
+        cap: Cap,
+        now_ms: i64,
+        expires_ms: Option<i64>,
+        recheck: bool,
+        settle: Option<Box<Settle>>,
+    },
+    /// A step of the sale's waiting line for `key`, a buyer who may buy (see [`STEP`]): the
+    /// pre-queue's draw if due, silent waiters leave, the pace calls, `key` joins or renews
+    /// its place, and is admitted if called, as [`Command::Admit`] admits.
+    Step(Box<LineStep>),
+    /// Registers `key` for the pre-queue's draw, unless the sale has opened in Redis.
+    Register { key: Vec<u8> },
+    /// The sale's opening, once per host: the pre-queue's draw if nobody has made it yet
+    /// (into the line when `line` is given), then every permit, for the host to know the
+    /// draw's winners.
+    Open {
+        cap: Cap,
+        now_ms: i64,
+        expires_ms: Option<i64>,
+        line: Option<LineSettings>,
+        settle: Settle,
+    },
+    /// The line's figures (and the pre-queue's registrations), for the metrics and the API.
+    LineFigures,
     /// The permit of `key`, if it holds one.
     Get { key: Vec<u8>, now_ms: i64 },
     /// Revokes the permit of `key`.
@@ -139,6 +166,34 @@ pub enum Command {
     Overrides,
     /// Changes the sale's overrides as the patch says, field by field.
     SetOverrides { patch: OverridesPatch },
+}
+
+/// A step of the line for `key` (see [`Command::Step`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LineStep {
+    pub key: Vec<u8>,
+    pub cap: Cap,
+    pub now_ms: i64,
+    pub expires_ms: Option<i64>,
+    pub line: LineSettings,
+    pub settle: Option<Settle>,
+}
+
+/// The line's pace and idle time, as a step sends them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LineSettings {
+    /// Thousandths of a call per second (see [`crate::line::Rate`]).
+    pub rate_milli: u64,
+    pub idle_ms: i64,
+}
+
+/// The pre-queue's draw, for a step that may be the sale's first in Redis: the block ratio
+/// and a seed for Redis's random numbers (from the host's: one draw per sale, whichever host
+/// makes it).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Settle {
+    pub ratio: f64,
+    pub seed: u32,
 }
 
 /// The fields of the overrides' hash in Redis, in the order of [`Overrides`]'s fields; each
@@ -207,6 +262,28 @@ pub enum Reply {
     },
     DrawSecret([u64; 2]),
     Overrides(Overrides),
+    /// A line's step: an admission (the buyer held a permit, was sold out, or was called in),
+    /// or his place.
+    Lined(LineAnswer),
+    /// A registration for the pre-queue: false when the sale had opened in Redis already.
+    Registered(bool),
+    /// The opening's copy of every permit, in order of number.
+    Opened(Vec<PermitInfo>),
+    /// The line's figures, and the buyers registered for the pre-queue's draw.
+    Line(LineFigures, u64),
+}
+
+/// What a line's step said about one buyer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LineAnswer {
+    Admission(Answer),
+    /// In line, not called yet: his ticket, the waiters ahead still to be called, and the
+    /// waiters in line.
+    Waiting {
+        ticket: u64,
+        position: u64,
+        waiting: u64,
+    },
 }
 
 /// The zone's keys: permits, expiry, seq (see [`ADMIT`]), draw (the per-key draws' secret)
@@ -217,31 +294,271 @@ pub fn keys(prefix: &str, zone: &str) -> [String; 5] {
         .map(|part| format!("{prefix}{{{zone}}}:{part}"))
 }
 
+/// The keys of the pre-queue and the line, in the same slot: prequeue (a set of registered
+/// keys), opened (set by the sale's first step: no registration after it), line (a sorted set
+/// of the waiters by ticket), seen (a sorted set of the waiters by the time they leave unless
+/// they ask again, in Redis's clock), lstate (a hash: `last` ticket given, `called`, the
+/// bucket's `units` and `filled` time, the `rate` of the last step, `admitted`, `left`, the
+/// wait histogram `w1`..`w11` and `wsum`), joined (a hash: waiter -> when he joined) and
+/// recent (a hash: Unix second -> admissions from the line in it).
+pub fn line_keys(prefix: &str, zone: &str) -> [String; 7] {
+    ["prequeue", "opened", "line", "seen", "lstate", "joined", "recent"]
+        .map(|part| format!("{prefix}{{{zone}}}:{part}"))
+}
+
+/// The permits' functions, shared by the scripts that admit ([`ADMIT`], [`STEP`], [`OPEN`]).
 /// KEYS: permits (key -> "seq:expires_ms:granted_ms", expires 0 for never), expiry (a sorted
-/// set of the keys by expiry), seq (the last number given). ARGV: the deadline (see
-/// [`LATE`]), key, cap (-1 for none), now_ms, expires_ms (0 for never), recheck (1 to only
-/// look). Replies {code, permit}: 0 admitted, 1 held, 2 sold out, 3 not held.
+/// set of the keys by expiry), seq (the last number given), prequeue, opened (see
+/// [`line_keys`]). Times are the host's (`now`, Unix ms, as text), as for every permit.
+const PERMITS: &str = r"
+local function expire_permits(now)
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
+  for _, k in ipairs(gone) do
+    redis.call('HDEL', KEYS[1], k)
+    redis.call('ZREM', KEYS[2], k)
+  end
+end
+local function held_permit(key, now)
+  local held = redis.call('HGET', KEYS[1], key)
+  if held then
+    local expires = tonumber(string.match(held, '^%d+:(%d+)'))
+    if expires == 0 or expires > tonumber(now) then return held end
+    redis.call('HDEL', KEYS[1], key)
+    redis.call('ZREM', KEYS[2], key)
+  end
+  return false
+end
+local function sold_out(cap)
+  return cap >= 0 and redis.call('HLEN', KEYS[1]) >= cap
+end
+local function new_permit(key, now, expires)
+  local permit = redis.call('INCR', KEYS[3]) .. ':' .. expires .. ':' .. now
+  if expires ~= '0' then redis.call('ZADD', KEYS[2], expires, key) end
+  redis.call('HSET', KEYS[1], key, permit)
+  return permit
+end
+-- The pre-queue's registrants who hold no permit, taken out of the set, once: the first step
+-- of an open sale marks it opened, and no registration is taken after that. nil when there
+-- is nothing to draw. The random numbers are seeded with the host's seed.
+local function registrants(now, seed)
+  if redis.call('EXISTS', KEYS[5]) == 0 then redis.call('SET', KEYS[5], '1') end
+  if redis.call('EXISTS', KEYS[4]) == 0 then return nil end
+  local all = redis.call('SMEMBERS', KEYS[4])
+  redis.call('DEL', KEYS[4])
+  table.sort(all)
+  math.randomseed(tonumber(seed))
+  local open = {}
+  for _, k in ipairs(all) do
+    if not held_permit(k, now) then open[#open + 1] = k end
+  end
+  return open
+end
+-- A partial Fisher-Yates shuffle: the first `take` of `keys` are a uniform choice, in a
+-- uniform order.
+local function shuffle(keys, take)
+  for i = 1, take do
+    local j = math.random(i, #keys)
+    keys[i], keys[j] = keys[j], keys[i]
+  end
+end
+-- The pre-queue's draw without a line: the cap's room goes to a uniform choice of the
+-- registrants, in a uniform order; without a cap, each draws once against the block ratio.
+local function settle_permits(now, expires, cap, ratio, seed)
+  local open = registrants(now, seed)
+  if not open then return end
+  local take = #open
+  if cap >= 0 then
+    take = math.max(0, math.min(#open, cap - redis.call('HLEN', KEYS[1])))
+  else
+    local drawn = {}
+    for _, k in ipairs(open) do
+      if math.random() >= ratio then drawn[#drawn + 1] = k end
+    end
+    open, take = drawn, #drawn
+  end
+  shuffle(open, take)
+  for i = 1, take do new_permit(open[i], now, expires) end
+end
+";
+
+/// The line's functions, shared by [`STEP`] and [`OPEN`]. KEYS as for [`PERMITS`], then line,
+/// seen, lstate, joined, recent (see [`line_keys`]). `rnow` is Redis's clock (Unix ms): the
+/// pace and the idle time follow it, whatever the hosts' clocks.
+const LINE: &str = r"
+local function join(key, rnow, idle)
+  local ticket = redis.call('HINCRBY', KEYS[8], 'last', 1)
+  redis.call('ZADD', KEYS[6], ticket, key)
+  redis.call('ZADD', KEYS[7], rnow + idle, key)
+  redis.call('HSET', KEYS[9], key, rnow)
+  return ticket
+end
+-- The pre-queue's draw with a line: every registrant takes a place at its front, in a
+-- uniformly random order (the block ratio is the hosts' per-key draw, as for everyone).
+local function settle_line(now, seed, rnow, idle)
+  local open = registrants(now, seed)
+  if not open then return end
+  shuffle(open, #open)
+  for i = 1, #open do
+    if not redis.call('ZSCORE', KEYS[6], open[i]) then join(open[i], rnow, idle) end
+  end
+end
+";
+
+/// KEYS as for [`PERMITS`] (the first five). ARGV: the deadline (see [`LATE`]), key, cap (-1
+/// for none), now_ms, expires_ms (0 for never), recheck (1 to only look), settle (1 for the
+/// pre-queue's draw), the block ratio, a seed. Replies {code, permit}: 0 admitted, 1 held, 2
+/// sold out, 3 not held.
 const ADMIT: &str = r"
-local now = tonumber(ARGV[4])
-local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4], 'LIMIT', 0, 1000)
-for _, k in ipairs(gone) do
-  redis.call('HDEL', KEYS[1], k)
-  redis.call('ZREM', KEYS[2], k)
-end
-local held = redis.call('HGET', KEYS[1], ARGV[2])
-if held then
-  local expires = tonumber(string.match(held, '^%d+:(%d+)'))
-  if expires == 0 or expires > now then return {1, held} end
-  redis.call('HDEL', KEYS[1], ARGV[2])
-  redis.call('ZREM', KEYS[2], ARGV[2])
-end
+expire_permits(ARGV[4])
+if ARGV[7] == '1' then settle_permits(ARGV[4], ARGV[5], tonumber(ARGV[3]), tonumber(ARGV[8]), ARGV[9]) end
+local held = held_permit(ARGV[2], ARGV[4])
+if held then return {1, held} end
 if ARGV[6] == '1' then return {3, ''} end
-local cap = tonumber(ARGV[3])
-if cap >= 0 and redis.call('HLEN', KEYS[1]) >= cap then return {2, ''} end
-local permit = redis.call('INCR', KEYS[3]) .. ':' .. ARGV[5] .. ':' .. ARGV[4]
-if ARGV[5] ~= '0' then redis.call('ZADD', KEYS[2], ARGV[5], ARGV[2]) end
-redis.call('HSET', KEYS[1], ARGV[2], permit)
-return {0, permit}
+if sold_out(tonumber(ARGV[3])) then return {2, ''} end
+return {0, new_permit(ARGV[2], ARGV[4], ARGV[5])}
+";
+
+/// One step of the line for a buyer who may buy, as the local zone's (`zone.rs`
+/// `queue_step`), atomically: the pre-queue's draw if due; the buyer's permit or SOLD_OUT;
+/// at most 64 silent waiters leave (a called one passes his call on); the time since the
+/// last step is paid at the rate it ran at, and every whole slot calls the next uncalled
+/// waiter, what is left capped at one second's worth; the buyer joins (once per key) or renews
+/// his place; the pace calls again (an empty line's bucket is the newcomer's); and a called
+/// buyer leaves the line admitted, with a permit as [`ADMIT`] gives it.
+/// KEYS as for [`LINE`]. ARGV: the deadline, key, cap (-1 for none), now_ms, expires_ms,
+/// rate (thousandths a second), idle_ms, settle (1 for the pre-queue's draw), a seed.
+/// Replies {code, permit, position, ticket, waiting}: 0 admitted, 1 held, 2 sold out, 4
+/// waiting.
+const STEP: &str = r"
+local SLOT = 1000000
+local key, now, expires = ARGV[2], ARGV[4], ARGV[5]
+local rate, idle = tonumber(ARGV[6]), tonumber(ARGV[7])
+local rnow = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+expire_permits(now)
+if ARGV[8] == '1' then settle_line(now, ARGV[9], rnow, idle) end
+local held = held_permit(key, now)
+if held then return {1, held, 0, 0, 0} end
+if sold_out(tonumber(ARGV[3])) then return {2, '', 0, 0, 0} end
+local f = redis.call('HMGET', KEYS[8], 'called', 'units', 'filled', 'rate')
+local called, units = tonumber(f[1]) or 0, tonumber(f[2]) or 0
+local filled, ran_at = tonumber(f[3]) or 0, tonumber(f[4]) or 0
+local function burst(r) return math.max(r * 1000, SLOT) end
+local gone = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', rnow, 'LIMIT', 0, 64)
+for _, k in ipairs(gone) do
+  redis.call('ZREM', KEYS[6], k)
+  redis.call('ZREM', KEYS[7], k)
+  redis.call('HDEL', KEYS[9], k)
+end
+if #gone > 0 then redis.call('HINCRBY', KEYS[8], 'left', #gone) end
+local waiting = redis.call('ZCARD', KEYS[6])
+if called > waiting then
+  units = math.min(units + (called - waiting) * SLOT, burst(ran_at > 0 and ran_at or rate))
+  called = waiting
+end
+local function call()
+  local r = ran_at > 0 and ran_at or rate
+  if filled == 0 then
+    units = burst(r)
+  else
+    units = units + r * math.max(0, rnow - filled)
+  end
+  filled = math.max(filled, rnow)
+  ran_at = rate
+  local take = math.min(math.floor(units / SLOT), waiting - called)
+  if take > 0 then
+    called = called + take
+    units = units - take * SLOT
+  end
+  units = math.min(units, burst(rate))
+end
+call()
+local ticket = redis.call('ZSCORE', KEYS[6], key)
+if ticket then
+  ticket = tonumber(ticket)
+  redis.call('ZADD', KEYS[7], rnow + idle, key)
+else
+  ticket = join(key, rnow, idle)
+  waiting = waiting + 1
+end
+call()
+local ahead = redis.call('ZRANK', KEYS[6], key)
+local code, permit, position = 4, '', 0
+if ahead < called then
+  local joined = tonumber(redis.call('HGET', KEYS[9], key)) or rnow
+  redis.call('ZREM', KEYS[6], key)
+  redis.call('ZREM', KEYS[7], key)
+  redis.call('HDEL', KEYS[9], key)
+  called, waiting = called - 1, waiting - 1
+  local waited = math.max(0, rnow - joined)
+  local bucket = 11
+  for i, le in ipairs({1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600}) do
+    if waited <= le * 1000 then bucket = i break end
+  end
+  redis.call('HINCRBY', KEYS[8], 'admitted', 1)
+  redis.call('HINCRBY', KEYS[8], 'w' .. bucket, 1)
+  redis.call('HINCRBY', KEYS[8], 'wsum', waited)
+  local second = math.floor(rnow / 1000)
+  redis.call('HINCRBY', KEYS[10], second, 1)
+  if redis.call('HLEN', KEYS[10]) > 120 then
+    for _, s in ipairs(redis.call('HKEYS', KEYS[10])) do
+      if tonumber(s) <= second - 60 then redis.call('HDEL', KEYS[10], s) end
+    end
+  end
+  code, permit = 0, new_permit(key, now, expires)
+else
+  position = ahead - called
+end
+redis.call('HSET', KEYS[8], 'called', called, 'units', units, 'filled', filled, 'rate', ran_at)
+return {code, permit, position, ticket, waiting}
+";
+
+/// KEYS as for [`LINE`]; ARGV: the deadline, cap (-1 for none), now_ms, expires_ms, lined (1
+/// when the sale has a line), idle_ms, the block ratio, a seed. The pre-queue's draw if
+/// nobody has made it yet; replies every permit, as an HGETALL, for a sale without a line
+/// (the draw's winners hold permits), and none for a sale with one (they are in line).
+const OPEN: &str = r"
+expire_permits(ARGV[3])
+if ARGV[5] == '1' then
+  local rnow = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+  settle_line(ARGV[3], ARGV[8], rnow, tonumber(ARGV[6]))
+  return {}
+end
+settle_permits(ARGV[3], ARGV[4], tonumber(ARGV[2]), tonumber(ARGV[7]), ARGV[8])
+return redis.call('HGETALL', KEYS[1])
+";
+
+/// KEYS: prequeue, opened; ARGV: the deadline, key. Replies 1 when registered, 0 when the
+/// sale has opened in Redis (its first step has made the draw).
+const REGISTER: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('SADD', KEYS[1], ARGV[2])
+return 1
+";
+
+/// KEYS as for [`LINE`]. Reads the line's figures at Redis's clock: {waiting, serving ticket
+/// (0 for none), admitted, left, admitted in the last minute, registered for the pre-queue,
+/// wsum, w1..w11}.
+const FIGURES: &str = r"
+local clock = redis.call('TIME')
+local second = tonumber(clock[1])
+local f = redis.call('HMGET', KEYS[8], 'called', 'admitted', 'left', 'wsum',
+  'w1', 'w2', 'w3', 'w4', 'w5', 'w6', 'w7', 'w8', 'w9', 'w10', 'w11')
+local waiting = redis.call('ZCARD', KEYS[6])
+local called = math.min(tonumber(f[1]) or 0, waiting)
+local serving = 0
+if called > 0 then
+  serving = tonumber(redis.call('ZRANGE', KEYS[6], called - 1, called - 1, 'WITHSCORES')[2])
+end
+local minute = 0
+local recent = redis.call('HGETALL', KEYS[10])
+for i = 1, #recent, 2 do
+  local s = tonumber(recent[i])
+  if s > second - 60 and s <= second then minute = minute + tonumber(recent[i + 1]) end
+end
+local out = {waiting, serving, tonumber(f[2]) or 0, tonumber(f[3]) or 0, minute,
+  redis.call('SCARD', KEYS[4]), tonumber(f[4]) or 0}
+for i = 5, 15 do out[#out + 1] = tonumber(f[i]) or 0 end
+return out
 ";
 
 /// KEYS as for [`ADMIT`]; ARGV: the deadline, now_ms, then a key and its expires_ms (0 for
@@ -316,15 +633,19 @@ if clock[1] * 1000 + math.floor(clock[2] / 1000) > tonumber(ARGV[1]) then
 end
 ";
 
-static SCRIPTS: LazyLock<[Script; 6]> = LazyLock::new(|| {
+static SCRIPTS: LazyLock<[Script; 10]> = LazyLock::new(|| {
     let late = |body: &str| Script::new(&format!("{LATE}{body}"));
     [
-        late(ADMIT),
+        late(&format!("{PERMITS}{ADMIT}")),
         late(REVOKE),
         late(CLEAR),
         late(GRANT),
         Script::new(DRAW_SECRET),
         late(SET_OVERRIDES),
+        late(&format!("{PERMITS}{LINE}{STEP}")),
+        late(REGISTER),
+        late(&format!("{PERMITS}{LINE}{OPEN}")),
+        Script::new(FIGURES),
     ]
 });
 
@@ -367,6 +688,41 @@ pub fn parse_admission(code: i64, permit: &str) -> Option<Answer> {
         3 => Some(Answer::NotHeld),
         _ => None,
     }
+}
+
+/// Maps the line step's reply to a [`LineAnswer`].
+pub fn parse_step(
+    code: i64,
+    permit: &str,
+    position: u64,
+    ticket: u64,
+    waiting: u64,
+) -> Option<LineAnswer> {
+    match code {
+        0..=2 => parse_admission(code, permit).map(LineAnswer::Admission),
+        4 if ticket > 0 => Some(LineAnswer::Waiting { ticket, position, waiting }),
+        _ => None,
+    }
+}
+
+/// Reads [`FIGURES`]'s reply: the line's figures and the buyers registered for the pre-queue.
+pub fn parse_figures(values: &[u64]) -> Option<(LineFigures, u64)> {
+    let [waiting, serving, admitted, left, last_minute, prequeued, waited_ms, ref waited @ ..] =
+        *values
+    else {
+        return None;
+    };
+    let waited: [u64; WAIT_BUCKETS.len() + 1] = waited.try_into().ok()?;
+    let line = LineFigures {
+        waiting,
+        admitted,
+        left,
+        admitted_last_minute: last_minute,
+        serving: (serving > 0).then_some(serving),
+        waited,
+        waited_ms,
+    };
+    Some((line, prequeued))
 }
 
 /// Why a round trip to Redis failed: said in the error log, and counted by kind in
@@ -548,23 +904,81 @@ fn execute(
     deadline: i64,
 ) -> redis::RedisResult<Reply> {
     let [permits, expiry, seq, draw, overrides] = keys(&settings.prefix, zone);
-    let [admit, revoke, clear, grant, draw_secret, set_overrides] = &*SCRIPTS;
+    let lines = line_keys(&settings.prefix, zone);
+    let [admit, revoke, clear, grant, draw_secret, set_overrides, step, register, open, figures] =
+        &*SCRIPTS;
     let malformed = || redis::RedisError::from((redis::ErrorKind::TypeError, "unexpected reply"));
+    let cap_arg = |cap: &Cap| cap.map_or(-1, |c| i64::try_from(c).unwrap_or(i64::MAX));
+    // The keys of the scripts that admit, in the order of [`PERMITS`] and [`LINE`].
+    let all_keys = |script: &'static Script| {
+        let mut invocation = script.key(&permits);
+        invocation.key(&expiry).key(&seq);
+        for key in &lines {
+            invocation.key(key);
+        }
+        invocation
+    };
     match command {
-        Command::Admit { key, cap, now_ms, expires_ms, recheck } => {
-            let cap = cap.map_or(-1, |c| i64::try_from(c).unwrap_or(i64::MAX));
-            let (code, permit): (i64, String) = admit
-                .key(&permits)
-                .key(&expiry)
-                .key(&seq)
+        Command::Admit { key, cap, now_ms, expires_ms, recheck, settle } => {
+            let (code, permit): (i64, String) = all_keys(admit)
                 .arg(deadline)
                 .arg(key.as_slice())
-                .arg(cap)
+                .arg(cap_arg(cap))
                 .arg(now_ms)
                 .arg(expires_ms.unwrap_or(0))
                 .arg(u8::from(*recheck))
+                .arg(u8::from(settle.is_some()))
+                .arg(settle.as_ref().map_or(0.0, |s| s.ratio))
+                .arg(settle.as_ref().map_or(0, |s| s.seed))
                 .invoke(conn)?;
             parse_admission(code, &permit).map(Reply::Admission).ok_or_else(malformed)
+        }
+        Command::Step(step_args) => {
+            let LineStep { key, cap, now_ms, expires_ms, line, settle } = &**step_args;
+            let (code, permit, position, ticket, waiting): (i64, String, u64, u64, u64) =
+                all_keys(step)
+                    .arg(deadline)
+                    .arg(key.as_slice())
+                    .arg(cap_arg(cap))
+                    .arg(now_ms)
+                    .arg(expires_ms.unwrap_or(0))
+                    .arg(line.rate_milli)
+                    .arg(line.idle_ms)
+                    .arg(u8::from(settle.is_some()))
+                    .arg(settle.map_or(0, |s| s.seed))
+                    .invoke(conn)?;
+            parse_step(code, &permit, position, ticket, waiting)
+                .map(Reply::Lined)
+                .ok_or_else(malformed)
+        }
+        Command::Register { key } => {
+            let [prequeue, opened, ..] = &lines;
+            let registered: i64 = register
+                .key(prequeue)
+                .key(opened)
+                .arg(deadline)
+                .arg(key.as_slice())
+                .invoke(conn)?;
+            Ok(Reply::Registered(registered == 1))
+        }
+        Command::Open { cap, now_ms, expires_ms, line, settle } => {
+            let all: Vec<(Vec<u8>, String)> = all_keys(open)
+                .arg(deadline)
+                .arg(cap_arg(cap))
+                .arg(now_ms)
+                .arg(expires_ms.unwrap_or(0))
+                .arg(u8::from(line.is_some()))
+                .arg(line.map_or(0, |l| l.idle_ms))
+                .arg(settle.ratio)
+                .arg(settle.seed)
+                .invoke(conn)?;
+            Ok(Reply::Opened(live_permits(all, *now_ms)))
+        }
+        Command::LineFigures => {
+            let values: Vec<u64> = all_keys(figures).invoke(conn)?;
+            parse_figures(&values)
+                .map(|(line, prequeued)| Reply::Line(line, prequeued))
+                .ok_or_else(malformed)
         }
         Command::Get { key, now_ms } => {
             let permit: Option<String> =
@@ -726,6 +1140,60 @@ mod tests {
         assert_eq!(parse_admission(3, ""), Some(Answer::NotHeld));
         assert_eq!(parse_admission(0, ""), None);
         assert_eq!(parse_admission(4, "3:0:9"), None);
+    }
+
+    #[test]
+    fn line_steps_parse_strictly() {
+        let held = Held { seq: 3, expires_ms: None };
+        assert_eq!(
+            parse_step(0, "3:0:9", 0, 0, 0),
+            Some(LineAnswer::Admission(Answer::Admitted(held)))
+        );
+        assert_eq!(
+            parse_step(1, "3:0:9", 0, 0, 0),
+            Some(LineAnswer::Admission(Answer::Permitted(held)))
+        );
+        assert_eq!(parse_step(2, "", 0, 0, 0), Some(LineAnswer::Admission(Answer::SoldOut)));
+        assert_eq!(
+            parse_step(4, "", 17, 40, 90),
+            Some(LineAnswer::Waiting { ticket: 40, position: 17, waiting: 90 })
+        );
+        assert_eq!(parse_step(4, "", 17, 0, 90), None, "tickets start at 1");
+        assert_eq!(parse_step(3, "", 0, 0, 0), None, "no recheck in a step");
+        assert_eq!(parse_step(0, "", 0, 0, 0), None);
+        assert_eq!(parse_step(5, "", 0, 1, 0), None);
+    }
+
+    #[test]
+    fn line_figures_parse_in_order() {
+        let mut values = vec![12, 40, 300, 7, 55, 3, 90_500];
+        values.extend(1..=11);
+        let (line, prequeued) = parse_figures(&values).unwrap();
+        assert_eq!(prequeued, 3);
+        assert_eq!(
+            (line.waiting, line.serving, line.admitted, line.left, line.admitted_last_minute),
+            (12, Some(40), 300, 7, 55)
+        );
+        assert_eq!(line.waited_ms, 90_500);
+        assert_eq!(line.waited, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+        values[1] = 0;
+        assert_eq!(parse_figures(&values).unwrap().0.serving, None, "nobody called");
+        assert_eq!(parse_figures(&values[..17]), None);
+        values.push(0);
+        assert_eq!(parse_figures(&values), None);
+    }
+
+    #[test]
+    fn the_line_keys_share_the_zone_slot() {
+        let keys = line_keys("shop:", "sale");
+        assert_eq!(keys[0], "shop:{sale}:prequeue");
+        assert_eq!(keys[2], "shop:{sale}:line");
+        assert!(keys.iter().all(|k| k.starts_with("shop:{sale}:")));
+        // The scripts that admit share their functions: one text each, no copy.
+        for script in [ADMIT, STEP, OPEN] {
+            assert!(!script.contains("local function held_permit"));
+        }
+        assert!(PERMITS.contains("local function held_permit"));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use rand::{rngs::StdRng, SeedableRng};
 use crate::health::Health;
 use crate::link::Link;
 
-use crate::line::{LineFigures, LineFull, LineState, Place, Ranks};
+use crate::line::{Estimate, Heard, LineFigures, LineFull, LineState, Place, Ranks};
 use crate::sale::{
     expiry, prequeue_winners, Admission, Cap, Grant, Held, Lookup, Outcome, Overrides, PermitInfo,
     PermitLookup, PermitStore, Queue, Queued, Registration, Sale, COUNTED,
@@ -41,6 +41,16 @@ pub trait Arena {
     /// # Safety
     /// `p` came from this arena's `alloc(size)` and is not used afterwards.
     unsafe fn free(&self, p: NonNull<u8>, size: usize);
+}
+
+/// An arena that allocates nothing: for lookups that must not make anything.
+pub enum NoArena {}
+
+impl Arena for NoArena {
+    fn alloc(&self, _size: usize) -> Option<NonNull<u8>> {
+        None
+    }
+    unsafe fn free(&self, _p: NonNull<u8>, _size: usize) {}
 }
 
 /// A region of shared memory with a lock; locking yields the region's arena.
@@ -64,7 +74,7 @@ impl<T: Shared> Shared for &T {
 
 /// Tells a table laid out by one build of the module from one it cannot read, so that a
 /// reload with a changed layout fails loudly instead of reading garbage.
-const LAYOUT_MAGIC: u64 = 0x464c_5348_5341_4c06; // "FLSHSAL" + version 6
+const LAYOUT_MAGIC: u64 = 0x464c_5348_5341_4c07; // "FLSHSAL" + version 7
 
 /// Counters kept in the zone, exact across workers, updated without the lock.
 #[repr(C)]
@@ -242,6 +252,11 @@ pub struct PermitTable {
     ranks_len: usize,
     /// The line's counts and pace.
     line_state: LineState,
+    /// For a zone kept in Redis: what this host heard of the waiters in Redis's line (and of
+    /// buyers registered for the pre-queue there), in `waiters_len` slots, two ways per hash;
+    /// made for the first; null before.
+    waiters: *mut WaiterSlot,
+    waiters_len: usize,
     pub stats: Stats,
     pub overrides: SharedOverrides,
     /// For a zone kept in Redis: the link's health and the last SOLD_OUT, shared by workers.
@@ -315,6 +330,17 @@ pub const COMPACT_STALE_MS: i64 = 60_000;
 /// The least a journal grows before a worker compacts it.
 pub const COMPACT_MIN_BYTES: u64 = 64 * 1024;
 
+/// One slot of a host's cache of what it heard of waiters in Redis: the key's hash (with its
+/// lowest bit set: 0 is an empty slot) and what was heard. 40 bytes, no key: two keys whose
+/// 64-bit keyed hashes are equal would share a place, which a zone's secret hash key makes
+/// as unlikely as guessing it.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct WaiterSlot {
+    tag: u64,
+    heard: Heard,
+}
+
 /// The most silent waiters one step takes out of the line.
 const LEAVE_PER_STEP: usize = 64;
 
@@ -384,6 +410,8 @@ impl PermitTable {
                 ranks: ptr::null_mut(),
                 ranks_len: 0,
                 line_state: LineState::default(),
+                waiters: ptr::null_mut(),
+                waiters_len: 0,
                 stats: Stats::default(),
                 overrides: SharedOverrides::default(),
                 link: Link::default(),
@@ -860,6 +888,70 @@ impl PermitTable {
             serving: state.serving(&line.ranks),
             waited: state.waited,
             waited_ms: state.waited_ms,
+        }
+    }
+
+    /// The host's cache of waiters in Redis, made for the first (a slot per four of the
+    /// permits' buckets, at least 64: a miss only costs a round trip); `None` when the zone has
+    /// no room for it.
+    fn waiter_slots(&mut self, arena: Option<&impl Arena>) -> Option<&mut [WaiterSlot]> {
+        if self.waiters.is_null() {
+            let arena = arena?;
+            let len = ((self.mask as usize + 1) / 4).max(64);
+            let bytes = len.checked_mul(size_of::<WaiterSlot>())?;
+            let slots = arena.alloc(bytes)?.cast::<WaiterSlot>();
+            // SAFETY: just allocated with room for `len` slots, pointer-aligned; all empty.
+            unsafe { ptr::write_bytes(slots.as_ptr(), 0, len) };
+            (self.waiters, self.waiters_len) = (slots.as_ptr(), len);
+        }
+        // SAFETY: made above in this zone's arena, live as long as the zone, reached from this
+        // table alone, under the lock the caller holds.
+        Some(unsafe { core::slice::from_raw_parts_mut(self.waiters, self.waiters_len) })
+    }
+
+    /// The two slots `key` may sit in, and its tag.
+    fn waiter_ways(
+        &mut self,
+        key: &[u8],
+        arena: Option<&impl Arena>,
+    ) -> Option<(&mut [WaiterSlot], u64)> {
+        let tag = self.hash(key) | 1;
+        let slots = self.waiter_slots(arena)?;
+        let first = (tag as usize >> 1) % (slots.len() / 2) * 2;
+        Some((&mut slots[first..first + 2], tag))
+    }
+
+    /// What this host heard of `key` in Redis's line or pre-queue.
+    fn heard(&mut self, key: &[u8]) -> Option<Heard> {
+        let (ways, tag) = self.waiter_ways(key, None::<&NoArena>)?;
+        ways.iter().find(|slot| slot.tag == tag).map(|slot| slot.heard)
+    }
+
+    /// Keeps what this host heard of `key`: `heard` makes it from what it heard before. The
+    /// older of the two ways gives way to a new key. `None` when the zone has no room.
+    fn hear(
+        &mut self,
+        arena: &impl Arena,
+        key: &[u8],
+        heard: impl FnOnce(Option<Heard>) -> Heard,
+    ) -> Option<Heard> {
+        let (ways, tag) = self.waiter_ways(key, Some(arena))?;
+        let found = ways.iter().position(|slot| slot.tag == tag);
+        let before = found.map(|i| ways[i].heard);
+        let i = found.unwrap_or_else(|| match ways.iter().position(|slot| slot.tag == 0) {
+            Some(empty) => empty,
+            None => usize::from(ways[1].heard.asked_ms < ways[0].heard.asked_ms),
+        });
+        ways[i] = WaiterSlot { tag, heard: heard(before) };
+        Some(ways[i].heard)
+    }
+
+    /// Forgets what this host heard of `key` in Redis's line or pre-queue.
+    fn unhear(&mut self, key: &[u8]) {
+        if let Some((ways, tag)) = self.waiter_ways(key, None::<&NoArena>) {
+            for slot in ways.iter_mut().filter(|slot| slot.tag == tag) {
+                *slot = WaiterSlot::default();
+            }
         }
     }
 
@@ -1344,6 +1436,47 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
         self.take(key);
     }
 
+    /// For a zone kept in Redis: what this host heard of `key` in Redis's line or pre-queue.
+    pub fn heard(&mut self, key: &[u8]) -> Option<Heard> {
+        self.with_table(|table, _| table.heard(key))
+    }
+
+    /// For a zone kept in Redis: Redis placed `key` in its line, now; returns what the buyer
+    /// is shown (never a place above the one he was last shown for the same ticket).
+    pub fn hear_place(&mut self, key: &[u8], ticket: u64, position: u64) -> Heard {
+        let now_ms = self.now_ms;
+        let heard = |before| Heard::new(before, ticket, position, now_ms);
+        self.with_table(|table, arena| table.hear(arena, key, heard)).unwrap_or_else(|| heard(None))
+    }
+
+    /// For a zone kept in Redis: Redis registered `key` for the pre-queue.
+    pub fn hear_registered(&mut self, key: &[u8]) {
+        let now_ms = self.now_ms;
+        self.with_table(|table, arena| table.hear(arena, key, |_| Heard::registered(now_ms)));
+    }
+
+    /// For a zone kept in Redis: a waiter's refresh, answered from what this host heard if
+    /// the rule allows (see [`Heard`]); the place shown is remembered.
+    pub fn estimate(&mut self, key: &[u8], queue: &crate::sale::Queue) -> Estimate {
+        let now_ms = self.now_ms;
+        self.with_table(|table, arena| {
+            let Some(heard) = table.heard(key) else {
+                return Estimate::Ask;
+            };
+            let estimate = heard.estimate(queue, now_ms);
+            if let Estimate::Queued(waiting) = estimate {
+                table.hear(arena, key, |_| Heard { shown: waiting.position, ..heard });
+            }
+            estimate
+        })
+    }
+
+    /// For a zone kept in Redis: drops what this host heard of `key` in Redis's line (he was
+    /// admitted, or told SOLD_OUT) or pre-queue.
+    pub fn unhear(&mut self, key: &[u8]) {
+        self.with_table(|table, _| table.unhear(key));
+    }
+
     /// Revokes every permit; returns how many there were.
     pub fn clear(&mut self) -> u64 {
         self.with_table(|table, arena| {
@@ -1371,24 +1504,43 @@ pub enum Cached {
 
 /// The draw's view of a zone kept in Redis: this host's cache of permits and of SOLD_OUT.
 /// Redis alone knows the count, so the cap is left to it.
+/// A buyer this host heard is in Redis's line is in line: he draws no more.
 pub struct RemoteView<'s, 'a, S: Shared> {
     pub store: &'s mut ZoneStore<'a, S>,
     pub cache_ms: i64,
+    /// Set by a registration for the pre-queue that only Redis can make (the host has not
+    /// heard of it): the gate asks Redis before it answers PREQUEUED.
+    pub registering: bool,
+}
+
+impl<'s, 'a, S: Shared> RemoteView<'s, 'a, S> {
+    pub fn new(store: &'s mut ZoneStore<'a, S>, cache_ms: i64) -> Self {
+        RemoteView { store, cache_ms, registering: false }
+    }
 }
 
 impl<S: Shared> PermitLookup for RemoteView<'_, '_, S> {
-    fn lookup(&mut self, key: &[u8], _sale: &Sale) -> Lookup {
+    fn lookup(&mut self, key: &[u8], sale: &Sale) -> Lookup {
         let now_ms = self.store.now_ms;
         match self.store.cached(key, self.cache_ms) {
             Cached::Fresh(held) => Lookup::Permitted(held),
             Cached::Stale => Lookup::Recheck,
             Cached::Absent if self.store.table().link.trusts_sold_out(now_ms) => Lookup::SoldOut,
+            Cached::Absent
+                if sale.queue.is_some()
+                    && self.store.heard(key).is_some_and(|heard| heard.in_line()) =>
+            {
+                Lookup::InLine
+            }
             Cached::Absent => Lookup::Open,
         }
     }
 
     fn register(&mut self, key: &[u8]) -> Registration {
-        self.store.register(key)
+        if self.store.heard(key).is_none_or(|heard| heard.in_line()) {
+            self.registering = true;
+        }
+        Registration::Registered
     }
 
     fn lookup_always(&self) -> bool {
@@ -1892,7 +2044,7 @@ mod tests {
         let t = unsafe { t.as_mut() };
         assert!(t.is_compatible());
         assert_eq!(t.key_spec(), b"$arg_user");
-        t.magic = 7;
+        t.magic = 6;
         assert!(!t.is_compatible());
     }
 
@@ -2028,19 +2180,16 @@ mod tests {
         let t = table(&heap, 64);
         let sale = capped(Some(1));
         let mut s = store(&heap, t, 1_000);
-        assert_eq!(RemoteView { store: &mut s, cache_ms: 500 }.lookup(b"amy", &sale), Lookup::Open);
+        assert_eq!(RemoteView::new(&mut s, 500).lookup(b"amy", &sale), Lookup::Open);
         assert!(s.remember(b"amy", seq(41), true));
         // Redis decides the cap: one permit here says nothing about it.
-        assert_eq!(RemoteView { store: &mut s, cache_ms: 500 }.lookup(b"bob", &sale), Lookup::Open);
+        assert_eq!(RemoteView::new(&mut s, 500).lookup(b"bob", &sale), Lookup::Open);
         let mut s = store(&heap, t, 1_499);
-        let mut view = RemoteView { store: &mut s, cache_ms: 500 };
+        let mut view = RemoteView::new(&mut s, 500);
         assert_eq!(view.lookup(b"amy", &sale), Lookup::Permitted(seq(41)));
         let mut s = store(&heap, t, 1_500);
         assert_eq!(s.cached(b"amy", 500), Cached::Stale);
-        assert_eq!(
-            RemoteView { store: &mut s, cache_ms: 500 }.lookup(b"amy", &sale),
-            Lookup::Recheck
-        );
+        assert_eq!(RemoteView::new(&mut s, 500).lookup(b"amy", &sale), Lookup::Recheck);
         // Heard of again: fresh again, under the number Redis gave, counted as granted once.
         assert!(s.remember(b"amy", seq(41), false));
         assert_eq!(s.cached(b"amy", 500), Cached::Fresh(seq(41)));
@@ -2050,12 +2199,56 @@ mod tests {
         assert_eq!(s.cached(b"amy", 500), Cached::Absent);
         assert_eq!(s.permits(), 0);
         s.table().link.sold_out(1_500, 500);
-        assert_eq!(
-            RemoteView { store: &mut s, cache_ms: 500 }.lookup(b"cy", &sale),
-            Lookup::SoldOut
-        );
+        assert_eq!(RemoteView::new(&mut s, 500).lookup(b"cy", &sale), Lookup::SoldOut);
         let mut s = store(&heap, t, 2_000);
-        assert_eq!(RemoteView { store: &mut s, cache_ms: 500 }.lookup(b"cy", &sale), Lookup::Open);
+        assert_eq!(RemoteView::new(&mut s, 500).lookup(b"cy", &sale), Lookup::Open);
+    }
+
+    #[test]
+    fn a_redis_zone_remembers_its_waiters_places() {
+        use crate::line::{Queue, Rate};
+        let heap = Heap::new(1 << 20);
+        let t = table(&heap, 256);
+        let queue =
+            Queue { rate: Rate::from_milli(10_000).unwrap(), idle_ms: 10_000, refresh_ms: 2_000 };
+        let sale = Sale { queue: Some(queue), ..Sale::default() };
+        let mut s = store(&heap, t, 1_000);
+        assert_eq!(s.estimate(b"amy", &queue), Estimate::Ask, "never heard of");
+        assert_eq!(RemoteView::new(&mut s, 500).lookup(b"amy", &sale), Lookup::Open);
+        let heard = s.hear_place(b"amy", 3, 100);
+        assert_eq!((heard.ticket, heard.shown), (3, 100));
+        assert_eq!(RemoteView::new(&mut s, 500).lookup(b"amy", &sale), Lookup::InLine);
+        let mut s = store(&heap, t, 3_000);
+        assert_eq!(
+            s.estimate(b"amy", &queue),
+            Estimate::Queued(crate::line::Waiting { position: 80, wait_seconds: 9 })
+        );
+        assert_eq!(s.heard(b"amy").unwrap().shown, 80, "what he was shown is kept");
+        // Redis says 90 (the pace is slower than the host thinks): he is still shown 80.
+        assert_eq!(s.hear_place(b"amy", 3, 90).shown, 80);
+        s.unhear(b"amy");
+        assert_eq!(s.heard(b"amy"), None);
+        // Many waiters in a small cache: some are forgotten (a round trip each), none mixed up.
+        let mut s = store(&heap, t, 4_000);
+        for i in 0..1_000u64 {
+            s.hear_place(format!("w{i}").as_bytes(), i + 1, i);
+        }
+        let known: Vec<u64> = (0..1_000u64)
+            .filter_map(|i| s.heard(format!("w{i}").as_bytes()).map(|h| (h.ticket, i)))
+            .map(|(ticket, i)| {
+                assert_eq!(ticket, i + 1);
+                i
+            })
+            .collect();
+        assert!(known.len() >= 40 && known.len() <= 64, "{} known", known.len());
+        // A registration for the pre-queue is not a place in line.
+        s.hear_registered(b"bob");
+        let mut view = RemoteView::new(&mut s, 500);
+        assert_eq!(view.lookup(b"bob", &sale), Lookup::Open);
+        assert_eq!(view.register(b"bob"), Registration::Registered);
+        assert!(!view.registering, "heard of: no round trip");
+        assert_eq!(view.register(b"cy"), Registration::Registered);
+        assert!(view.registering, "Redis registers cy");
     }
 
     #[test]

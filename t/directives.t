@@ -561,7 +561,7 @@ qr/flash_sale_zone "sale" already has a "flash_sale_redis" in \S+nginx\.conf:\d+
 --- error_log eval
 qr/flash_sale_zone "sale" has a state file; a zone kept in Redis needs none in \S+nginx\.conf:\d+/
 
-=== TEST 43: no pre-queue for a zone in Redis
+=== TEST 43: a pre-queue and a line for a zone in Redis
 --- http_config
     flash_sale_zone $arg_user zone=sale:1m;
     flash_sale_redis zone=sale server=127.0.0.1:6379;
@@ -570,11 +570,16 @@ qr/flash_sale_zone "sale" has a state file; a zone kept in Redis needs none in \
         flash_sale zone=sale;
         flash_sale_start 2099-01-01T00:00:00Z;
         flash_sale_prequeue 5m;
-        return 200;
+        flash_sale_queue rate=10r/s idle=30s;
+        proxy_pass http://127.0.0.1:1/;
     }
---- must_die
---- error_log eval
-qr/"flash_sale_prequeue" cannot be used with flash_sale_zone "sale", which is kept in Redis in \S+nginx\.conf:\d+/
+    location /open { return 200 "open\n"; }
+--- request
+GET /open
+--- response_body
+open
+--- no_error_log
+[emerg]
 
 === TEST 44: a Redis password that cannot be read
 --- http_config

@@ -6,7 +6,7 @@
 use nginx_sys::{
     ngx_http_core_run_phases, ngx_http_request_empty_handler, NGX_LOG_ERR, NGX_LOG_WARN,
 };
-use ngx::core::Status;
+use ngx::core::{SlabPool, Status};
 use ngx::http::{HTTPStatus, Request};
 use ngx::ngx_log_error;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -16,11 +16,14 @@ use crate::ffi::Next;
 use crate::gate::verdict::{conclude, drawer, request_key, Gated};
 use crate::health::Change;
 use crate::http::now_ms;
+use crate::line::Estimate;
 use crate::link::AfterReply;
 use crate::offload;
-use crate::remote::{Command, Failure, OnError, Reply};
-use crate::sale::{admitted, draw_step, DrawMode, Outcome, PermitStore, Step, Verdict};
-use crate::zone::{Cached, RemoteView, Stats};
+use crate::remote::{Command, Failure, LineSettings, LineStep, OnError, Reply, Settle};
+use crate::sale::{
+    admitted, draw_step, lined, DrawMode, Outcome, PermitStore, Queue, Queued, Sale, Step, Verdict,
+};
+use crate::zone::{Cached, RemoteView, Stats, ZoneStore};
 
 fn server_error() -> Next {
     HTTPStatus::INTERNAL_SERVER_ERROR.into()
@@ -56,15 +59,44 @@ pub fn gate(req: &mut Request, lcf: &LocConf, zone: ZoneRef, key: &[u8]) -> Next
         }
         None => store.table().draw_secret(),
     };
-    let draw = drawer(lcf, secret, key, now);
-    let recheck =
-        match draw_step(&sale, key, now, draw, &mut RemoteView { store: &mut store, cache_ms }) {
-            Step::Decided(verdict) => return conclude(req, &g, verdict),
-            Step::Recheck => true,
-            Step::Admit => false,
-            // `nginx -t` refuses a line in a zone kept in Redis.
-            Step::Line => return server_error(),
+    if (zone.lined || zone.prequeued) && link.claim_figures(now) {
+        refresh_line(zone.get());
+    }
+    // The sale's opening on this host, in a sale with a pre-queue: the draw is made in Redis
+    // (by whichever host comes first), and this host learns its winners before anyone is
+    // decided here, so that none of them is turned away by the draw.
+    if sale.prequeue_ms.is_some()
+        && sale.window.check(now).is_ok()
+        && !link.opened()
+        && link.may_ask(now)
+        && link.claim_opening(now, OPENING_RETRY_MS)
+    {
+        let command = Command::Open {
+            cap: sale.cap,
+            now_ms: now,
+            expires_ms: lcf.permit_ttl_ms.map(|ttl| crate::sale::expiry(now, ttl)),
+            line: sale.queue.map(line_settings),
+            settle: settle(&sale, now),
         };
+        return ask(req, &zone, command);
+    }
+    let draw = drawer(lcf, secret, key, now);
+    let mut view = RemoteView::new(&mut store, cache_ms);
+    let step = draw_step(&sale, key, now, draw, &mut view);
+    let registering = view.registering;
+    let recheck = match step {
+        // A registration only Redis can make: asked before the buyer is told PREQUEUED.
+        Step::Decided(verdict) if registering && verdict.outcome == Outcome::Prequeued => {
+            if !store.table().link.may_ask(now) {
+                return conclude(req, &g, Outcome::Unavailable.into());
+            }
+            return ask(req, &zone, Command::Register { key: key.to_vec() });
+        }
+        Step::Decided(verdict) => return conclude(req, &g, verdict),
+        Step::Recheck => true,
+        Step::Admit => false,
+        Step::Line => return line_step(req, &g, &mut store, cache_ms),
+    };
     if !recheck && !store.table().link.may_ask_for_permit(now, cache_ms) {
         // Sold out, as far as this host knows; another winner is asking Redis again.
         return conclude(req, &g, Outcome::SoldOut.into());
@@ -78,8 +110,69 @@ pub fn gate(req: &mut Request, lcf: &LocConf, zone: ZoneRef, key: &[u8]) -> Next
         now_ms: now,
         expires_ms: lcf.permit_ttl_ms.map(|ttl| crate::sale::expiry(now, ttl)),
         recheck,
+        // A lined sale's pre-queue goes to its line: only its step draws it.
+        settle: match sale.queue {
+            None => settle_if_due(&sale, &store.table().link, now).map(Box::new),
+            Some(_) => None,
+        },
     };
     ask(req, &zone, command)
+}
+
+/// How long a host's opening may take before another request takes it over (its worker
+/// died): far longer than any round trip.
+const OPENING_RETRY_MS: i64 = 10_000;
+
+/// A buyer who may buy, in a sale with a line kept in Redis: answered from what this host
+/// heard while the rule allows (see `line::Heard`), or by a step in Redis.
+fn line_step(
+    req: &mut Request,
+    g: &Gated<'_>,
+    store: &mut ZoneStore<'_, SlabPool>,
+    cache_ms: i64,
+) -> Next {
+    let Some(queue) = g.sale.queue else {
+        return server_error();
+    };
+    let link = &store.table().link;
+    if link.known_sold_out() {
+        // Sold out when Redis last said; one waiter per host and cache time asks again, the
+        // others are told SOLD_OUT, whatever place they had.
+        if !link.may_ask_for_permit(g.now, cache_ms) {
+            return conclude(req, g, Outcome::SoldOut.into());
+        }
+    } else if let Estimate::Queued(waiting) = store.estimate(g.key, &queue) {
+        return conclude(req, g, lined(Queued::Waiting(waiting)));
+    }
+    if !store.table().link.may_ask(g.now) {
+        return without_redis(req, g);
+    }
+    let command = Command::Step(Box::new(LineStep {
+        key: g.key.to_vec(),
+        cap: g.sale.cap,
+        now_ms: g.now,
+        expires_ms: g.lcf.permit_ttl_ms.map(|ttl| crate::sale::expiry(g.now, ttl)),
+        line: line_settings(queue),
+        settle: settle_if_due(&g.sale, &store.table().link, g.now),
+    }));
+    ask(req, &g.zone, command)
+}
+
+/// The line's settings as a step sends them.
+fn line_settings(queue: Queue) -> LineSettings {
+    LineSettings { rate_milli: queue.rate.milli(), idle_ms: queue.idle_ms }
+}
+
+/// The pre-queue's draw, with a seed from this host's randomness.
+fn settle(sale: &Sale, now: i64) -> Settle {
+    let seed = StdRng::try_from_os_rng().map_or(now as u32, |mut rng| rng.random());
+    Settle { ratio: sale.block_ratio.value(), seed }
+}
+
+/// The pre-queue's draw for a step that may be the sale's first in Redis: in a sale with a
+/// pre-queue, on a host that has not opened it yet.
+fn settle_if_due(sale: &Sale, link: &crate::link::Link, now: i64) -> Option<Settle> {
+    (sale.prequeue_ms.is_some() && !link.opened()).then(|| settle(sale, now))
 }
 
 /// A proposal for the sale's per-key draw secret, from the system's randomness.
@@ -194,6 +287,13 @@ fn decide_with_reply(
                 Command::DrawSecret { .. } => gate(req, lcf, zone, key),
                 // Redis had already said SOLD_OUT; only the copy is missing.
                 Command::Permits { .. } => conclude(req, &g, Outcome::SoldOut.into()),
+                // Another request opens the sale here once Redis answers.
+                Command::Open { .. } => {
+                    link.opening_done(false);
+                    gate(req, lcf, zone, key)
+                }
+                // Not registered: told so, before the start (no host admits anyone then).
+                Command::Register { .. } => conclude(req, &g, Outcome::Unavailable.into()),
                 _ => without_redis(req, &g),
             };
         }
@@ -209,10 +309,34 @@ fn decide_with_reply(
         );
     }
     let cache_ms = redis.settings.cache_ms;
-    let verdict = match link.after_reply(reply, now, cache_ms) {
+    let after = link.after_reply(reply, now, cache_ms);
+    if matches!(command, Command::Step(_)) && !matches!(after, AfterReply::Waiting { .. }) {
+        // Out of the line: admitted, holding a permit, or told SOLD_OUT.
+        store.unhear(key);
+    }
+    let verdict = match after {
         AfterReply::Pass { outcome, held, new } => {
             store.remember(key, held, new);
             Verdict::passed(outcome, held)
+        }
+        AfterReply::Waiting { ticket, position } => {
+            let Some(queue) = sale.queue else {
+                return server_error();
+            };
+            let heard = store.hear_place(key, ticket, position);
+            lined(Queued::Waiting(heard.as_shown(queue.rate)))
+        }
+        AfterReply::Registered(true) => {
+            store.hear_registered(key);
+            Outcome::Prequeued.into()
+        }
+        // The sale opened in Redis (another host's clock is ahead): not registered.
+        AfterReply::Registered(false) => Outcome::NotStarted.into(),
+        AfterReply::Opened(permits) => {
+            // The pre-queue's winners are known here now: none is taken for a new buyer.
+            store.remember_all(&permits);
+            link.opening_done(true);
+            return gate(req, lcf, zone, key);
         }
         AfterReply::SoldOut { copy } => {
             store.forget(key);
@@ -254,8 +378,17 @@ fn without_redis(req: &mut Request, g: &Gated<'_>) -> Next {
     let verdict = match store.cached(g.key, i64::MAX) {
         // A winner this host knows of passes, however long ago it heard.
         Cached::Fresh(held) => Verdict::passed(Outcome::Permitted, held),
-        _ if open => admitted(store.admit(g.key, &g.sale)),
-        _ => Outcome::Unavailable.into(),
+        _ => match (g.sale.queue, store.heard(g.key)) {
+            // A waiter this host knows of keeps the place he was shown: nobody is called
+            // while Redis is away.
+            (Some(queue), Some(heard)) if heard.in_line() => {
+                lined(Queued::Waiting(heard.as_shown(queue.rate)))
+            }
+            // This host's own line, pace and cap.
+            (Some(_), _) if open => lined(store.queue(g.key, &g.sale)),
+            _ if open => admitted(store.admit(g.key, &g.sale)),
+            _ => Outcome::Unavailable.into(),
+        },
     };
     conclude(req, g, verdict)
 }
@@ -306,6 +439,32 @@ fn refresh_overrides(zone: ZoneRef) {
             }
             if let Ok(Reply::Overrides(overrides)) = reply {
                 apply_overrides(&zone, &overrides);
+            }
+        },
+    );
+}
+
+/// Reads the line's figures (and the pre-queue's registrations) from Redis, for this host's
+/// metrics and API to show when they come; nobody waits for it.
+pub fn refresh_line(zone: &'static ZoneConf) {
+    let Some(redis) = zone.redis() else {
+        return;
+    };
+    let name = zone.name().to_string();
+    offload::post_detached(
+        redis.threads,
+        &redis.settings,
+        name,
+        Command::LineFigures,
+        move |_, reply| {
+            let Some(table) = zone.table_ref() else {
+                return;
+            };
+            Stats::count(&table.stats.redis_calls);
+            match reply {
+                Ok(Reply::Line(line, prequeued)) => table.link.set_figures(&line, prequeued),
+                Ok(_) => {}
+                Err(failure) => table.stats.redis_failed(failure.index()),
             }
         },
     );
