@@ -40,6 +40,8 @@ MESSAGE = "SOLD_OUT: the sale is sold out.\\n"
 SOLD_OUT_CAP = 100
 WINNERS = 10_000
 MANY_WINNERS = 100_000
+# Buyers waiting in the line for the "queued" runs.
+WAITERS = 10_000
 RUSH_CAP = 10_000
 RUSH_RATIO = 0.99
 
@@ -156,10 +158,11 @@ http {{
         # 5. everyone admitted, with and without a state file (a journal write per request)
 {admit_locations}
 
-        # 6. waiting in a line (nobody is let in after the first: 1r/m)
+        # 6. waiting in a line (one let in a minute: nearly everyone waits; waiters keep their
+        # places for the whole benchmark)
         location /queued {{
             flash_sale zone=line;
-            flash_sale_queue rate=1r/m refresh=20s;
+            flash_sale_queue rate=1r/m idle=1h refresh=20s;
             {PROXY}
         }}
 
@@ -326,6 +329,7 @@ def prime(gate, lua):
         visit(port, "/soldout/fill", range(1, SOLD_OUT_CAP + 1), prefix="early-")
         visit(port, "/winners", range(1, WINNERS + 1))
     visit(GATE_PORT, "/many", range(1, MANY_WINNERS + 1))
+    visit(GATE_PORT, "/queued", range(1, WAITERS + 1))
 
 
 # (scenario, variant) -> (port, path, identities). The path may hold {r}, the round number.
@@ -344,10 +348,12 @@ RUNS = {
     ("opening rush", "openresty"): (LUA_PORT, "/rush{r}", 1_000_000),
     ("before the start", "baseline"): (GATE_PORT, "/reject", 1_000_000),
     ("before the start", "module"): (GATE_PORT, "/early", 1_000_000),
+    ("queued", "baseline"): (GATE_PORT, "/reject", 1_000_000),
+    ("queued", "module"): (GATE_PORT, "/queued", WAITERS),
     ("admitting everyone", "module"): (GATE_PORT, "/admit{r}", 10_000_000),
     ("admitting everyone", "module, state file"): (GATE_PORT, "/journal{r}", 10_000_000),
 }
-SCENARIOS = ["sold out", "returning winners", "opening rush", "before the start"]
+SCENARIOS = ["sold out", "returning winners", "opening rush", "before the start", "queued"]
 # Each variant is measured right next to its reference, in pairs, so that drift of the machine
 # between runs cancels out in the ratio.
 PAIRS = [(scenario, variant, "module" if variant.startswith("module,") else "baseline")
@@ -535,7 +541,7 @@ def report(results, ratios, sellouts, counts, capacity):
     def target(ok, text):
         lines.append(f"- {'met' if ok else 'NOT MET'}: {text}")
 
-    for scenario in ["sold out", "opening rush", "before the start"]:
+    for scenario in ["sold out", "opening rush", "before the start", "queued"]:
         r = ratio_stats(ratios, scenario, "module")
         target(r[0] >= 0.95, f"{scenario}: module at {r[0]:.3f} of the baseline (target 0.95)")
     r = ratio_stats(ratios, "returning winners", "module")
@@ -556,6 +562,15 @@ def report(results, ratios, sellouts, counts, capacity):
         target(added <= 1500, f"{scenario}: the gate adds {added:,.0f} instructions per request "
                f"({counts[f'{scenario}, baseline']:,.0f} without it, "
                f"{counts[f'{scenario}, module']:,.0f} with it; target 1,500)")
+    added = counts["queued, module"] - counts["queued, baseline"]
+    target(added <= 2000, f"queued: a waiter's request adds {added:,.0f} instructions "
+           f"({counts['queued, baseline']:,.0f} for a plain return 503, "
+           f"{counts['queued, module']:,.0f} in line; target 2,000)")
+    capacity, line = capacity
+    target(line["waiting"] >= 1_000_000 and line["beyond"] <= 128,
+           f"a 256 MB zone holds a line of {line['waiting']:,} waiters of 40-byte keys, "
+           f"{line['per_waiter']:.0f} zone bytes each, {line['beyond']:.0f} beyond the key "
+           "(target 1,000,000 and 128)")
     per_permit_40 = next(b for k, b in capacity if k == 40)
     target(per_permit_40 - 40 <= 128, f"{per_permit_40:.0f} zone bytes per permit of a 40-byte "
            f"key, {per_permit_40 - 40:.0f} beyond the key (target 128)")
@@ -587,7 +602,11 @@ def capacity():
                          check=True, env=dict(os.environ, TEST_NGINX_BINARY=NGINX,
                                               TEST_NGINX_LOAD_MODULES=MODULE)).stdout
     rows = [line.split() for line in out.splitlines()[1:]]
-    return [(int(r[1]), float(r[4])) for r in rows if r[0] == "10m"]
+    permits = [(int(r[1]), float(r[4])) for r in rows if r[0] == "10m"]
+    waiting, used = map(int, re.search(r"^line: .*?: (\d+) waiting of \d+ asked \(\d+ refused\), "
+                                       r"(\d+) bytes used", out, re.M).groups())
+    line = {"waiting": waiting, "per_waiter": used / waiting, "beyond": used / waiting - 40}
+    return permits, line
 
 
 def main():

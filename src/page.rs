@@ -367,7 +367,7 @@ fn html(words: &Words, f: &Figures) -> String {
     let _ =
         writeln!(page, "<h1>{}</h1>\n<p>{}</p>", Escaped(words.heading), Escaped(words.sentence));
     let figures = [
-        ("Your place in line", f.position.map(grouped)),
+        ("Buyers ahead of you", f.position.map(grouped)),
         ("Estimated wait", f.wait_seconds.map(|s| format!("about {}", duration(s)))),
         ("The sale starts in", f.starts_in.map(|s| duration(s.max(0) as u64))),
         ("The sale ends in", f.ends_in.map(|s| duration(s.max(0) as u64))),
@@ -638,7 +638,7 @@ mod tests {
         assert!(page.contains("<meta http-equiv=\"refresh\" content=\"7\">"));
         assert!(page.contains("<title>The sale has not started yet</title>"));
         assert!(page.contains("<h1>The sale has not started yet</h1>"));
-        assert!(page.contains("<dt>Your place in line</dt><dd>12,345</dd>"));
+        assert!(page.contains("<dt>Buyers ahead of you</dt><dd>12,345</dd>"));
         assert!(page.contains("<dt>Estimated wait</dt><dd>about 2 minutes 5 seconds</dd>"));
         assert!(page.contains("<dt>The sale starts in</dt><dd>7 seconds</dd>"));
         assert!(page.contains("<dt>The sale ends in</dt><dd>1 day 1 hour</dd>"));

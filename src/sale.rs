@@ -457,8 +457,9 @@ pub trait PermitLookup {
 pub trait PermitStore: PermitLookup {
     /// Stores a permit for `key` if it has none and the count is under the sale's cap.
     fn admit(&mut self, key: &[u8], sale: &Sale) -> Admission;
-    /// For a sale with a line: puts `key` in it (once), and admits it as [`admit`] does if it
-    /// is called in, in the same atomic step.
+    /// For a sale with a line, in one atomic step: a key that holds a permit passes, at the cap
+    /// it is told so, else it is put in the line (once) and admitted as [`admit`] does when it
+    /// is called in.
     ///
     /// [`admit`]: PermitStore::admit
     fn queue(&mut self, key: &[u8], sale: &Sale) -> Queued;
@@ -467,8 +468,9 @@ pub trait PermitStore: PermitLookup {
 /// What the line did for a buyer who may buy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Queued {
-    /// Called in: the admission, in the same step.
-    Called(Admission),
+    /// Decided as an admission is: the key holds a permit, the cap is reached, or the key was
+    /// called in and admitted (or found the stock gone).
+    Decided(Admission),
     /// Not called yet.
     Waiting(Waiting),
     /// The line has no room for him (its ring, or the zone's memory).
@@ -570,6 +572,11 @@ pub fn draw_step(
     }
     let can_block = sale.block_ratio.can_block();
     let lined = sale.queue.is_some();
+    // A line without a draw asks the store once: its step checks the permit and the cap
+    // itself (see `PermitStore::queue`).
+    if lined && !can_block && !store.lookup_always() {
+        return Step::Line;
+    }
     if can_block || lined || store.lookup_always() {
         match store.lookup(key, sale) {
             Lookup::Permitted(held) => {
@@ -603,7 +610,7 @@ pub fn admitted(admission: Admission) -> Verdict {
 /// The verdict the line gives.
 pub fn lined(queued: Queued) -> Verdict {
     match queued {
-        Queued::Called(admission) => admitted(admission),
+        Queued::Decided(admission) => admitted(admission),
         Queued::Waiting(waiting) => {
             Verdict { outcome: Outcome::Queued, permit: None, waiting: Some(waiting) }
         }
@@ -715,8 +722,14 @@ mod tests {
         fn queue(&mut self, key: &[u8], sale: &Sale) -> Queued {
             use crate::line::{Place, Ranks};
             let Some(queue) = sale.queue else {
-                return Queued::Called(self.admit(key, sale));
+                return Queued::Decided(self.admit(key, sale));
             };
+            if let Some(held) = self.held(key) {
+                return Queued::Decided(Admission::Permitted(held));
+            }
+            if sale.cap.is_some_and(|cap| self.permits.len() as u64 >= cap) {
+                return Queued::Decided(Admission::SoldOut);
+            }
             if self.ranks.is_empty() {
                 self.ranks = vec![0; 64];
             }
@@ -737,7 +750,7 @@ mod tests {
                     let mut ranks = Ranks::new(&mut self.ranks);
                     self.line_state.leave(&mut ranks, ticket, true);
                     self.line.retain(|(k, _)| k != key);
-                    Queued::Called(self.admit(key, sale))
+                    Queued::Decided(self.admit(key, sale))
                 }
             }
         }

@@ -824,6 +824,12 @@ impl PermitTable {
         numbers: Option<&AtomicU64>,
     ) -> (Queued, bool) {
         let hash = self.hash(key);
+        if let Some(permit) = self.find(hash, key) {
+            return (Queued::Decided(Admission::Permitted(held(permit))), false);
+        }
+        if !self.under_cap(sale.cap) {
+            return (Queued::Decided(Admission::SoldOut), false);
+        }
         let Some(mut line) = self.line(arena) else {
             return (Queued::Full, self.report_full());
         };
@@ -841,7 +847,7 @@ impl PermitTable {
                 line.leave_called(arena, hash, key, ticket, joined_ms, now_ms);
                 let (admission, newly_full) =
                     self.admission(arena, key, sale, now_ms, expires_ms, numbers);
-                (Queued::Called(admission), newly_full)
+                (Queued::Decided(admission), newly_full)
             }
         }
     }
@@ -1595,7 +1601,7 @@ impl<S: Shared> PermitStore for ZoneStore<'_, S> {
 
     fn queue(&mut self, key: &[u8], sale: &Sale) -> Queued {
         let Some(queue) = sale.queue else {
-            return Queued::Called(self.admit(key, sale));
+            return Queued::Decided(self.admit(key, sale));
         };
         let (now_ms, expires_ms) = (self.now_ms, self.ttl_ms.map(|ttl| expiry(self.now_ms, ttl)));
         let numbers = self.numbers;
@@ -2072,8 +2078,8 @@ mod tests {
         let mut s = store(&heap, t, 1_000);
         let first: Vec<Queued> =
             (0..6).map(|i| s.queue(format!("w{i}").as_bytes(), &sale)).collect();
-        assert!(matches!(first[0], Queued::Called(Admission::Admitted(_))));
-        assert!(matches!(first[1], Queued::Called(Admission::Admitted(_))));
+        assert!(matches!(first[0], Queued::Decided(Admission::Admitted(_))));
+        assert!(matches!(first[1], Queued::Decided(Admission::Admitted(_))));
         assert_eq!(
             first[2..].iter().map(|q| place(*q)).collect::<Vec<_>>(),
             [Some(0), Some(1), Some(2), Some(3)]
@@ -2086,7 +2092,7 @@ mod tests {
         let mut s = store(&heap, t, 6_000);
         assert_eq!(place(s.queue(b"w5", &sale)), None, "called in by now");
         let mut s = store(&heap, t, 6_500);
-        assert!(matches!(s.queue(b"w4", &sale), Queued::Called(Admission::Admitted(_))));
+        assert!(matches!(s.queue(b"w4", &sale), Queued::Decided(Admission::Admitted(_))));
         let mut s = store(&heap, t, 17_000);
         let figures = s.counts().2;
         assert_eq!((figures.waiting, figures.left), (0, 2), "the silent two left");

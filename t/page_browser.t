@@ -1,6 +1,8 @@
 # The rejection page in a real browser: headless Chromium (Debian's), JavaScript off, opens a
 # gated URL a few seconds before the sale starts, sees the NOT_STARTED page, and by the page's
-# own refresh alone ends on the shop's page after the start, in one reload. Also: the refresh
+# own refresh alone ends on the shop's page after the start, in one reload. Then a waiting
+# line: behind five buyers, at 1r/s, the browser sees its place and wait, and by the page's
+# refreshes alone reaches the shop in about the six seconds the pace predicts. Also: the refresh
 # and the JSON give exactly the Retry-After header's seconds. t/lib/browse.py drives Chromium
 # through its DevTools protocol on a pipe, in real time (--virtual-time-budget would run the
 # refreshes at once, long before the start, and prove nothing about their timing).
@@ -21,6 +23,7 @@ my $opening = POSIX::ceil(time) + 3;
 my ($shop_start, $later_start, $later_end) = (at($opening), at(time + 100), at(time + 1000));
 start_nginx(workers => 1, http => <<"HTTP");
     flash_sale_zone \$remote_addr zone=sale:1m;
+    flash_sale_zone \$arg_buyer zone=line:1m;
     log_format sale "\$request_uri \$flash_sale_status";
     server {
         listen 127.0.0.1:$port;
@@ -34,6 +37,11 @@ start_nginx(workers => 1, http => <<"HTTP");
             flash_sale zone=sale;
             flash_sale_start $later_start;
             flash_sale_end $later_end;
+            proxy_pass http://127.0.0.1:$port/backend;
+        }
+        location /tickets {
+            flash_sale zone=line;
+            flash_sale_queue rate=1r/s idle=1m refresh=20s;
             proxy_pass http://127.0.0.1:$port/backend;
         }
         location /backend {
@@ -91,5 +99,26 @@ open my $png, '<:raw', $shot or die "$shot: $!";
 read $png, my $head, 24;
 is(substr($head, 0, 8), "\x89PNG\r\n\x1a\n", 'the screenshot is a PNG');
 is(join('x', unpack 'NN', substr($head, 16, 8)), '390x844', 'of a phone (390x844)');
+
+# The line: five fans ahead (the first of six comes in at once), who never ask again.
+my @fans = map { fetch("/tickets?buyer=fan$_", 'GET')->{status} } 1 .. 6;
+is(join(' ', @fans), '200 503 503 503 503 503', 'five fans wait in the line');
+my $joined = time;
+my $queued_shot = "$root/queued.png";
+my @line = map { JSON::PP->new->decode($_) }
+    `python3 t/lib/browse.py 'http://127.0.0.1:$port/tickets?buyer=phone' --until 'Welcome to the shop' --timeout 30 --screenshot $queued_shot`;
+is($? >> 8, 0, 'the browser in line reached the shop within 30 s');
+diag(sprintf "%.2f s: %s (refresh %s)", $_->{t}, $_->{title}, $_->{refresh} // 'none') for @line;
+my ($in_line, $shop) = ($line[0], $line[-1]);
+is($in_line->{title}, 'You are in line', 'first: the line\'s page');
+like($in_line->{text}, qr/Buyers ahead of you\s*5\b/, "with the place: five ahead");
+like($in_line->{text}, qr/Estimated wait\s*about 6 seconds/, 'and the wait the pace predicts');
+ok($in_line->{refresh} >= 5 && $in_line->{refresh} <= 7, "refreshing after $in_line->{refresh} s");
+is($shop->{title}, 'Shop', "then the shop's page, by the page's refreshes alone");
+my $took = $shop->{wall} - $joined;
+ok($took >= 5.5 && $took <= 9, sprintf 'in %.1f s: about the 6 s the pace predicts', $took);
+is(scalar(grep { $_->{title} eq 'You are in line' } @line), scalar(@line) - 1,
+   'every load before it was the line\'s page');
+ok(-s $queued_shot, 'the line\'s page, photographed');
 
 done_testing();

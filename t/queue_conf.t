@@ -160,3 +160,52 @@ X-Sale: BLOCKED
 [200, 503, 503, 503]
 --- response_headers eval
 ["X-Sale: ADMITTED\nX-Position: []", "X-Sale: QUEUED\nX-Position: [0]\nX-Wait: [1]\nCache-Control: no-store", "X-Sale: QUEUED\nX-Position: [1]\nX-Wait: [2]", "X-Sale: QUEUED\nX-Position: [0]"]
+
+=== TEST 11: an own page for the line shows the place and the wait
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /a {
+        flash_sale zone=sale;
+        flash_sale_queue rate=1r/s refresh=5s;
+        error_page 503 /line.html;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/backend;
+    }
+    location = /line.html {
+        internal;
+        default_type text/html;
+        return 503 '<!DOCTYPE html><title>In line</title><p>$flash_sale_status: $flash_sale_position ahead of you, about $flash_sale_wait s</p>';
+    }
+    location /backend { return 200 "shop\n"; }
+--- pipelined_requests eval
+["GET /a?user=a", "GET /a?user=b", "GET /a?user=c"]
+--- error_code eval
+[200, 503, 503]
+--- response_body eval
+["shop\n",
+ "<!DOCTYPE html><title>In line</title><p>QUEUED: 0 ahead of you, about 1 s</p>",
+ "<!DOCTYPE html><title>In line</title><p>QUEUED: 1 ahead of you, about 2 s</p>"]
+
+=== TEST 12: a program asks for JSON and gets the place, the wait and when to ask again
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /a {
+        flash_sale zone=sale;
+        flash_sale_queue rate=1r/s refresh=5s;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/backend;
+    }
+    location /backend { return 200 "shop\n"; }
+--- pipelined_requests eval
+["GET /a?user=a", "GET /a?user=b", "GET /a?user=c", "GET /a?user=d"]
+--- more_headers
+Accept: application/json
+--- error_code eval
+[200, 503, 503, 503]
+--- response_headers eval
+["", "Content-Type: application/json\nVary: Accept", "Content-Type: application/json", "Content-Type: application/json"]
+--- response_body_like eval
+[qr/^shop\n$/,
+ qr/^\{"status": "QUEUED", "position": 0, "wait_seconds": 1, "retry_after": 1, "starts_in": null, "ends_in": null\}\n?$/,
+ qr/^\{"status": "QUEUED", "position": 1, "wait_seconds": 2, "retry_after": [12], "starts_in": null, "ends_in": null\}\n?$/,
+ qr/^\{"status": "QUEUED", "position": 2, "wait_seconds": 3, "retry_after": [234], "starts_in": null, "ends_in": null\}\n?$/]
