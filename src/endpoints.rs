@@ -14,7 +14,7 @@ use ngx::ngx_string;
 use serde_json::{json, Value};
 
 use crate::api::{self, route, ApiError, Route};
-use crate::conf::{LocConf, MainConf, ZoneConf};
+use crate::conf::{LocConf, MainConf, ZoneConf, ZoneRef};
 use crate::ffi::{directive, ConfError, ConfResult, Directive, Next};
 use crate::gate::redis as redis_gate;
 use crate::http::{add_header, keep, kept, main_request, send, Body, Kept};
@@ -66,7 +66,8 @@ fn metrics(req: &mut Request) -> Status {
     let Some(main) = MainConf::of(req) else {
         return server_error();
     };
-    let zones: Vec<ZoneMetrics> = main.zones.iter().filter_map(|zone| zone_metrics(zone)).collect();
+    let zones: Vec<ZoneMetrics> =
+        main.zones.iter().filter_map(|&zone| zone_metrics(zone)).collect();
     let text = render(&zones);
     send(req, 200, ngx_string!("text/plain; version=0.0.4"), Body::Copied(&text))
 }
@@ -142,7 +143,7 @@ fn api(req: &mut Request) -> Status {
         return Status::NGX_DONE;
     }
     match on_redis(req, &asked, None) {
-        Some(Ok((zone, command))) => ask_redis(req, asked, zone, command),
+        Some(Ok((zone, command))) => ask_redis(req, asked, &zone, command),
         Some(Err(e)) => discard_and_answer(req, Some(&asked.route), Err(e)),
         None => {
             let answer = serve(req, &asked, None);
@@ -158,7 +159,7 @@ fn on_redis(
     req: &Request,
     asked: &ApiRequest,
     body: Option<&[u8]>,
-) -> Option<Result<(&'static ZoneConf, Command), ApiError>> {
+) -> Option<Result<(ZoneRef, Command), ApiError>> {
     let method = &asked.method;
     let (name, key) = match &asked.route {
         Route::Permits(name) => (name, None),
@@ -167,7 +168,7 @@ fn on_redis(
             let zone = zone_named(req, name)?;
             zone.redis?;
             return Some(
-                override_changes(zone, body?).map(|patch| (zone, Command::SetOverrides { patch })),
+                override_changes(&zone, body?).map(|patch| (zone, Command::SetOverrides { patch })),
             );
         }
         _ => return None,
@@ -200,9 +201,9 @@ fn override_changes(zone: &ZoneConf, body: &[u8]) -> Result<OverridesPatch, ApiE
 }
 
 /// The zone of this name, as the request's configuration declares it.
-fn zone_named(req: &Request, name: &str) -> Option<&'static ZoneConf> {
+fn zone_named(req: &Request, name: &str) -> Option<ZoneRef> {
     let main = MainConf::of(req)?;
-    main.zones.iter().map(|z| z.get()).find(|z| z.name().as_bytes() == name.as_bytes())
+    main.zones.iter().copied().find(|z| z.name().as_bytes() == name.as_bytes())
 }
 
 /// Runs an API command on Redis for a request in its content phase, `zone` being kept in
@@ -243,17 +244,17 @@ fn redis_answer(req: &mut Request, asked: &ApiRequest, reply: Result<Reply, Fail
     let answer = match zone {
         Some(zone) if matches!(reply, Ok(Reply::Overrides(_))) => {
             if let Ok(Reply::Overrides(overrides)) = &reply {
-                redis_gate::apply_overrides(zone, overrides);
+                redis_gate::apply_overrides(&zone, overrides);
             }
-            apply_here(zone, &key, &reply);
+            apply_here(&zone, &key, &reply);
             zone_json(zone).map(|json| (200, json)).ok_or_else(unavailable)
         }
         Some(zone) => {
-            apply_here(zone, &key, &reply);
+            apply_here(&zone, &key, &reply);
             let cap =
                 zone.table_ref().and_then(|t| t.overrides.load().max_permits).or(zone.largest_cap);
             let page = api::page(req_args(req)).ok();
-            let ask = api::RemoteAsk { key, page, cap, kind: key_kind(zone) };
+            let ask = api::RemoteAsk { key, page, cap, kind: key_kind(&zone) };
             match reply {
                 Ok(reply) => api::remote_answer(&ask, reply),
                 Err(e) => Err(ApiError::new(502, format!("redis did not answer: {e}"))),
@@ -351,7 +352,7 @@ fn body_ready(req: &mut Request) -> Status {
     });
     match leads {
         // The answer comes with Redis's reply; the request was counted for it.
-        Ok(WithBody::AskRedis((zone, command))) => ask_redis(req, asked, zone, command),
+        Ok(WithBody::AskRedis((zone, command))) => ask_redis(req, asked, &zone, command),
         Ok(WithBody::Answer(answer)) => respond(req, Some(&asked.route), Ok(answer)),
         Err(e) => respond(req, Some(&asked.route), Err(e)),
     }
@@ -360,7 +361,7 @@ fn body_ready(req: &mut Request) -> Status {
 /// What a request whose body is read leads to: an answer now, or a round trip to Redis.
 enum WithBody {
     Answer((u16, Value)),
-    AskRedis((&'static ZoneConf, Command)),
+    AskRedis((ZoneRef, Command)),
 }
 
 /// The body of a request whose body has been read, when it is in memory (it is unless it
@@ -430,7 +431,7 @@ fn serve(req: &Request, asked: &ApiRequest, body: Option<&[u8]>) -> Answer {
     let (method, route) = (&asked.method, &asked.route);
     let main =
         MainConf::of(req).ok_or_else(|| ApiError::new(500, "no flash sale configuration"))?;
-    let zones: Vec<&ZoneConf> = main.zones.iter().map(|z| z.get()).collect();
+    let zones = &main.zones;
     let find = |name: &str| {
         zone_named(req, name).ok_or_else(|| ApiError::new(404, format!("no zone \"{name}\"")))
     };
@@ -438,13 +439,13 @@ fn serve(req: &Request, asked: &ApiRequest, body: Option<&[u8]>) -> Answer {
     let get = reading(method);
     match route {
         Route::Zones if get => {
-            Ok((200, Value::Array(zones.iter().filter_map(|z| zone_json(z)).collect())))
+            Ok((200, Value::Array(zones.iter().filter_map(|&z| zone_json(z)).collect())))
         }
         Route::Zone(name) if get => Ok((200, zone_json(find(name)?).ok_or_else(unavailable)?)),
         Route::Zone(name) if *method == Method::PATCH => {
             let zone = find(name)?;
             let patch = api::patch(body.unwrap_or_default())?;
-            with_store(zone, |store, slab| {
+            with_store(&zone, |store, slab| {
                 let overrides = &store.table().overrides;
                 let _locked = slab.lock();
                 overrides.store(&api::patched(&overrides.load(), &patch)?);
@@ -454,17 +455,15 @@ fn serve(req: &Request, asked: &ApiRequest, body: Option<&[u8]>) -> Answer {
         }
         Route::Permits(name) if get => {
             let page = api::page(req_args(req))?;
+            let zone = find(name)?;
             let permits =
-                with_store(
-                    find(name)?,
-                    |store, _| Ok(store.list(page.after.as_ref(), page.limit)),
-                )?;
-            Ok((200, api::page_json(&permits, page.limit, key_kind(find(name)?))))
+                with_store(&zone, |store, _| Ok(store.list(page.after.as_ref(), page.limit)))?;
+            Ok((200, api::page_json(&permits, page.limit, key_kind(&zone))))
         }
         Route::Permits(name) if *method == Method::POST => {
             let zone = find(name)?;
             let grants = api::grants(body.unwrap_or_default())?;
-            with_store(zone, |store, _| {
+            with_store(&zone, |store, _| {
                 let done = store.grant(&grants);
                 let landed = done
                     .granted
@@ -501,7 +500,7 @@ fn serve(req: &Request, asked: &ApiRequest, body: Option<&[u8]>) -> Answer {
         }
         Route::Permits(name) if *method == Method::DELETE => {
             let zone = find(name)?;
-            with_store(zone, |store, _| {
+            with_store(&zone, |store, _| {
                 // On disk first: a clearing the state file cannot keep would come undone at
                 // the next start.
                 let next_seq = store.next_number();
@@ -517,15 +516,15 @@ fn serve(req: &Request, asked: &ApiRequest, body: Option<&[u8]>) -> Answer {
         }
         Route::Permit(name, key) if get => {
             let zone = find(name)?;
-            with_store(zone, |store, _| {
+            with_store(&zone, |store, _| {
                 let permit =
                     store.get(key).ok_or_else(|| ApiError::new(404, "no permit for this key"))?;
-                Ok((200, api::permit_json(&permit, key_kind(zone))))
+                Ok((200, api::permit_json(&permit, key_kind(&zone))))
             })
         }
         Route::Permit(name, key) if *method == Method::DELETE => {
             let zone = find(name)?;
-            with_store(zone, |store, _| {
+            with_store(&zone, |store, _| {
                 let permit =
                     store.get(key).ok_or_else(|| ApiError::new(404, "no permit for this key"))?;
                 // On disk first: a revocation the state file cannot keep would come undone at
@@ -564,7 +563,7 @@ fn with_store<T>(
 }
 
 /// A zone as JSON: settings, permits, memory and counters.
-fn zone_json(zone: &'static ZoneConf) -> Option<Value> {
+fn zone_json(zone: ZoneRef) -> Option<Value> {
     let m = zone_metrics(zone)?;
     let overrides = zone.table_ref()?.overrides.load();
     // Dry-run counters once they count something.
@@ -616,7 +615,7 @@ fn zone_json(zone: &'static ZoneConf) -> Option<Value> {
 }
 
 /// Reads a zone's figures: the counters without the lock, the permits and memory with it.
-fn zone_metrics(zone: &'static ZoneConf) -> Option<ZoneMetrics> {
+fn zone_metrics(zone: ZoneRef) -> Option<ZoneMetrics> {
     let shm = zone.shm();
     let slab = zone.slab()?;
     let now = crate::http::now_ms();

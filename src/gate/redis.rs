@@ -60,7 +60,7 @@ pub fn gate(req: &mut Request, lcf: &LocConf, zone: ZoneRef, key: &[u8]) -> Next
         None => store.table().draw_secret(),
     };
     if (zone.lined || zone.prequeued) && link.claim_figures(now) {
-        refresh_line(zone.get());
+        refresh_line(zone);
     }
     // The sale's opening on this host, in a sale with a pre-queue: the draw is made in Redis
     // (by whichever host comes first), and this host learns its winners before anyone is
@@ -420,54 +420,41 @@ pub fn release(zone: &ZoneConf, key: &[u8]) -> bool {
 /// Reads the sale's overrides from Redis, for this host to apply when they come; the request
 /// that asked goes on meanwhile.
 fn refresh_overrides(zone: ZoneRef) {
-    let Some(redis) = zone.redis() else {
-        return;
-    };
-    let name = zone.name().to_string();
-    offload::post_detached(
-        redis.threads,
-        &redis.settings,
-        name,
-        Command::Overrides,
-        move |_, reply| {
-            if let Some(table) = zone.table_ref() {
-                let stats = &table.stats;
-                Stats::count(&stats.redis_calls);
-                if let Err(failure) = &reply {
-                    stats.redis_failed(failure.index());
-                }
-            }
-            if let Ok(Reply::Overrides(overrides)) = reply {
-                apply_overrides(&zone, &overrides);
-            }
-        },
-    );
+    refresh(zone, Command::Overrides, |zone, reply| {
+        if let Reply::Overrides(overrides) = reply {
+            apply_overrides(zone, &overrides);
+        }
+    });
 }
 
 /// Reads the line's figures (and the pre-queue's registrations) from Redis, for this host's
 /// metrics and API to show when they come; nobody waits for it.
-pub fn refresh_line(zone: &'static ZoneConf) {
+pub fn refresh_line(zone: ZoneRef) {
+    refresh(zone, Command::LineFigures, |zone, reply| {
+        if let (Reply::Line(line, prequeued), Some(table)) = (reply, zone.table_ref()) {
+            table.link.set_figures(&line, prequeued);
+        }
+    });
+}
+
+/// Runs `command`, a read nobody waits for, on the zone's Redis; counts the round trip (and
+/// its failure), and gives a reply to `apply` in the worker.
+fn refresh(zone: ZoneRef, command: Command, apply: impl FnOnce(&ZoneConf, Reply) + 'static) {
     let Some(redis) = zone.redis() else {
         return;
     };
     let name = zone.name().to_string();
-    offload::post_detached(
-        redis.threads,
-        &redis.settings,
-        name,
-        Command::LineFigures,
-        move |_, reply| {
-            let Some(table) = zone.table_ref() else {
-                return;
-            };
+    offload::post_detached(redis.threads, &redis.settings, name, command, move |_, reply| {
+        if let Some(table) = zone.table_ref() {
             Stats::count(&table.stats.redis_calls);
-            match reply {
-                Ok(Reply::Line(line, prequeued)) => table.link.set_figures(&line, prequeued),
-                Ok(_) => {}
-                Err(failure) => table.stats.redis_failed(failure.index()),
+            if let Err(failure) = &reply {
+                table.stats.redis_failed(failure.index());
             }
-        },
-    );
+        }
+        if let Ok(reply) = reply {
+            apply(&zone, reply);
+        }
+    });
 }
 
 /// Makes the sale's overrides in Redis this host's: they replace whatever it had.
