@@ -779,9 +779,10 @@ impl PermitTable {
             // Half the permits' buckets: a line holds what the zone can hold, but its waiters
             // come and go.
             let buckets = (self.mask as usize + 1).div_ceil(2).max(16);
-            // A slot for every waiter the zone could hold: a waiter takes at least 64 bytes,
-            // and the permits' buckets number one per 128.
-            let slots = (self.mask as usize + 1) * 2;
+            // A slot per 128 bytes of zone, as many as the permits' buckets: a waiter with a
+            // key of up to 72 bytes takes a 128-byte chunk, so the line can hold every waiter
+            // such keys fill the zone with (those of shorter keys, up to that many).
+            let slots = self.mask as usize + 1;
             let tree = arena.alloc(slots.checked_mul(size_of::<u32>())?)?;
             let Some(line) = PermitTable::create(arena, buckets, self.sip_key, b"") else {
                 // SAFETY: just allocated with this size, and not used.
