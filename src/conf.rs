@@ -39,6 +39,9 @@ pub struct ZoneConf {
     pub largest_cap: Option<u64>,
     /// A location puts a line (`flash_sale_queue`) on this zone: the metrics show it.
     pub lined: bool,
+    /// A location puts a line on this zone and draws per request: a block ratio there would
+    /// only delay joining, so neither `nginx -t` nor the API's `PATCH` lets one in.
+    pub lined_per_request: bool,
     /// A location puts a pre-queue (`flash_sale_prequeue`) on this zone.
     pub prequeued: bool,
     pub shm_zone: NonNull<ngx_shm_zone_t>,
@@ -534,6 +537,15 @@ fn queue(d: &mut Directive<'_>, lcf: &mut LocConf) -> ConfResult {
         let name = d.args()[0];
         return Err(d.emerg(format_args!("\"{name}\" needs rate=RATE, such as rate=20r/s")));
     }
+    if let Ok(Some(queue)) = parse::queue(&words) {
+        if !parse::refresh_fits_idle(&queue) {
+            let name = d.args()[0];
+            return Err(d.emerg(format_args!(
+                "\"{name}\" needs idle= longer than refresh= and a fifth, with a second to spare: \
+                 a waiter's page asks again after up to that long"
+            )));
+        }
+    }
     let settings = |_: &str| parse::queue(&words).map_err(str::to_owned);
     let hint = "expected rate=RATE such as rate=20r/s or rate=600r/m, then optionally \
                 idle=TIME and refresh=TIME of more than zero, or off";
@@ -835,6 +847,7 @@ fn declare_zone(d: &mut Directive<'_>, main: &mut MainConf) -> ConfResult {
         key_var,
         largest_cap: None,
         lined: false,
+        lined_per_request: false,
         prequeued: false,
         shm_zone: shm,
         table: None,
@@ -1181,6 +1194,8 @@ pub unsafe extern "C" fn merge_loc_conf(
             let zone = unsafe { zone.as_mut() };
             zone.largest_cap = zone.largest_cap.max(conf.max_permits);
             zone.lined |= matches!(conf.queue, Some(Some(_)));
+            zone.lined_per_request |= matches!(conf.queue, Some(Some(_)))
+                && matches!(conf.draw.unwrap_or_default(), DrawMode::PerRequest);
             zone.prequeued |= conf.prequeue_ms.is_some();
             if let Some(Some(_)) = conf.queue {
                 // The draw decides who may join the line; drawn afresh on every request, it

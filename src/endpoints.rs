@@ -21,7 +21,7 @@ use crate::http::{add_header, keep, kept, main_request, send, Body, Kept};
 use crate::metrics::{render, ZoneMetrics};
 use crate::offload;
 use crate::remote::{Command, Failure, Reply};
-use crate::sale::{Outcome, OverridesPatch};
+use crate::sale::{BlockRatio, Outcome, Overrides, OverridesPatch};
 use crate::state;
 use crate::zone::{Stats, ZoneStore};
 
@@ -196,8 +196,28 @@ fn on_redis(
 fn override_changes(zone: &ZoneConf, body: &[u8]) -> Result<OverridesPatch, ApiError> {
     let patch = api::patch(body)?;
     let here = zone.table_ref().map(|table| table.overrides.load()).unwrap_or_default();
-    api::patched(&here, &patch)?;
+    patched(zone, &here, &patch)?;
     Ok(patch)
+}
+
+/// The zone's overrides `now` with `patch`'s changes made, refused (400, changing nothing) as
+/// `nginx -t` refuses the same in the configuration: a window with no time, or a block ratio
+/// in a zone whose line draws per request.
+fn patched(
+    zone: &ZoneConf,
+    now: &Overrides,
+    patch: &OverridesPatch,
+) -> Result<Overrides, ApiError> {
+    let next = api::patched(now, patch)?;
+    let blocks = next.block_ratio.and_then(BlockRatio::new).is_some_and(BlockRatio::can_block);
+    if zone.lined_per_request && blocks {
+        return Err(ApiError::new(
+            400,
+            "block_ratio: this zone's line draws per request, where a buyer turned away draws \
+             again and joins anyway; set flash_sale_draw per_key first",
+        ));
+    }
+    Ok(next)
 }
 
 /// The zone of this name, as the request's configuration declares it.
@@ -448,7 +468,7 @@ fn serve(req: &Request, asked: &ApiRequest, body: Option<&[u8]>) -> Answer {
             with_store(&zone, |store, slab| {
                 let overrides = &store.table().overrides;
                 let _locked = slab.lock();
-                overrides.store(&api::patched(&overrides.load(), &patch)?);
+                overrides.store(&patched(&zone, &overrides.load(), &patch)?);
                 Ok(())
             })?;
             Ok((200, zone_json(zone).ok_or_else(unavailable)?))

@@ -5,8 +5,9 @@
 //! next number, once per key. The line calls waiters in at its rate: a bucket fills with slots
 //! at `rate`, holding at most one second's worth (at least one slot), and each slot calls the
 //! first live waiter not yet called. A called waiter is admitted when he next asks. A waiter
-//! who stops asking for `idle` leaves; if he had been called, his slot passes to the next
-//! waiter, so that the line never stalls on people who left. So:
+//! who stops asking for `idle` leaves; if he had been called, his slot goes back to the bucket
+//! and calls the next waiter, so that the line never stalls on people who left, and calls held
+//! by many who left never come through at once. So:
 //! - calls since the opening never exceed `rate` x elapsed time plus the bucket, and neither
 //!   do admissions, which follow calls;
 //! - while uncalled waiters remain, every slot the bucket makes calls one (none is wasted);
@@ -404,19 +405,29 @@ impl LineState {
     }
 
     /// The waiter with `ticket` leaves the line: admitted (`admitted` is true: he used his
-    /// call), or gone. A called waiter's slot passes to the next waiter; one nobody is left to
-    /// take goes back to the bucket.
+    /// call), or gone. A called waiter who is gone gives his slot back to the bucket, so that
+    /// the next waiter is called in his place at the next step, but never more than one
+    /// second's worth at once.
     pub fn leave(&mut self, ranks: &mut Ranks<'_>, ticket: u64, admitted: bool) {
         if ticket < self.head || ticket >= self.next_ticket || self.waiting == 0 {
             return;
         }
+        // Called, he was among the first `called` waiters.
+        let was_called = admitted || ranks.between(self.head, ticket) < self.called;
         ranks.add(ranks.slot(ticket), -1);
         self.waiting -= 1;
+        if was_called {
+            self.called -= 1;
+        }
         if admitted {
-            self.called = self.called.saturating_sub(1);
             self.admitted += 1;
         } else {
             self.left += 1;
+            if was_called {
+                // His slot goes back to the bucket, which holds one second's worth at most:
+                // calls held by waiters who left are not let through all at once when they go.
+                self.pace.give_back(1, self.rate);
+            }
         }
         if self.called > self.waiting {
             self.pace.give_back(self.called - self.waiting, self.rate);

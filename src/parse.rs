@@ -251,6 +251,14 @@ pub fn queue<'a>(args: &[&'a str]) -> Result<Option<crate::line::Queue>, &'a str
     }))
 }
 
+/// Whether a line's waiter who waits the longest `Retry-After` he can be given (`refresh` and
+/// a fifth: see `Queue::retry_after`) is back before `idle` makes him leave, with a second to
+/// spare.
+pub fn refresh_fits_idle(queue: &crate::line::Queue) -> bool {
+    let longest_ms = queue.retry_after(u64::MAX, 1.0).saturating_mul(1000);
+    (longest_ms as i64).saturating_add(1_000) < queue.idle_ms
+}
+
 /// Parses `on` or `off`.
 pub fn flag(s: &str) -> Option<bool> {
     match s {
@@ -565,5 +573,15 @@ mod tests {
         assert_eq!(queue(&["rate=10r/s", "idle=0s"]), Err("idle=0s"));
         assert_eq!(queue(&["rate=10r/s", "off"]), Err("off"));
         assert_eq!(queue(&["rate=10r/s", "burst=5"]), Err("burst=5"));
+    }
+
+    #[test]
+    fn a_waiters_longest_retry_after_must_come_before_idle() {
+        let fits = |args: &[&str]| refresh_fits_idle(&queue(args).unwrap().unwrap());
+        assert!(fits(&["rate=1r/s"]), "the defaults: 24 s and a second before a minute");
+        assert!(fits(&["rate=1r/s", "idle=3s", "refresh=1s"]));
+        assert!(!fits(&["rate=1r/s", "idle=10s", "refresh=10s"]), "12 s is past 10");
+        assert!(!fits(&["rate=1r/s", "refresh=1m"]), "72 s is past the default minute");
+        assert!(fits(&["rate=1r/s", "idle=2m", "refresh=1m"]));
     }
 }

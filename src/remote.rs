@@ -420,7 +420,7 @@ return {0, new_permit(ARGV[2], ARGV[4], ARGV[5])}
 
 /// One step of the line for a buyer who may buy, as the local zone's (`zone.rs`
 /// `queue_step`), atomically: the pre-queue's draw if due; the buyer's permit or SOLD_OUT;
-/// at most 64 silent waiters leave (a called one passes his call on); the time since the
+/// at most 1,024 silent waiters leave (a called one gives his slot back to the bucket); the time since the
 /// last step is paid at the rate it ran at, and every whole slot calls the next uncalled
 /// waiter, what is left capped at one second's worth; the buyer joins (once per key) or renews
 /// his place; the pace calls again (an empty line's bucket is the newcomer's); and a called
@@ -443,8 +443,14 @@ local f = redis.call('HMGET', KEYS[8], 'called', 'units', 'filled', 'rate')
 local called, units = tonumber(f[1]) or 0, tonumber(f[2]) or 0
 local filled, ran_at = tonumber(f[3]) or 0, tonumber(f[4]) or 0
 local function burst(r) return math.max(r * 1000, SLOT) end
-local gone = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', rnow, 'LIMIT', 0, 64)
+local gone = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', rnow, 'LIMIT', 0, 1024)
 for _, k in ipairs(gone) do
+  -- A called waiter who left gives his slot back to the bucket (one second's worth at most).
+  local r = redis.call('ZRANK', KEYS[6], k)
+  if r and r < called then
+    called = called - 1
+    units = math.min(units + SLOT, burst(ran_at > 0 and ran_at or rate))
+  end
   redis.call('ZREM', KEYS[6], k)
   redis.call('ZREM', KEYS[7], k)
   redis.call('HDEL', KEYS[9], k)

@@ -614,8 +614,8 @@ pub fn lined(queued: Queued) -> Verdict {
         Queued::Waiting(waiting) => {
             Verdict { outcome: Outcome::Queued, permit: None, waiting: Some(waiting) }
         }
-        // Like a zone without room for another permit.
-        Queued::Full => Outcome::SoldOut.into(),
+        // Not sold out: the stock is there, the line has no room now; asked again, it may.
+        Queued::Full => Outcome::Unavailable.into(),
     }
 }
 

@@ -342,7 +342,7 @@ struct WaiterSlot {
 }
 
 /// The most silent waiters one step takes out of the line.
-const LEAVE_PER_STEP: usize = 64;
+const LEAVE_PER_STEP: usize = 4096;
 
 /// One permit: this header, then `key_len` bytes of key. 56 bytes, so that a 40-byte key
 /// fits a 128-byte slab chunk and a 200-byte key a 256-byte one.
@@ -1138,6 +1138,7 @@ pub struct ZoneStore<'a, S: Shared> {
     /// Where new permits' numbers come from, when not from the table (see `insert`).
     numbers: Option<&'a AtomicU64>,
     newly_full: bool,
+    line_newly_full: bool,
     settled: Vec<PermitInfo>,
 }
 
@@ -1185,6 +1186,7 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
             ttl_ms: None,
             numbers: None,
             newly_full: false,
+            line_newly_full: false,
             settled: Vec::new(),
         }
     }
@@ -1205,6 +1207,12 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
     /// True once, for the request that first found the zone without room for a permit.
     pub fn newly_full(&self) -> bool {
         self.newly_full
+    }
+
+    /// True once, for the request that first found the waiting line without room for him (its
+    /// tickets, or the zone's memory).
+    pub fn line_newly_full(&self) -> bool {
+        self.line_newly_full
     }
 
     /// The permits the pre-queue's draw granted in this store's steps (for the state file).
@@ -1609,7 +1617,11 @@ impl<S: Shared> PermitStore for ZoneStore<'_, S> {
         let (queued, newly_full) = self.with_sale(sale, |table, arena| {
             table.queue_step(arena, key, sale, queue, now_ms, expires_ms, numbers)
         });
-        self.newly_full |= newly_full;
+        if queued == Queued::Full {
+            self.line_newly_full |= newly_full;
+        } else {
+            self.newly_full |= newly_full;
+        }
         queued
     }
 }

@@ -10,6 +10,8 @@
 #    after them.
 # 6. A dry run lets waiters through, told QUEUED_DRY_RUN, with their places.
 # 7. The admin API's PATCH changes the rate at once, without a burst.
+# 8. Waiters who went silent do not let a burst through when they leave, and a full line says
+#    UNAVAILABLE (the stock is there), logged once.
 
 use strict;
 use warnings;
@@ -274,6 +276,35 @@ sub keep_asking {
     ok($count->($down) <= 1 * 3 + 1 + 20 * 0.2 + 1,
        'slowed down to 1r/s without a burst (' . $count->($down) . ' in 3 s)');
     like(fetch('/api/zones/sale')->{body}, qr/"queue_rate":"1r\/s"/, 'the API shows the rate');
+    stop_nginx();
+}
+
+# 8. Ghosts, then real buyers: never more than the pace and one second's worth in a second.
+{
+    start_nginx(workers => 2, http => config('rate=5r/s idle=3s refresh=1s'));
+    join_in_order(map { "ghost$_" } 1 .. 200);
+    sleep 4.5;
+    my $t0 = time;
+    my @real = map { "real$_" } 1 .. 60;
+    my $run = keep_asking(t0 => $t0, users => \@real, every => 0.25, until => $t0 + 7);
+    my %per_second;
+    $per_second{ int $_->[1] }++ for values %{ $run->{admitted} };
+    my ($most) = sort { $b <=> $a } values %per_second;
+    ok($most <= 5 + 5 + 1, "the ghosts left no burst behind: at most $most in a second");
+    my $in = keys %{ $run->{admitted} };
+    ok($in >= 5 * 6 - 5, "and the pace went on for the real buyers ($in in 7 s)");
+    stop_nginx();
+
+    (my $tiny = config('rate=1r/m')) =~ s/zone=sale:16m/zone=sale:64k/;
+    start_nginx(workers => 1, http => $tiny);
+    my @res = join_in_order(map { "many$_" } 1 .. 2000);
+    my %told;
+    $told{ $_->{sale} }++ for @res;
+    ok($told{QUEUED} > 50 && $told{UNAVAILABLE} > 50,
+       "a full line: QUEUED while there was room ($told{QUEUED}), then UNAVAILABLE ($told{UNAVAILABLE})");
+    ok(!$told{SOLD_OUT}, 'not SOLD_OUT: the stock is there');
+    my @lines = FlashSale::Crowd::error_log() =~ /(the waiting line has no room[^\n]*)/g;
+    is(scalar @lines, 1, 'the log says so once');
     stop_nginx();
 }
 

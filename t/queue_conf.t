@@ -209,3 +209,37 @@ Accept: application/json
  qr/^\{"status": "QUEUED", "position": 0, "wait_seconds": 1, "retry_after": 1, "starts_in": null, "ends_in": null\}\n?$/,
  qr/^\{"status": "QUEUED", "position": 1, "wait_seconds": 2, "retry_after": [12], "starts_in": null, "ends_in": null\}\n?$/,
  qr/^\{"status": "QUEUED", "position": 2, "wait_seconds": 3, "retry_after": [234], "starts_in": null, "ends_in": null\}\n?$/]
+
+=== TEST 13: a refresh that would outlast idle is refused: a page that obeys it would lose its place
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /a {
+        flash_sale zone=sale;
+        flash_sale_queue rate=1r/s idle=10s refresh=10s;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/backend;
+    }
+--- must_die
+--- error_log eval
+qr/"flash_sale_queue" needs idle= longer than refresh= and a fifth, with a second to spare: a waiter's page asks again after up to that long in \S+nginx\.conf:\d+/
+
+=== TEST 14: the API refuses a block ratio where the line draws per request, as nginx -t does
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /a {
+        flash_sale zone=sale;
+        flash_sale_queue rate=1r/s;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/backend;
+    }
+    location /api/ { flash_sale_api; }
+--- pipelined_requests eval
+["PATCH /api/zones/sale\n{\"block_ratio\": 0.9}", "GET /api/zones/sale", "PATCH /api/zones/sale\n{\"block_ratio\": 0}"]
+--- more_headers
+Content-Type: application/json
+--- error_code eval
+[400, 200, 200]
+--- response_body_like eval
+[qr/\{"error":"block_ratio: this zone's line draws per request, where a buyer turned away draws again and joins anyway; set flash_sale_draw per_key first"\}/,
+ qr/"overrides":\{"block_ratio":null,/,
+ qr/"overrides":\{"block_ratio":0.0,/]

@@ -66,6 +66,15 @@ pub fn gate(req: &mut Request, lcf: &LocConf, zone: ZoneRef, key: &[u8]) -> Next
             store.permits()
         );
     }
+    if store.line_newly_full() {
+        ngx_log_error!(
+            NGX_LOG_ERR,
+            log,
+            "flash_sale_zone \"{}\": the waiting line has no room for another waiter; new \
+             buyers get UNAVAILABLE",
+            zone.name()
+        );
+    }
     let g = Gated { lcf, zone, key, now, sale };
     conclude(req, &g, verdict)
 }
