@@ -5,7 +5,7 @@
 use core::ffi::{c_char, c_void};
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_http_read_client_request_body, ngx_http_request_t, ngx_int_t,
-    ngx_pagesize, ngx_str_t,
+    ngx_pagesize,
 };
 use ngx::core::{SlabPool, Status};
 use ngx::http::{HTTPStatus, HttpModuleLocationConf, Method, NgxHttpCoreModule, Request};
@@ -17,7 +17,7 @@ use crate::api::{self, route, ApiError, Route};
 use crate::conf::{LocConf, MainConf, ZoneConf, ZoneRef};
 use crate::ffi::{directive, ConfError, ConfResult, Directive, Next};
 use crate::gate::redis as redis_gate;
-use crate::http::{add_header, keep, kept, main_request, send, Body, Kept};
+use crate::http::{add_header, keep, kept, main_request, send, static_str, Body, Kept};
 use crate::metrics::{render, ZoneMetrics};
 use crate::offload;
 use crate::remote::{Command, Failure, Reply};
@@ -443,7 +443,7 @@ fn allow_header(req: &mut Request, route: &Route) -> Option<()> {
         Route::Permits(_) => METHODS_PERMITS,
         Route::Permit(..) => METHODS_PERMIT,
     };
-    add_header(req, "Allow", ngx_str_t { data: methods.as_ptr().cast_mut(), len: methods.len() })
+    add_header(req, "Allow", static_str(methods))
 }
 
 /// Serves one API request on this host's zones.

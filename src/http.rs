@@ -30,7 +30,7 @@ pub fn add_header(req: &mut Request, key: &'static str, value: ngx_str_t) -> Opt
     // fill; nginx only reads the static key.
     let h = unsafe { ngx_list_push(headers).cast::<ngx_table_elt_t>().as_mut() }?;
     h.hash = 1;
-    h.key = ngx_str_t { data: key.as_ptr().cast_mut(), len: key.len() };
+    h.key = static_str(key);
     h.value = value;
     h.lowcase_key = ptr::null_mut();
     #[cfg(ngx_table_elt_next)]

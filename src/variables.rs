@@ -12,7 +12,7 @@ use ngx::http::Request;
 
 use crate::conf::LocConf;
 use crate::gate::verdict::{recorded, Decision};
-use crate::http::{pool_copy, pool_number};
+use crate::http::{pool_copy, pool_number, static_str};
 use crate::token;
 
 /// What a variable's value is made from: the request, the decision of its main request, and
@@ -32,7 +32,7 @@ const VARIABLES: [(&str, Getter); 5] = [
 pub unsafe extern "C" fn register(cf: *mut ngx_conf_t) -> ngx_int_t {
     crate::ffi::guard(Status::NGX_ERROR.0, || {
         for (index, (name, _)) in VARIABLES.iter().enumerate() {
-            let mut name = ngx_str_t { data: name.as_ptr().cast_mut(), len: name.len() };
+            let mut name = static_str(name);
             let flags = NGX_HTTP_VAR_NOCACHEABLE as ngx_uint_t;
             // SAFETY: `cf` is valid during preconfiguration; nginx copies the name.
             let Some(var) = (unsafe { ngx_http_add_variable(cf, &mut name, flags).as_mut() })
