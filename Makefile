@@ -12,7 +12,7 @@ export NGINX_SOURCE_DIR NGINX_BUILD_DIR
 
 MODULE := $(BUILD)/modules/ngx_http_flash_sale_module.so
 
-.PHONY: all deps nginx-source build check unit t test run run-hosts clean
+.PHONY: all deps nginx-source build check unit t test test-matrix test-matrix-quick run run-hosts clean
 
 all: build
 
@@ -40,6 +40,16 @@ t: build
 
 test: deps
 	$(MAKE) check unit t
+
+# Every supported nginx version: nginx built, the module built against it and loaded, and the
+# t/ suite run against it (scripts/matrix; a table at the end, also in .build/matrix/results.md).
+test-matrix: deps
+	scripts/matrix
+
+# The same, quicker: every version built and loaded and t/gate.t run on each; the whole suite
+# on Debian's 1.22.1 and on the current stable 1.30.4.
+test-matrix-quick: deps
+	scripts/matrix --quick
 
 run: deps build
 	NGINX=$(NGINX) MODULE=$(MODULE) scripts/run
