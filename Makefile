@@ -12,7 +12,7 @@ export NGINX_SOURCE_DIR NGINX_BUILD_DIR
 
 MODULE := $(BUILD)/modules/ngx_http_flash_sale_module.so
 
-.PHONY: all deps nginx-source build check unit t test test-matrix test-matrix-quick run run-hosts clean
+.PHONY: all deps nginx-source build check unit t test test-matrix test-matrix-quick deb test-deb run run-hosts clean
 
 all: build
 
@@ -50,6 +50,16 @@ test-matrix: deps
 # on Debian's 1.22.1 and on the current stable 1.30.4.
 test-matrix-quick: deps
 	scripts/matrix --quick
+
+# The Debian package of the module, for the nginx it was built against (Debian's by default):
+# .build/libnginx-mod-http-flash-sale_<version>_<arch>.deb
+deb: build
+	scripts/deb $(MODULE) $(NGINX_SOURCE_DIR) $(BUILD)
+
+# Installs that package with apt, gates requests with the system's nginx, removes it (this
+# changes /etc/nginx while it runs, and purges the package at the end).
+test-deb: build
+	scripts/test-deb "$$(scripts/deb $(MODULE) $(NGINX_SOURCE_DIR) $(BUILD))"
 
 run: deps build
 	NGINX=$(NGINX) MODULE=$(MODULE) scripts/run
