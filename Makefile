@@ -28,9 +28,11 @@ build: nginx-source
 	cargo build --release
 	install -D -m 0755 target/release/libngx_http_flash_sale_module.so $(MODULE)
 
+# scripts/msrv: rust-version against Cargo.lock (clippy checks the code's own use of std against it).
 check: nginx-source
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	scripts/msrv
 
 unit: nginx-source
 	cargo test
