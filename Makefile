@@ -12,7 +12,7 @@ export NGINX_SOURCE_DIR NGINX_BUILD_DIR
 
 MODULE := $(BUILD)/modules/ngx_http_flash_sale_module.so
 
-.PHONY: all deps nginx-source build check unit t test run run-hosts clean
+.PHONY: all deps nginx-source build check unit t test test-matrix test-matrix-quick deb test-deb run run-hosts clean
 
 all: build
 
@@ -28,9 +28,11 @@ build: nginx-source
 	cargo build --release
 	install -D -m 0755 target/release/libngx_http_flash_sale_module.so $(MODULE)
 
+# scripts/msrv: rust-version against Cargo.lock (clippy checks the code's own use of std against it).
 check: nginx-source
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+	scripts/msrv
 
 unit: nginx-source
 	cargo test
@@ -40,6 +42,26 @@ t: build
 
 test: deps
 	$(MAKE) check unit t
+
+# Every supported nginx version: nginx built, the module built against it and loaded, and the
+# t/ suite run against it (scripts/matrix; a table at the end, also in .build/matrix/results.md).
+test-matrix: deps
+	scripts/matrix
+
+# The same, quicker: every version built and loaded and t/gate.t run on each; the whole suite
+# on Debian's 1.22.1 and on the current stable 1.30.4.
+test-matrix-quick: deps
+	scripts/matrix --quick
+
+# The Debian package of the module, for the nginx it was built against (Debian's by default):
+# .build/libnginx-mod-http-flash-sale_<version>_<arch>.deb
+deb: build
+	scripts/deb $(MODULE) $(NGINX_SOURCE_DIR) $(BUILD)
+
+# Installs that package with apt, gates requests with the system's nginx, removes it (this
+# changes /etc/nginx while it runs, and purges the package at the end).
+test-deb: build
+	scripts/test-deb "$$(scripts/deb $(MODULE) $(NGINX_SOURCE_DIR) $(BUILD))"
 
 run: deps build
 	NGINX=$(NGINX) MODULE=$(MODULE) scripts/run

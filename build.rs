@@ -23,6 +23,23 @@ fn main() {
         println!("cargo::rustc-cfg=ngx_http_headers");
     }
 
+    // The request's flags, bitfields that the bindings misplace from nginx 1.29 on, are read
+    // and written by C compiled against the same nginx tree (src/request_flags.c, src/flags.rs).
+    println!("cargo::rerun-if-changed=src/request_flags.c");
+    println!("cargo::rerun-if-env-changed=DEP_NGINX_INCLUDE");
+    println!("cargo::rerun-if-env-changed=DEP_NGINX_CFLAGS");
+    let mut c = cc::Build::new();
+    c.file("src/request_flags.c");
+    if let Some(include) = env::var_os("DEP_NGINX_INCLUDE") {
+        for dir in env::split_paths(&include) {
+            c.include(dir);
+        }
+    }
+    for flag in env::var("DEP_NGINX_CFLAGS").unwrap_or_default().split_whitespace() {
+        c.flag(flag);
+    }
+    c.compile("ngx_http_flash_sale_flags");
+
     if env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("macos") {
         // nginx's symbols are resolved when the module is loaded, not when it is linked.
         println!("cargo::rustc-link-arg=-undefined");

@@ -133,7 +133,7 @@ fn api(req: &mut Request) -> Status {
             return server_error();
         }
         // The body lands in memory, in one buffer, where it fits.
-        req.as_mut().set_request_body_in_single_buf(1);
+        crate::flags::set_request_body_in_single_buf(req.as_mut(), true);
         // SAFETY: the request is live; nginx calls `api_body_ready` with it once the body is in.
         let rc =
             Status(unsafe { ngx_http_read_client_request_body(req.into(), Some(api_body_ready)) });
@@ -248,7 +248,7 @@ fn ask_redis(req: &mut Request, asked: ApiRequest, zone: &ZoneConf, command: Com
         return redis_answer(req, &again, Err(failure));
     }
     let main = main_request(req);
-    main.set_count(main.count() + 1);
+    crate::flags::set_count(main, crate::flags::count(main) + 1);
     Status::NGX_DONE
 }
 

@@ -121,7 +121,7 @@ pub fn send_as(
     out.content_length_n = len as i64;
 
     let rc = req.send_header();
-    if rc == Status::NGX_ERROR || rc > Status::NGX_OK || req.header_only() {
+    if rc == Status::NGX_ERROR || rc > Status::NGX_OK || crate::flags::header_only(req.as_ref()) {
         return rc;
     }
     // The one buffer is the response's last.

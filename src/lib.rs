@@ -46,6 +46,8 @@ mod endpoints;
 #[cfg(not(test))]
 mod ffi;
 #[cfg(not(test))]
+mod flags;
+#[cfg(not(test))]
 mod gate;
 #[cfg(not(test))]
 mod http;

@@ -25,6 +25,7 @@ use ngx::core::Status;
 use ngx::http::{HTTPStatus, Request};
 
 use crate::ffi::Next;
+use crate::flags;
 use crate::http::main_request;
 
 use crate::remote::{self, Command, Failure, Reply, Settings};
@@ -92,9 +93,10 @@ pub fn post(
 /// which keeps nginx from freeing the request meanwhile, as a thread's file read does.
 fn block(req: &mut Request, blocked: bool) {
     let main = main_request(req);
-    let count = if blocked { main.blocked() + 1 } else { main.blocked().saturating_sub(1) };
-    main.set_blocked(count);
-    req.as_mut().set_aio(blocked.into());
+    let now = flags::blocked(main);
+    let count = if blocked { now + 1 } else { now.saturating_sub(1) };
+    flags::set_blocked(main, count);
+    flags::set_aio(req.as_mut(), blocked);
 }
 
 /// Why a task was not queued: to the buyer, Redis could not be asked.

@@ -217,7 +217,7 @@ pub fn recorded(req: &mut Request) -> Option<Decision> {
         return Some(*decision);
     }
     // Only an internal redirect loses a context; a fresh request has nothing to find.
-    if req.as_ref().internal() == 0 {
+    if !crate::flags::internal(req.as_ref()) {
         return None;
     }
     let decision: *const Decision = kept::<Decision>(req)?;
@@ -246,7 +246,7 @@ pub fn reject(req: &mut Request, status: u16, words: &Words, figures: &Figures) 
         return code;
     }
     if !req.discard_request_body().is_ok() {
-        req.as_mut().set_keepalive(0);
+        crate::flags::set_keepalive(req.as_mut(), false);
     }
     let retry_after = match figures.retry_after.map(|seconds| pool_number(req, seconds)) {
         Some(None) => return HTTPStatus::INTERNAL_SERVER_ERROR.into(),
@@ -278,7 +278,7 @@ pub fn reject(req: &mut Request, status: u16, words: &Words, figures: &Figures) 
 
 /// Whether nginx would answer `status` here with an `error_page`, by its own rules.
 fn has_error_page(req: &Request, status: u16) -> bool {
-    if req.as_ref().error_page() != 0 || req.as_ref().uri_changes() == 0 {
+    if crate::flags::error_page(req.as_ref()) || crate::flags::uri_changes(req.as_ref()) == 0 {
         return false;
     }
     let Some(clcf) = NgxHttpCoreModule::location_conf(req) else {
