@@ -40,8 +40,13 @@ unit: nginx-source
 t: build
 	TEST_NGINX_BINARY=$(NGINX) TEST_NGINX_LOAD_MODULES=$(MODULE) scripts/prove
 
+# Everything CI runs: the checks, the unit tests, the t/ suite on Debian's nginx, then every
+# other supported nginx built with the module loaded and t/gate.t run on it (the whole suite on
+# the current stable, 1.30.4), and the Debian package installed, used and removed.
 test: deps
 	$(MAKE) check unit t
+	MATRIX_FULL=1.30.4 scripts/matrix --quick 1.24.0 1.26.3 1.28.3 1.30.4 1.31.4
+	$(MAKE) test-deb
 
 # Every supported nginx version: nginx built, the module built against it and loaded, and the
 # t/ suite run against it (scripts/matrix; a table at the end, also in .build/matrix/results.md).
