@@ -825,11 +825,8 @@ impl PermitTable {
         numbers: Option<&AtomicU64>,
     ) -> (Queued, bool) {
         let hash = self.hash(key);
-        if let Some(permit) = self.find(hash, key) {
-            return (Queued::Decided(Admission::Permitted(held(permit))), false);
-        }
-        if !self.under_cap(sale.cap) {
-            return (Queued::Decided(Admission::SoldOut), false);
+        if let Some(decided) = self.held_or_sold_out(hash, key, sale) {
+            return (Queued::Decided(decided), false);
         }
         let Some(mut line) = self.line(arena) else {
             return (Queued::Full, self.report_full());
@@ -846,8 +843,9 @@ impl PermitTable {
             Place::Called => {
                 // Called in: he leaves the line, admitted or told the stock is gone.
                 line.leave_called(arena, hash, key, ticket, joined_ms, now_ms);
+                // The permit and the cap were checked above, in this same locked step.
                 let (admission, newly_full) =
-                    self.admission(arena, key, sale, now_ms, expires_ms, numbers);
+                    self.admit_new(arena, hash, key, now_ms, expires_ms, numbers);
                 (Queued::Decided(admission), newly_full)
             }
         }
@@ -865,12 +863,32 @@ impl PermitTable {
         numbers: Option<&AtomicU64>,
     ) -> (Admission, bool) {
         let hash = self.hash(key);
+        match self.held_or_sold_out(hash, key, sale) {
+            Some(decided) => (decided, false),
+            None => self.admit_new(arena, hash, key, now_ms, expires_ms, numbers),
+        }
+    }
+
+    /// What a key (whose hash is `hash`) gets before any admission: its permit, or SOLD_OUT at
+    /// the cap; `None` when it may be admitted.
+    fn held_or_sold_out(&mut self, hash: u64, key: &[u8], sale: &Sale) -> Option<Admission> {
         if let Some(permit) = self.find(hash, key) {
-            return (Admission::Permitted(held(permit)), false);
+            return Some(Admission::Permitted(held(permit)));
         }
-        if !self.under_cap(sale.cap) {
-            return (Admission::SoldOut, false);
-        }
+        (!self.under_cap(sale.cap)).then_some(Admission::SoldOut)
+    }
+
+    /// Stores a new permit for a key [`Self::held_or_sold_out`] let through in this locked
+    /// step; with whether this is the first time the zone is found full.
+    fn admit_new(
+        &mut self,
+        arena: &impl Arena,
+        hash: u64,
+        key: &[u8],
+        now_ms: i64,
+        expires_ms: Option<i64>,
+        numbers: Option<&AtomicU64>,
+    ) -> (Admission, bool) {
         match self.insert(arena, hash, key, now_ms, expires_ms, numbers) {
             Some(seq) => (Admission::Admitted(Held { seq, expires_ms }), false),
             None => (Admission::ZoneFull, self.report_full()),
