@@ -583,5 +583,8 @@ mod tests {
         assert!(!fits(&["rate=1r/s", "idle=10s", "refresh=10s"]), "12 s is past 10");
         assert!(!fits(&["rate=1r/s", "refresh=1m"]), "72 s is past the default minute");
         assert!(fits(&["rate=1r/s", "idle=2m", "refresh=1m"]));
+        // The edge: refresh=10s gives at most 12 s, and a second to spare makes 13.
+        assert!(!fits(&["rate=1r/s", "idle=13s", "refresh=10s"]));
+        assert!(fits(&["rate=1r/s", "idle=13001ms", "refresh=10s"]));
     }
 }

@@ -12,6 +12,8 @@
 # 7. The admin API's PATCH changes the rate at once, without a burst.
 # 8. Waiters who went silent do not let a burst through when they leave, and a full line says
 #    UNAVAILABLE (the stock is there), logged once.
+# 9. A restart with state=: the permits come back, the line starts empty, and waiters who come
+#    back join it anew in the order they come back.
 
 use strict;
 use warnings;
@@ -305,6 +307,25 @@ sub keep_asking {
     ok(!$told{SOLD_OUT}, 'not SOLD_OUT: the stock is there');
     my @lines = FlashSale::Crowd::error_log() =~ /(the waiting line has no room[^\n]*)/g;
     is(scalar @lines, 1, 'the log says so once');
+    stop_nginx();
+}
+
+# 9. A restart.
+{
+    my $state = "$FlashSale::Crowd::Root-state/sale.state";
+    mkdir "$FlashSale::Crowd::Root-state";
+    (my $conf = config('rate=1r/m idle=1h')) =~ s/zone=sale:16m;/zone=sale:16m state=$state;/;
+    start_nginx(workers => 2, http => $conf);
+    my @before = join_in_order(map { "s$_" } 1 .. 6);
+    is(join(' ', map { $_->{sale} } @before), 'ADMITTED QUEUED QUEUED QUEUED QUEUED QUEUED',
+       'restart: one in, five waiting');
+    stop_nginx();
+    start_nginx(workers => 2, http => $conf);
+    my @after = join_in_order(map { "s$_" } 1, 6, 5, 4, 3, 2);
+    is($after[0]{sale}, 'PERMITTED', 'after a restart the permit is back');
+    is(join(' ', map { "$_->{sale}:$_->{position}" } @after[1 .. 5]),
+       'ADMITTED:- QUEUED:0 QUEUED:1 QUEUED:2 QUEUED:3',
+       'the line started empty: the waiters joined anew in the order they came back');
     stop_nginx();
 }
 

@@ -243,3 +243,27 @@ Content-Type: application/json
 [qr/\{"error":"block_ratio: this zone's line draws per request, where a buyer turned away draws again and joins anyway; set flash_sale_draw per_key first"\}/,
  qr/"overrides":\{"block_ratio":null,/,
  qr/"overrides":\{"block_ratio":0.0,/]
+
+=== TEST 15: a buyer in line draws no more: a block ratio set while he waits turns away newcomers only
+--- http_config
+    flash_sale_zone $arg_user zone=sale:1m;
+--- config
+    location /a {
+        flash_sale zone=sale;
+        flash_sale_draw per_key;
+        flash_sale_queue rate=1r/s;
+        add_header X-Sale $flash_sale_status always;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/backend;
+    }
+    location /api/ { flash_sale_api; }
+    location /backend { return 200 "shop\n"; }
+--- pipelined_requests eval
+["GET /a?user=first", "GET /a?user=waiter",
+ "PATCH /api/zones/sale\n{\"block_ratio\": 1}",
+ "GET /a?user=waiter", "GET /a?user=newcomer"]
+--- more_headers
+Content-Type: application/json
+--- error_code eval
+[200, 503, 200, 503, 503]
+--- response_headers eval
+["X-Sale: ADMITTED", "X-Sale: QUEUED", "", "X-Sale: QUEUED", "X-Sale: BLOCKED"]
