@@ -262,8 +262,17 @@ fn ttl(value: &Value) -> Result<Option<i64>, ApiError> {
     }
 }
 
-/// The body of `POST zones/NAME/permits`: `["key", ...]` or `[{"key": "...", "ttl": "10m"}]`;
-/// `{"key_base64": "..."}` names a key that is not text.
+/// What an item is: 1 to [`crate::sale::MAX_ITEM_LEN`] bytes.
+pub const ITEM_RULE: &str = "an item is a string of 1 to 256 bytes";
+
+/// Whether `item` is one a request could name.
+pub fn valid_item(item: &[u8]) -> bool {
+    !item.is_empty() && item.len() <= crate::sale::MAX_ITEM_LEN
+}
+
+/// The body of `POST zones/NAME/permits`: `["key", ...]` or
+/// `[{"key": "...", "item": "red-42", "ttl": "10m"}]`; `{"key_base64": "..."}` names a key
+/// that is not text.
 pub fn grants(body: &[u8]) -> Result<Vec<Grant>, ApiError> {
     let Value::Array(items) = parse_json(body)? else {
         return Err(ApiError::new(400, "expected a JSON array of keys"));
@@ -280,19 +289,24 @@ pub fn grants(body: &[u8]) -> Result<Vec<Grant>, ApiError> {
     items
         .iter()
         .map(|item| match item {
-            Value::String(k) => Ok((key(k.as_bytes())?, None)),
+            Value::String(k) => Ok((key(k.as_bytes())?, Vec::new(), None)),
             Value::Object(o) => {
-                let known = ["key", "key_base64", "ttl"];
+                let known = ["key", "key_base64", "item", "ttl"];
                 if let Some(unknown) = o.keys().find(|k| !known.contains(&k.as_str())) {
                     return Err(ApiError::new(400, format!("unknown field \"{unknown}\"")));
                 }
                 let ttl = ttl(o.get("ttl").unwrap_or(&Value::Null))?;
+                let item = match o.get("item") {
+                    None | Some(Value::Null) => Vec::new(),
+                    Some(Value::String(i)) if valid_item(i.as_bytes()) => i.as_bytes().to_vec(),
+                    Some(_) => return Err(ApiError::new(400, ITEM_RULE)),
+                };
                 match (o.get("key"), o.get("key_base64")) {
-                    (Some(Value::String(k)), None) => Ok((key(k.as_bytes())?, ttl)),
+                    (Some(Value::String(k)), None) => Ok((key(k.as_bytes())?, item, ttl)),
                     (None, Some(Value::String(k))) => {
                         let bytes = key_from_base64(k.as_bytes())
                             .ok_or_else(|| ApiError::new(400, "bad key_base64"))?;
-                        Ok((key(&bytes)?, ttl))
+                        Ok((key(&bytes)?, item, ttl))
                     }
                     (Some(_), Some(_)) => {
                         Err(ApiError::new(400, "give a \"key\" or a \"key_base64\", not both"))
@@ -571,7 +585,13 @@ mod tests {
     #[test]
     fn keys_round_trip_through_json_and_cursors() {
         for key in [&b"bob"[..], b"\xff1", b"\0", &[127, 0, 0, 200], "caf\u{e9}".as_bytes()] {
-            let p = PermitInfo { key: key.to_vec(), seq: 1, granted_ms: 0, expires_ms: None };
+            let p = PermitInfo {
+                item: Vec::new(),
+                key: key.to_vec(),
+                seq: 1,
+                granted_ms: 0,
+                expires_ms: None,
+            };
             let json = permit_json(&p, KeyKind::Bytes);
             let b64 = json["key_base64"].as_str().unwrap();
             assert_eq!(key_from_base64(b64.as_bytes()).as_deref(), Some(key));
@@ -585,11 +605,23 @@ mod tests {
         }
         // Two addresses that the old lossy text showed alike are told apart.
         let a = permit_json(
-            &PermitInfo { key: vec![127, 0, 0, 200], seq: 1, granted_ms: 0, expires_ms: None },
+            &PermitInfo {
+                item: Vec::new(),
+                key: vec![127, 0, 0, 200],
+                seq: 1,
+                granted_ms: 0,
+                expires_ms: None,
+            },
             KeyKind::Address,
         );
         let b = permit_json(
-            &PermitInfo { key: vec![127, 0, 0, 201], seq: 2, granted_ms: 0, expires_ms: None },
+            &PermitInfo {
+                item: Vec::new(),
+                key: vec![127, 0, 0, 201],
+                seq: 2,
+                granted_ms: 0,
+                expires_ms: None,
+            },
             KeyKind::Address,
         );
         assert_eq!(
@@ -599,6 +631,7 @@ mod tests {
         assert_ne!(a["key_base64"], b["key_base64"]);
         let v6 = permit_json(
             &PermitInfo {
+                item: Vec::new(),
                 key: vec![0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
                 seq: 3,
                 granted_ms: 0,
@@ -682,20 +715,20 @@ mod tests {
     fn grant_bodies() {
         assert_eq!(
             grants(br#"["a", "b"]"#).unwrap(),
-            vec![(b"a".to_vec(), None), (b"b".to_vec(), None)]
+            vec![(b"a".to_vec(), vec![], None), (b"b".to_vec(), vec![], None)]
         );
         assert_eq!(
             grants(br#"[{"key": "a", "ttl": "10m"}, {"key": "b", "ttl": 30}, {"key": "c"}]"#)
                 .unwrap(),
             vec![
-                (b"a".to_vec(), Some(600_000)),
-                (b"b".to_vec(), Some(30_000)),
-                (b"c".to_vec(), None)
+                (b"a".to_vec(), vec![], Some(600_000)),
+                (b"b".to_vec(), vec![], Some(30_000)),
+                (b"c".to_vec(), vec![], None)
             ]
         );
         assert_eq!(
             grants(br#"[{"key_base64": "fwAAyA", "ttl": "1h 30m"}]"#).unwrap(),
-            vec![(vec![127, 0, 0, 200], Some(5_400_000))]
+            vec![(vec![127, 0, 0, 200], vec![], Some(5_400_000))]
         );
         for bad in [
             &b"["[..],
@@ -802,7 +835,13 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(1_628_380_800_250), "2021-08-08T00:00:00.250Z");
         assert_eq!(parse::rfc3339_ms(&rfc3339(951_782_400_000)), Some(951_782_400_000));
-        let p = PermitInfo { key: b"alice".to_vec(), seq: 3, granted_ms: 0, expires_ms: None };
+        let p = PermitInfo {
+            item: Vec::new(),
+            key: b"alice".to_vec(),
+            seq: 3,
+            granted_ms: 0,
+            expires_ms: None,
+        };
         assert_eq!(
             permit_json(&p, KeyKind::Bytes).to_string(),
             r#"{"expires":null,"granted":"1970-01-01T00:00:00.000Z","key":"alice","key_base64":"YWxpY2U","seq":3}"#
@@ -841,6 +880,7 @@ mod tests {
     fn redis_permits_are_listed_in_pages() {
         let permits: Vec<PermitInfo> = (1..=5)
             .map(|seq| PermitInfo {
+                item: Vec::new(),
                 key: format!("k{seq}").into_bytes(),
                 seq,
                 granted_ms: 0,

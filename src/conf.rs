@@ -292,7 +292,27 @@ pub enum Verify {
     Zone {
         zone: ZoneRef,
         token: Option<NonNull<ngx_http_complex_value_t>>,
+        /// `item=VALUE`: the item the token must name.
+        item: Option<NonNull<ngx_http_complex_value_t>>,
     },
+}
+
+/// `flash_sale_max_permits`: a number, or a value with variables (a `map` of stock per item)
+/// evaluated per request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stock {
+    Fixed(u64),
+    Variable(NonNull<ngx_http_complex_value_t>),
+}
+
+impl Stock {
+    /// The number, when it is one in the configuration.
+    pub fn fixed(self) -> Option<u64> {
+        match self {
+            Stock::Fixed(cap) => Some(cap),
+            Stock::Variable(_) => None,
+        }
+    }
 }
 
 /// The location configuration; `None` is "not set here", resolved by [`merge_loc_conf`].
@@ -302,7 +322,10 @@ pub struct LocConf {
     pub start_ms: Option<i64>,
     pub end_ms: Option<i64>,
     pub block_ratio: Option<BlockRatio>,
-    pub max_permits: Option<u64>,
+    pub max_permits: Option<Stock>,
+    /// `flash_sale_item`: which item a request is for.
+    pub item: Option<NonNull<ngx_http_complex_value_t>>,
+    pub max_per_buyer: Option<u64>,
     pub reject_status: Option<u16>,
     pub permit_ttl_ms: Option<i64>,
     pub dry_run: Option<bool>,
@@ -380,9 +403,11 @@ impl LocConf {
         Sale {
             window: Window { start_ms: self.start_ms, end_ms: self.end_ms },
             block_ratio: self.block_ratio.unwrap_or(BlockRatio::ADMIT_ALL),
-            cap: self.max_permits,
+            cap: self.max_permits.and_then(Stock::fixed),
             prequeue_ms: self.prequeue_ms,
             queue: self.queue.flatten(),
+            max_per_buyer: self.max_per_buyer,
+            itemized: self.item.is_some(),
         }
     }
 
@@ -480,11 +505,62 @@ field_directive!(set_start, start_ms, parse::rfc3339_ms, RFC3339_HINT);
 field_directive!(set_end, end_ms, parse::rfc3339_ms, RFC3339_HINT);
 field_directive!(set_block_ratio, block_ratio, BlockRatio::parse, "expected a number from 0 to 1");
 field_directive!(
-    set_max_permits,
-    max_permits,
-    parse::cap,
-    "expected a whole number of permits, 0 or more"
+    set_max_per_buyer,
+    max_per_buyer,
+    |s| parse::cap(s).filter(|&n| n > 0),
+    "expected a whole number of items, 1 or more"
 );
+
+/// `flash_sale_max_permits NUMBER | VALUE;`: a value with variables is read per request.
+pub(crate) unsafe extern "C" fn set_max_permits(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls this for a command whose slot is NGX_HTTP_LOC_CONF_OFFSET
+    // (`module.rs`): `conf` is a `LocConf`.
+    unsafe { directive(cf, cmd, conf, max_permits) }
+}
+
+fn max_permits(d: &mut Directive<'_>, lcf: &mut LocConf) -> ConfResult {
+    let value = d.args()[1];
+    if value.as_bytes().contains(&b'$') {
+        if lcf.max_permits.is_some() {
+            return Err(DUPLICATE);
+        }
+        lcf.max_permits = Some(Stock::Variable(complex_value(d, value).ok_or(ConfError::Logged)?));
+        return Ok(());
+    }
+    let fixed = |s: &str| parse::cap(s).map(Stock::Fixed);
+    let hint = "expected a whole number of permits, 0 or more, or a value with variables";
+    set_field(d, lcf, |c| &mut c.max_permits, fixed, hint)
+}
+
+/// `flash_sale_item VALUE;`
+pub(crate) unsafe extern "C" fn set_item(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls this for a command whose slot is NGX_HTTP_LOC_CONF_OFFSET
+    // (`module.rs`): `conf` is a `LocConf`.
+    unsafe { directive(cf, cmd, conf, item) }
+}
+
+fn item(d: &mut Directive<'_>, lcf: &mut LocConf) -> ConfResult {
+    if lcf.item.is_some() {
+        return Err(DUPLICATE);
+    }
+    let value = d.args()[1];
+    if value.is_empty() {
+        return Err(d.emerg(format_args!(
+            "invalid value \"\" in \"{}\" directive, expected an item, such as $arg_sku",
+            d.args()[0]
+        )));
+    }
+    lcf.item = Some(complex_value(d, value).ok_or(ConfError::Logged)?);
+    Ok(())
+}
 field_directive!(
     set_reject_status,
     reject_status,
@@ -685,16 +761,19 @@ fn verify(d: &mut Directive<'_>, lcf: &mut LocConf) -> ConfResult {
         return Ok(());
     }
     let zone = zone_parameter(d, &args[1])?;
-    let token = match args.get(2) {
-        None => None,
-        Some(arg) => {
-            let Some(source) = arg.strip_prefix("token=").filter(|v| !v.is_empty()) else {
-                return Err(d.emerg(format_args!("invalid parameter \"{}\"", arg)));
-            };
-            Some(complex_value(d, source).ok_or(ConfError::Logged)?)
+    let (mut token, mut item) = (None, None);
+    for arg in &args[2..] {
+        let (slot, source) = match (arg.strip_prefix("token="), arg.strip_prefix("item=")) {
+            (Some(source), _) if token.is_none() => (&mut token, source),
+            (_, Some(source)) if item.is_none() => (&mut item, source),
+            _ => return Err(d.emerg(format_args!("invalid parameter \"{}\"", arg))),
+        };
+        if source.is_empty() {
+            return Err(d.emerg(format_args!("invalid parameter \"{}\"", arg)));
         }
-    };
-    lcf.verify = Verify::Zone { zone, token };
+        *slot = Some(complex_value(d, source).ok_or(ConfError::Logged)?);
+    }
+    lcf.verify = Verify::Zone { zone, token, item };
     Ok(())
 }
 
@@ -1169,6 +1248,8 @@ pub unsafe extern "C" fn merge_loc_conf(
         conf.end_ms = conf.end_ms.or(prev.end_ms);
         conf.block_ratio = conf.block_ratio.or(prev.block_ratio);
         conf.max_permits = conf.max_permits.or(prev.max_permits);
+        conf.item = conf.item.or(prev.item);
+        conf.max_per_buyer = conf.max_per_buyer.or(prev.max_per_buyer);
         conf.reject_status = conf.reject_status.or(prev.reject_status);
         conf.permit_ttl_ms = conf.permit_ttl_ms.or(prev.permit_ttl_ms);
         conf.dry_run = conf.dry_run.or(prev.dry_run);
@@ -1192,7 +1273,7 @@ pub unsafe extern "C" fn merge_loc_conf(
         if let Gate::Zone(zone) = conf.gate {
             // SAFETY: merging; no other reference to the zone is in use.
             let zone = unsafe { zone.as_mut() };
-            zone.largest_cap = zone.largest_cap.max(conf.max_permits);
+            zone.largest_cap = zone.largest_cap.max(conf.max_permits.and_then(Stock::fixed));
             zone.lined |= matches!(conf.queue, Some(Some(_)));
             zone.lined_per_request |= matches!(conf.queue, Some(Some(_)))
                 && matches!(conf.draw.unwrap_or_default(), DrawMode::PerRequest);

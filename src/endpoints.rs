@@ -21,7 +21,7 @@ use crate::http::{add_header, keep, kept, main_request, send, static_str, Body, 
 use crate::metrics::{render, ZoneMetrics};
 use crate::offload;
 use crate::remote::{Command, Failure, Reply};
-use crate::sale::{BlockRatio, Outcome, Overrides, OverridesPatch};
+use crate::sale::{BlockRatio, Outcome, Overrides, OverridesPatch, PermitKey};
 use crate::state;
 use crate::zone::{Stats, ZoneStore};
 
@@ -294,7 +294,7 @@ fn apply_here(zone: &ZoneConf, key: &[u8], reply: &Result<Reply, Failure>) {
     Stats::count(&stats.redis_calls);
     match reply {
         Ok(Reply::Revoked(Some(_))) => {
-            store.forget(key);
+            store.forget(PermitKey::single(key));
             Stats::count(&stats.revoked);
         }
         Ok(Reply::Cleared(n)) => {
@@ -497,7 +497,7 @@ fn serve(req: &Request, asked: &ApiRequest, body: Option<&[u8]>) -> Answer {
                         zone.journal(|| state::revoke(permit.seq), req.log());
                     }
                     for permit in done.granted.iter().rev() {
-                        store.undo(&permit.key, permit.seq);
+                        store.undo(permit.permit_key(), permit.seq);
                     }
                     return Err(ApiError::new(
                         503,
@@ -537,16 +537,18 @@ fn serve(req: &Request, asked: &ApiRequest, body: Option<&[u8]>) -> Answer {
         Route::Permit(name, key) if get => {
             let zone = find(name)?;
             with_store(&zone, |store, _| {
-                let permit =
-                    store.get(key).ok_or_else(|| ApiError::new(404, "no permit for this key"))?;
+                let permit = store
+                    .get(PermitKey::single(key))
+                    .ok_or_else(|| ApiError::new(404, "no permit for this key"))?;
                 Ok((200, api::permit_json(&permit, key_kind(&zone))))
             })
         }
         Route::Permit(name, key) if *method == Method::DELETE => {
             let zone = find(name)?;
             with_store(&zone, |store, _| {
-                let permit =
-                    store.get(key).ok_or_else(|| ApiError::new(404, "no permit for this key"))?;
+                let permit = store
+                    .get(PermitKey::single(key))
+                    .ok_or_else(|| ApiError::new(404, "no permit for this key"))?;
                 // On disk first: a revocation the state file cannot keep would come undone at
                 // the next start.
                 if !zone.journal(|| state::revoke(permit.seq), req.log()) {
@@ -555,7 +557,7 @@ fn serve(req: &Request, asked: &ApiRequest, body: Option<&[u8]>) -> Answer {
                         "the state file cannot take the revocation (see the error log); nothing revoked",
                     ));
                 }
-                store.revoke_numbered(key, permit.seq);
+                store.revoke_numbered(PermitKey::single(key), permit.seq);
                 Ok((200, json!({ "revoked": 1 })))
             })
         }

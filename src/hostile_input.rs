@@ -74,23 +74,23 @@ proptest! {
 
     #[test]
     fn tokens_from_the_wire_never_panic(t in proptest::collection::vec(any::<u8>(), 0..300)) {
-        let _ = token::verify(SECRET, &t, "zone", b"key", 0);
+        let _ = token::verify(SECRET, &t, "zone", b"key", None, 0);
     }
 
     #[test]
     fn tokens_round_trip_and_any_changed_byte_is_refused(
         zone in ".{1,16}", key in ".{1,40}", seq in 1u64.., flip in any::<prop::sample::Index>()
     ) {
-        let claims = token::Claims { zone: &zone, key: &key, seq, expires_ms: None };
+        let claims = token::Claims { zone: &zone, key: &key, item: "", seq, expires_ms: None };
         let signed = token::sign(SECRET, &claims).unwrap_or_default();
         prop_assert_eq!(
-            token::verify(SECRET, signed.as_bytes(), &zone, key.as_bytes(), 0),
+            token::verify(SECRET, signed.as_bytes(), &zone, key.as_bytes(), None, 0),
             Ok((seq, None))
         );
         let mut tampered = signed.into_bytes();
         let i = flip.index(tampered.len());
         tampered[i] ^= 0x01;
-        prop_assert!(token::verify(SECRET, &tampered, &zone, key.as_bytes(), 0).is_err());
+        prop_assert!(token::verify(SECRET, &tampered, &zone, key.as_bytes(), None, 0).is_err());
     }
 
     #[test]

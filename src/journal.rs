@@ -519,7 +519,13 @@ mod tests {
     }
 
     fn grant(key: &str, seq: u64) -> String {
-        let p = PermitInfo { key: key.as_bytes().to_vec(), seq, granted_ms: 1, expires_ms: None };
+        let p = PermitInfo {
+            item: Vec::new(),
+            key: key.as_bytes().to_vec(),
+            seq,
+            granted_ms: 1,
+            expires_ms: None,
+        };
         state::grant(&p)
     }
 
@@ -617,6 +623,7 @@ mod tests {
         let dir = temp_dir("held");
         let file = StateFile::open(dir.join("new.state"), state::header("z", b"$k")).unwrap();
         let held = |key: &str, seq| PermitInfo {
+            item: Vec::new(),
             key: key.as_bytes().to_vec(),
             seq,
             granted_ms: 1,
@@ -636,7 +643,13 @@ mod tests {
         file.rewrite("z", b"$k", 0, &[], |_| Vec::new()).unwrap();
         file.append(&grant("a", 5)).unwrap();
         file.append(&state::revoke(5)).unwrap();
-        let held = PermitInfo { key: b"a".to_vec(), seq: 5, granted_ms: 1, expires_ms: None };
+        let held = PermitInfo {
+            item: Vec::new(),
+            key: b"a".to_vec(),
+            seq: 5,
+            granted_ms: 1,
+            expires_ms: None,
+        };
         let done =
             file.rewrite("z", b"$k", 0, std::slice::from_ref(&held), |_| Vec::new()).unwrap();
         assert!(done.replay.permits.is_empty());
@@ -656,7 +669,13 @@ mod tests {
         let file = StateFile::open(path.clone(), state::header("z", b"$k")).unwrap();
         file.rewrite("z", b"$k", 0, &[], |_| Vec::new()).unwrap();
         file.append(&grant("a", 1)).unwrap();
-        let held = [PermitInfo { key: b"a".to_vec(), seq: 1, granted_ms: 1, expires_ms: None }];
+        let held = [PermitInfo {
+            item: Vec::new(),
+            key: b"a".to_vec(),
+            seq: 1,
+            granted_ms: 1,
+            expires_ms: None,
+        }];
         fs::remove_file(&path).unwrap();
         drop(StateFile::open(path.clone(), state::header("z", b"$k")).unwrap());
         let done = file.rewrite("z", b"$k", 0, &held, |_| Vec::new()).unwrap();

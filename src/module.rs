@@ -6,8 +6,8 @@ use core::ptr::{self, addr_of, addr_of_mut};
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_http_module_t, ngx_module_t, ngx_str_t, ngx_uint_t,
     NGX_CONF_1MORE, NGX_CONF_2MORE, NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1,
-    NGX_CONF_TAKE12, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
-    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
+    NGX_CONF_TAKE12, NGX_CONF_TAKE123, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
 };
 use ngx::http::{HttpModule, HttpModuleMainConf};
 use ngx::ngx_string;
@@ -40,7 +40,7 @@ const fn command(
     ngx_command_t { name, type_, set: Some(set), conf, offset: 0, post: ptr::null_mut() }
 }
 
-static mut COMMANDS: [ngx_command_t; 20] = [
+static mut COMMANDS: [ngx_command_t; 22] = [
     command(
         ngx_string!("flash_sale_zone"),
         MAIN | NGX_CONF_2MORE as ngx_uint_t,
@@ -71,6 +71,13 @@ static mut COMMANDS: [ngx_command_t; 20] = [
         ngx_string!("flash_sale_max_permits"),
         ANY | TAKE1,
         conf::set_max_permits,
+        NGX_HTTP_LOC_CONF_OFFSET,
+    ),
+    command(ngx_string!("flash_sale_item"), ANY | TAKE1, conf::set_item, NGX_HTTP_LOC_CONF_OFFSET),
+    command(
+        ngx_string!("flash_sale_max_per_buyer"),
+        ANY | TAKE1,
+        conf::set_max_per_buyer,
         NGX_HTTP_LOC_CONF_OFFSET,
     ),
     command(
@@ -123,7 +130,7 @@ static mut COMMANDS: [ngx_command_t; 20] = [
     ),
     command(
         ngx_string!("flash_sale_verify"),
-        ANY | NGX_CONF_TAKE12 as ngx_uint_t,
+        ANY | NGX_CONF_TAKE123 as ngx_uint_t,
         conf::set_verify,
         NGX_HTTP_LOC_CONF_OFFSET,
     ),

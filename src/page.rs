@@ -42,6 +42,21 @@ impl Words {
                 "The identity this request carries is longer than this sale accepts. Sign in \
                  again, then open this page again.",
             ),
+            Outcome::NoItem => (
+                "Choose what to buy",
+                "This sale sells several items, and this request did not say which one. Go \
+                 back to the shop's page and choose one.",
+            ),
+            Outcome::ItemTooLong => (
+                "This item cannot be bought here",
+                "The item this request names is longer than this sale accepts. Go back to the \
+                 shop's page and choose it again.",
+            ),
+            Outcome::LimitReached => (
+                "You have reached the limit",
+                "You already hold as many items of this sale as one buyer may. Finish buying \
+                 them; you cannot take another.",
+            ),
             Outcome::NotStarted => (
                 "The sale has not started yet",
                 "Keep this page open: it reloads by itself when the sale starts.",
@@ -119,6 +134,9 @@ impl Figures {
             Outcome::Queued => None,
             Outcome::NoKey
             | Outcome::KeyTooLong
+            | Outcome::NoItem
+            | Outcome::ItemTooLong
+            | Outcome::LimitReached
             | Outcome::Ended
             | Outcome::Permitted
             | Outcome::SoldOut

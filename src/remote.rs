@@ -12,7 +12,7 @@ use redis::{ConnectionAddr, ConnectionInfo, RedisConnectionInfo, Script};
 
 use crate::line::{LineFigures, WAIT_BUCKETS};
 use crate::parse;
-use crate::sale::{Cap, Grant, Held, Overrides, OverridesPatch, PermitInfo};
+use crate::sale::{Cap, Grant, Held, Overrides, OverridesPatch, PermitInfo, PermitKey};
 
 /// What a host does with a new buyer when Redis does not answer in time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -1014,9 +1014,9 @@ fn execute(
         Command::Grant { grants, now_ms } => {
             let mut invocation = grant.key(&permits);
             invocation.key(&expiry).key(&seq).arg(deadline).arg(now_ms);
-            for (key, ttl_ms) in grants {
+            for (key, item, ttl_ms) in grants {
                 invocation
-                    .arg(key.as_slice())
+                    .arg(field(PermitKey { key, item }))
                     .arg(ttl_ms.map_or(0, |ttl| crate::sale::expiry(*now_ms, ttl)));
             }
             let (granted, already, permits): (u64, u64, u64) = invocation.invoke(conn)?;
@@ -1044,15 +1044,43 @@ fn execute(
     }
 }
 
+/// A permit's field in the zone's permits hash: the buyer's key in a zone that sells one item;
+/// else a zero byte, the item's length in decimal, `:`, the item, then the key (which the
+/// scripts' `parts` read back). A zone sells one item or several, never both (`nginx -t`), so
+/// no plain key is read as a field of an item.
+pub fn field(key: PermitKey<'_>) -> Vec<u8> {
+    if key.item.is_empty() {
+        return key.key.to_vec();
+    }
+    let mut field = format!("\0{}:", key.item.len()).into_bytes();
+    field.extend_from_slice(key.item);
+    field.extend_from_slice(key.key);
+    field
+}
+
+/// The buyer's key and the item of a permit's field (see [`field`]).
+pub fn parse_field(field: &[u8]) -> (&[u8], &[u8]) {
+    let item = || {
+        let rest = field.strip_prefix(b"\0")?;
+        let colon = rest.iter().position(|&b| b == b':')?;
+        let len: usize = core::str::from_utf8(&rest[..colon]).ok()?.parse().ok()?;
+        let rest = &rest[colon + 1..];
+        (len > 0 && len <= rest.len()).then(|| (&rest[len..], &rest[..len]))
+    };
+    item().unwrap_or((field, b""))
+}
+
 /// The permits of an HGETALL that are still valid at `now_ms`, in order of number.
 pub fn live_permits(all: Vec<(Vec<u8>, String)>, now_ms: i64) -> Vec<PermitInfo> {
     let mut live: Vec<PermitInfo> = all
         .into_iter()
-        .filter_map(|(key, value)| {
+        .filter_map(|(field, value)| {
             let (held, granted_ms) = parse_stored(&value)?;
             let live = held.expires_ms.is_none_or(|e| e > now_ms);
+            let (key, item) = parse_field(&field);
             live.then_some(PermitInfo {
-                key,
+                key: key.to_vec(),
+                item: item.to_vec(),
                 seq: held.seq,
                 granted_ms,
                 expires_ms: held.expires_ms,
@@ -1213,8 +1241,13 @@ mod tests {
         let live = live_permits(all, 1_000);
         let keys: Vec<&[u8]> = live.iter().map(|p| p.key.as_slice()).collect();
         assert_eq!(keys, [&b"bob"[..], b"cy"]);
-        let bob =
-            PermitInfo { key: b"bob".to_vec(), seq: 2, granted_ms: 20, expires_ms: Some(2_000) };
+        let bob = PermitInfo {
+            item: Vec::new(),
+            key: b"bob".to_vec(),
+            seq: 2,
+            granted_ms: 20,
+            expires_ms: Some(2_000),
+        };
         assert_eq!(live[0], bob);
     }
 

@@ -15,6 +15,10 @@ pub enum Outcome {
     NoKey,
     /// The key is longer than a permit can hold; refused rather than truncated.
     KeyTooLong,
+    /// `flash_sale_item` evaluated to an empty string: no item to give a permit for.
+    NoItem,
+    /// The item is longer than [`MAX_ITEM_LEN`]; refused rather than truncated.
+    ItemTooLong,
     /// The sale's start time has not come yet.
     NotStarted,
     /// The sale starts soon: the buyer is registered for the pre-queue's draw at the start.
@@ -27,6 +31,8 @@ pub enum Outcome {
     SoldOut,
     /// The draw turned this buyer away this time.
     Blocked,
+    /// The buyer holds permits for `flash_sale_max_per_buyer` items already.
+    LimitReached,
     /// The sale's shared store (Redis) did not answer in time: a new buyer cannot be admitted
     /// without it (`on_error=closed`).
     Unavailable,
@@ -44,38 +50,47 @@ pub const COUNTED: usize = 2 * Outcome::ALL.len();
 const NAMES: [&str; COUNTED] = [
     "NO_KEY",
     "KEY_TOO_LONG",
+    "NO_ITEM",
+    "ITEM_TOO_LONG",
     "NOT_STARTED",
     "PREQUEUED",
     "ENDED",
     "PERMITTED",
     "SOLD_OUT",
     "BLOCKED",
+    "LIMIT_REACHED",
     "UNAVAILABLE",
     "QUEUED",
     "ADMITTED",
     "NO_KEY_DRY_RUN",
     "KEY_TOO_LONG_DRY_RUN",
+    "NO_ITEM_DRY_RUN",
+    "ITEM_TOO_LONG_DRY_RUN",
     "NOT_STARTED_DRY_RUN",
     "PREQUEUED_DRY_RUN",
     "ENDED_DRY_RUN",
     "PERMITTED",
     "SOLD_OUT_DRY_RUN",
     "BLOCKED_DRY_RUN",
+    "LIMIT_REACHED_DRY_RUN",
     "UNAVAILABLE_DRY_RUN",
     "QUEUED_DRY_RUN",
     "ADMITTED",
 ];
 
 impl Outcome {
-    pub const ALL: [Outcome; 11] = [
+    pub const ALL: [Outcome; 14] = [
         Outcome::NoKey,
         Outcome::KeyTooLong,
+        Outcome::NoItem,
+        Outcome::ItemTooLong,
         Outcome::NotStarted,
         Outcome::Prequeued,
         Outcome::Ended,
         Outcome::Permitted,
         Outcome::SoldOut,
         Outcome::Blocked,
+        Outcome::LimitReached,
         Outcome::Unavailable,
         Outcome::Queued,
         Outcome::Admitted,
@@ -118,7 +133,7 @@ impl Outcome {
     pub const fn status(self, reject: u16) -> u16 {
         match self {
             Outcome::NoKey => 401,
-            Outcome::KeyTooLong => 400,
+            Outcome::KeyTooLong | Outcome::NoItem | Outcome::ItemTooLong => 400,
             Outcome::Permitted | Outcome::Admitted => 200,
             _ => reject,
         }
@@ -138,6 +153,8 @@ impl Outcome {
         match self {
             Outcome::NoKey => "NO_KEY: this sale needs a buyer identity.\n",
             Outcome::KeyTooLong => "KEY_TOO_LONG: the buyer identity is too long.\n",
+            Outcome::NoItem => "NO_ITEM: this request names no item of the sale.\n",
+            Outcome::ItemTooLong => "ITEM_TOO_LONG: the item's name is too long.\n",
             Outcome::NotStarted => "NOT_STARTED: the sale has not started yet.\n",
             Outcome::Prequeued => {
                 "PREQUEUED: you are in the draw at the start; come back when the sale starts.\n"
@@ -146,6 +163,9 @@ impl Outcome {
             Outcome::Permitted => "PERMITTED\n",
             Outcome::SoldOut => "SOLD_OUT: the sale is sold out.\n",
             Outcome::Blocked => "BLOCKED: you were not drawn this time.\n",
+            Outcome::LimitReached => {
+                "LIMIT_REACHED: you hold permits for as many items as one buyer may.\n"
+            }
             Outcome::Unavailable => "UNAVAILABLE: the sale cannot take new buyers right now.\n",
             Outcome::Queued => "QUEUED: you are in line; come back when your turn comes.\n",
             Outcome::Admitted => "ADMITTED\n",
@@ -163,18 +183,76 @@ impl fmt::Display for Outcome {
 /// could match someone else's permit.
 pub const MAX_KEY_LEN: usize = 1024;
 
-/// A permit as the outside sees it: its buyer's key, its number, when it was granted and
-/// when it expires (Unix milliseconds; `None` for never).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The longest item name (`flash_sale_item`) a permit holds; longer ones are refused.
+pub const MAX_ITEM_LEN: usize = 256;
+
+/// Whom a permit is for: a buyer (the zone's key) and an item (`flash_sale_item`; empty in a
+/// zone that sells one item). "Lucky once, lucky always" holds per buyer and item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PermitKey<'a> {
+    pub key: &'a [u8],
+    pub item: &'a [u8],
+}
+
+impl<'a> PermitKey<'a> {
+    /// A buyer's permit in a zone that sells one item.
+    pub const fn single(key: &'a [u8]) -> Self {
+        PermitKey { key, item: b"" }
+    }
+}
+
+/// A permit as the outside sees it: its buyer's key, its item (empty in a zone that sells
+/// one item), its number, when it was granted and when it expires (Unix milliseconds; `None`
+/// for never).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PermitInfo {
     pub key: Vec<u8>,
+    pub item: Vec<u8>,
     pub seq: u64,
     pub granted_ms: i64,
     pub expires_ms: Option<i64>,
 }
 
-/// A key to grant a permit to, and the permit's time-to-live in milliseconds.
-pub type Grant = (Vec<u8>, Option<i64>);
+impl PermitInfo {
+    /// Whom the permit is for.
+    pub fn permit_key(&self) -> PermitKey<'_> {
+        PermitKey { key: &self.key, item: &self.item }
+    }
+}
+
+/// An item of a zone that sells several (`flash_sale_item`), as the admin API shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ItemInfo {
+    pub item: Vec<u8>,
+    /// 1, 2, 3 ... in the order the zone first saw the item: the listing's order.
+    pub number: u64,
+    /// Permits held for the item now.
+    pub permits: u64,
+    /// Buyers registered for it in the pre-queue.
+    pub registered: u64,
+    /// The stock set through the admin API (`PATCH zones/NAME/items/ITEM`), which wins over
+    /// the configuration's.
+    pub max_permits: Option<u64>,
+    /// The cap the last request decided for the item was configured with
+    /// (`flash_sale_max_permits`); `None` when it had none, or no request was decided yet.
+    pub stock: Option<u64>,
+}
+
+impl ItemInfo {
+    /// The cap in force: the admin API's stock, else the configuration's.
+    pub fn cap(&self) -> Cap {
+        self.max_permits.or(self.stock)
+    }
+
+    /// Permits left under the cap; `None` without one.
+    pub fn left(&self) -> Option<u64> {
+        self.cap().map(|cap| cap.saturating_sub(self.permits))
+    }
+}
+
+/// A buyer's key and item to grant a permit for, and the permit's time-to-live in
+/// milliseconds.
+pub type Grant = (Vec<u8>, Vec<u8>, Option<i64>);
 
 /// The latest instant a permit can expire: 9999-12-31T23:59:59.999Z, the last one RFC 3339
 /// can write. nginx's time syntax reaches 2^63 ms; a time-to-live past this means "until then".
@@ -290,7 +368,8 @@ impl DrawMode {
     }
 }
 
-/// The most permits a zone hands out through a location; `None` is unlimited.
+/// The most permits a zone hands out for an item through a location (for the zone's one item
+/// when it sells one); `None` is unlimited.
 pub type Cap = Option<u64>;
 
 /// Everything a location says about its sale.
@@ -304,6 +383,10 @@ pub struct Sale {
     pub prequeue_ms: Option<i64>,
     /// `flash_sale_queue`: buyers who may buy wait in a paced line.
     pub queue: Option<Queue>,
+    /// `flash_sale_max_per_buyer`: how many items one buyer may hold permits for.
+    pub max_per_buyer: Option<u64>,
+    /// `flash_sale_item`: the zone sells several items, and a request must name one.
+    pub itemized: bool,
 }
 
 impl Sale {
@@ -403,6 +486,8 @@ pub enum Lookup {
     Permitted(Held),
     /// No permit for the key, and the cap is reached.
     SoldOut,
+    /// No permit for the key, and the buyer holds permits for as many items as he may.
+    LimitReached,
     /// No permit for the key, and room under the cap: the key may draw.
     Open,
     /// The key held a permit when last asked, but only the sale's shared store can say
@@ -422,6 +507,8 @@ pub enum Admission {
     Permitted(Held),
     /// The cap was reached first.
     SoldOut,
+    /// The buyer holds permits for `flash_sale_max_per_buyer` items already.
+    LimitReached,
     /// The zone had no memory for another permit.
     ZoneFull,
 }
@@ -441,28 +528,30 @@ pub enum Registration {
 /// `admit` of an open window, in the same atomic step, so nobody arriving after the start is
 /// looked at before the pre-queue's winners hold their permits.
 pub trait PermitLookup {
-    /// Does `key` hold a permit, and if not, is there room under the sale's cap?
-    fn lookup(&mut self, key: &[u8], sale: &Sale) -> Lookup;
+    /// Does `key` hold a permit, and if not, is there room under the sale's cap and under the
+    /// buyer's limit?
+    fn lookup(&mut self, key: PermitKey<'_>, sale: &Sale) -> Lookup;
     /// Whether to look the key up even when nobody is drawn (a ratio of 0). A store whose
     /// admission repeats the lookup in the same step does not need to; one whose admission is
     /// a round trip elsewhere does, to spare it for the buyers it already knows.
     fn lookup_always(&self) -> bool {
         false
     }
-    /// Registers `key` for the pre-queue's draw at the start.
-    fn register(&mut self, key: &[u8]) -> Registration;
+    /// Registers `key` for the pre-queue's draw at the start (its item's cap is the sale's).
+    fn register(&mut self, key: PermitKey<'_>, sale: &Sale) -> Registration;
 }
 
 /// A store that also admits: the zone itself, where the admission is one more locked step.
 pub trait PermitStore: PermitLookup {
-    /// Stores a permit for `key` if it has none and the count is under the sale's cap.
-    fn admit(&mut self, key: &[u8], sale: &Sale) -> Admission;
+    /// Stores a permit for `key` if it has none, the item's count is under the sale's cap and
+    /// the buyer's items under his limit.
+    fn admit(&mut self, key: PermitKey<'_>, sale: &Sale) -> Admission;
     /// For a sale with a line, in one atomic step: a key that holds a permit passes, at the cap
     /// it is told so, else it is put in the line (once) and admitted as [`admit`] does when it
     /// is called in.
     ///
     /// [`admit`]: PermitStore::admit
-    fn queue(&mut self, key: &[u8], sale: &Sale) -> Queued;
+    fn queue(&mut self, key: PermitKey<'_>, sale: &Sale) -> Queued;
 }
 
 /// What the line did for a buyer who may buy.
@@ -477,32 +566,40 @@ pub enum Queued {
     Full,
 }
 
-/// The pre-queue's draw: which of `registered` buyers (in order of registration) get a permit,
-/// in the order their permits are numbered. With a cap, `room` of them (all, if fewer), chosen
-/// uniformly; without one, each wins an independent draw against the block ratio.
+/// The pre-queue's draw: the `registered` buyers (by their index in the order of
+/// registration) in a uniformly random order, drawn lazily, so that a draw that stops early
+/// (every item's cap reached) costs what it took. The first `n` of it are a uniform choice of
+/// `n`, in a uniform order: neither arriving early nor arriving through a fast worker is worth
+/// anything.
 ///
-/// A partial Fisher-Yates shuffle: every subset of the size is equally likely, and so is every
-/// order, so neither arriving early nor arriving through a fast worker is worth anything.
-pub fn prequeue_winners(
+/// A Fisher-Yates shuffle, one swap per buyer taken.
+pub fn shuffled<'r>(
     registered: usize,
-    room: Option<u64>,
-    ratio: BlockRatio,
-    rng: &mut impl rand::Rng,
-) -> Vec<usize> {
+    rng: &'r mut impl rand::Rng,
+) -> impl Iterator<Item = usize> + 'r {
     let mut order: Vec<usize> = (0..registered).collect();
-    let take = match room {
-        Some(room) => usize::try_from(room).unwrap_or(usize::MAX).min(registered),
-        None => {
-            order.retain(|_| !ratio.blocks(rng.random()));
-            order.len()
-        }
-    };
-    for i in 0..take {
+    (0..registered).map(move |i| {
         let j = rng.random_range(i..order.len());
         order.swap(i, j);
-    }
-    order.truncate(take);
-    order
+        order[i]
+    })
+}
+
+/// Whether a registered buyer the pre-queue's draw comes to gets a permit: with a cap, while
+/// his item has `room`; without one (`None`), by a draw against the block ratio; never past
+/// the buyer's limit, with `held` items held already.
+pub fn prequeue_wins(
+    room: Option<u64>,
+    held: u64,
+    sale: &Sale,
+    draw: impl FnOnce() -> f64,
+) -> bool {
+    let within = sale.max_per_buyer.is_none_or(|limit| held < limit);
+    within
+        && match room {
+            Some(room) => room > 0,
+            None => !sale.block_ratio.blocks(draw()),
+        }
 }
 
 /// The outcome of a request, the permit it passed with, and for QUEUED, its place.
@@ -539,28 +636,35 @@ pub enum Step {
     Line,
 }
 
-/// Everything before the admission, in the documented order: key, window (and pre-queue),
-/// permit, cap, line (a buyer in it keeps his place and draws no more), draw.
+/// Everything before the admission, in the documented order: key, item, window (and
+/// pre-queue), permit, cap, the buyer's limit, line (a buyer in it keeps his place and draws
+/// no more), draw.
 ///
 /// `draw` is called at most once, and only when the ratio can block someone, so the common
 /// cases (ratio 0, returning winners, sold out) never pay for a random number.
 pub fn draw_step(
     sale: &Sale,
-    key: &[u8],
+    key: PermitKey<'_>,
     now_ms: i64,
     draw: impl FnOnce() -> f64,
     store: &mut impl PermitLookup,
 ) -> Step {
     let decided = |outcome: Outcome| Step::Decided(outcome.into());
-    if key.is_empty() {
+    if key.key.is_empty() {
         return decided(Outcome::NoKey);
     }
-    if key.len() > MAX_KEY_LEN {
+    if key.key.len() > MAX_KEY_LEN {
         return decided(Outcome::KeyTooLong);
+    }
+    if sale.itemized && key.item.is_empty() {
+        return decided(Outcome::NoItem);
+    }
+    if key.item.len() > MAX_ITEM_LEN {
+        return decided(Outcome::ItemTooLong);
     }
     match sale.window.check(now_ms) {
         Err(Closed::NotStarted) if sale.prequeue_open(now_ms) => {
-            return match store.register(key) {
+            return match store.register(key, sale) {
                 Registration::Registered => decided(Outcome::Prequeued),
                 // Not registered, and told so: the buyer may still draw after the start.
                 Registration::ZoneFull => decided(Outcome::NotStarted),
@@ -583,6 +687,7 @@ pub fn draw_step(
                 return Step::Decided(Verdict::passed(Outcome::Permitted, held))
             }
             Lookup::SoldOut => return decided(Outcome::SoldOut),
+            Lookup::LimitReached => return decided(Outcome::LimitReached),
             Lookup::Recheck => return Step::Recheck,
             Lookup::InLine => return Step::Line,
             Lookup::Open if can_block && sale.block_ratio.blocks(draw()) => {
@@ -604,6 +709,7 @@ pub fn admitted(admission: Admission) -> Verdict {
         Admission::Admitted(held) => Verdict::passed(Outcome::Admitted, held),
         Admission::Permitted(held) => Verdict::passed(Outcome::Permitted, held),
         Admission::SoldOut | Admission::ZoneFull => Outcome::SoldOut.into(),
+        Admission::LimitReached => Outcome::LimitReached.into(),
     }
 }
 
@@ -623,7 +729,7 @@ pub fn lined(queued: Queued) -> Verdict {
 /// admission.
 pub fn decide<S: PermitStore>(
     sale: &Sale,
-    key: &[u8],
+    key: PermitKey<'_>,
     now_ms: i64,
     draw: impl FnOnce() -> f64,
     store: &mut S,
@@ -642,14 +748,14 @@ pub fn decide<S: PermitStore>(
 mod tests {
     use super::*;
 
-    use rand::{rngs::SmallRng, SeedableRng};
+    use rand::{rngs::SmallRng, Rng, SeedableRng};
 
-    /// A store with the real semantics and none of the memory: a set and a count, and a line
-    /// of its own (the zone's, in a vector; a clock it is told).
+    /// A store with the real semantics and none of the memory: a list of (key, item) permits,
+    /// and a line of its own (the zone's, in a vector; a clock it is told).
     #[derive(Default)]
     struct SetStore {
-        permits: Vec<Vec<u8>>,
-        registered: Vec<Vec<u8>>,
+        permits: Vec<(Vec<u8>, Vec<u8>)>,
+        registered: Vec<(Vec<u8>, Vec<u8>)>,
         room: Option<usize>,
         lookups: usize,
         line: Vec<(Vec<u8>, u64)>,
@@ -658,10 +764,35 @@ mod tests {
         now_ms: i64,
     }
 
+    fn owned(key: PermitKey<'_>) -> (Vec<u8>, Vec<u8>) {
+        (key.key.to_vec(), key.item.to_vec())
+    }
+
     impl SetStore {
-        fn held(&self, key: &[u8]) -> Option<Held> {
-            let index = self.permits.iter().position(|p| p == key)?;
+        fn held(&self, key: PermitKey<'_>) -> Option<Held> {
+            let index = self.permits.iter().position(|p| *p == owned(key))?;
             Some(Held { seq: index as u64 + 1, expires_ms: None })
+        }
+
+        fn count(&self, item: &[u8]) -> u64 {
+            self.permits.iter().filter(|(_, i)| i == item).count() as u64
+        }
+
+        fn items_held(&self, key: &[u8]) -> u64 {
+            self.permits.iter().filter(|(k, _)| k == key).count() as u64
+        }
+
+        /// What a key gets before any admission: its permit, SOLD_OUT, LIMIT_REACHED.
+        fn barrier(&self, key: PermitKey<'_>, sale: &Sale) -> Option<Admission> {
+            if let Some(held) = self.held(key) {
+                Some(Admission::Permitted(held))
+            } else if sale.cap.is_some_and(|cap| self.count(key.item) >= cap) {
+                Some(Admission::SoldOut)
+            } else if sale.max_per_buyer.is_some_and(|n| self.items_held(key.key) >= n) {
+                Some(Admission::LimitReached)
+            } else {
+                None
+            }
         }
 
         /// The pre-queue's draw, as the trait asks: before anything else in an open window.
@@ -670,74 +801,71 @@ mod tests {
                 return;
             }
             let registered = core::mem::take(&mut self.registered);
-            let room = sale.cap.map(|cap| cap.saturating_sub(self.permits.len() as u64));
             let mut rng = SmallRng::seed_from_u64(11);
-            for i in prequeue_winners(registered.len(), room, sale.block_ratio, &mut rng) {
-                self.permits.push(registered[i].clone());
+            let mut draws = SmallRng::seed_from_u64(12);
+            for i in shuffled(registered.len(), &mut rng) {
+                let (key, item) = &registered[i];
+                let room = sale.cap.map(|cap| cap.saturating_sub(self.count(item)));
+                if prequeue_wins(room, self.items_held(key), sale, || draws.random()) {
+                    self.permits.push(registered[i].clone());
+                }
             }
         }
     }
 
     impl PermitLookup for SetStore {
-        fn lookup(&mut self, key: &[u8], sale: &Sale) -> Lookup {
+        fn lookup(&mut self, key: PermitKey<'_>, sale: &Sale) -> Lookup {
             self.settle(sale);
             self.lookups += 1;
-            if let Some(held) = self.held(key) {
-                Lookup::Permitted(held)
-            } else if sale.cap.is_some_and(|cap| self.permits.len() as u64 >= cap) {
-                Lookup::SoldOut
-            } else if self.line.iter().any(|(k, _)| k == key) {
-                Lookup::InLine
-            } else {
-                Lookup::Open
+            match self.barrier(key, sale) {
+                Some(Admission::Permitted(held)) => Lookup::Permitted(held),
+                Some(Admission::LimitReached) => Lookup::LimitReached,
+                Some(_) => Lookup::SoldOut,
+                None if self.line.iter().any(|(k, _)| k == key.key) => Lookup::InLine,
+                None => Lookup::Open,
             }
         }
 
-        fn register(&mut self, key: &[u8]) -> Registration {
+        fn register(&mut self, key: PermitKey<'_>, _sale: &Sale) -> Registration {
             if self.room.is_some_and(|room| self.registered.len() >= room) {
                 return Registration::ZoneFull;
             }
-            if !self.registered.iter().any(|r| r == key) {
-                self.registered.push(key.to_vec());
+            if !self.registered.contains(&owned(key)) {
+                self.registered.push(owned(key));
             }
             Registration::Registered
         }
     }
 
     impl PermitStore for SetStore {
-        fn admit(&mut self, key: &[u8], sale: &Sale) -> Admission {
+        fn admit(&mut self, key: PermitKey<'_>, sale: &Sale) -> Admission {
             self.settle(sale);
-            if let Some(held) = self.held(key) {
-                Admission::Permitted(held)
-            } else if sale.cap.is_some_and(|cap| self.permits.len() as u64 >= cap) {
-                Admission::SoldOut
+            if let Some(decided) = self.barrier(key, sale) {
+                decided
             } else if self.room.is_some_and(|room| self.permits.len() >= room) {
                 Admission::ZoneFull
             } else {
-                self.permits.push(key.to_vec());
+                self.permits.push(owned(key));
                 Admission::Admitted(Held { seq: self.permits.len() as u64, expires_ms: None })
             }
         }
 
-        fn queue(&mut self, key: &[u8], sale: &Sale) -> Queued {
+        fn queue(&mut self, key: PermitKey<'_>, sale: &Sale) -> Queued {
             use crate::line::{Place, Ranks};
             let Some(queue) = sale.queue else {
                 return Queued::Decided(self.admit(key, sale));
             };
-            if let Some(held) = self.held(key) {
-                return Queued::Decided(Admission::Permitted(held));
-            }
-            if sale.cap.is_some_and(|cap| self.permits.len() as u64 >= cap) {
-                return Queued::Decided(Admission::SoldOut);
+            if let Some(decided) = self.barrier(key, sale) {
+                return Queued::Decided(decided);
             }
             if self.ranks.is_empty() {
                 self.ranks = vec![0; 64];
             }
-            let ticket = match self.line.iter().find(|(k, _)| k == key) {
+            let ticket = match self.line.iter().find(|(k, _)| k == key.key) {
                 Some(&(_, ticket)) => ticket,
                 None => match self.line_state.join(&mut Ranks::new(&mut self.ranks)) {
                     Ok(ticket) => {
-                        self.line.push((key.to_vec(), ticket));
+                        self.line.push((key.key.to_vec(), ticket));
                         ticket
                     }
                     Err(_) => return Queued::Full,
@@ -749,7 +877,7 @@ mod tests {
                 Place::Called => {
                     let mut ranks = Ranks::new(&mut self.ranks);
                     self.line_state.leave(&mut ranks, ticket, true);
-                    self.line.retain(|(k, _)| k != key);
+                    self.line.retain(|(k, _)| k != key.key);
                     Queued::Decided(self.admit(key, sale))
                 }
             }
@@ -767,7 +895,7 @@ mod tests {
         draw: impl FnOnce() -> f64,
         store: &mut SetStore,
     ) -> Outcome {
-        decide(sale, key, now_ms, draw, store).outcome
+        decide(sale, PermitKey::single(key), now_ms, draw, store).outcome
     }
 
     fn never_drawn() -> f64 {
@@ -866,6 +994,7 @@ mod tests {
             cap: Some(3),
             prequeue_ms: Some(5),
             queue: None,
+            ..Sale::default()
         };
         assert_eq!(Overrides::default().apply(configured), configured);
         let all = Overrides {
@@ -883,6 +1012,7 @@ mod tests {
                 cap: Some(7),
                 prequeue_ms: Some(5),
                 queue: None,
+                ..Sale::default()
             }
         );
         let cap_only = Overrides { max_permits: Some(0), ..Overrides::default() };
@@ -958,7 +1088,7 @@ mod tests {
     #[test]
     fn closed_window_turns_away_even_permit_holders() {
         let mut store = SetStore::default();
-        store.permits.push(b"alice".to_vec());
+        store.permits.push((b"alice".to_vec(), vec![]));
         let mut s = sale(0.0, None);
         s.window = Window { start_ms: Some(100), end_ms: Some(200) };
         assert_eq!(outcome(&s, b"alice", 99, never_drawn, &mut store), Outcome::NotStarted);
@@ -976,7 +1106,7 @@ mod tests {
             assert_eq!(outcome(&s, b"alice", 0, never_drawn, &mut store), Outcome::Permitted);
         }
         assert_eq!(outcome(&s, b"bob", 0, || 0.1, &mut store), Outcome::Blocked);
-        assert!(!store.permits.iter().any(|p| p == b"bob"));
+        assert!(!store.permits.iter().any(|p| p.0 == b"bob"));
     }
 
     #[test]
@@ -984,12 +1114,15 @@ mod tests {
         let mut store = SetStore::default();
         let s = sale(0.5, None);
         let seq = |v: Verdict| v.permit.map(|held| held.seq);
-        let admitted = decide(&s, b"a", 0, || 0.9, &mut store);
+        let admitted = decide(&s, PermitKey::single(b"a"), 0, || 0.9, &mut store);
         let first = Held { seq: 1, expires_ms: None };
         assert_eq!(admitted, Verdict::passed(Outcome::Admitted, first));
-        assert_eq!(seq(decide(&s, b"b", 0, || 0.9, &mut store)), Some(2));
-        assert_eq!(seq(decide(&s, b"a", 0, never_drawn, &mut store)), Some(1));
-        assert_eq!(decide(&s, b"c", 0, || 0.1, &mut store), Outcome::Blocked.into());
+        assert_eq!(seq(decide(&s, PermitKey::single(b"b"), 0, || 0.9, &mut store)), Some(2));
+        assert_eq!(seq(decide(&s, PermitKey::single(b"a"), 0, never_drawn, &mut store)), Some(1));
+        assert_eq!(
+            decide(&s, PermitKey::single(b"c"), 0, || 0.1, &mut store),
+            Outcome::Blocked.into()
+        );
     }
 
     #[test]
@@ -1023,7 +1156,7 @@ mod tests {
     #[test]
     fn ratio_one_admits_nobody_new_but_keeps_winners() {
         let mut store = SetStore::default();
-        store.permits.push(b"winner".to_vec());
+        store.permits.push((b"winner".to_vec(), vec![]));
         let s = sale(1.0, None);
         assert_eq!(outcome(&s, b"new", 0, || 0.0, &mut store), Outcome::Blocked);
         assert_eq!(outcome(&s, b"new", 0, || 0.999_999, &mut store), Outcome::Blocked);
@@ -1106,13 +1239,13 @@ mod tests {
     struct Remote(Lookup);
 
     impl PermitLookup for Remote {
-        fn lookup(&mut self, _key: &[u8], _sale: &Sale) -> Lookup {
+        fn lookup(&mut self, _key: PermitKey<'_>, _sale: &Sale) -> Lookup {
             self.0
         }
         fn lookup_always(&self) -> bool {
             true
         }
-        fn register(&mut self, _key: &[u8]) -> Registration {
+        fn register(&mut self, _key: PermitKey<'_>, _sale: &Sale) -> Registration {
             Registration::Registered
         }
     }
@@ -1120,7 +1253,9 @@ mod tests {
     #[test]
     fn a_permit_only_the_shared_store_knows_is_rechecked_before_any_draw() {
         let s = sale(0.9, Some(5));
-        let step = |lookup, draw: fn() -> f64| draw_step(&s, b"k", 0, draw, &mut Remote(lookup));
+        let step = |lookup, draw: fn() -> f64| {
+            draw_step(&s, PermitKey::single(b"k"), 0, draw, &mut Remote(lookup))
+        };
         assert_eq!(step(Lookup::Recheck, never_drawn), Step::Recheck);
         let held = Held { seq: 2, expires_ms: None };
         assert_eq!(
@@ -1133,7 +1268,13 @@ mod tests {
         // A closed window answers before the store is asked anything.
         let closed = Sale { window: Window { start_ms: Some(10), end_ms: None }, ..s };
         assert_eq!(
-            draw_step(&closed, b"k", 0, never_drawn, &mut Remote(Lookup::Recheck)),
+            draw_step(
+                &closed,
+                PermitKey::single(b"k"),
+                0,
+                never_drawn,
+                &mut Remote(Lookup::Recheck)
+            ),
             Step::Decided(Outcome::NotStarted.into())
         );
     }
@@ -1143,14 +1284,23 @@ mod tests {
         let s = sale(0.0, None);
         let held = Held { seq: 4, expires_ms: None };
         assert_eq!(
-            draw_step(&s, b"k", 0, never_drawn, &mut Remote(Lookup::Permitted(held))),
+            draw_step(
+                &s,
+                PermitKey::single(b"k"),
+                0,
+                never_drawn,
+                &mut Remote(Lookup::Permitted(held))
+            ),
             Step::Decided(Verdict::passed(Outcome::Permitted, held))
         );
         assert_eq!(
-            draw_step(&s, b"k", 0, never_drawn, &mut Remote(Lookup::SoldOut)),
+            draw_step(&s, PermitKey::single(b"k"), 0, never_drawn, &mut Remote(Lookup::SoldOut)),
             Step::Decided(Outcome::SoldOut.into())
         );
-        assert_eq!(draw_step(&s, b"k", 0, never_drawn, &mut Remote(Lookup::Open)), Step::Admit);
+        assert_eq!(
+            draw_step(&s, PermitKey::single(b"k"), 0, never_drawn, &mut Remote(Lookup::Open)),
+            Step::Admit
+        );
     }
 
     #[test]
@@ -1168,6 +1318,7 @@ mod tests {
             cap,
             prequeue_ms: Some(5_000),
             queue: None,
+            ..Sale::default()
         }
     }
 
@@ -1213,13 +1364,13 @@ mod tests {
     }
 
     #[test]
-    fn prequeue_winners_are_a_uniform_choice_in_a_uniform_order() {
+    fn the_prequeue_order_is_a_uniform_choice_in_a_uniform_order() {
         let mut rng = SmallRng::seed_from_u64(5);
         let (registered, room, trials) = (10, 3, 30_000);
         let mut chosen = [0u32; 10];
         let mut first = [0u32; 10];
         for _ in 0..trials {
-            let winners = prequeue_winners(registered, Some(room), BlockRatio(0.9), &mut rng);
+            let winners: Vec<usize> = shuffled(registered, &mut rng).take(room).collect();
             assert_eq!(winners.len(), 3);
             let mut unique = winners.clone();
             unique.sort_unstable();
@@ -1231,23 +1382,30 @@ mod tests {
         // Expected 9,000 and 3,000; the bands are about 5 standard deviations wide.
         assert!(chosen.iter().all(|&c| (8_600..=9_400).contains(&c)), "chosen {chosen:?}");
         assert!(first.iter().all(|&c| (2_730..=3_270).contains(&c)), "first {first:?}");
+        let mut all: Vec<usize> = shuffled(4, &mut rng).collect();
+        all.sort_unstable();
+        assert_eq!(all, [0, 1, 2, 3]);
+        assert_eq!(shuffled(0, &mut rng).count(), 0);
     }
 
     #[test]
-    fn prequeue_winners_edges() {
+    fn who_the_prequeue_draw_gives_a_permit() {
         let mut rng = SmallRng::seed_from_u64(1);
-        let all = |w: Vec<usize>| {
-            let mut w = w;
-            w.sort_unstable();
-            w
-        };
-        assert_eq!(all(prequeue_winners(4, Some(10), BlockRatio(1.0), &mut rng)), [0, 1, 2, 3]);
-        assert!(prequeue_winners(4, Some(0), BlockRatio(0.0), &mut rng).is_empty());
-        assert!(prequeue_winners(0, Some(3), BlockRatio(0.0), &mut rng).is_empty());
+        let capped = sale(1.0, Some(3));
+        // With a cap, room decides and the ratio does not.
+        assert!(prequeue_wins(Some(1), 0, &capped, never_drawn));
+        assert!(!prequeue_wins(Some(0), 0, &capped, never_drawn));
+        // Never past the buyer's limit.
+        let one_each = Sale { max_per_buyer: Some(1), ..capped };
+        assert!(!prequeue_wins(Some(5), 1, &one_each, never_drawn));
+        assert!(prequeue_wins(Some(5), 0, &one_each, never_drawn));
         // Without a cap the block ratio decides, one draw each.
-        assert_eq!(prequeue_winners(50, None, BlockRatio(0.0), &mut rng).len(), 50);
-        assert!(prequeue_winners(50, None, BlockRatio(1.0), &mut rng).is_empty());
-        let half = prequeue_winners(10_000, None, BlockRatio(0.5), &mut rng).len();
+        let all = (0..50).filter(|_| prequeue_wins(None, 0, &sale(0.0, None), || rng.random()));
+        assert_eq!(all.count(), 50);
+        assert!(!prequeue_wins(None, 0, &sale(1.0, None), || 0.999));
+        let half = (0..10_000)
+            .filter(|_| prequeue_wins(None, 0, &sale(0.5, None), || rng.random()))
+            .count();
         assert!((4_700..=5_300).contains(&half), "{half} of 10000");
     }
 
@@ -1266,7 +1424,15 @@ mod tests {
         let sale = lined_sale(2, 0.0, None);
         let mut store = SetStore { now_ms: 1_000, ..SetStore::default() };
         let verdicts: Vec<Verdict> = (0..5)
-            .map(|i| decide(&sale, format!("b{i}").as_bytes(), 1_000, never_drawn, &mut store))
+            .map(|i| {
+                decide(
+                    &sale,
+                    PermitKey::single(format!("b{i}").as_bytes()),
+                    1_000,
+                    never_drawn,
+                    &mut store,
+                )
+            })
             .collect();
         let outcomes: Vec<Outcome> = verdicts.iter().map(|v| v.outcome).collect();
         use Outcome::*;
@@ -1275,7 +1441,7 @@ mod tests {
         assert_eq!(verdicts[4].waiting, Some(Waiting { position: 2, wait_seconds: 2 }));
         // Asking again keeps the place; the returning winners pass.
         assert_eq!(
-            decide(&sale, b"b4", 1_000, never_drawn, &mut store).waiting,
+            decide(&sale, PermitKey::single(b"b4"), 1_000, never_drawn, &mut store).waiting,
             verdicts[4].waiting
         );
         assert_eq!(outcome(&sale, b"b0", 1_000, never_drawn, &mut store), Permitted);

@@ -10,6 +10,7 @@
 //! ```text
 //! flash-sale-state 1 6c6170746f70 2468747470...      header: zone name and key, in hex
 //! G 7 1629000000000 0 616c696365                    grant: number, granted, expires (0 never), key
+//! G 8 1629000000000 0 626f62 7265642d3432           ... and its item, in a zone of several
 //! R 7                                               revoke permit 7
 //! X 12                                              revoke every permit numbered below 12
 //! N 12                                              the next number (snapshot)
@@ -29,7 +30,8 @@ pub fn header(zone: &str, key_spec: &[u8]) -> String {
 }
 
 pub fn grant(p: &PermitInfo) -> String {
-    format!("G {} {} {} {}\n", p.seq, p.granted_ms, p.expires_ms.unwrap_or(0), hex(&p.key))
+    let item = if p.item.is_empty() { String::new() } else { format!(" {}", hex(&p.item)) };
+    format!("G {} {} {} {}{item}\n", p.seq, p.granted_ms, p.expires_ms.unwrap_or(0), hex(&p.key))
 }
 
 pub fn revoke(seq: u64) -> String {
@@ -178,12 +180,19 @@ fn parse_record(line: &[u8]) -> Option<Record> {
     let fields: Vec<&str> = line.split(' ').collect();
     let number = |s: &str| s.parse::<u64>().ok();
     Some(match fields.as_slice() {
-        ["G", seq, granted, expires, key] => {
+        ["G", seq, granted, expires, key, item @ ..] if item.len() <= 1 => {
             let expires: i64 = expires.parse().ok()?;
             let key =
                 unhex(key).filter(|k| !k.is_empty() && k.len() <= crate::sale::MAX_KEY_LEN)?;
+            let item = match item.first() {
+                Some(item) => {
+                    unhex(item).filter(|i| !i.is_empty() && i.len() <= crate::sale::MAX_ITEM_LEN)?
+                }
+                None => Vec::new(),
+            };
             Record::Grant(PermitInfo {
                 key,
+                item,
                 seq: number(seq).filter(|&s| s > 0)?,
                 granted_ms: granted.parse().ok()?,
                 expires_ms: (expires != 0).then_some(expires),
@@ -213,7 +222,13 @@ mod tests {
     use super::*;
 
     fn permit(key: &str, seq: u64, expires_ms: Option<i64>) -> PermitInfo {
-        PermitInfo { key: key.as_bytes().to_vec(), seq, granted_ms: 1_000, expires_ms }
+        PermitInfo {
+            key: key.as_bytes().to_vec(),
+            item: vec![],
+            seq,
+            granted_ms: 1_000,
+            expires_ms,
+        }
     }
 
     fn keys(r: &Replay) -> Vec<(String, u64)> {
@@ -292,5 +307,15 @@ mod tests {
         let r = replay(b"hello\nworld\n", "laptop", b"$k", 0);
         assert_eq!(r.skipped, ["the whole file: it is not a flash sale state file"]);
         assert_eq!(replay(b"", "laptop", b"$k", 0), Replay { next_seq: 1, ..Replay::default() });
+    }
+
+    #[test]
+    fn a_permit_of_an_item_round_trips_and_a_bad_item_is_one_damaged_line() {
+        let p = PermitInfo { item: b"red-42".to_vec(), ..permit("bob", 8, None) };
+        let line = grant(&p);
+        assert_eq!(line, "G 8 1000 0 626f62 7265642d3432\n");
+        let text = format!("{}{line}G 9 1000 0 616c696365 zz\n", header("z", b"$k"));
+        let r = replay(text.as_bytes(), "z", b"$k", 0);
+        assert_eq!(r.permits, vec![p]);
     }
 }

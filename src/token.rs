@@ -2,9 +2,9 @@
 //! checkout, on this host or another with the same secret, can check who won without asking
 //! the zone. Plain Rust: the glue reads the secret, the key and the clock, this signs and checks.
 //!
-//! The claims are `zone` (the zone's name), `sub` (the buyer's key), `seq` (the permit's number)
-//! and, for a permit that expires, `exp` (Unix seconds, rounded down so that the token never
-//! outlives the permit).
+//! The claims are `zone` (the zone's name), `sub` (the buyer's key), `seq` (the permit's number),
+//! in a zone that sells several items `item` (the permit's item), and, for a permit that
+//! expires, `exp` (Unix seconds, rounded down so that the token never outlives the permit).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
 use base64::Engine;
@@ -34,6 +34,8 @@ pub enum Refusal {
     OtherZone,
     /// Signed for another buyer.
     OtherKey,
+    /// Signed for another item of the sale (or for none, where the checkout names one).
+    OtherItem,
 }
 
 impl Refusal {
@@ -44,6 +46,7 @@ impl Refusal {
             Refusal::Expired => "TOKEN_EXPIRED",
             Refusal::OtherZone => "TOKEN_OTHER_ZONE",
             Refusal::OtherKey => "TOKEN_OTHER_KEY",
+            Refusal::OtherItem => "TOKEN_OTHER_ITEM",
         }
     }
 
@@ -57,6 +60,7 @@ impl Refusal {
             Refusal::Expired => "TOKEN_EXPIRED: the permit has expired.\n",
             Refusal::OtherZone => "TOKEN_OTHER_ZONE: the token is for another sale.\n",
             Refusal::OtherKey => "TOKEN_OTHER_KEY: the token is for another buyer.\n",
+            Refusal::OtherItem => "TOKEN_OTHER_ITEM: the token is for another item.\n",
         }
     }
 
@@ -71,6 +75,7 @@ impl Refusal {
             Refusal::Expired => "The permit this request carries has expired.",
             Refusal::OtherZone => "The permit this request carries is for another sale.",
             Refusal::OtherKey => "The permit this request carries belongs to another buyer.",
+            Refusal::OtherItem => "The permit this request carries is for another item.",
         };
         Words {
             name: self.as_str(),
@@ -86,6 +91,8 @@ impl Refusal {
 pub struct Claims<'a> {
     pub zone: &'a str,
     pub key: &'a str,
+    /// The permit's item; empty in a zone that sells one item, and then not in the token.
+    pub item: &'a str,
     pub seq: u64,
     pub expires_ms: Option<i64>,
 }
@@ -116,6 +123,9 @@ pub fn sign(secret: &[u8], claims: &Claims<'_>) -> Option<String> {
         Value::from(claims.key),
         claims.seq
     );
+    if !claims.item.is_empty() {
+        payload += &format!(",\"item\":{}", Value::from(claims.item));
+    }
     if let Some(ms) = claims.expires_ms {
         payload += &format!(",\"exp\":{}", ms.div_euclid(1000));
     }
@@ -129,14 +139,15 @@ pub fn sign(secret: &[u8], claims: &Claims<'_>) -> Option<String> {
     Some(token)
 }
 
-/// Checks a token for the zone `zone` and the buyer `key` at `now_ms`; returns the permit's
-/// number and expiry. The signature is checked first (in constant time), so nothing an
+/// Checks a token for the zone `zone` and the buyer `key` at `now_ms`, and, when `item` is
+/// given, for that item; returns the permit's number and expiry. The signature is checked first (in constant time), so nothing an
 /// attacker wrote is read before it is known to be ours.
 pub fn verify(
     secret: &[u8],
     token: &[u8],
     zone: &str,
     key: &[u8],
+    item: Option<&[u8]>,
     now_ms: i64,
 ) -> Result<(u64, Option<i64>), Refusal> {
     if token.is_empty() {
@@ -177,6 +188,13 @@ pub fn verify(
     if sub.as_bytes() != key {
         return Err(Refusal::OtherKey);
     }
+    let claimed_item = match &claims["item"] {
+        Value::Null => "",
+        claimed => claimed.as_str().ok_or(Refusal::Invalid)?,
+    };
+    if item.is_some_and(|item| item != claimed_item.as_bytes()) {
+        return Err(Refusal::OtherItem);
+    }
     Ok((seq, expires_ms))
 }
 
@@ -185,8 +203,13 @@ mod tests {
     use super::*;
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
-    const ALICE: Claims<'static> =
-        Claims { zone: "laptop", key: "alice", seq: 7, expires_ms: Some(1_700_000_000_999) };
+    const ALICE: Claims<'static> = Claims {
+        zone: "laptop",
+        key: "alice",
+        item: "",
+        seq: 7,
+        expires_ms: Some(1_700_000_000_999),
+    };
 
     fn payload(token: &str) -> Value {
         let part = token.split('.').nth(1).unwrap();
@@ -226,7 +249,7 @@ mod tests {
         );
         let now = 1_699_999_999_000;
         assert_eq!(
-            verify(SECRET, token.as_bytes(), "laptop", b"alice", now),
+            verify(SECRET, token.as_bytes(), "laptop", b"alice", None, now),
             Ok((7, Some(1_700_000_000_000)))
         );
     }
@@ -236,7 +259,10 @@ mod tests {
         let forever = Claims { expires_ms: None, ..ALICE };
         let token = sign(SECRET, &forever).unwrap();
         assert_eq!(payload(&token).get("exp"), None);
-        assert_eq!(verify(SECRET, token.as_bytes(), "laptop", b"alice", i64::MAX), Ok((7, None)));
+        assert_eq!(
+            verify(SECRET, token.as_bytes(), "laptop", b"alice", None, i64::MAX),
+            Ok((7, None))
+        );
     }
 
     #[test]
@@ -244,7 +270,7 @@ mod tests {
         let odd = Claims { key: "a\"b\\c\n\u{e9}", ..ALICE };
         let token = sign(SECRET, &odd).unwrap();
         assert_eq!(payload(&token)["sub"], "a\"b\\c\n\u{e9}");
-        assert!(verify(SECRET, token.as_bytes(), "laptop", odd.key.as_bytes(), 0).is_ok());
+        assert!(verify(SECRET, token.as_bytes(), "laptop", odd.key.as_bytes(), None, 0).is_ok());
     }
 
     #[test]
@@ -252,7 +278,7 @@ mod tests {
         let token = sign(SECRET, &ALICE).unwrap();
         let now = 1_600_000_000_000;
         let check = |t: &str, zone: &str, key: &[u8], now: i64| {
-            verify(SECRET, t.as_bytes(), zone, key, now).map(|_| ())
+            verify(SECRET, t.as_bytes(), zone, key, None, now).map(|_| ())
         };
         assert_eq!(check("", "laptop", b"alice", now), Err(Refusal::Missing));
         assert_eq!(check(&token, "phone", b"alice", now), Err(Refusal::OtherZone));
@@ -287,10 +313,13 @@ mod tests {
             r#"not json"#,
         ] {
             let t = forge(SECRET, HEADER, payload);
-            assert_eq!(verify(SECRET, t.as_bytes(), "laptop", b"alice", 0), Err(Refusal::Invalid));
+            assert_eq!(
+                verify(SECRET, t.as_bytes(), "laptop", b"alice", None, 0),
+                Err(Refusal::Invalid)
+            );
         }
         let fine = forge(SECRET, HEADER, r#"{"seq":3,"sub":"alice","zone":"laptop","x":[]}"#);
-        assert_eq!(verify(SECRET, fine.as_bytes(), "laptop", b"alice", 0), Ok((3, None)));
+        assert_eq!(verify(SECRET, fine.as_bytes(), "laptop", b"alice", None, 0), Ok((3, None)));
     }
 
     #[test]
@@ -300,5 +329,23 @@ mod tests {
         assert_eq!(secret_from_file(b"short\r\n"), Err(5));
         assert_eq!(secret_from_file(&[0u8; 32]), Ok(&[0u8; 32][..]));
         assert_eq!(secret_from_file(b""), Err(0));
+    }
+
+    #[test]
+    fn a_token_names_its_item_and_a_checkout_can_require_it() {
+        let size_42 = Claims { item: "red-42", ..ALICE };
+        let token = sign(SECRET, &size_42).unwrap();
+        assert_eq!(payload(&token)["item"], "red-42");
+        let check =
+            |item: Option<&[u8]>| verify(SECRET, token.as_bytes(), "laptop", b"alice", item, 0);
+        assert_eq!(check(Some(b"red-42")).map(|(seq, _)| seq), Ok(7));
+        assert_eq!(check(Some(b"red-43")), Err(Refusal::OtherItem));
+        assert!(check(None).is_ok(), "a checkout that names no item takes any");
+        let no_item = sign(SECRET, &ALICE).unwrap();
+        assert_eq!(payload(&no_item).get("item"), None);
+        assert_eq!(
+            verify(SECRET, no_item.as_bytes(), "laptop", b"alice", Some(b"red-42"), 0),
+            Err(Refusal::OtherItem)
+        );
     }
 }

@@ -82,11 +82,19 @@ fn token(req: &mut Request, decision: Option<Decision>, v: &mut Value) -> Status
     };
     // SAFETY: the key lives in the main request's memory, as long as the request.
     let (zone, key) = (decision.zone.name(), unsafe { decision.key() });
-    let (Ok(zone), Ok(key)) = (zone.to_str(), core::str::from_utf8(key)) else {
+    let (Ok(zone), Ok(buyer), Ok(item)) =
+        (zone.to_str(), core::str::from_utf8(key.key), core::str::from_utf8(key.item))
+    else {
         v.set_not_found(1);
         return Status::NGX_OK;
     };
-    let claims = token::Claims { zone, key, seq: decision.seq, expires_ms: decision.expires_ms };
+    let claims = token::Claims {
+        zone,
+        key: buyer,
+        item,
+        seq: decision.seq,
+        expires_ms: decision.expires_ms,
+    };
     let Some(signed) = token::sign(secret.as_bytes(), &claims) else {
         return Status::NGX_ERROR;
     };

@@ -21,15 +21,16 @@ use core::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use siphasher::sip::SipHasher13;
 
-use rand::{rngs::StdRng, SeedableRng};
+use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::health::Health;
 use crate::link::Link;
 
 use crate::line::{Estimate, Heard, LineFigures, LineFull, LineState, Place, Ranks};
 use crate::sale::{
-    expiry, prequeue_winners, Admission, Cap, Grant, Held, Lookup, Outcome, Overrides, PermitInfo,
-    PermitLookup, PermitStore, Queue, Queued, Registration, Sale, COUNTED,
+    expiry, prequeue_wins, shuffled, Admission, Cap, Grant, Held, ItemInfo, Lookup, Outcome,
+    Overrides, PermitInfo, PermitKey, PermitLookup, PermitStore, Queue, Queued, Registration, Sale,
+    COUNTED,
 };
 
 /// Allocation inside a locked region.
@@ -74,7 +75,7 @@ impl<T: Shared> Shared for &T {
 
 /// Tells a table laid out by one build of the module from one it cannot read, so that a
 /// reload with a changed layout fails loudly instead of reading garbage.
-const LAYOUT_MAGIC: u64 = 0x464c_5348_5341_4c07; // "FLSHSAL" + version 7
+const LAYOUT_MAGIC: u64 = 0x464c_5348_5341_4c08; // "FLSHSAL" + version 8
 
 /// Counters kept in the zone, exact across workers, updated without the lock.
 #[repr(C)]
@@ -252,6 +253,14 @@ pub struct PermitTable {
     ranks_len: usize,
     /// The line's counts and pace.
     line_state: LineState,
+    /// For a zone that sells several items: each item's count and stock, a chained table of
+    /// `items_mask + 1` buckets, made for the first item; null before. Only the zone's own
+    /// table has one (`counts_items`), not its line's nor its pre-queue's.
+    items: *mut *mut Item,
+    items_mask: u64,
+    items_len: u64,
+    next_item: u64,
+    counts_items: bool,
     /// For a zone kept in Redis: what this host heard of the waiters in Redis's line (and of
     /// buyers registered for the pre-queue there), in `waiters_len` slots, two ways per hash;
     /// made for the first; null before.
@@ -357,10 +366,44 @@ struct Permit {
     granted_ms: i64,
     /// When the permit stops counting; 0 for never.
     expires_ms: i64,
-    /// The low half of the key's hash: enough to pick the bucket (tables have far fewer than
-    /// 2^32 buckets) and to skip most key comparisons.
+    /// The low half of the buyer's key's hash: enough to pick the bucket (tables have far
+    /// fewer than 2^32 buckets) and to skip most key comparisons. Hashed by the buyer alone, so
+    /// that a buyer's permits for several items share a chain, where they are counted.
     hash: u32,
+    /// The bytes after the header: the buyer's key, then the item (`item_len` of them; 0 in a
+    /// zone that sells one item). Both fit the header's padding: a permit grows by its item.
     key_len: u16,
+    item_len: u16,
+}
+
+/// One item of a zone that sells several (`flash_sale_item`): this header, then the item.
+/// Made with the item's first permit, registration or stock override, freed when it has none.
+#[repr(C)]
+struct Item {
+    next: *mut Item,
+    /// Permits held for the item now: what its cap is compared with.
+    permits: u64,
+    /// Buyers registered for it in the pre-queue.
+    registered: u64,
+    /// Its stock set through the admin API, [`NO_STOCK`] when not: wins over `stock`.
+    max_permits: u64,
+    /// The cap the last request decided for it was configured with (`flash_sale_max_permits`,
+    /// perhaps from a `map`), [`NO_STOCK`] for none.
+    stock: u64,
+    /// For a zone kept in Redis: until when this host trusts Redis's SOLD_OUT for the item
+    /// (Unix ms).
+    sold_out_until: i64,
+    /// 1, 2, 3 ... in the order items were first seen: the listing's order.
+    number: u64,
+    hash: u32,
+    len: u16,
+}
+
+/// An item stock that is not set.
+const NO_STOCK: u64 = u64::MAX;
+
+fn stock(value: u64) -> Option<u64> {
+    (value != NO_STOCK).then_some(value)
 }
 
 /// Bytes of zone memory a permit's allocation asks for, before the allocator rounds it up.
@@ -410,6 +453,11 @@ impl PermitTable {
                 ranks: ptr::null_mut(),
                 ranks_len: 0,
                 line_state: LineState::default(),
+                items: ptr::null_mut(),
+                items_mask: 0,
+                items_len: 0,
+                next_item: 1,
+                counts_items: true,
                 waiters: ptr::null_mut(),
                 waiters_len: 0,
                 stats: Stats::default(),
@@ -442,6 +490,7 @@ impl PermitTable {
         unsafe { core::slice::from_raw_parts(self.key_spec, self.key_spec_len) }
     }
 
+    /// The hash of a buyer's key (or of an item): the same in every table of the zone.
     fn hash(&self, key: &[u8]) -> u64 {
         let mut h = SipHasher13::new_with_keys(self.sip_key[0], self.sip_key[1]);
         h.write(key);
@@ -455,7 +504,7 @@ impl PermitTable {
     }
 
     /// [`keyed_draw`] with the zone's own secret.
-    pub fn keyed_draw(&self, key: &[u8], round: u64) -> f64 {
+    pub fn keyed_draw(&self, key: PermitKey<'_>, round: u64) -> f64 {
         keyed_draw(self.draw_secret(), key, round)
     }
 
@@ -466,22 +515,168 @@ impl PermitTable {
         unsafe { (self as *mut Self).add(1).cast::<*mut Permit>().add(index) }
     }
 
-    fn find(&mut self, hash: u64, key: &[u8]) -> Option<NonNull<Permit>> {
-        // SAFETY: every chain is null-terminated and every link points to a permit written in
-        // full by `insert`, whose key bytes follow its header; the caller holds the lock.
-        unsafe {
-            let mut p = *self.bucket(hash);
-            while let Some(permit) = p.as_ref() {
-                if permit.hash == hash as u32
-                    && permit.key_len as usize == key.len()
-                    && permit_key(p) == key
-                {
-                    return NonNull::new(p);
-                }
-                p = permit.next;
+    /// The permits in the chain of the buyer whose key's hash is `hash`, with their buyer's
+    /// key and item.
+    fn chain(&mut self, hash: u64) -> impl Iterator<Item = (NonNull<Permit>, PermitKey<'_>)> {
+        // SAFETY: the bucket slot is valid (see `bucket`); every chain is null-terminated and
+        // every link points to a permit written in full by `store`, its key and item after
+        // its header; the caller holds the lock for as long as this borrow of the table.
+        let mut p = unsafe { *self.bucket(hash) };
+        core::iter::from_fn(move || {
+            let permit = NonNull::new(p)?;
+            // SAFETY: as above.
+            p = unsafe { permit.as_ref() }.next;
+            Some(permit)
+        })
+        // SAFETY: as above.
+        .filter(move |permit| unsafe { permit.as_ref() }.hash == hash as u32)
+        // SAFETY: as above.
+        .map(|permit| (permit, unsafe { permit_key(permit.as_ptr()) }))
+    }
+
+    fn find(&mut self, hash: u64, key: PermitKey<'_>) -> Option<NonNull<Permit>> {
+        self.chain(hash).find(|(_, k)| *k == key).map(|(permit, _)| permit)
+    }
+
+    /// How many items the buyer with `key` (whose hash is `hash`) holds permits for: his
+    /// permits share his chain.
+    fn items_held(&mut self, hash: u64, key: &[u8]) -> u64 {
+        self.chain(hash).filter(|(_, k)| k.key == key).count() as u64
+    }
+
+    /// The bucket of the item whose hash is `hash`; the table of items exists.
+    fn item_bucket(&self, hash: u64) -> *mut *mut Item {
+        // SAFETY: `items` has `items_mask + 1` buckets (see `item_or_new`).
+        unsafe { self.items.add((hash & self.items_mask) as usize) }
+    }
+
+    /// Every item, in no order.
+    fn all_items(&self) -> impl Iterator<Item = NonNull<Item>> + '_ {
+        let buckets = if self.items.is_null() { 0 } else { self.items_mask as usize + 1 };
+        (0..buckets).flat_map(move |i| {
+            // SAFETY: `i` is a bucket of the table of items; chains are null-terminated, their
+            // links live items; the caller holds the lock.
+            let mut p = unsafe { *self.items.add(i) };
+            core::iter::from_fn(move || {
+                let item = NonNull::new(p)?;
+                // SAFETY: as above.
+                p = unsafe { item.as_ref() }.next;
+                Some(item)
+            })
+        })
+    }
+
+    /// The item named `name`, if the zone has it.
+    fn item(&self, name: &[u8]) -> Option<NonNull<Item>> {
+        if self.items.is_null() {
+            return None;
+        }
+        let hash = self.hash(name);
+        // SAFETY: the chain's links are live items (see `all_items`); the lock is held.
+        let mut p = unsafe { *self.item_bucket(hash) };
+        while let Some(item) = NonNull::new(p) {
+            // SAFETY: as above.
+            if unsafe { item.as_ref().hash == hash as u32 && item_name(item) == name } {
+                return Some(item);
             }
+            // SAFETY: as above.
+            p = unsafe { item.as_ref() }.next;
         }
         None
+    }
+
+    /// The item named `name`, made if the zone has none (with its table, for the first);
+    /// `None` when the zone has no room for it.
+    fn item_or_new(&mut self, arena: &impl Arena, name: &[u8]) -> Option<NonNull<Item>> {
+        if let Some(item) = self.item(name) {
+            return Some(item);
+        }
+        if self.items.is_null() {
+            // A sixteenth of the permits' buckets: a drop has tens of items, or thousands.
+            let buckets = ((self.mask as usize + 1) / 16).max(16);
+            let table = arena.alloc(buckets * size_of::<*mut Item>())?.cast::<*mut Item>();
+            // SAFETY: room for `buckets` pointers, all null for an empty table.
+            unsafe { ptr::write_bytes(table.as_ptr(), 0, buckets) };
+            (self.items, self.items_mask) = (table.as_ptr(), buckets as u64 - 1);
+        }
+        let len = u16::try_from(name.len()).ok()?;
+        let hash = self.hash(name);
+        let item = arena.alloc(size_of::<Item>() + name.len())?.cast::<Item>();
+        let bucket = self.item_bucket(hash);
+        // SAFETY: the arena gave us room for the header and the name after it; the bucket is
+        // valid and linking at the head keeps its chain null-terminated.
+        unsafe {
+            item.as_ptr().write(Item {
+                next: *bucket,
+                permits: 0,
+                registered: 0,
+                max_permits: NO_STOCK,
+                stock: NO_STOCK,
+                sold_out_until: 0,
+                number: self.next_item,
+                hash: hash as u32,
+                len,
+            });
+            ptr::copy_nonoverlapping(name.as_ptr(), item.as_ptr().add(1).cast(), name.len());
+            *bucket = item.as_ptr();
+        }
+        self.next_item += 1;
+        self.items_len += 1;
+        Some(item)
+    }
+
+    /// Frees `item` if nothing needs it: no permit, registration or stock override.
+    fn drop_unused(&mut self, arena: &impl Arena, item: NonNull<Item>) {
+        // SAFETY: `item` is a live item of this table; the lock is held.
+        let i = unsafe { item.as_ref() };
+        if i.permits > 0 || i.registered > 0 || i.max_permits != NO_STOCK {
+            return;
+        }
+        let size = size_of::<Item>() + i.len as usize;
+        // SAFETY: as above; the chain's links are live items, and `item` is on it.
+        unsafe {
+            let mut slot = self.item_bucket(u64::from(i.hash));
+            while !(*slot).is_null() && *slot != item.as_ptr() {
+                slot = &mut (**slot).next;
+            }
+            if *slot == item.as_ptr() {
+                *slot = i.next;
+            }
+            arena.free(item.cast(), size);
+        }
+        self.items_len -= 1;
+    }
+
+    /// The count `item` is capped on, and its cap: the item's own count and the stock the
+    /// admin API set for it, else the `configured` cap; in a zone that sells one item, the
+    /// zone's count and the configured cap.
+    fn count_and_cap(&self, item: &[u8], configured: Cap) -> (u64, Cap) {
+        if item.is_empty() {
+            return (self.permits, configured);
+        }
+        match self.item(item) {
+            Some(found) => {
+                // SAFETY: a live item of this table; the lock is held.
+                let found = unsafe { found.as_ref() };
+                (found.permits, stock(found.max_permits).or(configured))
+            }
+            None => (0, configured),
+        }
+    }
+
+    /// The item `item`, if the zone has it, remembers `cap` as its configured stock.
+    fn remember_stock(&mut self, item: &[u8], cap: Cap) {
+        if let Some(found) = self.item(item) {
+            // SAFETY: a live item of this table; the lock is held.
+            unsafe { (*found.as_ptr()).stock = cap.unwrap_or(NO_STOCK) };
+        }
+    }
+
+    /// Items that sell, as the admin API and the metrics show them.
+    pub fn items(&self) -> Vec<ItemInfo> {
+        let mut items: Vec<ItemInfo> = self.all_items().map(item_info).collect();
+        items.sort_unstable_by_key(|item| item.number);
+        items
     }
 
     /// Stores a new permit, numbered next (from `numbers` when given, the counter a state
@@ -490,7 +685,7 @@ impl PermitTable {
         &mut self,
         arena: &impl Arena,
         hash: u64,
-        key: &[u8],
+        key: PermitKey<'_>,
         now_ms: i64,
         expires_ms: Option<i64>,
         numbers: Option<&AtomicU64>,
@@ -504,22 +699,44 @@ impl PermitTable {
                 .map_or(next, |n| n.max(next)),
             None => next,
         };
-        let info = PermitInfo { key: key.to_vec(), seq, granted_ms: now_ms, expires_ms };
+        let info = PermitInfo {
+            key: key.key.to_vec(),
+            item: key.item.to_vec(),
+            seq,
+            granted_ms: now_ms,
+            expires_ms,
+        };
         self.store(arena, hash, &info)?;
         self.next_seq = self.next_seq.max(seq + 1);
         Stats::count(&self.stats.granted);
         Some(seq)
     }
 
-    /// Stores `p` as it is (number, times and key); `None` when the zone has no room for it.
+    /// Stores `p` as it is (number, times, key and item; in the zone's own table, counted for
+    /// its item); `None` when the zone has no room for it.
     fn store(&mut self, arena: &impl Arena, hash: u64, p: &PermitInfo) -> Option<()> {
         let key_len = u16::try_from(p.key.len()).ok()?;
-        let permit = arena.alloc(permit_size(p.key.len()))?.cast::<Permit>().as_ptr();
+        let item_len = u16::try_from(p.item.len()).ok()?;
+        let item = match self.counts_items && !p.item.is_empty() {
+            true => Some(self.item_or_new(arena, &p.item)?),
+            false => None,
+        };
+        let Some(permit) = arena.alloc(permit_size(p.key.len() + p.item.len())) else {
+            if let Some(item) = item {
+                self.drop_unused(arena, item);
+            }
+            return None;
+        };
+        let permit = permit.cast::<Permit>().as_ptr();
         let bucket = self.bucket(hash);
-        // SAFETY: the arena gave us `permit_size(key.len())` pointer-aligned bytes: the header
-        // and the key after it. The bucket slot is valid (see `bucket`); linking at the head
-        // keeps every chain null-terminated.
+        // SAFETY: the arena gave us `permit_size(key.len() + item.len())` pointer-aligned
+        // bytes: the header, the key and the item after it. The bucket slot is valid (see
+        // `bucket`); linking at the head keeps every chain null-terminated. `item` is a live
+        // item of this table.
         unsafe {
+            if let Some(item) = item {
+                (*item.as_ptr()).permits += 1;
+            }
             permit.write(Permit {
                 next: *bucket,
                 list_prev: ptr::null_mut(),
@@ -529,8 +746,11 @@ impl PermitTable {
                 expires_ms: p.expires_ms.unwrap_or(0),
                 hash: hash as u32,
                 key_len,
+                item_len,
             });
-            ptr::copy_nonoverlapping(p.key.as_ptr(), permit.add(1).cast::<u8>(), p.key.len());
+            let bytes = permit.add(1).cast::<u8>();
+            ptr::copy_nonoverlapping(p.key.as_ptr(), bytes, p.key.len());
+            ptr::copy_nonoverlapping(p.item.as_ptr(), bytes.add(p.key.len()), p.item.len());
             *bucket = permit;
             self.link(permit);
         }
@@ -550,7 +770,7 @@ impl PermitTable {
         let mut lost = 0;
         for p in permits {
             let hash = self.hash(&p.key);
-            if self.find(hash, &p.key).is_none() && self.store(arena, hash, p).is_none() {
+            if self.find(hash, p.permit_key()).is_none() && self.store(arena, hash, p).is_none() {
                 lost += 1;
             }
             self.next_seq = self.next_seq.max(p.seq + 1);
@@ -651,7 +871,14 @@ impl PermitTable {
                 *slot = (*p).next;
             }
             self.unlink(p);
-            let size = permit_size((*p).key_len as usize);
+            let item = permit_key(p).item;
+            if self.counts_items && !item.is_empty() {
+                if let Some(found) = self.item(item) {
+                    (*found.as_ptr()).permits -= 1;
+                    self.drop_unused(arena, found);
+                }
+            }
+            let size = permit_size((*p).key_len as usize + (*p).item_len as usize);
             arena.free(permit.cast(), size);
         }
         self.permits -= 1;
@@ -677,10 +904,6 @@ impl PermitTable {
         expired
     }
 
-    fn under_cap(&self, cap: Cap) -> bool {
-        cap.is_none_or(|cap| self.permits < cap)
-    }
-
     /// True the first time the zone is found full since it last had room: worth one log line.
     fn report_full(&mut self) -> bool {
         let first = self.full_reported == 0;
@@ -695,27 +918,54 @@ impl PermitTable {
     }
 
     /// Registers `key` for the pre-queue's draw, once per key; false when the zone has no room.
-    fn register(&mut self, arena: &impl Arena, key: &[u8], now_ms: i64) -> bool {
+    /// Registers `key` for the pre-queue's draw, once per key and item; its item remembers
+    /// `cap`, its configured stock; false when the zone has no room.
+    fn register(&mut self, arena: &impl Arena, key: PermitKey<'_>, cap: Cap, now_ms: i64) -> bool {
         if self.prequeue.is_null() {
             // A quarter of the permits' buckets: registrations last minutes, not the sale.
             let buckets = ((self.mask as usize + 1) / 4).max(16);
             match PermitTable::create(arena, buckets, self.sip_key, b"") {
-                Some(queue) => self.prequeue = queue.as_ptr(),
+                // SAFETY: just made, in this zone's arena; the lock is held.
+                Some(queue) => unsafe {
+                    (*queue.as_ptr()).counts_items = false;
+                    self.prequeue = queue.as_ptr();
+                },
                 None => return false,
             }
         }
         // SAFETY: the pre-queue was created in this zone's arena and only changes under the
         // lock, which the caller holds.
         let queue = unsafe { &mut *self.prequeue };
-        let hash = queue.hash(key);
+        let hash = queue.hash(key.key);
+        if queue.find(hash, key).is_some() {
+            return true;
+        }
+        let item = match key.item.is_empty() {
+            true => None,
+            false => match self.item_or_new(arena, key.item) {
+                Some(item) => Some(item),
+                None => return false,
+            },
+        };
+        // SAFETY: as above.
+        let queue = unsafe { &mut *self.prequeue };
         // A registration is a permit of the pre-queue's table: its number is the arrival order.
-        queue.find(hash, key).is_some()
-            || queue.insert(arena, hash, key, now_ms, None, None).is_some()
+        let registered = queue.insert(arena, hash, key, now_ms, None, None).is_some();
+        if let Some(item) = item {
+            // SAFETY: a live item of this table; the lock is held.
+            let i = unsafe { &mut *item.as_ptr() };
+            i.registered += u64::from(registered);
+            i.stock = cap.unwrap_or(NO_STOCK);
+            self.drop_unused(arena, item);
+        }
+        registered
     }
 
-    /// The pre-queue's draw: gives permits to a uniform choice of the registered keys that hold
-    /// none (see [`prequeue_winners`]) and frees the pre-queue. Returns the new permits, and
-    /// whether the zone ran out of room for them.
+    /// The pre-queue's draw: walks the registered keys that hold no permit in a uniformly
+    /// random order (see [`shuffled`]) and gives a permit to each [`prequeue_wins`] lets in:
+    /// per item, up to its stock (as the item remembers it from the registrations, or as the
+    /// admin API set it), and never past a buyer's limit. Frees the pre-queue. Returns the new
+    /// permits, and whether the zone ran out of room for them.
     fn settle_prequeue(
         &mut self,
         arena: &impl Arena,
@@ -735,42 +985,92 @@ impl PermitTable {
         for entry in queue.permits_after(ptr::null()) {
             // SAFETY: as above; the entry is live until `destroy` below.
             let key = unsafe { permit_key(entry.as_ptr()) };
-            registered.push(key.to_vec());
+            registered.push(PermitInfo {
+                key: key.key.to_vec(),
+                item: key.item.to_vec(),
+                ..PermitInfo::default()
+            });
         }
-        registered.retain(|key| self.find(self.hash(key), key).is_none());
+        registered.retain(|p| self.find(self.hash(&p.key), p.permit_key()).is_none());
         // SAFETY: nothing points into the pre-queue any more.
         unsafe { queue.destroy(arena) };
-        // A generator of its own, seeded from the system: the draw happens once per sale.
+        // Generators of their own, seeded from the system: the draw happens once per sale.
         let mut rng = StdRng::try_from_os_rng()
             .unwrap_or_else(|_| StdRng::seed_from_u64(self.sip_key[0] ^ now_ms as u64));
-
-        if let Some(queue) = sale.queue {
-            // With a line, the registered take its front, those the draw lets through, in a
-            // uniformly random order; the cap rules when they are called in.
-            let order = prequeue_winners(registered.len(), None, sale.block_ratio, &mut rng);
-            let hashes: Vec<u64> = order.iter().map(|&i| self.hash(&registered[i])).collect();
-            let Some(mut line) = self.line(arena) else {
-                return (Vec::new(), true);
-            };
-            let full = order
-                .iter()
-                .zip(hashes)
-                .any(|(&i, hash)| line.enter(arena, hash, &registered[i], queue, now_ms).is_none());
-            return (Vec::new(), full);
+        let mut draws = StdRng::seed_from_u64(rng.random());
+        let (full, granted) = match sale.queue {
+            Some(queue) => (
+                self.prequeue_to_line(arena, &registered, sale, queue, now_ms, &mut rng),
+                Vec::new(),
+            ),
+            None => {
+                let mut granted = Vec::new();
+                let mut full = false;
+                for i in shuffled(registered.len(), &mut rng) {
+                    let mut p = registered[i].clone();
+                    let configured = match p.item.is_empty() {
+                        true => sale.cap,
+                        false => self.item(&p.item).map(item_info).and_then(|i| i.stock),
+                    };
+                    // Permits held already (an operator's grants) count against the cap.
+                    let (count, cap) = self.count_and_cap(&p.item, configured);
+                    let hash = self.hash(&p.key);
+                    let held = self.items_held(hash, &p.key);
+                    let room = cap.map(|cap| cap.saturating_sub(count));
+                    if !prequeue_wins(room, held, sale, || draws.random()) {
+                        continue;
+                    }
+                    match self.insert(arena, hash, p.permit_key(), now_ms, expires_ms, numbers) {
+                        Some(seq) => {
+                            (p.seq, p.granted_ms, p.expires_ms) = (seq, now_ms, expires_ms);
+                            granted.push(p);
+                        }
+                        None => {
+                            full = true;
+                            break;
+                        }
+                    }
+                }
+                (full, granted)
+            }
+        };
+        // The registrations are spent: items kept for them alone go.
+        let items: Vec<NonNull<Item>> = self.all_items().collect();
+        for item in items {
+            // SAFETY: a live item of this table; the lock is held.
+            unsafe { (*item.as_ptr()).registered = 0 };
+            self.drop_unused(arena, item);
         }
+        (granted, full)
+    }
 
-        // Permits held already (an operator's grants) count against the cap.
-        let room = sale.cap.map(|cap| cap.saturating_sub(self.permits));
-        let mut granted = Vec::new();
-        for i in prequeue_winners(registered.len(), room, sale.block_ratio, &mut rng) {
-            let key = &registered[i];
-            let Some(seq) = self.insert(arena, self.hash(key), key, now_ms, expires_ms, numbers)
-            else {
-                return (granted, true);
-            };
-            granted.push(PermitInfo { key: key.clone(), seq, granted_ms: now_ms, expires_ms });
+    /// With a line, the pre-queue's registered buyers take its front, those the draw lets
+    /// through, in a uniformly random order, each once whatever the items he registered for;
+    /// the cap rules when they are called in. True when the zone ran out of room for them.
+    fn prequeue_to_line(
+        &mut self,
+        arena: &impl Arena,
+        registered: &[PermitInfo],
+        sale: &Sale,
+        queue: Queue,
+        now_ms: i64,
+        rng: &mut StdRng,
+    ) -> bool {
+        let order: Vec<usize> = shuffled(registered.len(), rng).collect();
+        let hashes: Vec<u64> = order.iter().map(|&i| self.hash(&registered[i].key)).collect();
+        let Some(mut line) = self.line(arena) else {
+            return true;
+        };
+        for (&i, hash) in order.iter().zip(hashes) {
+            let buyer = PermitKey::single(&registered[i].key);
+            if line.waiters.find(hash, buyer).is_some() || sale.block_ratio.blocks(rng.random()) {
+                continue;
+            }
+            if line.enter(arena, hash, buyer, queue, now_ms).is_none() {
+                return true;
+            }
         }
-        (granted, false)
+        false
     }
 
     /// The line's parts, made for the first waiter; `None` when the zone has no room for them.
@@ -789,6 +1089,8 @@ impl PermitTable {
                 unsafe { arena.free(tree, slots * size_of::<u32>()) };
                 return None;
             };
+            // SAFETY: just made, in this zone's arena; the lock is held.
+            unsafe { (*line.as_ptr()).counts_items = false };
             // SAFETY: `tree` has room for `slots` counts, all zero for an empty line.
             unsafe { ptr::write_bytes(tree.as_ptr().cast::<u32>(), 0, slots) };
             (self.line, self.ranks, self.ranks_len) = (line.as_ptr(), tree.as_ptr().cast(), slots);
@@ -802,11 +1104,12 @@ impl PermitTable {
         Some(Line { waiters, ranks: Ranks::new(tree), state: &mut self.line_state })
     }
 
-    /// Whether `key` (whose hash is `hash`) waits in the line.
+    /// Whether the buyer with `key` (whose hash is `hash`) waits in the line: one line per
+    /// sale, whatever the item.
     fn in_line(&mut self, hash: u64, key: &[u8]) -> bool {
         // SAFETY: the line is null or a live table of this zone; the lock is held.
         match unsafe { self.line.as_mut() } {
-            Some(waiters) => waiters.find(hash, key).is_some(),
+            Some(waiters) => waiters.find(hash, PermitKey::single(key)).is_some(),
             None => false,
         }
     }
@@ -817,24 +1120,25 @@ impl PermitTable {
     fn queue_step(
         &mut self,
         arena: &impl Arena,
-        key: &[u8],
+        key: PermitKey<'_>,
         sale: &Sale,
         queue: Queue,
         now_ms: i64,
         expires_ms: Option<i64>,
         numbers: Option<&AtomicU64>,
     ) -> (Queued, bool) {
-        let hash = self.hash(key);
-        if let Some(decided) = self.held_or_sold_out(hash, key, sale) {
+        let hash = self.hash(key.key);
+        if let Some(decided) = self.barrier(hash, key, sale) {
             return (Queued::Decided(decided), false);
         }
+        let buyer = PermitKey::single(key.key);
         let Some(mut line) = self.line(arena) else {
             return (Queued::Full, self.report_full());
         };
         line.leave_silent(arena, now_ms);
         // The calls earned before this step go to those who were in line then.
         line.state.call(queue.rate, now_ms);
-        let Some((ticket, joined_ms)) = line.enter(arena, hash, key, queue, now_ms) else {
+        let Some((ticket, joined_ms)) = line.enter(arena, hash, buyer, queue, now_ms) else {
             return (Queued::Full, self.report_full());
         };
         line.state.call(queue.rate, now_ms);
@@ -842,10 +1146,10 @@ impl PermitTable {
             Place::Waiting(waiting) => (Queued::Waiting(waiting), false),
             Place::Called => {
                 // Called in: he leaves the line, admitted or told the stock is gone.
-                line.leave_called(arena, hash, key, ticket, joined_ms, now_ms);
-                // The permit and the cap were checked above, in this same locked step.
+                line.leave_called(arena, hash, buyer, ticket, joined_ms, now_ms);
+                // The permit, the cap and the limit were checked above, in this same step.
                 let (admission, newly_full) =
-                    self.admit_new(arena, hash, key, now_ms, expires_ms, numbers);
+                    self.admit_new(arena, hash, key, sale, now_ms, expires_ms, numbers);
                 (Queued::Decided(admission), newly_full)
             }
         }
@@ -856,41 +1160,53 @@ impl PermitTable {
     fn admission(
         &mut self,
         arena: &impl Arena,
-        key: &[u8],
+        key: PermitKey<'_>,
         sale: &Sale,
         now_ms: i64,
         expires_ms: Option<i64>,
         numbers: Option<&AtomicU64>,
     ) -> (Admission, bool) {
-        let hash = self.hash(key);
-        match self.held_or_sold_out(hash, key, sale) {
+        let hash = self.hash(key.key);
+        match self.barrier(hash, key, sale) {
             Some(decided) => (decided, false),
-            None => self.admit_new(arena, hash, key, now_ms, expires_ms, numbers),
+            None => self.admit_new(arena, hash, key, sale, now_ms, expires_ms, numbers),
         }
     }
 
-    /// What a key (whose hash is `hash`) gets before any admission: its permit, or SOLD_OUT at
-    /// the cap; `None` when it may be admitted.
-    fn held_or_sold_out(&mut self, hash: u64, key: &[u8], sale: &Sale) -> Option<Admission> {
+    /// What a key (whose buyer's hash is `hash`) gets before any admission: its permit,
+    /// SOLD_OUT at its item's cap, LIMIT_REACHED at the buyer's limit; `None` when it may be
+    /// admitted. The item remembers the sale's cap as its configured stock.
+    fn barrier(&mut self, hash: u64, key: PermitKey<'_>, sale: &Sale) -> Option<Admission> {
         if let Some(permit) = self.find(hash, key) {
             return Some(Admission::Permitted(held(permit)));
         }
-        (!self.under_cap(sale.cap)).then_some(Admission::SoldOut)
+        self.remember_stock(key.item, sale.cap);
+        let (count, cap) = self.count_and_cap(key.item, sale.cap);
+        if cap.is_some_and(|cap| count >= cap) {
+            return Some(Admission::SoldOut);
+        }
+        let limit = sale.max_per_buyer?;
+        (self.items_held(hash, key.key) >= limit).then_some(Admission::LimitReached)
     }
 
-    /// Stores a new permit for a key [`Self::held_or_sold_out`] let through in this locked
-    /// step; with whether this is the first time the zone is found full.
+    /// Stores a new permit for a key [`Self::barrier`] let through in this locked step; with
+    /// whether this is the first time the zone is found full.
+    #[allow(clippy::too_many_arguments)]
     fn admit_new(
         &mut self,
         arena: &impl Arena,
         hash: u64,
-        key: &[u8],
+        key: PermitKey<'_>,
+        sale: &Sale,
         now_ms: i64,
         expires_ms: Option<i64>,
         numbers: Option<&AtomicU64>,
     ) -> (Admission, bool) {
         match self.insert(arena, hash, key, now_ms, expires_ms, numbers) {
-            Some(seq) => (Admission::Admitted(Held { seq, expires_ms }), false),
+            Some(seq) => {
+                self.remember_stock(key.item, sale.cap);
+                (Admission::Admitted(Held { seq, expires_ms }), false)
+            }
             None => (Admission::ZoneFull, self.report_full()),
         }
     }
@@ -1042,7 +1358,7 @@ impl Line<'_> {
         &mut self,
         arena: &impl Arena,
         hash: u64,
-        key: &[u8],
+        key: PermitKey<'_>,
         queue: Queue,
         now_ms: i64,
     ) -> Option<(u64, i64)> {
@@ -1055,8 +1371,13 @@ impl Line<'_> {
             }
         }
         // The waiter's memory first: a ticket is only taken for a waiter who has one.
-        let info =
-            PermitInfo { key: key.to_vec(), seq: 0, granted_ms: now_ms, expires_ms: Some(until) };
+        let info = PermitInfo {
+            key: key.key.to_vec(),
+            item: key.item.to_vec(),
+            seq: 0,
+            granted_ms: now_ms,
+            expires_ms: Some(until),
+        };
         self.waiters.store(arena, hash, &info)?;
         let waiter = self.waiters.find(hash, key)?;
         match self.state.join(&mut self.ranks) {
@@ -1097,7 +1418,7 @@ impl Line<'_> {
         &mut self,
         arena: &impl Arena,
         hash: u64,
-        key: &[u8],
+        key: PermitKey<'_>,
         ticket: u64,
         joined_ms: i64,
         now_ms: i64,
@@ -1114,20 +1435,60 @@ impl Line<'_> {
 /// A draw that depends only on the key, the round and a secret: the same answer in every
 /// worker (and, with a secret shared through Redis, on every host) for the whole round, so
 /// asking again does not draw again, and nothing is stored for the losers. Uniform in [0, 1).
-pub fn keyed_draw(secret: [u64; 2], key: &[u8], round: u64) -> f64 {
+///
+/// With an item, the draw is the buyer's for that item: each item is a draw of its own.
+pub fn keyed_draw(secret: [u64; 2], key: PermitKey<'_>, round: u64) -> f64 {
     let mut h = SipHasher13::new_with_keys(secret[0], secret[1]);
     h.write_u64(round);
-    h.write(key);
+    h.write(key.key);
+    if !key.item.is_empty() {
+        // The key's length first, so that no other key and item hash alike.
+        h.write_usize(key.key.len());
+        h.write(key.item);
+    }
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// The key bytes that follow a permit's header.
+/// The buyer's key and the item whose bytes follow a permit's header.
 ///
 /// # Safety
-/// `p` points to a permit written by `PermitTable::insert`, and the zone's lock is held.
-unsafe fn permit_key<'a>(p: *const Permit) -> &'a [u8] {
-    // SAFETY: `insert` copied `key_len` bytes right after the header.
-    unsafe { core::slice::from_raw_parts(p.add(1).cast::<u8>(), (*p).key_len as usize) }
+/// `p` points to a permit written by `PermitTable::store`, and the zone's lock is held.
+unsafe fn permit_key<'a>(p: *const Permit) -> PermitKey<'a> {
+    // SAFETY: `store` copied `key_len` bytes of key and `item_len` of item right after the
+    // header.
+    let bytes = unsafe {
+        core::slice::from_raw_parts(
+            p.add(1).cast::<u8>(),
+            (*p).key_len as usize + (*p).item_len as usize,
+        )
+    };
+    // SAFETY: as above.
+    let (key, item) = bytes.split_at(unsafe { (*p).key_len } as usize);
+    PermitKey { key, item }
+}
+
+/// The name that follows an item's header.
+///
+/// # Safety
+/// `item` is a live item of a table whose lock is held.
+unsafe fn item_name<'a>(item: NonNull<Item>) -> &'a [u8] {
+    // SAFETY: `item_or_new` copied `len` bytes right after the header.
+    unsafe {
+        core::slice::from_raw_parts(item.as_ptr().add(1).cast::<u8>(), item.as_ref().len as usize)
+    }
+}
+
+fn item_info(item: NonNull<Item>) -> ItemInfo {
+    // SAFETY: callers hold the lock and pass a live item.
+    let (i, name) = unsafe { (item.as_ref(), item_name(item)) };
+    ItemInfo {
+        item: name.to_vec(),
+        number: i.number,
+        permits: i.permits,
+        registered: i.registered,
+        max_permits: stock(i.max_permits),
+        stock: stock(i.stock),
+    }
 }
 
 fn held(permit: NonNull<Permit>) -> Held {
@@ -1140,7 +1501,8 @@ fn info(permit: NonNull<Permit>) -> PermitInfo {
     // SAFETY: callers hold the lock and pass a live permit.
     let (p, key) = unsafe { (permit.as_ref(), permit_key(permit.as_ptr())) };
     PermitInfo {
-        key: key.to_vec(),
+        key: key.key.to_vec(),
+        item: key.item.to_vec(),
         seq: p.seq,
         granted_ms: p.granted_ms,
         expires_ms: (p.expires_ms != 0).then_some(p.expires_ms),
@@ -1293,8 +1655,40 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
     }
 
     /// One permit, if `key` holds one.
-    pub fn get(&mut self, key: &[u8]) -> Option<PermitInfo> {
-        self.with_table(|table, _| table.find(table.hash(key), key).map(info))
+    pub fn get(&mut self, key: PermitKey<'_>) -> Option<PermitInfo> {
+        self.with_table(|table, _| table.find(table.hash(key.key), key).map(info))
+    }
+
+    /// Up to `limit` items, in the order the zone first saw them, after the item numbered
+    /// `after`.
+    pub fn items(&mut self, after: u64, limit: usize) -> Vec<ItemInfo> {
+        self.with_table(|table, _| {
+            table.items().into_iter().filter(|i| i.number > after).take(limit).collect()
+        })
+    }
+
+    /// One item, if the zone has it.
+    pub fn item(&mut self, name: &[u8]) -> Option<ItemInfo> {
+        self.with_table(|table, _| table.item(name).map(item_info))
+    }
+
+    /// Sets an item's stock (`None`: back to the configuration's), at once for every worker;
+    /// returns the item as it is now, or `None` when the zone has no room for it.
+    pub fn set_item_stock(&mut self, name: &[u8], max_permits: Option<u64>) -> Option<ItemInfo> {
+        self.with_table(|table, arena| {
+            let item = match max_permits {
+                Some(_) => table.item_or_new(arena, name)?,
+                None => match table.item(name) {
+                    Some(item) => item,
+                    None => return Some(ItemInfo { item: name.to_vec(), ..ItemInfo::default() }),
+                },
+            };
+            // SAFETY: a live item of this table; the lock is held.
+            unsafe { (*item.as_ptr()).max_permits = max_permits.unwrap_or(NO_STOCK) };
+            let shown = item_info(item);
+            table.drop_unused(arena, item);
+            Some(shown)
+        })
     }
 
     /// Up to `limit` permits, in list order, starting after the place `after` (the last permit
@@ -1305,9 +1699,12 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
             let start = match after {
                 None => ptr::null(),
                 Some(cursor) => {
-                    // SAFETY: permits found in this table are live while the lock is held.
-                    let same = |p: &NonNull<Permit>| unsafe { p.as_ref() }.seq == cursor.seq;
-                    match table.find(table.hash(&cursor.key), &cursor.key).filter(same) {
+                    // The buyer's permit with the cursor's number, whatever its item.
+                    let same = |(p, k): &(NonNull<Permit>, PermitKey<'_>)| {
+                        k.key == cursor.key.as_slice() && held(*p).seq == cursor.seq
+                    };
+                    let found = table.chain(table.hash(&cursor.key)).find(same).map(|(p, _)| p);
+                    match found {
                         Some(permit) => permit.as_ptr().cast_const(),
                         // Gone: walk to its place (an operator's listing, not a request's path).
                         None => table
@@ -1327,20 +1724,22 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
         let (now_ms, numbers) = (self.now_ms, self.numbers);
         self.with_table(|table, arena| {
             let mut grants = Grants::default();
-            for (key, ttl_ms) in keys {
+            for (key, item, ttl_ms) in keys {
                 let hash = table.hash(key);
-                if table.find(hash, key).is_some() {
+                let permit_key = PermitKey { key, item };
+                if table.find(hash, permit_key).is_some() {
                     grants.already += 1;
                 } else if let Some(seq) = table.insert(
                     arena,
                     hash,
-                    key,
+                    permit_key,
                     now_ms,
                     ttl_ms.map(|t| expiry(now_ms, t)),
                     numbers,
                 ) {
                     grants.granted.push(PermitInfo {
                         key: key.clone(),
+                        item: item.clone(),
                         seq,
                         granted_ms: now_ms,
                         expires_ms: ttl_ms.map(|t| expiry(now_ms, t)),
@@ -1355,7 +1754,7 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
 
     /// Undoes the admission of `key`'s permit `seq`, which never reached the buyer (the
     /// state file could not record it): not counted as granted, nor as revoked.
-    pub fn undo(&mut self, key: &[u8], seq: u64) {
+    pub fn undo(&mut self, key: PermitKey<'_>, seq: u64) {
         if self.take_numbered(key, seq) {
             let _ = self.table().stats.granted.fetch_update(
                 Ordering::AcqRel,
@@ -1367,7 +1766,7 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
 
     /// Revokes the permit of `key` if it is still the one numbered `seq` (not a permit granted
     /// anew meanwhile); true if it was.
-    pub fn revoke_numbered(&mut self, key: &[u8], seq: u64) -> bool {
+    pub fn revoke_numbered(&mut self, key: PermitKey<'_>, seq: u64) -> bool {
         let revoked = self.take_numbered(key, seq);
         if revoked {
             Stats::count(&self.table().stats.revoked);
@@ -1376,9 +1775,9 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
     }
 
     /// Takes the permit of `key` out of the table if it is numbered `seq`.
-    fn take_numbered(&mut self, key: &[u8], seq: u64) -> bool {
+    fn take_numbered(&mut self, key: PermitKey<'_>, seq: u64) -> bool {
         self.with_table(|table, arena| {
-            let Some(permit) = table.find(table.hash(key), key) else {
+            let Some(permit) = table.find(table.hash(key.key), key) else {
                 return false;
             };
             // SAFETY: `permit` was just found in this table, under the lock.
@@ -1398,9 +1797,9 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
     }
 
     /// Takes the permit of `key` out of the table; returns its number.
-    fn take(&mut self, key: &[u8]) -> Option<u64> {
+    fn take(&mut self, key: PermitKey<'_>) -> Option<u64> {
         self.with_table(|table, arena| {
-            let permit = table.find(table.hash(key), key)?;
+            let permit = table.find(table.hash(key.key), key)?;
             // SAFETY: `permit` was just found in this table, under the lock.
             let seq = unsafe { permit.as_ref() }.seq;
             // SAFETY: as above.
@@ -1419,9 +1818,9 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
     /// For a zone kept in Redis: what this host knows of `key`'s permit, and whether it
     /// learned it less than `cache_ms` ago (a cached permit's `granted_ms` is when it last
     /// heard of it).
-    pub fn cached(&mut self, key: &[u8], cache_ms: i64) -> Cached {
+    pub fn cached(&mut self, key: PermitKey<'_>, cache_ms: i64) -> Cached {
         let now_ms = self.now_ms;
-        self.with_table(|table, _| match table.find(table.hash(key), key) {
+        self.with_table(|table, _| match table.find(table.hash(key.key), key) {
             // SAFETY: `permit` was just found in this table, under the lock.
             Some(permit) if now_ms - unsafe { permit.as_ref() }.granted_ms < cache_ms => {
                 Cached::Fresh(held(permit))
@@ -1433,9 +1832,10 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
 
     /// For a zone kept in Redis: keeps the permit Redis gave `key` (`new` when it was just
     /// admitted), as heard of now; false when the zone has no room for it.
-    pub fn remember(&mut self, key: &[u8], permit: Held, new: bool) -> bool {
+    pub fn remember(&mut self, key: PermitKey<'_>, permit: Held, new: bool) -> bool {
         let info = PermitInfo {
-            key: key.to_vec(),
+            key: key.key.to_vec(),
+            item: key.item.to_vec(),
             seq: permit.seq,
             granted_ms: self.now_ms,
             expires_ms: permit.expires_ms,
@@ -1454,7 +1854,7 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
         self.with_table(|table, arena| {
             permits.iter().all(|p| {
                 let hash = table.hash(&p.key);
-                if let Some(old) = table.find(hash, &p.key) {
+                if let Some(old) = table.find(hash, p.permit_key()) {
                     // SAFETY: `old` was just found in this table, under the lock.
                     unsafe { table.remove(arena, old) };
                 }
@@ -1465,7 +1865,7 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
 
     /// For a zone kept in Redis: drops what this host knew of `key`'s permit, which Redis no
     /// longer has.
-    pub fn forget(&mut self, key: &[u8]) {
+    pub fn forget(&mut self, key: PermitKey<'_>) {
         self.take(key);
     }
 
@@ -1553,15 +1953,20 @@ impl<'s, 'a, S: Shared> RemoteView<'s, 'a, S> {
 }
 
 impl<S: Shared> PermitLookup for RemoteView<'_, '_, S> {
-    fn lookup(&mut self, key: &[u8], sale: &Sale) -> Lookup {
+    fn lookup(&mut self, key: PermitKey<'_>, sale: &Sale) -> Lookup {
         let now_ms = self.store.now_ms;
         match self.store.cached(key, self.cache_ms) {
             Cached::Fresh(held) => Lookup::Permitted(held),
             Cached::Stale => Lookup::Recheck,
-            Cached::Absent if self.store.table().link.trusts_sold_out(now_ms) => Lookup::SoldOut,
+            // The SOLD_OUT heard is the zone's: an item's is not kept (see `Link::sold_out`).
+            Cached::Absent
+                if key.item.is_empty() && self.store.table().link.trusts_sold_out(now_ms) =>
+            {
+                Lookup::SoldOut
+            }
             Cached::Absent
                 if sale.queue.is_some()
-                    && self.store.heard(key).is_some_and(|heard| heard.in_line()) =>
+                    && self.store.heard(key.key).is_some_and(|heard| heard.in_line()) =>
             {
                 Lookup::InLine
             }
@@ -1569,8 +1974,8 @@ impl<S: Shared> PermitLookup for RemoteView<'_, '_, S> {
         }
     }
 
-    fn register(&mut self, key: &[u8]) -> Registration {
-        if self.store.heard(key).is_none_or(|heard| heard.in_line()) {
+    fn register(&mut self, key: PermitKey<'_>, _sale: &Sale) -> Registration {
+        if self.store.heard(key.key).is_none_or(|heard| heard.in_line()) {
             self.registering = true;
         }
         Registration::Registered
@@ -1582,25 +1987,23 @@ impl<S: Shared> PermitLookup for RemoteView<'_, '_, S> {
 }
 
 impl<S: Shared> PermitLookup for ZoneStore<'_, S> {
-    fn lookup(&mut self, key: &[u8], sale: &Sale) -> Lookup {
+    fn lookup(&mut self, key: PermitKey<'_>, sale: &Sale) -> Lookup {
         self.with_sale(sale, |table, _| {
-            let hash = table.hash(key);
-            if let Some(permit) = table.find(hash, key) {
-                Lookup::Permitted(held(permit))
-            } else if !table.under_cap(sale.cap) {
-                Lookup::SoldOut
-            } else if sale.queue.is_some() && table.in_line(hash, key) {
-                Lookup::InLine
-            } else {
-                Lookup::Open
+            let hash = table.hash(key.key);
+            match table.barrier(hash, key, sale) {
+                Some(Admission::Permitted(held)) => Lookup::Permitted(held),
+                Some(Admission::LimitReached) => Lookup::LimitReached,
+                Some(_) => Lookup::SoldOut,
+                None if sale.queue.is_some() && table.in_line(hash, key.key) => Lookup::InLine,
+                None => Lookup::Open,
             }
         })
     }
 
-    fn register(&mut self, key: &[u8]) -> Registration {
+    fn register(&mut self, key: PermitKey<'_>, sale: &Sale) -> Registration {
         let now_ms = self.now_ms;
         let (registered, newly_full) = self.with_table(|table, arena| {
-            if table.register(arena, key, now_ms) {
+            if table.register(arena, key, sale.cap, now_ms) {
                 (true, false)
             } else {
                 (false, table.report_full())
@@ -1616,7 +2019,7 @@ impl<S: Shared> PermitLookup for ZoneStore<'_, S> {
 }
 
 impl<S: Shared> PermitStore for ZoneStore<'_, S> {
-    fn admit(&mut self, key: &[u8], sale: &Sale) -> Admission {
+    fn admit(&mut self, key: PermitKey<'_>, sale: &Sale) -> Admission {
         let (now_ms, expires_ms) = (self.now_ms, self.ttl_ms.map(|ttl| expiry(self.now_ms, ttl)));
         let numbers = self.numbers;
         let (admission, newly_full) = self.with_sale(sale, |table, arena| {
@@ -1626,7 +2029,7 @@ impl<S: Shared> PermitStore for ZoneStore<'_, S> {
         admission
     }
 
-    fn queue(&mut self, key: &[u8], sale: &Sale) -> Queued {
+    fn queue(&mut self, key: PermitKey<'_>, sale: &Sale) -> Queued {
         let Some(queue) = sale.queue else {
             return Queued::Decided(self.admit(key, sale));
         };
@@ -1647,6 +2050,10 @@ impl<S: Shared> PermitStore for ZoneStore<'_, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn one(key: &[u8]) -> PermitKey<'_> {
+        PermitKey::single(key)
+    }
     use crate::sale::OverridesPatch;
     use std::alloc::{alloc, dealloc, Layout};
     use std::cell::Cell;
@@ -1724,15 +2131,15 @@ mod tests {
         let heap = Heap::new(1 << 20);
         let t = table(&heap, 16);
         let mut s = store(&heap, t, 0);
-        assert_eq!(s.lookup(b"alice", &capped(Some(2))), Lookup::Open);
-        assert_eq!(s.admit(b"alice", &capped(Some(2))), Admission::Admitted(seq(1)));
-        assert_eq!(s.lookup(b"alice", &capped(Some(2))), Lookup::Permitted(seq(1)));
-        assert_eq!(s.admit(b"alice", &capped(Some(2))), Admission::Permitted(seq(1)));
-        assert_eq!(s.admit(b"bob", &capped(Some(2))), Admission::Admitted(seq(2)));
-        assert_eq!(s.lookup(b"carol", &capped(Some(2))), Lookup::SoldOut);
-        assert_eq!(s.admit(b"carol", &capped(Some(2))), Admission::SoldOut);
+        assert_eq!(s.lookup(one(b"alice"), &capped(Some(2))), Lookup::Open);
+        assert_eq!(s.admit(one(b"alice"), &capped(Some(2))), Admission::Admitted(seq(1)));
+        assert_eq!(s.lookup(one(b"alice"), &capped(Some(2))), Lookup::Permitted(seq(1)));
+        assert_eq!(s.admit(one(b"alice"), &capped(Some(2))), Admission::Permitted(seq(1)));
+        assert_eq!(s.admit(one(b"bob"), &capped(Some(2))), Admission::Admitted(seq(2)));
+        assert_eq!(s.lookup(one(b"carol"), &capped(Some(2))), Lookup::SoldOut);
+        assert_eq!(s.admit(one(b"carol"), &capped(Some(2))), Admission::SoldOut);
         // A higher cap elsewhere still sees the two permits.
-        assert_eq!(s.admit(b"carol", &capped(Some(3))), Admission::Admitted(seq(3)));
+        assert_eq!(s.admit(one(b"carol"), &capped(Some(3))), Admission::Admitted(seq(3)));
         assert_eq!(s.permits(), 3);
     }
 
@@ -1742,13 +2149,13 @@ mod tests {
         // One bucket: every key collides, so only the full comparison tells them apart.
         let t = table(&heap, 1);
         let mut s = store(&heap, t, 0);
-        assert_eq!(s.admit(b"abc", &capped(None)), Admission::Admitted(seq(1)));
+        assert_eq!(s.admit(one(b"abc"), &capped(None)), Admission::Admitted(seq(1)));
         for other in [&b"ab"[..], b"abcd", b"abd", b"\xffbc"] {
-            assert_eq!(s.lookup(other, &capped(None)), Lookup::Open);
+            assert_eq!(s.lookup(one(other), &capped(None)), Lookup::Open);
         }
-        assert_eq!(s.admit(b"ab", &capped(None)), Admission::Admitted(seq(2)));
-        assert_eq!(s.lookup(b"abc", &capped(None)), Lookup::Permitted(seq(1)));
-        assert_eq!(s.lookup(b"ab", &capped(None)), Lookup::Permitted(seq(2)));
+        assert_eq!(s.admit(one(b"ab"), &capped(None)), Admission::Admitted(seq(2)));
+        assert_eq!(s.lookup(one(b"abc"), &capped(None)), Lookup::Permitted(seq(1)));
+        assert_eq!(s.lookup(one(b"ab"), &capped(None)), Lookup::Permitted(seq(2)));
     }
 
     #[test]
@@ -1758,14 +2165,14 @@ mod tests {
         let mut s = store(&heap, t, 42);
         for i in 0..100u32 {
             assert_eq!(
-                s.admit(&i.to_be_bytes(), &capped(None)),
+                s.admit(one(&i.to_be_bytes()), &capped(None)),
                 Admission::Admitted(seq(u64::from(i) + 1))
             );
         }
-        let p = s.get(&7u32.to_be_bytes()).unwrap();
+        let p = s.get(one(&7u32.to_be_bytes())).unwrap();
         assert_eq!((p.seq, p.granted_ms, p.expires_ms), (8, 42, None));
-        assert!(s.revoke_numbered(&7u32.to_be_bytes(), 8));
-        assert_eq!(s.admit(&7u32.to_be_bytes(), &capped(None)), Admission::Admitted(seq(101)));
+        assert!(s.revoke_numbered(one(&7u32.to_be_bytes()), 8));
+        assert_eq!(s.admit(one(&7u32.to_be_bytes()), &capped(None)), Admission::Admitted(seq(101)));
     }
 
     #[test]
@@ -1775,7 +2182,7 @@ mod tests {
         let mut s = store(&heap, t, 0);
         let mut admitted = 0;
         while let Admission::Admitted(_) =
-            s.admit(format!("buyer-{admitted}").as_bytes(), &capped(None))
+            s.admit(one(format!("buyer-{admitted}").as_bytes()), &capped(None))
         {
             admitted += 1;
         }
@@ -1783,12 +2190,15 @@ mod tests {
         assert!(s.newly_full());
         // "buyer-x" needs as much room as "buyer-0": the room its revocation gives back.
         let mut later = store(&heap, t, 0);
-        assert_eq!(later.admit(b"buyer-x", &capped(None)), Admission::ZoneFull);
+        assert_eq!(later.admit(one(b"buyer-x"), &capped(None)), Admission::ZoneFull);
         assert!(!later.newly_full(), "the full zone is reported once");
-        assert_eq!(later.admit(b"buyer-0", &capped(None)), Admission::Permitted(seq(1)));
+        assert_eq!(later.admit(one(b"buyer-0"), &capped(None)), Admission::Permitted(seq(1)));
         assert_eq!(later.permits(), admitted);
-        assert!(later.revoke_numbered(b"buyer-0", 1));
-        assert_eq!(later.admit(b"buyer-x", &capped(None)), Admission::Admitted(seq(admitted + 1)));
+        assert!(later.revoke_numbered(one(b"buyer-0"), 1));
+        assert_eq!(
+            later.admit(one(b"buyer-x"), &capped(None)),
+            Admission::Admitted(seq(admitted + 1))
+        );
     }
 
     #[test]
@@ -1798,18 +2208,18 @@ mod tests {
         let empty = heap.used();
         let mut s = store(&heap, t, 1_000).with_ttl(Some(500));
         let a = Held { seq: 1, expires_ms: Some(1_500) };
-        assert_eq!(s.admit(b"a", &capped(Some(2))), Admission::Admitted(a));
-        assert_eq!(s.lookup(b"a", &capped(Some(2))), Lookup::Permitted(a));
+        assert_eq!(s.admit(one(b"a"), &capped(Some(2))), Admission::Admitted(a));
+        assert_eq!(s.lookup(one(b"a"), &capped(Some(2))), Lookup::Permitted(a));
         let mut s = store(&heap, t, 1_200).with_ttl(Some(500));
         let b = Held { seq: 2, expires_ms: Some(1_700) };
-        assert_eq!(s.admit(b"b", &capped(Some(2))), Admission::Admitted(b));
-        assert_eq!(s.admit(b"c", &capped(Some(2))), Admission::SoldOut);
-        assert_eq!(s.get(b"a").unwrap().expires_ms, Some(1_500));
+        assert_eq!(s.admit(one(b"b"), &capped(Some(2))), Admission::Admitted(b));
+        assert_eq!(s.admit(one(b"c"), &capped(Some(2))), Admission::SoldOut);
+        assert_eq!(s.get(one(b"a")).unwrap().expires_ms, Some(1_500));
         // At 1,500 a's permit is gone: its slot goes back to the draw, and a must win again.
         let mut s = store(&heap, t, 1_500).with_ttl(Some(500));
-        assert_eq!(s.lookup(b"a", &capped(Some(2))), Lookup::Open);
+        assert_eq!(s.lookup(one(b"a"), &capped(Some(2))), Lookup::Open);
         let c = Held { seq: 3, expires_ms: Some(2_000) };
-        assert_eq!(s.admit(b"c", &capped(Some(2))), Admission::Admitted(c));
+        assert_eq!(s.admit(one(b"c"), &capped(Some(2))), Admission::Admitted(c));
         assert_eq!(s.table().stats.expired.load(Ordering::Relaxed), 1);
         let mut s = store(&heap, t, 10_000);
         assert_eq!(s.permits(), 0);
@@ -1846,11 +2256,11 @@ mod tests {
         let t = table(&heap, 16);
         let mut s = store(&heap, t, 0);
         let grants = s.grant(&[
-            (b"late".to_vec(), Some(300)),
-            (b"never".to_vec(), None),
-            (b"soon".to_vec(), Some(100)),
-            (b"middle".to_vec(), Some(200)),
-            (b"soon".to_vec(), Some(999)),
+            (b"late".to_vec(), vec![], Some(300)),
+            (b"never".to_vec(), vec![], None),
+            (b"soon".to_vec(), vec![], Some(100)),
+            (b"middle".to_vec(), vec![], Some(200)),
+            (b"soon".to_vec(), vec![], Some(999)),
         ]);
         assert_eq!((grants.granted.len(), grants.already, grants.zone_full), (4, 1, 0));
         assert_eq!(grants.granted[2].key, b"soon");
@@ -1867,9 +2277,9 @@ mod tests {
         let t = table(&heap, 16);
         let mut s = store(&heap, t, 0);
         for i in 0..25 {
-            s.admit(format!("k{i:02}").as_bytes(), &capped(None));
+            s.admit(one(format!("k{i:02}").as_bytes()), &capped(None));
         }
-        s.grant(&[(b"t1".to_vec(), Some(50)), (b"t0".to_vec(), Some(10))]);
+        s.grant(&[(b"t1".to_vec(), vec![], Some(50)), (b"t0".to_vec(), vec![], Some(10))]);
         let mut seen = Vec::new();
         let mut after: Option<Cursor> = None;
         loop {
@@ -1890,15 +2300,15 @@ mod tests {
         let t = table(&heap, 16);
         let mut s = store(&heap, t, 0);
         for k in ["k1", "k2", "k3", "k4"] {
-            s.admit(k.as_bytes(), &capped(None));
+            s.admit(one(k.as_bytes()), &capped(None));
         }
         let first = s.list(None, 1);
         let cursor = Cursor::of(&first[0]);
         // Revoked, then granted anew (a later number, so a later place): the page goes on at
         // k2, and k1 comes last.
-        assert!(s.revoke_numbered(b"k1", 1));
+        assert!(s.revoke_numbered(one(b"k1"), 1));
         assert_eq!(keys(&s.list(Some(&cursor), 10)), [&b"k2"[..], b"k3", b"k4"]);
-        s.admit(b"k1", &capped(None));
+        s.admit(one(b"k1"), &capped(None));
         assert_eq!(keys(&s.list(Some(&cursor), 10)), [&b"k2"[..], b"k3", b"k4", b"k1"]);
         // A place before everything, and one after everything.
         let nowhere = Cursor { expires_ms: Some(-1), seq: 0, key: b"gone".to_vec() };
@@ -1906,7 +2316,7 @@ mod tests {
         let past = Cursor { expires_ms: None, seq: u64::MAX, key: b"gone".to_vec() };
         assert!(s.list(Some(&past), 10).is_empty());
         // Timed permits come first; a cursor among them whose permit expired goes on after it.
-        s.grant(&[(b"t1".to_vec(), Some(100)), (b"t2".to_vec(), Some(200))]);
+        s.grant(&[(b"t1".to_vec(), vec![], Some(100)), (b"t2".to_vec(), vec![], Some(200))]);
         let t1 = Cursor::of(&s.list(None, 1)[0]);
         let mut s = store(&heap, t, 150);
         assert_eq!(keys(&s.list(Some(&t1), 2)), [&b"t2"[..], b"k2"]);
@@ -1919,19 +2329,19 @@ mod tests {
         let empty = heap.used();
         let mut s = store(&heap, t, 0);
         for k in [&b"a"[..], b"b", b"c"] {
-            s.admit(k, &capped(Some(3)));
+            s.admit(one(k), &capped(Some(3)));
         }
-        assert_eq!(s.admit(b"d", &capped(Some(3))), Admission::SoldOut);
-        assert!(s.revoke_numbered(b"b", 2));
-        assert!(!s.revoke_numbered(b"b", 2));
-        assert_eq!(s.get(b"b"), None);
-        assert_eq!(s.admit(b"d", &capped(Some(3))), Admission::Admitted(seq(4)));
+        assert_eq!(s.admit(one(b"d"), &capped(Some(3))), Admission::SoldOut);
+        assert!(s.revoke_numbered(one(b"b"), 2));
+        assert!(!s.revoke_numbered(one(b"b"), 2));
+        assert_eq!(s.get(one(b"b")), None);
+        assert_eq!(s.admit(one(b"d"), &capped(Some(3))), Admission::Admitted(seq(4)));
         assert_eq!((s.clear(), s.next_number()), (3, 5));
         assert_eq!(s.permits(), 0);
         assert_eq!(heap.used(), empty);
         assert_eq!(s.table().stats.revoked.load(Ordering::Relaxed), 4);
         assert_eq!(s.table().stats.granted.load(Ordering::Relaxed), 4);
-        assert_eq!(s.admit(b"a", &capped(Some(3))), Admission::Admitted(seq(5)));
+        assert_eq!(s.admit(one(b"a"), &capped(Some(3))), Admission::Admitted(seq(5)));
     }
 
     #[test]
@@ -1939,9 +2349,9 @@ mod tests {
         let heap = Heap::new(1 << 20);
         let t = table(&heap, 16);
         let mut s = store(&heap, t, 0).with_ttl(Some(1_000));
-        s.admit(b"a", &capped(None));
-        s.admit(b"b", &capped(None));
-        assert!(s.revoke_numbered(b"a", 1));
+        s.admit(one(b"a"), &capped(None));
+        s.admit(one(b"b"), &capped(None));
+        assert!(s.revoke_numbered(one(b"a"), 1));
         let (next_seq, permits) = s.snapshot();
         let counters = s.table().stats.named_values();
         let fresh = table(&heap, 16);
@@ -1950,10 +2360,10 @@ mod tests {
             unsafe { &mut *fresh.as_ptr() }.restore(&heap.lock(), &permits, next_seq, &counters);
         assert_eq!(lost, 0);
         let mut s = store(&heap, fresh, 0);
-        assert_eq!(s.get(b"b").map(|p| (p.seq, p.expires_ms)), Some((2, Some(1_000))));
-        assert_eq!(s.get(b"a"), None);
+        assert_eq!(s.get(one(b"b")).map(|p| (p.seq, p.expires_ms)), Some((2, Some(1_000))));
+        assert_eq!(s.get(one(b"a")), None);
         assert_eq!(s.table().stats.revoked.load(Ordering::Relaxed), 1);
-        assert_eq!(s.admit(b"c", &capped(None)), Admission::Admitted(seq(3)));
+        assert_eq!(s.admit(one(b"c"), &capped(None)), Admission::Admitted(seq(3)));
     }
 
     #[test]
@@ -1962,16 +2372,20 @@ mod tests {
         let t = table(&heap, 16);
         let s = store(&heap, t, 0);
         let table = s.table();
-        assert_eq!(table.keyed_draw(b"alice", 7), table.keyed_draw(b"alice", 7));
-        assert_ne!(table.keyed_draw(b"alice", 7), table.keyed_draw(b"alice", 8));
+        assert_eq!(table.keyed_draw(one(b"alice"), 7), table.keyed_draw(one(b"alice"), 7));
+        assert_ne!(table.keyed_draw(one(b"alice"), 7), table.keyed_draw(one(b"alice"), 8));
         let below = (0..100_000u32)
-            .filter(|i| table.keyed_draw(format!("buyer{i}").as_bytes(), 1) < 0.1)
+            .filter(|i| table.keyed_draw(one(format!("buyer{i}").as_bytes()), 1) < 0.1)
             .count();
         assert!((9_500..=10_500).contains(&below), "{below} of 100000 below 0.1");
         let other = PermitTable::create(&heap.lock(), 16, [3, 4], b"$k").unwrap();
         // SAFETY: the table is alive and only this test uses it.
         let other = unsafe { other.as_ref() };
-        assert_ne!(table.keyed_draw(b"alice", 1), other.keyed_draw(b"alice", 1), "per zone");
+        assert_ne!(
+            table.keyed_draw(one(b"alice"), 1),
+            other.keyed_draw(one(b"alice"), 1),
+            "per zone"
+        );
     }
 
     #[test]
@@ -2043,9 +2457,10 @@ mod tests {
                         let mut s = store(heap, t.0, 0);
                         (0..2_000u32)
                             .filter_map(|i| {
-                                match s
-                                    .admit(format!("{thread}-{i}").as_bytes(), &capped(Some(100)))
-                                {
+                                match s.admit(
+                                    one(format!("{thread}-{i}").as_bytes()),
+                                    &capped(Some(100)),
+                                ) {
                                     Admission::Admitted(held) => Some(held.seq),
                                     _ => None,
                                 }
@@ -2108,22 +2523,22 @@ mod tests {
         let sale = lined(2, 10_000);
         let mut s = store(&heap, t, 1_000);
         let first: Vec<Queued> =
-            (0..6).map(|i| s.queue(format!("w{i}").as_bytes(), &sale)).collect();
+            (0..6).map(|i| s.queue(one(format!("w{i}").as_bytes()), &sale)).collect();
         assert!(matches!(first[0], Queued::Decided(Admission::Admitted(_))));
         assert!(matches!(first[1], Queued::Decided(Admission::Admitted(_))));
         assert_eq!(
             first[2..].iter().map(|q| place(*q)).collect::<Vec<_>>(),
             [Some(0), Some(1), Some(2), Some(3)]
         );
-        assert_eq!(s.lookup(b"w5", &sale), Lookup::InLine);
-        assert_eq!(s.lookup(b"w0", &sale), Lookup::Permitted(seq(1)));
-        assert_eq!(place(s.queue(b"w5", &sale)), Some(3), "asking again keeps the place");
+        assert_eq!(s.lookup(one(b"w5"), &sale), Lookup::InLine);
+        assert_eq!(s.lookup(one(b"w0"), &sale), Lookup::Permitted(seq(1)));
+        assert_eq!(place(s.queue(one(b"w5"), &sale)), Some(3), "asking again keeps the place");
         // w2 and w3 go silent; 11 s later they have left, and w4 and w5, who kept asking
         // (at 6 s), are called in, w4 first.
         let mut s = store(&heap, t, 6_000);
-        assert_eq!(place(s.queue(b"w5", &sale)), None, "called in by now");
+        assert_eq!(place(s.queue(one(b"w5"), &sale)), None, "called in by now");
         let mut s = store(&heap, t, 6_500);
-        assert!(matches!(s.queue(b"w4", &sale), Queued::Decided(Admission::Admitted(_))));
+        assert!(matches!(s.queue(one(b"w4"), &sale), Queued::Decided(Admission::Admitted(_))));
         let mut s = store(&heap, t, 17_000);
         let figures = s.counts().2;
         assert_eq!((figures.waiting, figures.left), (0, 2), "the silent two left");
@@ -2137,7 +2552,7 @@ mod tests {
         let t = table(&heap, 64);
         let mut s = store(&heap, t, 0);
         for i in 0..20 {
-            s.register(format!("early-{i}").as_bytes());
+            s.register(one(format!("early-{i}").as_bytes()), &Sale::default());
         }
         let sale = Sale {
             prequeue_ms: Some(60_000),
@@ -2146,9 +2561,9 @@ mod tests {
         };
         let mut s = store(&heap, t, 1_000);
         // A late buyer joins behind all twenty.
-        assert_eq!(place(s.queue(b"late", &sale)), Some(19), "one of the twenty is called");
+        assert_eq!(place(s.queue(one(b"late"), &sale)), Some(19), "one of the twenty is called");
         let mut positions: Vec<u64> = (0..20)
-            .filter_map(|i| place(s.queue(format!("early-{i}").as_bytes(), &sale)))
+            .filter_map(|i| place(s.queue(one(format!("early-{i}").as_bytes()), &sale)))
             .collect();
         assert_eq!(positions.len(), 19);
         positions.sort_unstable();
@@ -2164,17 +2579,20 @@ mod tests {
         let mut s = store(&heap, t, 0);
         for i in 0..50 {
             for _ in 0..3 {
-                assert_eq!(s.register(format!("early-{i}").as_bytes()), Registration::Registered);
+                assert_eq!(
+                    s.register(one(format!("early-{i}").as_bytes()), &Sale::default()),
+                    Registration::Registered
+                );
             }
         }
         assert_eq!(s.table().prequeued(), 50, "one registration per key");
-        s.grant(&[(b"early-7".to_vec(), None)]);
+        s.grant(&[(b"early-7".to_vec(), vec![], None)]);
         // A step without the pre-queue (the API, another location) leaves it waiting.
-        assert_eq!(s.admit(b"other", &capped(None)), Admission::Admitted(seq(2)));
+        assert_eq!(s.admit(one(b"other"), &capped(None)), Admission::Admitted(seq(2)));
         assert_eq!(s.table().prequeued(), 50);
 
         let mut s = store(&heap, t, 1_000).with_ttl(Some(60_000));
-        assert_eq!(s.lookup(b"late", &prequeued(Some(12))), Lookup::SoldOut);
+        assert_eq!(s.lookup(one(b"late"), &prequeued(Some(12))), Lookup::SoldOut);
         let settled = s.take_settled();
         assert_eq!(settled.len(), 10, "the cap's worth, less the permits already held");
         assert!(settled.iter().all(|p| p.key.starts_with(b"early-") && p.key != b"early-7"));
@@ -2196,13 +2614,15 @@ mod tests {
         let t = table(&heap, 16);
         let mut s = store(&heap, t, 0);
         let mut registered = 0;
-        while s.register(format!("buyer-{registered}").as_bytes()) == Registration::Registered {
+        while s.register(one(format!("buyer-{registered}").as_bytes()), &Sale::default())
+            == Registration::Registered
+        {
             registered += 1;
         }
         assert!(s.newly_full());
         assert!(registered > 20, "only {registered} registrations fit");
         let mut s = store(&heap, t, 1);
-        let lookup = s.lookup(b"late", &prequeued(None));
+        let lookup = s.lookup(one(b"late"), &prequeued(None));
         let settled = s.take_settled().len();
         assert!(settled > 20 && settled <= registered, "{settled} of {registered} drawn");
         assert_eq!(s.permits(), settled as u64);
@@ -2217,28 +2637,28 @@ mod tests {
         let t = table(&heap, 64);
         let sale = capped(Some(1));
         let mut s = store(&heap, t, 1_000);
-        assert_eq!(RemoteView::new(&mut s, 500).lookup(b"amy", &sale), Lookup::Open);
-        assert!(s.remember(b"amy", seq(41), true));
+        assert_eq!(RemoteView::new(&mut s, 500).lookup(one(b"amy"), &sale), Lookup::Open);
+        assert!(s.remember(one(b"amy"), seq(41), true));
         // Redis decides the cap: one permit here says nothing about it.
-        assert_eq!(RemoteView::new(&mut s, 500).lookup(b"bob", &sale), Lookup::Open);
+        assert_eq!(RemoteView::new(&mut s, 500).lookup(one(b"bob"), &sale), Lookup::Open);
         let mut s = store(&heap, t, 1_499);
         let mut view = RemoteView::new(&mut s, 500);
-        assert_eq!(view.lookup(b"amy", &sale), Lookup::Permitted(seq(41)));
+        assert_eq!(view.lookup(one(b"amy"), &sale), Lookup::Permitted(seq(41)));
         let mut s = store(&heap, t, 1_500);
-        assert_eq!(s.cached(b"amy", 500), Cached::Stale);
-        assert_eq!(RemoteView::new(&mut s, 500).lookup(b"amy", &sale), Lookup::Recheck);
+        assert_eq!(s.cached(one(b"amy"), 500), Cached::Stale);
+        assert_eq!(RemoteView::new(&mut s, 500).lookup(one(b"amy"), &sale), Lookup::Recheck);
         // Heard of again: fresh again, under the number Redis gave, counted as granted once.
-        assert!(s.remember(b"amy", seq(41), false));
-        assert_eq!(s.cached(b"amy", 500), Cached::Fresh(seq(41)));
+        assert!(s.remember(one(b"amy"), seq(41), false));
+        assert_eq!(s.cached(one(b"amy"), 500), Cached::Fresh(seq(41)));
         assert_eq!(s.permits(), 1);
         assert_eq!(s.table().stats.granted.load(Ordering::Relaxed), 1);
-        s.forget(b"amy");
-        assert_eq!(s.cached(b"amy", 500), Cached::Absent);
+        s.forget(one(b"amy"));
+        assert_eq!(s.cached(one(b"amy"), 500), Cached::Absent);
         assert_eq!(s.permits(), 0);
         s.table().link.sold_out(1_500, 500);
-        assert_eq!(RemoteView::new(&mut s, 500).lookup(b"cy", &sale), Lookup::SoldOut);
+        assert_eq!(RemoteView::new(&mut s, 500).lookup(one(b"cy"), &sale), Lookup::SoldOut);
         let mut s = store(&heap, t, 2_000);
-        assert_eq!(RemoteView::new(&mut s, 500).lookup(b"cy", &sale), Lookup::Open);
+        assert_eq!(RemoteView::new(&mut s, 500).lookup(one(b"cy"), &sale), Lookup::Open);
     }
 
     #[test]
@@ -2251,10 +2671,10 @@ mod tests {
         let sale = Sale { queue: Some(queue), ..Sale::default() };
         let mut s = store(&heap, t, 1_000);
         assert_eq!(s.estimate(b"amy", &queue), Estimate::Ask, "never heard of");
-        assert_eq!(RemoteView::new(&mut s, 500).lookup(b"amy", &sale), Lookup::Open);
+        assert_eq!(RemoteView::new(&mut s, 500).lookup(one(b"amy"), &sale), Lookup::Open);
         let heard = s.hear_place(b"amy", 3, 100);
         assert_eq!((heard.ticket, heard.shown), (3, 100));
-        assert_eq!(RemoteView::new(&mut s, 500).lookup(b"amy", &sale), Lookup::InLine);
+        assert_eq!(RemoteView::new(&mut s, 500).lookup(one(b"amy"), &sale), Lookup::InLine);
         let mut s = store(&heap, t, 3_000);
         assert_eq!(
             s.estimate(b"amy", &queue),
@@ -2281,10 +2701,10 @@ mod tests {
         // A registration for the pre-queue is not a place in line.
         s.hear_registered(b"bob");
         let mut view = RemoteView::new(&mut s, 500);
-        assert_eq!(view.lookup(b"bob", &sale), Lookup::Open);
-        assert_eq!(view.register(b"bob"), Registration::Registered);
+        assert_eq!(view.lookup(one(b"bob"), &sale), Lookup::Open);
+        assert_eq!(view.register(one(b"bob"), &Sale::default()), Registration::Registered);
         assert!(!view.registering, "heard of: no round trip");
-        assert_eq!(view.register(b"cy"), Registration::Registered);
+        assert_eq!(view.register(one(b"cy"), &Sale::default()), Registration::Registered);
         assert!(view.registering, "Redis registers cy");
     }
 
@@ -2293,15 +2713,17 @@ mod tests {
         let heap = Heap::new(1 << 20);
         let t = table(&heap, 64);
         let mut s = store(&heap, t, 1_000);
-        assert!(s.remember(b"amy", seq(1), true));
+        assert!(s.remember(one(b"amy"), seq(1), true));
         let copy: Vec<PermitInfo> = (1..=3)
             .map(|n| PermitInfo {
+                item: Vec::new(),
                 key: format!("k{n}").into_bytes(),
                 seq: n + 1,
                 granted_ms: 0,
                 expires_ms: None,
             })
             .chain([PermitInfo {
+                item: Vec::new(),
                 key: b"amy".to_vec(),
                 seq: 1,
                 granted_ms: 0,
@@ -2311,8 +2733,15 @@ mod tests {
         let mut s = store(&heap, t, 2_000);
         assert!(s.remember_all(&copy));
         assert_eq!(s.permits(), 4);
-        assert_eq!(s.cached(b"k2", 500), Cached::Fresh(seq(3)), "heard of now, not when granted");
-        assert_eq!(s.cached(b"amy", 500), Cached::Fresh(Held { seq: 1, expires_ms: Some(9_000) }));
+        assert_eq!(
+            s.cached(one(b"k2"), 500),
+            Cached::Fresh(seq(3)),
+            "heard of now, not when granted"
+        );
+        assert_eq!(
+            s.cached(one(b"amy"), 500),
+            Cached::Fresh(Held { seq: 1, expires_ms: Some(9_000) })
+        );
         assert_eq!(s.table().stats.granted.load(Ordering::Relaxed), 1, "copies are not grants");
     }
 
@@ -2321,12 +2750,12 @@ mod tests {
         let heap = Heap::new(1 << 20);
         let t = table(&heap, 64);
         let mut s = store(&heap, t, 1_000);
-        assert!(s.remember(b"amy", Held { seq: 3, expires_ms: Some(1_200) }, true));
+        assert!(s.remember(one(b"amy"), Held { seq: 3, expires_ms: Some(1_200) }, true));
         assert_eq!(
-            s.cached(b"amy", 10_000),
+            s.cached(one(b"amy"), 10_000),
             Cached::Fresh(Held { seq: 3, expires_ms: Some(1_200) })
         );
         let mut s = store(&heap, t, 1_200);
-        assert_eq!(s.cached(b"amy", 10_000), Cached::Absent, "gone at its expiry");
+        assert_eq!(s.cached(one(b"amy"), 10_000), Cached::Absent, "gone at its expiry");
     }
 }

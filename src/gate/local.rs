@@ -8,20 +8,24 @@ use crate::conf::{LocConf, ZoneRef};
 use crate::ffi::Next;
 use crate::gate::verdict::{conclude, drawer, Gated};
 use crate::http::now_ms;
-use crate::sale::PermitInfo;
-use crate::sale::{decide, Outcome};
+use crate::sale::{decide, Outcome, PermitInfo, PermitKey, Sale};
 use crate::state;
 
 /// Decides a request of a zone kept here: the decision and the admission in one locked step,
 /// the state file, and the conclusion, for a main request in its precontent phase, gated by
-/// `zone`; `key` is its key.
-pub fn gate(req: &mut Request, lcf: &LocConf, zone: ZoneRef, key: &[u8]) -> Next {
+/// `zone`; `key` is its key and item, `sale` its location's sale for it.
+pub fn gate(
+    req: &mut Request,
+    lcf: &LocConf,
+    zone: ZoneRef,
+    key: PermitKey<'_>,
+    sale: Sale,
+) -> Next {
     let now = now_ms();
     let Some(store) = zone.store(now) else {
         return HTTPStatus::INTERNAL_SERVER_ERROR.into();
     };
     let mut store = store.with_ttl(lcf.permit_ttl_ms).with_numbers(zone.numbers());
-    let sale = store.table().overrides.load().apply(lcf.sale());
     let draw = drawer(lcf, store.table().draw_secret(), key, now);
     let mut verdict = decide(&sale, key, now, draw, &mut store);
 
@@ -38,14 +42,15 @@ pub fn gate(req: &mut Request, lcf: &LocConf, zone: ZoneRef, key: &[u8]) -> Next
         for permit in &settled {
             // A winner of the draw whose record the state file cannot take is not one.
             if !zone.journal(|| state::grant(permit), log) {
-                store.undo(&permit.key, permit.seq);
+                store.undo(permit.permit_key(), permit.seq);
             }
         }
     }
     if let (Outcome::Admitted, Some(held)) = (verdict.outcome, verdict.permit) {
         // The record is only built when the zone has a state file.
         let permit = || PermitInfo {
-            key: key.to_vec(),
+            key: key.key.to_vec(),
+            item: key.item.to_vec(),
             seq: held.seq,
             granted_ms: now,
             expires_ms: held.expires_ms,

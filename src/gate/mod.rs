@@ -21,7 +21,8 @@ use ngx::http::{HTTPStatus, HttpModuleMainConf, NgxHttpCoreModule, Request};
 
 use crate::conf::{Gate, LocConf, Verify};
 use crate::ffi::Next;
-use verdict::{recorded, request_key};
+use crate::sale::PermitKey;
+use verdict::{recorded, request_item, request_key, request_sale};
 use verify::verify;
 
 /// Puts the gate into the precontent phase (postconfiguration).
@@ -69,18 +70,22 @@ fn gate(req: &mut Request) -> Next {
     if recorded(req).is_some() {
         return Status::NGX_DECLINED.into();
     }
-    if let Verify::Zone { zone, token } = lcf.verify {
+    if let Verify::Zone { zone, token, item } = lcf.verify {
         // A valid token proves the permit: the gate, if any, is not asked again.
-        return verify(req, lcf, zone, token);
+        return verify(req, lcf, zone, token, item);
     }
     let Gate::Zone(zone) = lcf.gate else {
         return Status::NGX_DECLINED.into();
     };
-    let Some(key) = request_key(req, &zone) else {
+    let (Some(key), Some(item)) = (request_key(req, &zone), request_item(req, lcf)) else {
+        return HTTPStatus::INTERNAL_SERVER_ERROR.into();
+    };
+    let key = PermitKey { key, item };
+    let Some(sale) = request_sale(req, lcf, zone, key) else {
         return HTTPStatus::INTERNAL_SERVER_ERROR.into();
     };
     if zone.redis.is_some() {
-        return redis::gate(req, lcf, zone, key);
+        return redis::gate(req, lcf, zone, key, sale);
     }
-    local::gate(req, lcf, zone, key)
+    local::gate(req, lcf, zone, key, sale)
 }

@@ -13,15 +13,16 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::conf::{Gate, LocConf, ZoneConf, ZoneRef};
 use crate::ffi::Next;
-use crate::gate::verdict::{conclude, drawer, request_key, Gated};
+use crate::gate::verdict::{conclude, drawer, request_item, request_key, request_sale, Gated};
 use crate::health::Change;
 use crate::http::now_ms;
 use crate::line::Estimate;
 use crate::link::AfterReply;
 use crate::offload;
-use crate::remote::{Command, Failure, LineSettings, LineStep, OnError, Reply, Settle};
+use crate::remote::{field, Command, Failure, LineSettings, LineStep, OnError, Reply, Settle};
 use crate::sale::{
-    admitted, draw_step, lined, DrawMode, Outcome, PermitStore, Queue, Queued, Sale, Step, Verdict,
+    admitted, draw_step, lined, DrawMode, Outcome, PermitKey, PermitStore, Queue, Queued, Sale,
+    Step, Verdict,
 };
 use crate::zone::{Cached, RemoteView, Stats, ZoneStore};
 
@@ -32,14 +33,19 @@ fn server_error() -> Next {
 /// Decides a main request in its precontent phase, gated by `zone`, a zone kept in
 /// Redis; `key` is its key. Returns what the phase handler returns (`NGX_AGAIN` while Redis
 /// is asked).
-pub fn gate(req: &mut Request, lcf: &LocConf, zone: ZoneRef, key: &[u8]) -> Next {
+pub fn gate(
+    req: &mut Request,
+    lcf: &LocConf,
+    zone: ZoneRef,
+    key: PermitKey<'_>,
+    sale: Sale,
+) -> Next {
     let now = now_ms();
     let (Some(store), Some(redis)) = (zone.store(now), zone.redis()) else {
         return server_error();
     };
     let cache_ms = redis.settings.cache_ms;
     let mut store = store.with_ttl(lcf.permit_ttl_ms);
-    let sale = store.table().overrides.load().apply(lcf.sale());
     let g = Gated { lcf, zone, key, now, sale };
     let link = &store.table().link;
     if link.claim_overrides(now, cache_ms) {
@@ -90,7 +96,7 @@ pub fn gate(req: &mut Request, lcf: &LocConf, zone: ZoneRef, key: &[u8]) -> Next
             if !store.table().link.may_ask(now) {
                 return conclude(req, &g, Outcome::Unavailable.into());
             }
-            return ask(req, &zone, Command::Register { key: key.to_vec() });
+            return ask(req, &zone, Command::Register { key: field(key) });
         }
         Step::Decided(verdict) => return conclude(req, &g, verdict),
         Step::Recheck => true,
@@ -105,7 +111,7 @@ pub fn gate(req: &mut Request, lcf: &LocConf, zone: ZoneRef, key: &[u8]) -> Next
         return without_redis(req, &g);
     }
     let command = Command::Admit {
-        key: key.to_vec(),
+        key: field(key),
         cap: sale.cap,
         now_ms: now,
         expires_ms: lcf.permit_ttl_ms.map(|ttl| crate::sale::expiry(now, ttl)),
@@ -141,14 +147,14 @@ fn line_step(
         if !link.may_ask_for_permit(g.now, cache_ms) {
             return conclude(req, g, Outcome::SoldOut.into());
         }
-    } else if let Estimate::Queued(waiting) = store.estimate(g.key, &queue) {
+    } else if let Estimate::Queued(waiting) = store.estimate(g.key.key, &queue) {
         return conclude(req, g, lined(Queued::Waiting(waiting)));
     }
     if !store.table().link.may_ask(g.now) {
         return without_redis(req, g);
     }
     let command = Command::Step(Box::new(LineStep {
-        key: g.key.to_vec(),
+        key: field(g.key),
         cap: g.sale.cap,
         now_ms: g.now,
         expires_ms: g.lcf.permit_ttl_ms.map(|ttl| crate::sale::expiry(g.now, ttl)),
@@ -245,8 +251,12 @@ fn decide_with_reply(
     let Gate::Zone(zone) = lcf.gate else {
         return server_error();
     };
-    // The key's variables are cached, so this is the key asked about.
-    let Some(key) = request_key(req, &zone) else {
+    // The key's and the item's variables are cached, so this is the key asked about.
+    let (Some(key), Some(item)) = (request_key(req, &zone), request_item(req, lcf)) else {
+        return server_error();
+    };
+    let key = PermitKey { key, item };
+    let Some(sale) = request_sale(req, lcf, zone, key) else {
         return server_error();
     };
     let now = now_ms();
@@ -256,7 +266,6 @@ fn decide_with_reply(
     let mut store = store.with_ttl(lcf.permit_ttl_ms);
     let (stats, link) = (&store.table().stats, &store.table().link);
     Stats::count(&stats.redis_calls);
-    let sale = store.table().overrides.load().apply(lcf.sale());
     let g = Gated { lcf, zone, key, now, sale };
     let log = req.log();
     let reply = match reply {
@@ -284,13 +293,13 @@ fn decide_with_reply(
             // What the request goes on with depends on what it was waiting for.
             return match command {
                 // Nobody has drawn yet: draw with this host's own secret.
-                Command::DrawSecret { .. } => gate(req, lcf, zone, key),
+                Command::DrawSecret { .. } => gate(req, lcf, zone, key, sale),
                 // Redis had already said SOLD_OUT; only the copy is missing.
                 Command::Permits { .. } => conclude(req, &g, Outcome::SoldOut.into()),
                 // Another request opens the sale here once Redis answers.
                 Command::Open { .. } => {
                     link.opening_done(false);
-                    gate(req, lcf, zone, key)
+                    gate(req, lcf, zone, key, sale)
                 }
                 // Not registered: told so, before the start (no host admits anyone then).
                 Command::Register { .. } => conclude(req, &g, Outcome::Unavailable.into()),
@@ -312,7 +321,7 @@ fn decide_with_reply(
     let after = link.after_reply(reply, now, cache_ms);
     if matches!(command, Command::Step(_)) && !matches!(after, AfterReply::Waiting { .. }) {
         // Out of the line: admitted, holding a permit, or told SOLD_OUT.
-        store.unhear(key);
+        store.unhear(key.key);
     }
     let verdict = match after {
         AfterReply::Pass { outcome, held, new } => {
@@ -323,11 +332,11 @@ fn decide_with_reply(
             let Some(queue) = sale.queue else {
                 return server_error();
             };
-            let heard = store.hear_place(key, ticket, position);
+            let heard = store.hear_place(key.key, ticket, position);
             lined(Queued::Waiting(heard.as_shown(queue.rate)))
         }
         AfterReply::Registered(true) => {
-            store.hear_registered(key);
+            store.hear_registered(key.key);
             Outcome::Prequeued.into()
         }
         // The sale opened in Redis (another host's clock is ahead): not registered.
@@ -336,7 +345,7 @@ fn decide_with_reply(
             // The pre-queue's winners are known here now: none is taken for a new buyer.
             store.remember_all(&permits);
             link.opening_done(true);
-            return gate(req, lcf, zone, key);
+            return gate(req, lcf, zone, key, sale);
         }
         AfterReply::SoldOut { copy } => {
             store.forget(key);
@@ -357,9 +366,9 @@ fn decide_with_reply(
         }
         AfterReply::Revoked => {
             store.forget(key);
-            return gate(req, lcf, zone, key);
+            return gate(req, lcf, zone, key, sale);
         }
-        AfterReply::Again => return gate(req, lcf, zone, key),
+        AfterReply::Again => return gate(req, lcf, zone, key, sale),
         AfterReply::Unexpected => return server_error(),
     };
     conclude(req, &g, verdict)
@@ -378,7 +387,7 @@ fn without_redis(req: &mut Request, g: &Gated<'_>) -> Next {
     let verdict = match store.cached(g.key, i64::MAX) {
         // A winner this host knows of passes, however long ago it heard.
         Cached::Fresh(held) => Verdict::passed(Outcome::Permitted, held),
-        _ => match (g.sale.queue, store.heard(g.key)) {
+        _ => match (g.sale.queue, store.heard(g.key.key)) {
             // A waiter this host knows of keeps the place he was shown: nobody is called
             // while Redis is away.
             (Some(queue), Some(heard)) if heard.in_line() => {
@@ -396,11 +405,11 @@ fn without_redis(req: &mut Request, g: &Gated<'_>) -> Next {
 /// Revokes a permit the backend released (`flash_sale_release_header`) in Redis too. The
 /// response goes on meanwhile: nobody waits for this round trip. False when it could not be
 /// queued.
-pub fn release(zone: &ZoneConf, key: &[u8]) -> bool {
+pub fn release(zone: &ZoneConf, key: PermitKey<'_>) -> bool {
     let Some(redis) = zone.redis() else {
         return true;
     };
-    let command = Command::Revoke { key: key.to_vec() };
+    let command = Command::Revoke { key: field(key) };
     let name = zone.name().to_string();
     offload::post_detached(redis.threads, &redis.settings, name, command, |_, reply| {
         if let Err(error) = reply {

@@ -3,30 +3,34 @@
 
 use core::cell::RefCell;
 use core::ffi::c_void;
+use core::ptr::NonNull;
 use core::sync::atomic::AtomicBool;
 use std::borrow::Cow;
 
 use nginx_sys::{
-    ngx_http_err_page_t, ngx_http_get_flushed_variable, ngx_timeofday, ngx_uint_t, NGX_LOG_WARN,
+    ngx_http_complex_value_t, ngx_http_err_page_t, ngx_http_get_flushed_variable, ngx_timeofday,
+    ngx_uint_t, NGX_LOG_ERR, NGX_LOG_WARN,
 };
 use ngx::core::Status;
 use ngx::http::{HTTPStatus, HttpModuleLocationConf, NgxHttpCoreModule, Request};
 use ngx::{ngx_log_debug_http, ngx_log_error, ngx_string};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
-use crate::conf::{LocConf, ZoneConf, ZoneRef};
+use crate::conf::{LocConf, Stock, ZoneConf, ZoneRef};
 use crate::ffi::Next;
 use crate::http::{accept, add_header, keep, kept, pool_number, send_as, static_str, Body, Kept};
 use crate::page::{self, Figures, Words};
-use crate::sale::{DrawMode, Held, Outcome, Sale, Verdict, Waiting, MAX_KEY_LEN};
+use crate::sale::{
+    DrawMode, Held, Outcome, PermitKey, Sale, Verdict, Waiting, MAX_ITEM_LEN, MAX_KEY_LEN,
+};
 use crate::zone::{keyed_draw, Stats};
 
 /// What every step of a request's decision reads.
 pub struct Gated<'r> {
     pub lcf: &'r LocConf,
     pub zone: ZoneRef,
-    /// The buyer's key, in the request's memory.
-    pub key: &'r [u8],
+    /// The buyer's key and the item, in the request's memory.
+    pub key: PermitKey<'r>,
     pub now: i64,
     /// The location's sale with the zone's overrides applied.
     pub sale: Sale,
@@ -37,7 +41,7 @@ pub struct Gated<'r> {
 pub fn drawer<'a>(
     lcf: &LocConf,
     secret: [u64; 2],
-    key: &'a [u8],
+    key: PermitKey<'a>,
     now: i64,
 ) -> impl FnOnce() -> f64 + 'a {
     let mode = lcf.draw.unwrap_or_default();
@@ -63,8 +67,17 @@ pub fn conclude(req: &mut Request, g: &Gated<'_>, verdict: Verdict) -> Next {
             NGX_LOG_WARN,
             log,
             "flash sale key of {} bytes is longer than {} bytes, refused",
-            key.len(),
+            key.key.len(),
             MAX_KEY_LEN
+        );
+    }
+    if outcome == Outcome::ItemTooLong {
+        ngx_log_error!(
+            NGX_LOG_WARN,
+            log,
+            "flash sale item of {} bytes is longer than {} bytes, refused",
+            key.item.len(),
+            MAX_ITEM_LEN
         );
     }
     ngx_log_debug_http!(req, "flash sale: {} in zone \"{}\"", outcome, zone_name);
@@ -86,8 +99,10 @@ pub fn conclude(req: &mut Request, g: &Gated<'_>, verdict: Verdict) -> Next {
         expires_ms: verdict.permit.and_then(|held| held.expires_ms),
         waiting: verdict.waiting,
         zone,
-        key: key.as_ptr(),
-        key_len: key.len(),
+        key: key.key.as_ptr(),
+        key_len: key.key.len(),
+        item: key.item.as_ptr(),
+        item_len: key.item.len(),
     };
     if record(req, decision).is_none() {
         return HTTPStatus::INTERNAL_SERVER_ERROR.into();
@@ -103,6 +118,57 @@ pub fn conclude(req: &mut Request, g: &Gated<'_>, verdict: Verdict) -> Next {
     }
     let status = outcome.status(lcf.reject_status());
     reject(req, status, &Words::of(outcome), &figures)
+}
+
+/// What `value`, a location's value with variables, evaluates to for this request; `None` on
+/// an error. It lives in the request's memory, as long as the request: not tied to this borrow.
+pub fn evaluate<'r>(
+    req: &mut Request,
+    value: NonNull<ngx_http_complex_value_t>,
+) -> Option<&'r [u8]> {
+    // SAFETY: the complex value was compiled for this configuration, which outlives requests.
+    let value = req.get_complex_value(unsafe { value.as_ref() })?.as_bytes();
+    // SAFETY: the value lives in the request's pool (or is static), as long as the request.
+    Some(unsafe { core::slice::from_raw_parts(value.as_ptr(), value.len()) })
+}
+
+/// The request's item (`flash_sale_item`; empty without it); `None` on an error.
+pub fn request_item<'r>(req: &mut Request, lcf: &LocConf) -> Option<&'r [u8]> {
+    match lcf.item {
+        Some(value) => evaluate(req, value),
+        None => Some(&[]),
+    }
+}
+
+/// The location's sale for this request, with the zone's overrides applied: the cap read from
+/// its variables (`flash_sale_max_permits $stock`); `None`, logged, when they are not a whole
+/// number (a `map` without the item and without a default): the request is refused rather
+/// than sold without a cap, or with a cap of 0.
+pub fn request_sale(
+    req: &mut Request,
+    lcf: &LocConf,
+    zone: ZoneRef,
+    key: PermitKey<'_>,
+) -> Option<Sale> {
+    let mut sale = lcf.sale();
+    if let Some(Stock::Variable(value)) = lcf.max_permits {
+        let text = evaluate(req, value)?;
+        let cap = core::str::from_utf8(text).ok().and_then(crate::parse::cap);
+        let Some(cap) = cap else {
+            ngx_log_error!(
+                NGX_LOG_ERR,
+                req.log(),
+                "\"flash_sale_max_permits\" is \"{}\" for item \"{}\" in zone \"{}\", not a whole \
+                 number of permits; the request is refused",
+                String::from_utf8_lossy(text),
+                String::from_utf8_lossy(key.item),
+                zone.name()
+            );
+            return None;
+        };
+        sale.cap = Some(cap);
+    }
+    Some(zone.table_ref().map_or(sale, |table| table.overrides.load().apply(sale)))
 }
 
 /// The buyer's key: the zone's key expression evaluated for this request; `None` on an error.
@@ -154,16 +220,18 @@ pub struct Decision {
     pub expires_ms: Option<i64>,
     /// For QUEUED: the place in line and the wait.
     pub waiting: Option<Waiting>,
-    /// The zone that decided, and the key, which lives in the request's memory as long as the
-    /// request (for `flash_sale_release_header`).
+    /// The zone that decided, and the key and item, which live in the request's memory as
+    /// long as the request (for `flash_sale_release_header` and `$flash_sale_token`).
     pub zone: ZoneRef,
     key: *const u8,
     key_len: usize,
+    item: *const u8,
+    item_len: usize,
 }
 
 impl Decision {
     /// A passing decision for `key` (which lives in the request's memory) with its permit.
-    pub fn passed(outcome: Outcome, held: Held, zone: ZoneRef, key: &[u8]) -> Decision {
+    pub fn passed(outcome: Outcome, held: Held, zone: ZoneRef, key: PermitKey<'_>) -> Decision {
         Decision {
             outcome,
             dry_run: false,
@@ -171,18 +239,25 @@ impl Decision {
             expires_ms: held.expires_ms,
             waiting: None,
             zone,
-            key: key.as_ptr(),
-            key_len: key.len(),
+            key: key.key.as_ptr(),
+            key_len: key.key.len(),
+            item: key.item.as_ptr(),
+            item_len: key.item.len(),
         }
     }
 
-    /// The key the request was decided with.
+    /// The key and item the request was decided with.
     ///
     /// # Safety
     /// The request the decision belongs to is live.
-    pub unsafe fn key(&self) -> &[u8] {
-        // SAFETY: the key's memory belongs to the request (see the field).
-        unsafe { core::slice::from_raw_parts(self.key, self.key_len) }
+    pub unsafe fn key(&self) -> PermitKey<'_> {
+        // SAFETY: the key's and the item's memory belong to the request (see the field).
+        unsafe {
+            PermitKey {
+                key: core::slice::from_raw_parts(self.key, self.key_len),
+                item: core::slice::from_raw_parts(self.item, self.item_len),
+            }
+        }
     }
 }
 

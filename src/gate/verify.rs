@@ -9,10 +9,10 @@ use ngx::ngx_log_error;
 
 use crate::conf::{LocConf, ZoneRef};
 use crate::ffi::Next;
-use crate::gate::verdict::{record, reject, request_key, Decision};
+use crate::gate::verdict::{evaluate, record, reject, request_key, Decision};
 use crate::http::now_ms;
 use crate::page::Figures;
-use crate::sale::{Held, Outcome};
+use crate::sale::{Held, Outcome, PermitKey};
 use crate::token;
 use crate::zone::Stats;
 
@@ -24,15 +24,22 @@ pub fn verify(
     lcf: &LocConf,
     zone: ZoneRef,
     token: Option<NonNull<ngx_http_complex_value_t>>,
+    item: Option<NonNull<ngx_http_complex_value_t>>,
 ) -> Next {
     let server_error = || HTTPStatus::INTERNAL_SERVER_ERROR.into();
     let Some(key) = request_key(req, &zone) else {
         return server_error();
     };
+    let item = match item {
+        Some(value) => match evaluate(req, value) {
+            Some(item) => Some(item),
+            None => return server_error(),
+        },
+        None => None,
+    };
     let token = match token {
-        // SAFETY: the complex value was compiled by `flash_sale_verify` for this location.
-        Some(value) => match req.get_complex_value(unsafe { value.as_ref() }) {
-            Some(value) => value.as_bytes(),
+        Some(value) => match evaluate(req, value) {
+            Some(value) => value,
             None => return server_error(),
         },
         None => bearer_token(req),
@@ -43,7 +50,7 @@ pub fn verify(
     };
     let zone_name = zone.name();
     let name = zone_name.to_str().unwrap_or_default();
-    let checked = token::verify(secret.as_bytes(), token, name, key, now_ms());
+    let checked = token::verify(secret.as_bytes(), token, name, key, item, now_ms());
     if let Some(table) = zone.table_ref() {
         let stats = &table.stats;
         Stats::count(if checked.is_ok() { &stats.tokens_valid } else { &stats.tokens_refused });
@@ -51,6 +58,7 @@ pub fn verify(
     let refusal = match checked {
         Ok((seq, expires_ms)) => {
             let held = Held { seq, expires_ms };
+            let key = PermitKey { key, item: item.unwrap_or_default() };
             let decision = Decision::passed(Outcome::Permitted, held, zone, key);
             return match record(req, decision) {
                 Some(()) => Status::NGX_DECLINED.into(),
