@@ -108,6 +108,8 @@ http {{
     flash_sale_zone $arg_user zone=winners:4m;
     flash_sale_zone $arg_user zone=many:32m;
     flash_sale_zone $arg_user zone=line:32m;
+    flash_sale_zone $arg_user zone=items:4m;
+    map $arg_sku $stock {{ sold {SOLD_OUT_CAP}; open 1000000; default 0; }}
 {rush_zones}{admit_zones}
     limit_req_zone $arg_user zone=perbuyer:64m rate=1r/m;
     limit_req_zone $arg_user zone=perbuyer_fast:16m rate=100000r/s;
@@ -122,6 +124,25 @@ http {{
         }}
         location /soldout {{
             flash_sale zone=soldout;
+            flash_sale_max_permits {SOLD_OUT_CAP};
+            {PROXY}
+        }}
+        # 1b. an item sold out, beside another that sells
+        location /items/fill {{
+            flash_sale zone=items;
+            flash_sale_item $arg_sku;
+            {PROXY}
+        }}
+        location /items {{
+            flash_sale zone=items;
+            flash_sale_item $arg_sku;
+            flash_sale_max_permits $stock;
+            flash_sale_max_per_buyer 1;
+            {PROXY}
+        }}
+        location /items/fixed {{
+            flash_sale zone=items;
+            flash_sale_item $arg_sku;
             flash_sale_max_permits {SOLD_OUT_CAP};
             {PROXY}
         }}
@@ -298,7 +319,8 @@ def visit(port, path, ids, prefix="buyer-"):
     conn = http.client.HTTPConnection("127.0.0.1", port)
     statuses = {}
     for i in ids:
-        conn.request("GET", f"{path}?user={prefix}{i}")
+        separator = "&" if "?" in path else "?"
+        conn.request("GET", f"{path}{separator}user={prefix}{i}")
         res = conn.getresponse()
         res.read()
         statuses[res.status] = statuses.get(res.status, 0) + 1
@@ -417,6 +439,7 @@ def instructions():
     out = nginx.dir / "callgrind.out"
     nginx.start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p"])
     prime_gate_only = [("/soldout/fill", range(1, SOLD_OUT_CAP + 1), "early-"),
+                       ("/items/fill?sku=sold", range(1, SOLD_OUT_CAP + 1), "early-"),
                        ("/winners", range(1, 1001), "buyer-"),
                        ("/queued", range(1, 1001), "buyer-")]
     for path, ids, prefix in prime_gate_only:
@@ -425,6 +448,12 @@ def instructions():
     counts = {}
     for name, path, ids in [("sold out, baseline", "/reject", range(10**6, 10**6 + n)),
                             ("sold out, module", "/soldout", range(10**6, 10**6 + n)),
+                            # The same request line as the items' (a longer one, with one
+                            # more argument to find), answered by `return`.
+                            ("sold-out item, baseline", "/reject?sku=sold", range(10**6, 10**6 + n)),
+                            ("sold-out item, module", "/items?sku=sold", range(10**6, 10**6 + n)),
+                            ("sold-out item, fixed cap", "/items/fixed?sku=sold",
+                             range(10**6, 10**6 + n)),
                             ("returning winners, baseline", "/pass", range(1, n + 1)),
                             ("returning winners, module", "/winners", [i % 1000 + 1 for i in range(n)]),
                             ("queued, baseline", "/reject", range(10**6, 10**6 + n)),

@@ -32,9 +32,8 @@ use crate::zone::{bucket_count, PermitTable, Stats, ZoneStore};
 
 /// One `flash_sale_zone`: the buyer identity and the shared zone holding the permits.
 pub struct ZoneConf {
-    pub key: ngx_http_complex_value_t,
-    /// The variable's index when the key is one variable alone: read without the script engine.
-    pub key_var: Option<ngx_uint_t>,
+    /// The key expression.
+    pub key: Value,
     /// The largest cap a location puts on this zone, for the metrics.
     pub largest_cap: Option<u64>,
     /// A location puts a line (`flash_sale_queue`) on this zone: the metrics show it.
@@ -148,8 +147,9 @@ impl ZoneConf {
         let name = self.name().to_string();
         let now = crate::http::now_ms();
         let held = self.store(now).map(|mut store| store.snapshot().1).unwrap_or_default();
-        let rewritten = file
-            .rewrite(&name, self.key.value.as_bytes(), now, &held, |_| table.stats.named_values());
+        let rewritten = file.rewrite(&name, self.key.source().as_bytes(), now, &held, |_| {
+            table.stats.named_values()
+        });
         if let Ok(rewritten) = &rewritten {
             report_rewrite(&name, file, rewritten, log);
             // Every file nginx wrote holds a snapshot: one without was made anew by another.
@@ -291,9 +291,9 @@ pub enum Verify {
     Off,
     Zone {
         zone: ZoneRef,
-        token: Option<NonNull<ngx_http_complex_value_t>>,
+        token: Option<Value>,
         /// `item=VALUE`: the item the token must name.
-        item: Option<NonNull<ngx_http_complex_value_t>>,
+        item: Option<Value>,
     },
 }
 
@@ -302,7 +302,7 @@ pub enum Verify {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stock {
     Fixed(u64),
-    Variable(NonNull<ngx_http_complex_value_t>),
+    Variable(Value),
 }
 
 impl Stock {
@@ -324,7 +324,7 @@ pub struct LocConf {
     pub block_ratio: Option<BlockRatio>,
     pub max_permits: Option<Stock>,
     /// `flash_sale_item`: which item a request is for.
-    pub item: Option<NonNull<ngx_http_complex_value_t>>,
+    pub item: Option<Value>,
     pub max_per_buyer: Option<u64>,
     pub reject_status: Option<u16>,
     pub permit_ttl_ms: Option<i64>,
@@ -528,7 +528,7 @@ fn max_permits(d: &mut Directive<'_>, lcf: &mut LocConf) -> ConfResult {
         if lcf.max_permits.is_some() {
             return Err(DUPLICATE);
         }
-        lcf.max_permits = Some(Stock::Variable(complex_value(d, value).ok_or(ConfError::Logged)?));
+        lcf.max_permits = Some(Stock::Variable(self::value(d, value)?));
         return Ok(());
     }
     let fixed = |s: &str| parse::cap(s).map(Stock::Fixed);
@@ -558,7 +558,7 @@ fn item(d: &mut Directive<'_>, lcf: &mut LocConf) -> ConfResult {
             d.args()[0]
         )));
     }
-    lcf.item = Some(complex_value(d, value).ok_or(ConfError::Logged)?);
+    lcf.item = Some(self::value(d, value)?);
     Ok(())
 }
 field_directive!(
@@ -687,6 +687,41 @@ fn zone_parameter(d: &mut Directive<'_>, value: &ngx_str_t) -> Result<ZoneRef, C
     Ok(unsafe { ZoneRef::new(data) })
 }
 
+/// A value with variables, compiled once into the cycle's pool; a lone variable (`$arg_sku`)
+/// is also known by its index, so that a request reads it without the complex value's
+/// machinery (see `gate::verdict::evaluate`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Value {
+    pub complex: NonNull<ngx_http_complex_value_t>,
+    pub variable: Option<ngx_uint_t>,
+}
+
+impl Value {
+    /// The value as the configuration wrote it.
+    pub fn source(&self) -> &ngx_str_t {
+        // SAFETY: compiled in the cycle's pool, which outlives every reader of the configuration.
+        unsafe { &self.complex.as_ref().value }
+    }
+}
+
+/// Compiles `source` (a directive's argument, in the cycle's pool) into a [`Value`].
+fn value(d: &mut Directive<'_>, source: ngx_str_t) -> Result<Value, ConfError> {
+    let complex = complex_value(d, source).ok_or(ConfError::Logged)?;
+    let variable = match parse::lone_variable(text(&source)) {
+        Some(var) => {
+            let mut var = ngx_str_t { data: var.as_ptr().cast_mut(), len: var.len() };
+            // SAFETY: `cf` is valid during parsing; nginx copies the name.
+            let index = unsafe { ngx_http_get_variable_index(d.conf(), &mut var) };
+            if index == NGX_ERROR as ngx_int_t {
+                return Err(ConfError::Logged);
+            }
+            Some(index as ngx_uint_t)
+        }
+        None => None,
+    };
+    Ok(Value { complex, variable })
+}
+
 /// Compiles a value with variables into the cycle's pool.
 fn complex_value(
     d: &mut Directive<'_>,
@@ -771,7 +806,7 @@ fn verify(d: &mut Directive<'_>, lcf: &mut LocConf) -> ConfResult {
         if source.is_empty() {
             return Err(d.emerg(format_args!("invalid parameter \"{}\"", arg)));
         }
-        *slot = Some(complex_value(d, source).ok_or(ConfError::Logged)?);
+        *slot = Some(value(d, source)?);
     }
     lcf.verify = Verify::Zone { zone, token, item };
     Ok(())
@@ -896,9 +931,7 @@ fn declare_zone(d: &mut Directive<'_>, main: &mut MainConf) -> ConfResult {
         Some(arg) => Some(open_state(d, main, arg, &name, &args[1])?),
     };
 
-    let key = complex_value(d, args[1]).ok_or(ConfError::Logged)?;
-    // SAFETY: a compiled complex value is plain data; the copy points to the same program.
-    let key = unsafe { key.as_ptr().read() };
+    let key = value(d, args[1])?;
 
     // SAFETY: `cf` is valid during parsing; the module's address is its shared-memory tag.
     let shm_zone = unsafe { ngx_shared_memory_add(d.conf(), &mut name, size, module_tag()) };
@@ -909,21 +942,8 @@ fn declare_zone(d: &mut Directive<'_>, main: &mut MainConf) -> ConfResult {
         let directive = d.name();
         return Err(d.emerg(format_args!("{} \"{}\" is already declared", directive, name)));
     }
-    let key_var = match parse::lone_variable(text(&args[1])) {
-        Some(var) => {
-            let mut var = ngx_str_t { data: var.as_ptr().cast_mut(), len: var.len() };
-            // SAFETY: `cf` is valid during parsing; nginx copies the name.
-            let index = unsafe { ngx_http_get_variable_index(d.conf(), &mut var) };
-            if index == NGX_ERROR as ngx_int_t {
-                return Err(ConfError::Logged);
-            }
-            Some(index as ngx_uint_t)
-        }
-        None => None,
-    };
     let zone_conf = d.pool().allocate(ZoneConf {
         key,
-        key_var,
         largest_cap: None,
         lined: false,
         lined_per_request: false,
@@ -957,7 +977,7 @@ fn init_table(zone: &ngx_shm_zone_t, conf: &mut ZoneConf, reused: bool) -> Resul
     let Some(mut pool) = conf.slab() else {
         return Err(());
     };
-    let key_spec = conf.key.value.as_bytes();
+    let key_spec = conf.key.source().as_bytes();
 
     if reused {
         // Same name and size as before the reload: the memory, and the table in it, stayed.
@@ -982,7 +1002,7 @@ fn init_table(zone: &ngx_shm_zone_t, conf: &mut ZoneConf, reused: bool) -> Resul
                 log,
                 "flash_sale_zone \"{}\" uses the \"{}\" key while previously it used the \"{}\" key",
                 name,
-                conf.key.value,
+                *conf.key.source(),
                 String::from_utf8_lossy(existing.key_spec())
             );
             return Err(());

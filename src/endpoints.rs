@@ -340,7 +340,7 @@ fn request_route(req: &Request, method: &Method) -> Result<Route, ApiError> {
 
 /// How a zone's keys are shown in the API.
 fn key_kind(zone: &ZoneConf) -> api::KeyKind {
-    api::KeyKind::of(zone.key.value.as_bytes())
+    api::KeyKind::of(zone.key.source().as_bytes())
 }
 
 /// The request's path below the API's location, still percent-encoded (keys may hold `/`).
@@ -595,7 +595,7 @@ fn zone_json(zone: ZoneRef) -> Option<Value> {
         .collect();
     Some(json!({
         "name": m.name,
-        "key": zone.key.value.to_string(),
+        "key": zone.key.source().to_string(),
         "permits": m.permits,
         "prequeued": m.prequeued,
         "max_permits": m.max_permits,

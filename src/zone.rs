@@ -650,14 +650,19 @@ impl PermitTable {
     /// The count `item` is capped on, and its cap: the item's own count and the stock the
     /// admin API set for it, else the `configured` cap; in a zone that sells one item, the
     /// zone's count and the configured cap.
-    fn count_and_cap(&self, item: &[u8], configured: Cap) -> (u64, Cap) {
+    /// With `remember`, the item (if the zone has it) keeps `configured` as its stock, in the
+    /// same look: one hash of the item is a sold-out request's whole cost for it.
+    fn count_and_cap(&mut self, item: &[u8], configured: Cap, remember: bool) -> (u64, Cap) {
         if item.is_empty() {
             return (self.permits, configured);
         }
         match self.item(item) {
             Some(found) => {
                 // SAFETY: a live item of this table; the lock is held.
-                let found = unsafe { found.as_ref() };
+                let found = unsafe { &mut *found.as_ptr() };
+                if remember {
+                    found.stock = configured.unwrap_or(NO_STOCK);
+                }
                 (found.permits, stock(found.max_permits).or(configured))
             }
             None => (0, configured),
@@ -1013,7 +1018,7 @@ impl PermitTable {
                         false => self.item(&p.item).map(item_info).and_then(|i| i.stock),
                     };
                     // Permits held already (an operator's grants) count against the cap.
-                    let (count, cap) = self.count_and_cap(&p.item, configured);
+                    let (count, cap) = self.count_and_cap(&p.item, configured, false);
                     let hash = self.hash(&p.key);
                     let held = self.items_held(hash, &p.key);
                     let room = cap.map(|cap| cap.saturating_sub(count));
@@ -1180,8 +1185,7 @@ impl PermitTable {
         if let Some(permit) = self.find(hash, key) {
             return Some(Admission::Permitted(held(permit)));
         }
-        self.remember_stock(key.item, sale.cap);
-        let (count, cap) = self.count_and_cap(key.item, sale.cap);
+        let (count, cap) = self.count_and_cap(key.item, sale.cap, true);
         if cap.is_some_and(|cap| count >= cap) {
             return Some(Admission::SoldOut);
         }
@@ -2757,5 +2761,112 @@ mod tests {
         );
         let mut s = store(&heap, t, 1_200);
         assert_eq!(s.cached(one(b"amy"), 10_000), Cached::Absent, "gone at its expiry");
+    }
+
+    fn of<'a>(key: &'a [u8], item: &'a [u8]) -> PermitKey<'a> {
+        PermitKey { key, item }
+    }
+
+    #[test]
+    fn each_item_has_its_cap_and_a_sold_out_item_leaves_the_others_alone() {
+        let heap = Heap::new(1 << 20);
+        let t = table(&heap, 64);
+        let mut s = store(&heap, t, 0);
+        let two = Sale { itemized: true, ..capped(Some(2)) };
+        assert_eq!(s.admit(of(b"amy", b"red"), &two), Admission::Admitted(seq(1)));
+        assert_eq!(s.admit(of(b"bob", b"red"), &two), Admission::Admitted(seq(2)));
+        assert_eq!(s.admit(of(b"cy", b"red"), &two), Admission::SoldOut);
+        assert_eq!(s.lookup(of(b"cy", b"red"), &two), Lookup::SoldOut);
+        assert_eq!(s.admit(of(b"cy", b"blue"), &two), Admission::Admitted(seq(3)));
+        // Lucky once, lucky always, per item: amy holds red, not blue.
+        assert_eq!(s.admit(of(b"amy", b"red"), &two), Admission::Permitted(seq(1)));
+        assert_eq!(s.lookup(of(b"amy", b"blue"), &two), Lookup::Open);
+        // A key and an item that read alike as bytes are another permit.
+        assert_eq!(s.lookup(of(b"amyr", b"ed"), &two), Lookup::Open);
+        let red = s.item(b"red").unwrap();
+        assert_eq!((red.permits, red.stock, red.left()), (2, Some(2), Some(0)));
+        assert_eq!(s.permits(), 3);
+        // A revocation frees the item's slot; an item without permits leaves the table.
+        assert!(s.revoke_numbered(of(b"cy", b"blue"), 3));
+        assert_eq!(s.item(b"blue"), None);
+        assert!(s.revoke_numbered(of(b"bob", b"red"), 2));
+        assert_eq!(s.admit(of(b"cy", b"red"), &two), Admission::Admitted(seq(4)));
+        let listed: Vec<Vec<u8>> = s.items(0, 10).into_iter().map(|i| i.item).collect();
+        assert_eq!(listed, [b"red".to_vec()]);
+    }
+
+    #[test]
+    fn a_buyer_holds_no_more_items_than_his_limit() {
+        let heap = Heap::new(1 << 20);
+        let t = table(&heap, 16);
+        let mut s = store(&heap, t, 0);
+        let one_each = Sale { itemized: true, max_per_buyer: Some(2), ..capped(Some(10)) };
+        assert_eq!(s.admit(of(b"amy", b"38"), &one_each), Admission::Admitted(seq(1)));
+        assert_eq!(s.admit(of(b"amy", b"39"), &one_each), Admission::Admitted(seq(2)));
+        assert_eq!(s.admit(of(b"amy", b"40"), &one_each), Admission::LimitReached);
+        assert_eq!(s.lookup(of(b"amy", b"40"), &one_each), Lookup::LimitReached);
+        // What he holds still passes; others are not limited by him.
+        assert_eq!(s.admit(of(b"amy", b"39"), &one_each), Admission::Permitted(seq(2)));
+        assert_eq!(s.admit(of(b"bob", b"40"), &one_each), Admission::Admitted(seq(3)));
+        // A permit that goes gives his room back.
+        assert!(s.revoke_numbered(of(b"amy", b"38"), 1));
+        assert_eq!(s.admit(of(b"amy", b"40"), &one_each), Admission::Admitted(seq(4)));
+    }
+
+    #[test]
+    fn an_items_stock_set_through_the_api_wins_until_set_back() {
+        let heap = Heap::new(1 << 20);
+        let t = table(&heap, 16);
+        let mut s = store(&heap, t, 0);
+        let three = Sale { itemized: true, ..capped(Some(3)) };
+        assert_eq!(s.set_item_stock(b"red", Some(1)).unwrap().max_permits, Some(1));
+        assert_eq!(s.admit(of(b"amy", b"red"), &three), Admission::Admitted(seq(1)));
+        assert_eq!(s.admit(of(b"bob", b"red"), &three), Admission::SoldOut);
+        let raised = s.set_item_stock(b"red", Some(2)).unwrap();
+        assert_eq!((raised.cap(), raised.left()), (Some(2), Some(1)));
+        assert_eq!(s.admit(of(b"bob", b"red"), &three), Admission::Admitted(seq(2)));
+        s.set_item_stock(b"red", None);
+        assert_eq!(s.item(b"red").unwrap().cap(), Some(3), "the configuration's again");
+        // An override of an item nobody holds keeps it listed; set back, it goes.
+        s.set_item_stock(b"blue", Some(0));
+        assert_eq!(s.admit(of(b"amy", b"blue"), &three), Admission::SoldOut);
+        assert_eq!(s.items(0, 10).len(), 2);
+        s.set_item_stock(b"blue", None);
+        assert_eq!(s.item(b"blue"), None);
+    }
+
+    #[test]
+    fn the_prequeue_draws_each_items_stock_among_its_registered_buyers() {
+        let heap = Heap::new(1 << 20);
+        let t = table(&heap, 64);
+        let before = Sale {
+            window: crate::sale::Window { start_ms: Some(10_000), end_ms: None },
+            prequeue_ms: Some(5_000),
+            itemized: true,
+            max_per_buyer: Some(1),
+            ..Sale::default()
+        };
+        let mut s = store(&heap, t, 6_000);
+        for i in 0..40 {
+            let key = format!("b{i}");
+            let stock = |cap| Sale { cap: Some(cap), ..before };
+            assert_eq!(s.register(of(key.as_bytes(), b"red"), &stock(3)), Registration::Registered);
+            if i % 2 == 0 {
+                s.register(of(key.as_bytes(), b"blue"), &stock(5));
+            }
+        }
+        assert_eq!(s.item(b"red").unwrap().registered, 40);
+        let mut s = store(&heap, t, 10_000);
+        // The first step after the start draws; its own request's cap is another item's.
+        let open = Sale { cap: Some(100), ..before };
+        assert_eq!(s.lookup(of(b"late", b"green"), &open), Lookup::Open);
+        let winners = s.take_settled();
+        let count = |item: &[u8]| winners.iter().filter(|p| p.item == item).count();
+        assert_eq!((count(b"red"), count(b"blue")), (3, 5));
+        let mut buyers: Vec<&[u8]> = winners.iter().map(|p| &p.key[..]).collect();
+        buyers.sort_unstable();
+        buyers.dedup();
+        assert_eq!(buyers.len(), 8, "nobody won two items");
+        assert_eq!(s.item(b"red").unwrap().registered, 0);
     }
 }

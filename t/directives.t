@@ -139,7 +139,7 @@ qr/invalid value "forty%" in "flash_sale_block_ratio" directive/
     }
 --- must_die
 --- error_log eval
-qr/invalid value "-1" in "flash_sale_max_permits" directive, expected a whole number of permits, 0 or more in \S+nginx\.conf:\d+/
+qr/invalid value "-1" in "flash_sale_max_permits" directive, expected a whole number of permits, 0 or more, or a value with variables in \S+nginx\.conf:\d+/
 
 === TEST 11: a cap that is not a number
 --- http_config
@@ -690,3 +690,89 @@ symlink '/etc/hostname', "$Test::Nginx::Util::ServRoot/logs/sale.state.lock" or 
 --- must_die
 --- error_log eval
 qr/cannot open "state=logs\/sale\.state": \S+\/logs\/sale\.state\.lock: Too many levels of symbolic links .*in \S+nginx\.conf:\d+/
+
+
+
+=== TEST 53: items: every directive of a drop of many items passes
+--- user_files
+>>> token.key
+0123456789abcdef0123456789abcdef
+--- http_config
+    map $arg_sku $stock { red-42 10; default 0; }
+    flash_sale_zone $arg_user zone=drop:1m;
+--- config
+    flash_sale_token_secret ../html/token.key;
+    location /drop {
+        flash_sale zone=drop;
+        flash_sale_item $arg_sku;
+        flash_sale_max_permits $stock;
+        flash_sale_max_per_buyer 1;
+        return 200 "drop\n";
+    }
+    location /checkout {
+        flash_sale_verify zone=drop token=$cookie_permit item=$arg_sku;
+        return 200 "checkout\n";
+    }
+--- request
+GET /drop
+--- response_body
+drop
+
+
+
+=== TEST 54: a limit of no items, or not a number
+--- http_config
+    flash_sale_zone $arg_user zone=drop:1m;
+--- config
+    location /drop { flash_sale zone=drop; flash_sale_max_per_buyer 0; return 200; }
+--- must_die
+--- error_log eval
+qr/invalid value "0" in "flash_sale_max_per_buyer" directive, expected a whole number of items, 1 or more in \S+nginx\.conf:\d+/
+
+
+
+=== TEST 55: an empty item
+--- http_config
+    flash_sale_zone $arg_user zone=drop:1m;
+--- config
+    location /drop { flash_sale zone=drop; flash_sale_item ""; return 200; }
+--- must_die
+--- error_log eval
+qr/invalid value "" in "flash_sale_item" directive, expected an item, such as \$arg_sku in \S+nginx\.conf:\d+/
+
+
+
+=== TEST 56: an item given twice
+--- http_config
+    flash_sale_zone $arg_user zone=drop:1m;
+--- config
+    location /drop { flash_sale zone=drop; flash_sale_item $arg_a; flash_sale_item $arg_b; return 200; }
+--- must_die
+--- error_log eval
+qr/"flash_sale_item" directive is duplicate in \S+nginx\.conf:\d+/
+
+
+
+=== TEST 57: flash_sale_verify with an empty item=
+--- user_files
+>>> token.key
+0123456789abcdef0123456789abcdef
+--- http_config
+    flash_sale_zone $arg_user zone=drop:1m;
+--- config
+    flash_sale_token_secret ../html/token.key;
+    location /checkout { flash_sale_verify zone=drop item= ; return 200; }
+--- must_die
+--- error_log eval
+qr/invalid parameter "item=" in \S+nginx\.conf:\d+/
+
+
+
+=== TEST 58: a stock with a variable given twice
+--- http_config
+    flash_sale_zone $arg_user zone=drop:1m;
+--- config
+    location /drop { flash_sale zone=drop; flash_sale_max_permits $arg_a; flash_sale_max_permits 3; return 200; }
+--- must_die
+--- error_log eval
+qr/"flash_sale_max_permits" directive is duplicate in \S+nginx\.conf:\d+/

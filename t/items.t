@@ -5,14 +5,21 @@
 # - one per buyer (`flash_sale_max_per_buyer 1`): buyers racing for several items at once, on
 #   both workers, get one each and LIMIT_REACHED for the rest; 2 per buyer likewise;
 # - the token names the item, and a checkout that requires it refuses another item's;
-# - an empty item is NO_ITEM; a stock that is not a number is refused (500) and logged.
+# - an empty item is NO_ITEM; a stock that is not a number is refused (500) and logged;
+# - per item too: the pre-queue's draw at the start (each item's stock to its registered
+#   buyers, nobody past his limit), the line (one per sale), the TTL, the backend's release,
+#   dry run, and the state file across a restart and a SIGKILL.
 #
 # This file drives nginx itself, with the helpers in t/lib/FlashSale/Crowd.pm.
 
 use strict;
 use warnings;
 use Test::More;
-use FlashSale::Crowd qw(start_nginx stop_nginx crowd crowd_port fetch error_log);
+use Cwd qw(cwd);
+use File::Path qw(make_path remove_tree);
+use POSIX qw(strftime);
+use Time::HiRes qw(sleep time);
+use FlashSale::Crowd qw(start_nginx stop_nginx crowd crowd_port fetch error_log kill_nginx);
 
 my $port = crowd_port();
 
@@ -88,7 +95,11 @@ for my $round (1 .. 5) {
     is(scalar @exact, 10, "round $round: each of the ten items sold exactly its stock")
         or diag explain { map { $_ => $by->{$_}{ADMITTED} // 0 } sort keys %$by };
     is(($by->{'item-0'}{SOLD_OUT} // 0), 500, "round $round: the sold-out item turned all away");
-    ok(($by->{'item-9'}{BLOCKED} // 0) > 0, "round $round: the draw ran per item");
+    # The draw comes after the cap: only the first ~11 buyers of each item draw (about 11
+    # blocked in all); none blocked would mean nobody drew.
+    my $blocked = 0;
+    $blocked += $by->{$_}{BLOCKED} // 0 for keys %$by;
+    ok($blocked > 0, "round $round: the draw turned some away ($blocked)");
     my %workers = map { $_->{worker} => 1 } @first;
     is(scalar keys %workers, 2, "round $round: both workers decided");
     my %winner = map { $_->{path} => $_->{seq} } grep { $_->{sale} eq 'ADMITTED' } @first;
@@ -162,5 +173,164 @@ is(fetch('/drop?user=amy&sku=bad-stock')->{status}, 500, 'a stock that is not a 
 like(error_log(), qr/"flash_sale_max_permits" is "lots" for item "bad-stock" in zone "drop", not a whole number of permits/,
      'and the error log says why');
 stop_nginx();
+
+# A sale of three items with the operational settings, each turned on by an option.
+sub ops_config {
+    my (%o) = @_;
+    my $settings = join "\n", map { "            $_;" } @{ $o{settings} // [] };
+    my $state = $o{state} ? " state=$o{state}" : '';
+    return <<"HTTP";
+    map \$arg_sku \$stock { a 2; b 3; c 1; default 0; }
+    flash_sale_zone \$arg_user zone=ops:1m$state;
+    server {
+        listen 127.0.0.1:$port;
+        keepalive_requests 100000;
+        add_header X-Sale \$flash_sale_status always;
+        add_header X-Worker \$pid always;
+        add_header X-Seq \$flash_sale_seq always;
+        add_header X-Position \$flash_sale_position always;
+        location /drop {
+            flash_sale zone=ops;
+            flash_sale_item \$arg_sku;
+            flash_sale_max_permits \$stock;
+            flash_sale_max_per_buyer 1;
+            flash_sale_release_header X-Flash-Sale-Release;
+$settings
+            proxy_pass http://127.0.0.1:$port/backend/\$arg_pay;
+        }
+        location /backend/ { return 200 "ok\\n"; }
+        location /backend/failed {
+            add_header X-Flash-Sale-Release "payment failed" always;
+            return 402 "payment failed\\n";
+        }
+    }
+HTTP
+}
+
+sub admitted_by_item {
+    my %by;
+    for my $r (grep { $_->{sale} eq 'ADMITTED' || $_->{sale} eq 'PERMITTED' } @_) {
+        my ($sku) = $r->{path} =~ /sku=(\w+)/;
+        my ($user) = $r->{path} =~ /user=([^&]+)/;
+        $by{$sku}{$user} = 1;
+    }
+    return { map { $_ => scalar keys %{ $by{$_} } } keys %by };
+}
+
+sub at { strftime('%Y-%m-%dT%H:%M:%SZ', gmtime($_[0])) }
+
+# The pre-queue per item: 90 buyers register, 30 per item, 15 of them for two items; at the
+# start each item's stock goes to its registered buyers, and nobody holds two.
+{
+    my $start = int(time) + 4;
+    start_nginx(workers => 2, http => ops_config(settings => [
+        'flash_sale_start ' . at($start), 'flash_sale_prequeue 1m']));
+    my @register;
+    for my $b (1 .. 90) {
+        my $sku = (qw(a b c))[$b % 3];
+        push @register, "/drop?user=pq$b&sku=$sku";
+        push @register, "/drop?user=pq$b&sku=" . (qw(a b c))[($b + 1) % 3] if $b <= 15;
+    }
+    my @before = crowd(paths => \@register, connections => 16);
+    is(scalar(grep { $_->{sale} eq 'PREQUEUED' } @before), 105, 'prequeue: 105 registrations');
+    sleep 0.1 while time < $start + 0.2;
+    my @late = crowd(paths => [map { "/drop?user=late$_&sku=" . (qw(a b c))[$_ % 3] } 1 .. 30],
+                     connections => 8);
+    is(scalar(grep { $_->{status} == 200 } @late), 0,
+       'prequeue: buyers who came after the start find every item drawn');
+    my @after = crowd(paths => \@register, connections => 16);
+    my $by = admitted_by_item(@after);
+    is_deeply($by, { a => 2, b => 3, c => 1 }, "prequeue: each item's stock went to its registered buyers")
+        or diag explain $by;
+    my %held;
+    for my $r (grep { $_->{status} == 200 } @after) {
+        my ($user) = $r->{path} =~ /user=([^&]+)/;
+        $held{$user}++;
+    }
+    is(scalar(grep { $_ > 1 } values %held), 0, 'prequeue: nobody holds two items');
+    stop_nginx();
+}
+
+# A line (one per sale) with items: the caps and the limit stay exact; a buyer asking for two
+# items at once has one place.
+{
+    start_nginx(workers => 2, http => ops_config(settings => [
+        'flash_sale_queue rate=1r/s']));
+    my $first = fetch('/drop?user=q0&sku=a');
+    is($first->{sale}, 'ADMITTED', 'line: the first buyer is called in at once');
+    my @paths = map { ("/drop?user=q$_&sku=a", "/drop?user=q$_&sku=b") } 1 .. 40;
+    my @queued = crowd(paths => \@paths, connections => 8);
+    my %positions;
+    for my $r (grep { $_->{sale} eq 'QUEUED' } @queued) {
+        my ($user) = $r->{path} =~ /user=([^&]+)/;
+        $positions{$user}{ $r->{position} } = 1;
+    }
+    ok(scalar(keys %positions) > 20, 'line: buyers wait in line');
+    my $waiting = fetch('/drop?user=q40&sku=a');
+    my $same = fetch('/drop?user=q40&sku=b');
+    is($same->{position}, $waiting->{position}, 'line: one place per buyer, whatever the item');
+    my $deadline = time + 20;
+    my @all;
+    while (time < $deadline) {
+        @all = crowd(paths => \@paths, connections => 8);
+        last unless grep { $_->{sale} eq 'QUEUED' } @all;
+        sleep 0.5;
+    }
+    my $by = admitted_by_item(@all, $first);
+    is_deeply($by, { a => 2, b => 3 }, 'line: each item sold exactly its stock') or diag explain $by;
+    my %held;
+    $held{ ($_->{path} =~ /user=([^&]+)/)[0] }++ for grep { $_->{status} == 200 } @all, $first;
+    is(scalar(grep { $_ > 1 } values %held), 0, 'line: nobody holds two items');
+    stop_nginx();
+}
+
+# TTL, release and dry run, per item.
+{
+    start_nginx(workers => 2, http => ops_config(settings => ['flash_sale_permit_ttl 1s']));
+    is(fetch('/drop?user=t1&sku=c')->{sale}, 'ADMITTED', 'ttl: t1 takes the one c');
+    is(fetch('/drop?user=t2&sku=c')->{sale}, 'SOLD_OUT', 'ttl: c is sold out');
+    is(fetch('/drop?user=t2&sku=a')->{sale}, 'ADMITTED', 'ttl: a is not');
+    sleep 1.2;
+    is(fetch('/drop?user=t3&sku=c')->{sale}, 'ADMITTED', "ttl: t1's permit expired, c sells again");
+    is(fetch('/drop?user=t2&sku=b')->{sale}, 'ADMITTED',
+       "ttl: t2's permit for a expired, his limit with it");
+    is(fetch('/drop?user=t3&sku=c&pay=failed')->{status}, 402, 'release: the payment fails');
+    is(fetch('/drop?user=t4&sku=c')->{sale}, 'ADMITTED', "release: c's slot went back");
+    stop_nginx();
+
+    start_nginx(workers => 1, http => ops_config(settings => ['flash_sale_dry_run on']));
+    is(fetch('/drop?user=d1&sku=c')->{sale}, 'ADMITTED', 'dry run: d1 takes c');
+    my $dry = fetch('/drop?user=d2&sku=c');
+    is($dry->{sale}, 'SOLD_OUT_DRY_RUN', 'dry run: c is sold out, in dry run');
+    is($dry->{status}, 200, 'dry run: and passes');
+    is(fetch('/drop?user=d1&sku=a')->{sale}, 'LIMIT_REACHED_DRY_RUN', 'dry run: the limit too');
+    is(fetch('/drop?user=d2&sku=a')->{sale}, 'ADMITTED', 'dry run: a still sells');
+    stop_nginx();
+}
+
+# The state file keeps each permit's item: after a stop and a start, and after SIGKILL.
+{
+    my $dir = cwd() . '/t/servroot-items-state';
+    remove_tree($dir);
+    make_path($dir);
+    my $config = ops_config(state => "$dir/ops.state");
+    start_nginx(workers => 2, http => $config);
+    my @won = crowd(paths => [map { "/drop?user=s$_&sku=" . (qw(a b c))[$_ % 3] } 1 .. 30],
+                    connections => 8);
+    my %winner = map { $_->{path} => $_->{seq} } grep { $_->{sale} eq 'ADMITTED' } @won;
+    is(scalar keys %winner, 6, 'state: 6 winners');
+    stop_nginx();
+    for my $how ('a stop', 'SIGKILL') {
+        start_nginx(workers => 2, http => $config);
+        my @again = crowd(paths => [sort keys %winner], connections => 4);
+        is(scalar(grep { $_->{sale} eq 'PERMITTED' && $_->{seq} eq $winner{ $_->{path} } } @again), 6,
+           "state: after $how every winner passes with his number");
+        my @cross = map { my $p = $_; $p =~ s/sku=(\w)/'sku=' . ($1 eq 'a' ? 'b' : 'a')/e; $p } sort keys %winner;
+        is(scalar(grep { $_->{status} == 200 } crowd(paths => \@cross, connections => 4)), 0,
+           "state: after $how nobody passes for another item");
+        is(fetch('/drop?user=new&sku=b')->{sale}, 'SOLD_OUT', "state: after $how b is still sold out");
+        if ($how eq 'a stop') { stop_nginx() } else { kill_nginx() }
+    }
+}
 
 done_testing();

@@ -111,9 +111,18 @@ is($? >> 8, 0, 'the browser in line reached the shop within 30 s');
 diag(sprintf "%.2f s: %s (refresh %s)", $_->{t}, $_->{title}, $_->{refresh} // 'none') for @line;
 my ($in_line, $shop) = ($line[0], $line[-1]);
 is($in_line->{title}, 'You are in line', 'first: the line\'s page');
-like($in_line->{text}, qr/Buyers ahead of you\s*5\b/, "with the place: five ahead");
-like($in_line->{text}, qr/Estimated wait\s*about 6 seconds/, 'and the wait the pace predicts');
-ok($in_line->{refresh} >= 5 && $in_line->{refresh} <= 7, "refreshing after $in_line->{refresh} s");
+# Five ahead when the browser asks at once; one fewer for each second Chromium took to start
+# (the line calls one a second), as a loaded machine shows.
+my ($ahead) = $in_line->{text} =~ /Buyers ahead of you\s*(\d+)/;
+my $late = int($in_line->{wall} - $joined);
+ok(defined $ahead && $ahead <= 5 && $ahead >= 5 - $late - 1,
+   sprintf 'with the place: %s ahead, asked %.1f s after the fans', $ahead // 'none',
+   $in_line->{wall} - $joined);
+my $wait = defined $ahead ? $ahead + 1 : -1;
+like($in_line->{text}, qr/Estimated wait\s*about $wait seconds/,
+     'and the wait the pace predicts: his place and his own turn, at one a second');
+ok($in_line->{refresh} >= $wait - int($wait / 5) - 1 && $in_line->{refresh} <= $wait + int($wait / 5) + 1,
+   "refreshing after $in_line->{refresh} s: the wait, spread by a fifth");
 is($shop->{title}, 'Shop', "then the shop's page, by the page's refreshes alone");
 my $took = $shop->{wall} - $joined;
 ok($took >= 5.5 && $took <= 9, sprintf 'in %.1f s: about the 6 s the pace predicts', $took);

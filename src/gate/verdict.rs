@@ -3,20 +3,19 @@
 
 use core::cell::RefCell;
 use core::ffi::c_void;
-use core::ptr::NonNull;
 use core::sync::atomic::AtomicBool;
 use std::borrow::Cow;
 
 use nginx_sys::{
-    ngx_http_complex_value_t, ngx_http_err_page_t, ngx_http_get_flushed_variable, ngx_timeofday,
-    ngx_uint_t, NGX_LOG_ERR, NGX_LOG_WARN,
+    ngx_http_err_page_t, ngx_http_get_flushed_variable, ngx_timeofday, ngx_uint_t, NGX_LOG_ERR,
+    NGX_LOG_WARN,
 };
 use ngx::core::Status;
 use ngx::http::{HTTPStatus, HttpModuleLocationConf, NgxHttpCoreModule, Request};
 use ngx::{ngx_log_debug_http, ngx_log_error, ngx_string};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
-use crate::conf::{LocConf, Stock, ZoneConf, ZoneRef};
+use crate::conf::{LocConf, Stock, Value, ZoneConf, ZoneRef};
 use crate::ffi::Next;
 use crate::http::{accept, add_header, keep, kept, pool_number, send_as, static_str, Body, Kept};
 use crate::page::{self, Figures, Words};
@@ -120,16 +119,23 @@ pub fn conclude(req: &mut Request, g: &Gated<'_>, verdict: Verdict) -> Next {
     reject(req, status, &Words::of(outcome), &figures)
 }
 
-/// What `value`, a location's value with variables, evaluates to for this request; `None` on
-/// an error. It lives in the request's memory, as long as the request: not tied to this borrow.
-pub fn evaluate<'r>(
-    req: &mut Request,
-    value: NonNull<ngx_http_complex_value_t>,
-) -> Option<&'r [u8]> {
-    // SAFETY: the complex value was compiled for this configuration, which outlives requests.
-    let value = req.get_complex_value(unsafe { value.as_ref() })?.as_bytes();
+/// What `value`, a value with variables of the configuration, evaluates to for this request
+/// (a variable not found: empty); `None` on an error. It lives in the request's memory, as
+/// long as the request: not tied to this borrow.
+pub fn evaluate<'r>(req: &mut Request, value: Value) -> Option<&'r [u8]> {
+    let bytes = match value.variable {
+        // SAFETY: the index came from ngx_http_get_variable_index for this configuration.
+        Some(index) => match unsafe { ngx_http_get_flushed_variable(req.into(), index).as_ref() } {
+            Some(found) if found.not_found() == 0 => found.as_bytes(),
+            Some(_) => &[],
+            None => return None,
+        },
+        // SAFETY: the complex value was compiled for this configuration, which outlives
+        // requests.
+        None => req.get_complex_value(unsafe { value.complex.as_ref() })?.as_bytes(),
+    };
     // SAFETY: the value lives in the request's pool (or is static), as long as the request.
-    Some(unsafe { core::slice::from_raw_parts(value.as_ptr(), value.len()) })
+    Some(unsafe { core::slice::from_raw_parts(bytes.as_ptr(), bytes.len()) })
 }
 
 /// The request's item (`flash_sale_item`; empty without it); `None` on an error.
@@ -174,17 +180,7 @@ pub fn request_sale(
 /// The buyer's key: the zone's key expression evaluated for this request; `None` on an error.
 /// It lives in the request's memory, as long as the request: not tied to this borrow.
 pub fn request_key<'r>(req: &mut Request, zone: &ZoneConf) -> Option<&'r [u8]> {
-    let value = match zone.key_var {
-        // SAFETY: the index came from ngx_http_get_variable_index for this configuration.
-        Some(index) => match unsafe { ngx_http_get_flushed_variable(req.into(), index).as_ref() } {
-            Some(value) if value.not_found() == 0 => value.as_bytes(),
-            Some(_) => &[],
-            None => return None,
-        },
-        None => req.get_complex_value(&zone.key)?.as_bytes(),
-    };
-    // SAFETY: the value lives in the request's pool (or is static), as long as the request.
-    Some(unsafe { core::slice::from_raw_parts(value.as_ptr(), value.len()) })
+    evaluate(req, zone.key)
 }
 
 thread_local! {

@@ -1,13 +1,10 @@
 //! `flash_sale_verify`: a checkout passes requests whose token is a valid permit.
 
-use core::ptr::NonNull;
-
-use nginx_sys::ngx_http_complex_value_t;
 use ngx::core::Status;
 use ngx::http::{HTTPStatus, Request};
 use ngx::ngx_log_error;
 
-use crate::conf::{LocConf, ZoneRef};
+use crate::conf::{LocConf, Value, ZoneRef};
 use crate::ffi::Next;
 use crate::gate::verdict::{evaluate, record, reject, request_key, Decision};
 use crate::http::now_ms;
@@ -23,8 +20,8 @@ pub fn verify(
     req: &mut Request,
     lcf: &LocConf,
     zone: ZoneRef,
-    token: Option<NonNull<ngx_http_complex_value_t>>,
-    item: Option<NonNull<ngx_http_complex_value_t>>,
+    token: Option<Value>,
+    item: Option<Value>,
 ) -> Next {
     let server_error = || HTTPStatus::INTERNAL_SERVER_ERROR.into();
     let Some(key) = request_key(req, &zone) else {
