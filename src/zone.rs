@@ -390,9 +390,6 @@ struct Item {
     /// The cap the last request decided for it was configured with (`flash_sale_max_permits`,
     /// perhaps from a `map`), [`NO_STOCK`] for none.
     stock: u64,
-    /// For a zone kept in Redis: until when this host trusts Redis's SOLD_OUT for the item
-    /// (Unix ms).
-    sold_out_until: i64,
     /// 1, 2, 3 ... in the order items were first seen: the listing's order.
     number: u64,
     hash: u32,
@@ -612,7 +609,6 @@ impl PermitTable {
                 registered: 0,
                 max_permits: NO_STOCK,
                 stock: NO_STOCK,
-                sold_out_until: 0,
                 number: self.next_item,
                 hash: hash as u32,
                 len,
