@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use crate::line::Rate;
 use crate::parse;
 use crate::remote::Reply;
-use crate::sale::{Grant, Overrides, OverridesPatch, PermitInfo};
+use crate::sale::{Grant, ItemInfo, Overrides, OverridesPatch, PermitInfo};
 use crate::zone::Cursor;
 
 /// What a path under the API's location names.
@@ -17,7 +17,13 @@ pub enum Route {
     Zones,
     Zone(String),
     Permits(String),
-    Permit(String, Vec<u8>),
+    /// A buyer's permit: the zone, the buyer's key, and the item (`?item=`; empty for the
+    /// zone's single item).
+    Permit(String, Vec<u8>, Vec<u8>),
+    /// The items of a zone that sells several (`flash_sale_item`).
+    Items(String),
+    /// One item of a zone: the zone and the item (1 to 256 bytes).
+    Item(String, Vec<u8>),
 }
 
 /// An answer that is not a success: the status and the reason, sent as `{"error": reason}`.
@@ -77,7 +83,22 @@ pub fn route(path: &[u8], args: &[u8], reading: bool) -> Result<Route, ApiError>
             } else {
                 percent_decode(key).ok_or_else(|| ApiError::new(400, "bad percent-encoding"))?
             };
-            (Route::Permit(name(zone)?, key), &[b"encoding"])
+            (Route::Permit(name(zone)?, key, permit_item(args)?), &[b"encoding", b"item"])
+        }
+        [b"zones", zone, b"items"] if !zone.is_empty() => {
+            let takes: &[&[u8]] = if reading { &[b"limit", b"after"] } else { &[] };
+            (Route::Items(name(zone)?), takes)
+        }
+        [b"zones", _, b"items", b""] => {
+            return Err(ApiError::new(400, format!("no item after items/: {ITEM_RULE}")));
+        }
+        [b"zones", zone, b"items", item] if !zone.is_empty() => {
+            let item =
+                percent_decode(item).ok_or_else(|| ApiError::new(400, "bad percent-encoding"))?;
+            if !valid_item(&item) {
+                return Err(ApiError::new(400, ITEM_RULE));
+            }
+            (Route::Item(name(zone)?, item), &[])
         }
         _ => return Err(not_found()),
     };
@@ -86,6 +107,23 @@ pub fn route(path: &[u8], args: &[u8], reading: bool) -> Result<Route, ApiError>
         return Err(ApiError::new(400, format!("unknown parameter \"{unknown}\" here")));
     }
     Ok(route)
+}
+
+/// The item a permit route names with `?item=` (percent-encoded, given once); empty without
+/// one: the zone's single item.
+fn permit_item(args: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let mut given = query(args).filter(|(name, _)| *name == b"item");
+    let Some((_, raw)) = given.next() else {
+        return Ok(Vec::new());
+    };
+    if given.next().is_some() {
+        return Err(ApiError::new(400, "give item once"));
+    }
+    let item = percent_decode(raw).ok_or_else(|| ApiError::new(400, "bad percent-encoding"))?;
+    if !valid_item(&item) {
+        return Err(ApiError::new(400, format!("bad item: {ITEM_RULE}")));
+    }
+    Ok(item)
 }
 
 /// The `name=value` pairs of a query string, still percent-encoded.
@@ -190,18 +228,19 @@ pub struct Page {
     pub after: Option<Cursor>,
 }
 
+/// A page's `limit`: 1 to [`MAX_PAGE`].
+fn limit(value: &[u8]) -> Result<usize, ApiError> {
+    let bad = || ApiError::new(400, "bad limit: a number from 1 to 1000");
+    let text = core::str::from_utf8(value).map_err(|_| bad())?;
+    Ok(parse::cap(text).filter(|&n| (1..=MAX_PAGE as u64).contains(&n)).ok_or_else(bad)? as usize)
+}
+
 pub fn page(args: &[u8]) -> Result<Page, ApiError> {
     let mut page = Page { limit: DEFAULT_PAGE, after: None };
     for (name, value) in query(args) {
         let bad = |what: &str| ApiError::new(400, format!("bad {what}"));
         match name {
-            b"limit" => {
-                let text = core::str::from_utf8(value).map_err(|_| bad("limit"))?;
-                page.limit = parse::cap(text)
-                    .filter(|&n| (1..=MAX_PAGE as u64).contains(&n))
-                    .ok_or_else(|| bad("limit: a number from 1 to 1000"))?
-                    as usize;
-            }
+            b"limit" => page.limit = limit(value)?,
             b"after" => {
                 let cursor = cursor_from(value)
                     .ok_or_else(|| bad("after: expected the \"next\" of the page before"))?;
@@ -211,6 +250,108 @@ pub fn page(args: &[u8]) -> Result<Page, ApiError> {
         }
     }
     Ok(page)
+}
+
+/// `?limit=N&after=CURSOR` of an item listing. The cursor is opaque to the client (the `next`
+/// of the page before, base64url); here, its bytes: the item's number (8 bytes, big-endian)
+/// for a zone kept here, the item itself for a zone kept in Redis.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ItemPage {
+    pub limit: usize,
+    pub after: Option<Vec<u8>>,
+}
+
+pub fn item_page(args: &[u8]) -> Result<ItemPage, ApiError> {
+    let mut page = ItemPage { limit: DEFAULT_PAGE, after: None };
+    for (name, value) in query(args) {
+        match name {
+            b"limit" => page.limit = limit(value)?,
+            b"after" => {
+                let after = key_from_base64(value).filter(|a| !a.is_empty()).ok_or_else(|| {
+                    ApiError::new(400, "bad after: expected the \"next\" of the page before")
+                })?;
+                page.after = Some(after);
+            }
+            _ => {}
+        }
+    }
+    Ok(page)
+}
+
+impl ItemPage {
+    /// The item number a zone kept here lists after: 0 for the first page.
+    pub fn after_number(&self) -> Result<u64, ApiError> {
+        let Some(after) = &self.after else {
+            return Ok(0);
+        };
+        let bytes = <[u8; 8]>::try_from(after.as_slice()).map_err(|_| {
+            ApiError::new(400, "bad after: expected the \"next\" of the page before")
+        })?;
+        Ok(u64::from_be_bytes(bytes))
+    }
+}
+
+/// An item's text in JSON: the item's bytes as UTF-8 (an item that is not UTF-8, which only a
+/// percent-encoded path reaches, shows with U+FFFD in their place).
+fn item_text(item: &[u8]) -> String {
+    String::from_utf8_lossy(item).into_owned()
+}
+
+/// An item as JSON: `item`; `permits` held now; `max_permits`, the stock the API set (null
+/// when not); `stock`, the cap the configuration gave the last request decided for it (null
+/// for none); `cap`, the one in force (the API's, else the configuration's; null: none);
+/// `left` under it (null without one); `registered` for the pre-queue's draw (null for a zone
+/// kept in Redis, which does not count them per item: `counts_registered` false).
+pub fn item_json(i: &ItemInfo, counts_registered: bool) -> Value {
+    json!({
+        "item": item_text(&i.item),
+        "permits": i.permits,
+        "max_permits": i.max_permits,
+        "stock": i.stock,
+        "cap": i.cap(),
+        "left": i.left(),
+        "registered": counts_registered.then_some(i.registered),
+    })
+}
+
+/// A page of items and `next`, the cursor of the next page (null when the page came back
+/// short). Items of a zone kept here lead on from their number, those of a zone kept in
+/// Redis (`remote`) from the item itself (see [`ItemPage`]).
+pub fn items_page_json(items: &[ItemInfo], limit: usize, remote: bool) -> Value {
+    let next = (items.len() == limit).then(|| {
+        items.last().map(|i| match remote {
+            true => key_base64(&i.item),
+            false => key_base64(&i.number.to_be_bytes()),
+        })
+    });
+    let shown: Vec<Value> = items.iter().map(|i| item_json(i, !remote)).collect();
+    json!({ "items": shown, "next": next.flatten() })
+}
+
+/// The largest stock `PATCH zones/NAME/items/ITEM` takes: 2^53 - 1, the largest whole number
+/// every JSON reader and Redis's Lua (doubles) hold exactly.
+pub const MAX_ITEM_STOCK: u64 = (1 << 53) - 1;
+
+/// Reads the body of `PATCH zones/NAME/items/ITEM`: `{"max_permits": N}` (a whole number of
+/// permits, 0 to [`MAX_ITEM_STOCK`]) or `{"max_permits": null}` (back to the configuration's).
+/// Returns the stock to set, `None` to remove it.
+pub fn item_patch(body: &[u8]) -> Result<Option<u64>, ApiError> {
+    let Value::Object(fields) = parse_json(body)? else {
+        return Err(ApiError::new(400, "expected a JSON object"));
+    };
+    if let Some(unknown) = fields.keys().find(|name| *name != "max_permits") {
+        return Err(ApiError::new(400, format!("unknown field \"{unknown}\"")));
+    }
+    match fields.get("max_permits") {
+        None => Err(ApiError::new(400, "nothing to change: give max_permits")),
+        Some(Value::Null) => Ok(None),
+        Some(value) => value.as_u64().filter(|&n| n <= MAX_ITEM_STOCK).map(Some).ok_or_else(|| {
+            ApiError::new(
+                400,
+                "max_permits: expected a whole number from 0 to 9007199254740991 or null",
+            )
+        }),
+    }
 }
 
 /// A listing's `next`: the place of the page's last permit (its expiry, its number and its
@@ -439,9 +580,16 @@ fn key_fields(key: &[u8], kind: KeyKind) -> Map<String, Value> {
     fields
 }
 
-/// A permit as JSON: its key's fields, `seq`, `granted` and `expires` (RFC 3339, or null).
+/// A permit's `item`: the item as text, null in a zone that sells one item.
+fn permit_item_json(item: &[u8]) -> Value {
+    json!((!item.is_empty()).then(|| item_text(item)))
+}
+
+/// A permit as JSON: its key's fields, `item` (null in a zone that sells one), `seq`,
+/// `granted` and `expires` (RFC 3339, or null).
 pub fn permit_json(p: &PermitInfo, kind: KeyKind) -> Value {
     let mut fields = key_fields(&p.key, kind);
+    fields.insert("item".into(), permit_item_json(&p.item));
     fields.insert("seq".into(), json!(p.seq));
     fields.insert("granted".into(), json!(rfc3339(p.granted_ms)));
     fields.insert("expires".into(), json!(p.expires_ms.map(rfc3339)));
@@ -453,8 +601,12 @@ pub fn permit_json(p: &PermitInfo, kind: KeyKind) -> Value {
 #[derive(Debug, Default)]
 pub struct RemoteAsk {
     pub key: Vec<u8>,
+    /// The permit's item (empty for the zone's single item).
+    pub item: Vec<u8>,
     pub kind: KeyKind,
     pub page: Option<Page>,
+    /// The page of an item listing.
+    pub item_page: Option<ItemPage>,
     pub cap: Option<u64>,
 }
 
@@ -466,6 +618,7 @@ pub fn remote_answer(ask: &RemoteAsk, reply: Reply) -> Result<(u16, Value), ApiE
         Reply::Permit(held) => {
             let held = held.ok_or_else(no_permit)?;
             let mut fields = key_fields(&ask.key, ask.kind);
+            fields.insert("item".into(), permit_item_json(&ask.item));
             fields.insert("seq".into(), json!(held.seq));
             fields.insert("expires".into(), json!(held.expires_ms.map(rfc3339)));
             Ok((200, Value::Object(fields)))
@@ -491,6 +644,14 @@ pub fn remote_answer(ask: &RemoteAsk, reply: Reply) -> Result<(u16, Value), ApiE
                 "over_cap": ask.cap.is_some_and(|cap| permits > cap),
             }),
         )),
+        Reply::Items(items) => {
+            let page = ask.item_page.as_ref().ok_or_else(|| ApiError::new(500, "no page asked"))?;
+            Ok((200, items_page_json(&items, page.limit, true)))
+        }
+        Reply::Item(item) => {
+            let item = item.ok_or_else(|| ApiError::new(404, "no such item in this zone"))?;
+            Ok((200, item_json(&item, false)))
+        }
         Reply::Admission(_)
         | Reply::DrawSecret(_)
         | Reply::Overrides(_)
@@ -529,11 +690,11 @@ mod tests {
         assert_eq!(route(b"zones/laptop/permits"), Ok(Route::Permits("laptop".into())));
         assert_eq!(
             route(b"zones/laptop/permits/Bearer%20a%2Fb"),
-            Ok(Route::Permit("laptop".into(), b"Bearer a/b".to_vec()))
+            Ok(Route::Permit("laptop".into(), b"Bearer a/b".to_vec(), vec![]))
         );
         assert_eq!(
             route(b"zones/laptop/permits/%ff").unwrap(),
-            Route::Permit("laptop".into(), vec![0xff])
+            Route::Permit("laptop".into(), vec![0xff], vec![])
         );
         for bad in
             [&b""[..], b"zone", b"zones/laptop/other", b"zones//permits", b"zones/a/permits/k/x"]
@@ -555,12 +716,12 @@ mod tests {
         for reading in [true, false] {
             assert_eq!(
                 route(address.as_bytes(), b"encoding=base64", reading),
-                Ok(Route::Permit("ip".into(), key.to_vec()))
+                Ok(Route::Permit("ip".into(), key.to_vec(), vec![]))
             );
         }
         assert_eq!(
             route(b"zones/ip/permits/fwAAyA==", b"encoding=base64", true),
-            Ok(Route::Permit("ip".into(), key.to_vec()))
+            Ok(Route::Permit("ip".into(), key.to_vec(), vec![]))
         );
         for (path, args, reading) in [
             (&b"zones/ip/permits/fwAAyA"[..], &b"encoding=hex"[..], true),
@@ -844,8 +1005,10 @@ mod tests {
         };
         assert_eq!(
             permit_json(&p, KeyKind::Bytes).to_string(),
-            r#"{"expires":null,"granted":"1970-01-01T00:00:00.000Z","key":"alice","key_base64":"YWxpY2U","seq":3}"#
+            r#"{"expires":null,"granted":"1970-01-01T00:00:00.000Z","item":null,"key":"alice","key_base64":"YWxpY2U","seq":3}"#
         );
+        let red = PermitInfo { item: b"red-42".to_vec(), ..p.clone() };
+        assert_eq!(permit_json(&red, KeyKind::Bytes)["item"], "red-42");
         let page = page_json(&[p.clone(), p.clone()], 2, KeyKind::Bytes);
         assert_eq!(page["next"], json!(cursor(&Cursor::of(&p))));
         assert_eq!(page_json(&[], 2, KeyKind::Bytes)["next"], Value::Null);
@@ -861,8 +1024,11 @@ mod tests {
         assert_eq!(status, 200);
         assert_eq!(
             body,
-            json!({ "key": "amy", "key_base64": "YW15", "seq": 4, "expires": "2021-08-08T00:00:00.000Z" })
+            json!({ "key": "amy", "key_base64": "YW15", "item": null, "seq": 4, "expires": "2021-08-08T00:00:00.000Z" })
         );
+        let red = RemoteAsk { item: b"red-42".to_vec(), ..RemoteAsk::default() };
+        let (_, body) = remote_answer(&red, Reply::Permit(Some(held))).unwrap();
+        assert_eq!(body["item"], "red-42");
         assert_eq!(remote_answer(&amy, Reply::Permit(None)).unwrap_err().status, 404);
         assert_eq!(
             remote_answer(&amy, Reply::Revoked(Some(4))).unwrap().1,
@@ -907,5 +1073,133 @@ mod tests {
         let after_gone =
             RemoteAsk { page: Some(Page { limit: 5, after: Some(gone) }), ..RemoteAsk::default() };
         assert_eq!(list(after_gone)["permits"][0]["key"], json!("k4"));
+    }
+
+    #[test]
+    fn item_routes() {
+        let get = |path: &[u8], args: &[u8]| route(path, args, true);
+        assert_eq!(get(b"zones/drop/items", b""), Ok(Route::Items("drop".into())));
+        assert_eq!(
+            get(b"zones/drop/items", b"limit=2&after=AAAAAAAAAAE"),
+            Ok(Route::Items("drop".into()))
+        );
+        assert_eq!(
+            get(b"zones/drop/items/red%2D42", b""),
+            Ok(Route::Item("drop".into(), b"red-42".to_vec()))
+        );
+        assert_eq!(
+            route(b"zones/drop/items/a%2Fb", b"", false),
+            Ok(Route::Item("drop".into(), b"a/b".to_vec()))
+        );
+        assert_eq!(
+            get(b"zones/drop/permits/bob", b"item=red%2D42"),
+            Ok(Route::Permit("drop".into(), b"bob".to_vec(), b"red-42".to_vec()))
+        );
+        assert_eq!(
+            route(b"zones/drop/permits/Ym9i", b"encoding=base64&item=blue", false),
+            Ok(Route::Permit("drop".into(), b"bob".to_vec(), b"blue".to_vec()))
+        );
+        let long = format!("zones/drop/items/{}", "x".repeat(257));
+        for (path, args, reading, status) in [
+            (&b"zones/drop/items/"[..], &b""[..], true, 400),
+            (long.as_bytes(), b"", true, 400),
+            (b"zones/drop/items/%zz", b"", true, 400),
+            (b"zones/drop/items/red/x", b"", true, 404),
+            (b"zones//items", b"", true, 404),
+            // A listing's parameters are for reading it; an item takes none.
+            (b"zones/drop/items", b"limit=1", false, 400),
+            (b"zones/drop/items", b"x=1", true, 400),
+            (b"zones/drop/items/red", b"limit=1", true, 400),
+            (b"zones/drop/items/red", b"item=red", false, 400),
+            // An item is 1 to 256 bytes, named once.
+            (b"zones/drop/permits/bob", b"item=", true, 400),
+            (b"zones/drop/permits/bob", b"item=%z", false, 400),
+            (b"zones/drop/permits/bob", b"item=a&item=b", false, 400),
+            (b"zones/drop/permits", b"item=a", false, 400),
+        ] {
+            let refused = route(path, args, reading).unwrap_err();
+            assert_eq!(refused.status, status, "{:?} {:?}", String::from_utf8_lossy(path), args);
+            assert!(refused.body().starts_with(r#"{"error":""#));
+        }
+    }
+
+    #[test]
+    fn item_pages() {
+        assert_eq!(item_page(b""), Ok(ItemPage { limit: DEFAULT_PAGE, after: None }));
+        let page = item_page(b"limit=2&after=AAAAAAAAAAE").unwrap();
+        assert_eq!((page.limit, page.after_number()), (2, Ok(1)));
+        assert_eq!(item_page(b"after=cmVk").unwrap().after.as_deref(), Some(&b"red"[..]));
+        assert_eq!(item_page(b"after=cmVk").unwrap().after_number().unwrap_err().status, 400);
+        for bad in [&b"limit=0"[..], b"limit=1001", b"limit=x", b"after=", b"after=a*b"] {
+            assert_eq!(item_page(bad).unwrap_err().status, 400, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn items_as_json() {
+        let red = ItemInfo {
+            item: b"red-42".to_vec(),
+            number: 1,
+            permits: 3,
+            registered: 2,
+            max_permits: Some(10),
+            stock: Some(12),
+        };
+        assert_eq!(
+            item_json(&red, true).to_string(),
+            r#"{"cap":10,"item":"red-42","left":7,"max_permits":10,"permits":3,"registered":2,"stock":12}"#
+        );
+        let configured = ItemInfo { max_permits: None, permits: 13, ..red.clone() };
+        assert_eq!(item_json(&configured, true)["cap"], 12);
+        assert_eq!(item_json(&configured, true)["left"], 0);
+        let free = ItemInfo { max_permits: None, stock: None, ..red.clone() };
+        assert_eq!(
+            item_json(&free, false).to_string(),
+            r#"{"cap":null,"item":"red-42","left":null,"max_permits":null,"permits":3,"registered":null,"stock":null}"#
+        );
+        let blue = ItemInfo { item: b"blue-43".to_vec(), number: 4, ..red.clone() };
+        let both = [red.clone(), blue.clone()];
+        // A full page leads on from its last item: its number here, the item itself in Redis.
+        let here = items_page_json(&both, 2, false);
+        assert_eq!(here["next"], "AAAAAAAAAAQ");
+        assert_eq!(here["items"][1]["item"], "blue-43");
+        let next = item_page(format!("after={}", here["next"].as_str().unwrap()).as_bytes());
+        assert_eq!(next.unwrap().after_number(), Ok(4));
+        let remote = items_page_json(&both, 2, true);
+        assert_eq!(remote["next"], key_base64(b"blue-43"));
+        assert_eq!(remote["items"][0]["registered"], Value::Null);
+        assert_eq!(items_page_json(&both, 3, false)["next"], Value::Null);
+        assert_eq!(items_page_json(&[], 3, false).to_string(), r#"{"items":[],"next":null}"#);
+        // Redis's replies answer the same.
+        let ask = RemoteAsk { item_page: item_page(b"limit=1").ok(), ..RemoteAsk::default() };
+        let (_, page) = remote_answer(&ask, Reply::Items(vec![blue.clone()])).unwrap();
+        assert_eq!(page["next"], key_base64(b"blue-43"));
+        assert_eq!(remote_answer(&ask, Reply::Item(None)).unwrap_err().status, 404);
+        assert_eq!(remote_answer(&ask, Reply::Item(Some(blue))).unwrap().1["item"], "blue-43");
+    }
+
+    #[test]
+    fn item_patch_bodies() {
+        assert_eq!(item_patch(br#"{"max_permits": 10}"#), Ok(Some(10)));
+        assert_eq!(item_patch(br#"{"max_permits": 0}"#), Ok(Some(0)));
+        assert_eq!(item_patch(br#"{"max_permits": null}"#), Ok(None));
+        assert_eq!(item_patch(br#"{"max_permits": 9007199254740991}"#), Ok(Some(MAX_ITEM_STOCK)));
+        for bad in [
+            &b"{}"[..],
+            b"[]",
+            b"{",
+            b"",
+            b"null",
+            br#"{"max_permits": -1}"#,
+            br#"{"max_permits": 1.5}"#,
+            br#"{"max_permits": "3"}"#,
+            br#"{"max_permits": 9007199254740992}"#,
+            br#"{"max_permits": 18446744073709551615}"#,
+            br#"{"stock": 3}"#,
+            br#"{"max_permits": 3, "block_ratio": 0.5}"#,
+        ] {
+            let refused = item_patch(bad).unwrap_err();
+            assert_eq!(refused.status, 400, "{}", String::from_utf8_lossy(bad));
+        }
     }
 }

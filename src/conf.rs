@@ -43,6 +43,9 @@ pub struct ZoneConf {
     pub lined_per_request: bool,
     /// A location puts a pre-queue (`flash_sale_prequeue`) on this zone.
     pub prequeued: bool,
+    /// A location sells several items through this zone (`flash_sale_item`): the admin API
+    /// sets their stock, and the metrics count them.
+    pub itemized: bool,
     pub shm_zone: NonNull<ngx_shm_zone_t>,
     /// Set by [`init_zone`] before any worker starts.
     pub table: Option<NonNull<PermitTable>>,
@@ -948,6 +951,7 @@ fn declare_zone(d: &mut Directive<'_>, main: &mut MainConf) -> ConfResult {
         lined: false,
         lined_per_request: false,
         prequeued: false,
+        itemized: false,
         shm_zone: shm,
         table: None,
         state,
@@ -1298,6 +1302,7 @@ pub unsafe extern "C" fn merge_loc_conf(
             zone.lined_per_request |= matches!(conf.queue, Some(Some(_)))
                 && matches!(conf.draw.unwrap_or_default(), DrawMode::PerRequest);
             zone.prequeued |= conf.prequeue_ms.is_some();
+            zone.itemized |= conf.item.is_some();
             if let Some(Some(_)) = conf.queue {
                 // The draw decides who may join the line; drawn afresh on every request, it
                 // would only delay a buyer turned away, who asks again.

@@ -20,7 +20,7 @@ use crate::gate::redis as redis_gate;
 use crate::http::{add_header, keep, kept, main_request, send, static_str, Body, Kept};
 use crate::metrics::{render, ZoneMetrics};
 use crate::offload;
-use crate::remote::{Command, Failure, Reply};
+use crate::remote::{field, Command, Failure, Reply};
 use crate::sale::{BlockRatio, Outcome, Overrides, OverridesPatch, PermitKey};
 use crate::state;
 use crate::zone::{Stats, ZoneStore};
@@ -86,6 +86,8 @@ const METHODS_ZONES: &str = "GET, HEAD";
 const METHODS_ZONE: &str = "GET, HEAD, PATCH";
 const METHODS_PERMITS: &str = "GET, HEAD, POST, DELETE";
 const METHODS_PERMIT: &str = "GET, HEAD, DELETE";
+const METHODS_ITEMS: &str = "GET, HEAD";
+const METHODS_ITEM: &str = "GET, HEAD, PATCH";
 
 unsafe extern "C" fn api_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx passes a live request in its content phase.
@@ -119,7 +121,7 @@ fn api(req: &mut Request) -> Status {
     };
     let with_body = match &asked.route {
         Route::Permits(_) => asked.method == Method::POST,
-        Route::Zone(_) => asked.method == Method::PATCH,
+        Route::Zone(_) | Route::Item(..) => asked.method == Method::PATCH,
         _ => false,
     };
     if with_body || asked.method == Method::DELETE {
@@ -163,7 +165,30 @@ fn on_redis(
     let method = &asked.method;
     let (name, key) = match &asked.route {
         Route::Permits(name) => (name, None),
-        Route::Permit(name, key) => (name, Some(key)),
+        Route::Permit(name, key, item) => (name, Some(PermitKey { key, item })),
+        Route::Items(name) if reading(method) => {
+            let zone = zone_named(req, name)?;
+            zone.redis?;
+            // The page is checked here, so that a bad one costs no round trip.
+            let page = api::item_page(req_args(req));
+            return Some(page.map(|p| (zone, Command::Items { after: p.after, limit: p.limit })));
+        }
+        Route::Item(name, item) => {
+            let zone = zone_named(req, name)?;
+            zone.redis?;
+            let item = item.clone();
+            let command = match method {
+                m if reading(m) => Ok(Command::Item { item }),
+                m if *m == Method::PATCH => {
+                    let body = body?;
+                    sells_items(&zone)
+                        .and_then(|_| api::item_patch(body))
+                        .map(|max_permits| Command::SetItemStock { item, max_permits })
+                }
+                _ => return None,
+            };
+            return Some(command.map(|command| (zone, command)));
+        }
         Route::Zone(name) if *method == Method::PATCH => {
             let zone = zone_named(req, name)?;
             zone.redis?;
@@ -178,8 +203,8 @@ fn on_redis(
     let get = reading(method);
     let now_ms = crate::http::now_ms();
     let command = match key {
-        Some(key) if get => Ok(Command::Get { key: key.clone(), now_ms }),
-        Some(key) if *method == Method::DELETE => Ok(Command::Revoke { key: key.clone() }),
+        Some(key) if get => Ok(Command::Get { key: field(key), now_ms }),
+        Some(key) if *method == Method::DELETE => Ok(Command::Revoke { key: field(key) }),
         None if *method == Method::DELETE => Ok(Command::Clear),
         // The page is checked here, so that a bad one costs no round trip.
         None if get => api::page(req_args(req)).map(|_| Command::Permits { now_ms }),
@@ -189,6 +214,31 @@ fn on_redis(
         _ => return None,
     };
     Some(command.map(|command| (zone, command)))
+}
+
+/// Whether the zone sells several items (a location of it has `flash_sale_item`): an item's
+/// stock is set there only (409 otherwise: a zone of one item has its `max_permits`).
+fn sells_items(zone: &ZoneConf) -> Result<(), ApiError> {
+    if zone.itemized {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        409,
+        format!(
+            "zone \"{}\" sells one item (no flash_sale_item): set its max_permits with PATCH zones/{}",
+            zone.name(),
+            zone.name()
+        ),
+    ))
+}
+
+/// The 404 of a permit route: in a zone that sells several items, a permit is a buyer's and
+/// an item's, which `?item=` names.
+fn no_permit(zone: &ZoneConf, item: &[u8]) -> ApiError {
+    if zone.itemized && item.is_empty() {
+        return ApiError::new(404, "no permit for this key; this zone sells items: add ?item=ITEM");
+    }
+    ApiError::new(404, "no permit for this key")
 }
 
 /// A PATCH's changes to a zone kept in Redis; checked here, against the overrides this host
@@ -256,25 +306,29 @@ fn ask_redis(req: &mut Request, asked: ApiRequest, zone: &ZoneConf, command: Com
 /// JSON reason); a revocation is applied to this host's cache too, so that it is seen here at
 /// once.
 fn redis_answer(req: &mut Request, asked: &ApiRequest, reply: Result<Reply, Failure>) -> Status {
-    let (zone, key) = match &asked.route {
-        Route::Permit(name, key) => (zone_named(req, name), key.clone()),
-        Route::Permits(name) | Route::Zone(name) => (zone_named(req, name), Vec::new()),
-        Route::Zones => (None, Vec::new()),
+    let (zone, key, item) = match &asked.route {
+        Route::Permit(name, key, item) => (zone_named(req, name), key.clone(), item.clone()),
+        Route::Permits(name) | Route::Zone(name) | Route::Items(name) | Route::Item(name, _) => {
+            (zone_named(req, name), Vec::new(), Vec::new())
+        }
+        Route::Zones => (None, Vec::new(), Vec::new()),
     };
     let answer = match zone {
         Some(zone) if matches!(reply, Ok(Reply::Overrides(_))) => {
             if let Ok(Reply::Overrides(overrides)) = &reply {
                 redis_gate::apply_overrides(&zone, overrides);
             }
-            apply_here(&zone, &key, &reply);
+            apply_here(&zone, PermitKey { key: &key, item: &item }, &reply);
             zone_json(zone).map(|json| (200, json)).ok_or_else(unavailable)
         }
         Some(zone) => {
-            apply_here(&zone, &key, &reply);
+            apply_here(&zone, PermitKey { key: &key, item: &item }, &reply);
             let cap =
                 zone.table_ref().and_then(|t| t.overrides.load().max_permits).or(zone.largest_cap);
             let page = api::page(req_args(req)).ok();
-            let ask = api::RemoteAsk { key, page, cap, kind: key_kind(&zone) };
+            let item_page = api::item_page(req_args(req)).ok();
+            let kind = key_kind(&zone);
+            let ask = api::RemoteAsk { key, item, page, item_page, cap, kind };
             match reply {
                 Ok(reply) => api::remote_answer(&ask, reply),
                 Err(e) => Err(ApiError::new(502, format!("redis did not answer: {e}"))),
@@ -286,7 +340,7 @@ fn redis_answer(req: &mut Request, asked: &ApiRequest, reply: Result<Reply, Fail
 }
 
 /// Counts a round trip, and applies a revocation to this host's cache of permits.
-fn apply_here(zone: &ZoneConf, key: &[u8], reply: &Result<Reply, Failure>) {
+fn apply_here(zone: &ZoneConf, key: PermitKey<'_>, reply: &Result<Reply, Failure>) {
     let Some(mut store) = zone.store(crate::http::now_ms()) else {
         return;
     };
@@ -294,7 +348,7 @@ fn apply_here(zone: &ZoneConf, key: &[u8], reply: &Result<Reply, Failure>) {
     Stats::count(&stats.redis_calls);
     match reply {
         Ok(Reply::Revoked(Some(_))) => {
-            store.forget(PermitKey::single(key));
+            store.forget(key);
             Stats::count(&stats.revoked);
         }
         Ok(Reply::Cleared(n)) => {
@@ -442,6 +496,8 @@ fn allow_header(req: &mut Request, route: &Route) -> Option<()> {
         Route::Zone(_) => METHODS_ZONE,
         Route::Permits(_) => METHODS_PERMITS,
         Route::Permit(..) => METHODS_PERMIT,
+        Route::Items(_) => METHODS_ITEMS,
+        Route::Item(..) => METHODS_ITEM,
     };
     add_header(req, "Allow", static_str(methods))
 }
@@ -534,21 +590,19 @@ fn serve(req: &Request, asked: &ApiRequest, body: Option<&[u8]>) -> Answer {
                 Ok((200, json!({ "revoked": revoked })))
             })
         }
-        Route::Permit(name, key) if get => {
+        Route::Permit(name, key, item) if get => {
             let zone = find(name)?;
             with_store(&zone, |store, _| {
-                let permit = store
-                    .get(PermitKey::single(key))
-                    .ok_or_else(|| ApiError::new(404, "no permit for this key"))?;
+                let permit =
+                    store.get(PermitKey { key, item }).ok_or_else(|| no_permit(&zone, item))?;
                 Ok((200, api::permit_json(&permit, key_kind(&zone))))
             })
         }
-        Route::Permit(name, key) if *method == Method::DELETE => {
+        Route::Permit(name, key, item) if *method == Method::DELETE => {
             let zone = find(name)?;
             with_store(&zone, |store, _| {
-                let permit = store
-                    .get(PermitKey::single(key))
-                    .ok_or_else(|| ApiError::new(404, "no permit for this key"))?;
+                let permit =
+                    store.get(PermitKey { key, item }).ok_or_else(|| no_permit(&zone, item))?;
                 // On disk first: a revocation the state file cannot keep would come undone at
                 // the next start.
                 if !zone.journal(|| state::revoke(permit.seq), req.log()) {
@@ -557,9 +611,33 @@ fn serve(req: &Request, asked: &ApiRequest, body: Option<&[u8]>) -> Answer {
                         "the state file cannot take the revocation (see the error log); nothing revoked",
                     ));
                 }
-                store.revoke_numbered(PermitKey::single(key), permit.seq);
+                store.revoke_numbered(PermitKey { key, item }, permit.seq);
                 Ok((200, json!({ "revoked": 1 })))
             })
+        }
+        Route::Items(name) if get => {
+            let page = api::item_page(req_args(req))?;
+            let after = page.after_number()?;
+            let zone = find(name)?;
+            let items = with_store(&zone, |store, _| Ok(store.items(after, page.limit)))?;
+            Ok((200, api::items_page_json(&items, page.limit, false)))
+        }
+        Route::Item(name, item) if get => {
+            let zone = find(name)?;
+            let found = with_store(&zone, |store, _| Ok(store.item(item)))?
+                .ok_or_else(|| ApiError::new(404, "no such item in this zone"))?;
+            Ok((200, api::item_json(&found, true)))
+        }
+        Route::Item(name, item) if *method == Method::PATCH => {
+            let zone = find(name)?;
+            sells_items(&zone)?;
+            let max_permits = api::item_patch(body.unwrap_or_default())?;
+            let now = with_store(&zone, |store, _| {
+                store.set_item_stock(item, max_permits).ok_or_else(|| {
+                    ApiError::new(503, "the zone has no room for another item; nothing changed")
+                })
+            })?;
+            Ok((200, api::item_json(&now, true)))
         }
         _ => not_allowed(),
     }
@@ -643,6 +721,8 @@ fn zone_metrics(zone: ZoneRef) -> Option<ZoneMetrics> {
     let now = crate::http::now_ms();
     let mut store = zone.store(now)?;
     let (permits, mut prequeued, mut line) = store.counts();
+    // Items of a zone kept in Redis are Redis's: a round trip per scrape, left out.
+    let items = (zone.itemized && zone.redis.is_none()).then(|| store.item_figures());
     let table = store.table();
     if zone.redis.is_some() && (zone.lined || zone.prequeued) {
         // The line and the pre-queue are Redis's: as it last told this host, read again at
@@ -681,6 +761,8 @@ fn zone_metrics(zone: ZoneRef) -> Option<ZoneMetrics> {
         // SAFETY: nginx sets the page size at startup.
         bytes_used: total.saturating_sub(free_pages * unsafe { ngx_pagesize } as u64),
         bytes_total: total,
+        items: items.map(|(items, _)| items),
+        items_sold_out: items.map(|(_, sold_out)| sold_out),
         line: zone.lined.then_some(line),
     })
 }

@@ -32,6 +32,11 @@ pub struct ZoneMetrics {
     pub max_permits: Option<u64>,
     pub bytes_used: u64,
     pub bytes_total: u64,
+    /// For a zone kept here that sells several items (`flash_sale_item`): the items it has
+    /// (with a permit, a registration or a stock set through the API), and those at their
+    /// cap. Counts per zone, never a sample per item: see [`render`].
+    pub items: Option<u64>,
+    pub items_sold_out: Option<u64>,
     /// For a zone with a line (`flash_sale_queue`): its figures.
     pub line: Option<LineFigures>,
 }
@@ -68,7 +73,10 @@ pub fn render(zones: &[ZoneMetrics]) -> String {
             }
         },
     );
-    let simple: [Family; 15] = [
+    // Items are counted per zone, with no label per item: a drop of ten thousand SKUs would
+    // be ten thousand series per family, which Prometheus keeps (and a scrape sends) for
+    // every item ever sold. One item's figures are in the admin API (`zones/NAME/items`).
+    let simple: [Family; 17] = [
         ("flash_sale_permits", "gauge", "Permits held now.", |z| Some(z.permits)),
         ("flash_sale_prequeued", "gauge", "Buyers waiting for the pre-queue's draw.", |z| {
             Some(z.prequeued)
@@ -94,6 +102,13 @@ pub fn render(zones: &[ZoneMetrics]) -> String {
             |z| z.state_errors,
         ),
         ("flash_sale_state_up", "gauge", "Whether the state file takes records.", |z| z.state_up),
+        (
+            "flash_sale_items",
+            "gauge",
+            "Items the zone has: with a permit, a registration or a stock set through the API.",
+            |z| z.items,
+        ),
+        ("flash_sale_items_sold_out", "gauge", "Items at their cap.", |z| z.items_sold_out),
         ("flash_sale_queue_waiting", "gauge", "Buyers waiting in the line now.", |z| {
             z.line.map(|l| l.waiting)
         }),
@@ -213,6 +228,8 @@ mod tests {
             state_errors: Some(7),
             state_up: Some(1),
             max_permits: Some(3),
+            items: Some(40),
+            items_sold_out: Some(6),
             bytes_used: 45_056,
             bytes_total: 1_048_576,
             line: Some(LineFigures {
@@ -250,6 +267,9 @@ mod tests {
             "flash_sale_redis_up{zone=\"laptop\"} 0",
             "flash_sale_state_errors_total{zone=\"laptop\"} 7",
             "flash_sale_state_up{zone=\"laptop\"} 1",
+            "# TYPE flash_sale_items gauge",
+            "flash_sale_items{zone=\"laptop\"} 40",
+            "flash_sale_items_sold_out{zone=\"laptop\"} 6",
             "flash_sale_zone_bytes{zone=\"laptop\",kind=\"used\"} 45056",
             "flash_sale_zone_bytes{zone=\"laptop\",kind=\"total\"} 1048576",
             "flash_sale_queue_waiting{zone=\"laptop\"} 7",
@@ -271,6 +291,8 @@ mod tests {
         assert!(!text.contains("flash_sale_redis_up{zone=\"ph"), "a local zone has no Redis");
         assert!(!text.contains("flash_sale_state_up{zone=\"ph"), "no state file, no sample");
         assert!(!text.contains("flash_sale_queue_waiting{zone=\"ph"), "no line, no sample");
-        assert_eq!(text.matches("# TYPE").count(), 19);
+        assert!(!text.contains("flash_sale_items{zone=\"ph"), "one item, no item figures");
+        assert!(!text.contains("item=\""), "no label per item");
+        assert_eq!(text.matches("# TYPE").count(), 21);
     }
 }

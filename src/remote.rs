@@ -166,6 +166,14 @@ pub enum Command {
     Overrides,
     /// Changes the sale's overrides as the patch says, field by field.
     SetOverrides { patch: OverridesPatch },
+    /// Up to `limit` items (see [`items`]), in the order of their bytes, after the item
+    /// `after`; replies [`Reply::Items`].
+    Items { after: Option<Vec<u8>>, limit: usize },
+    /// One item; replies [`Reply::Item`] (`None`: the zone has no such item).
+    Item { item: Vec<u8> },
+    /// Sets an item's stock (`None`: removes it, the configuration's applies); replies the
+    /// item as it is then, [`Reply::Item`].
+    SetItemStock { item: Vec<u8>, max_permits: Option<u64> },
 }
 
 /// A step of the line for `key` (see [`Command::Step`]).
@@ -271,6 +279,10 @@ pub enum Reply {
     Opened(Vec<PermitInfo>),
     /// The line's figures, and the buyers registered for the pre-queue's draw.
     Line(LineFigures, u64),
+    /// A page of items (`registered` is 0: Redis does not count registrations per item).
+    Items(Vec<crate::sale::ItemInfo>),
+    /// One item, if the zone has it.
+    Item(Option<crate::sale::ItemInfo>),
 }
 
 /// What a line's step said about one buyer.
@@ -1041,6 +1053,9 @@ fn execute(
             let fields: Vec<(String, String)> = invocation.invoke(conn)?;
             Ok(Reply::Overrides(overrides_from_fields(&fields)))
         }
+        Command::Items { .. } | Command::Item { .. } | Command::SetItemStock { .. } => {
+            items::execute(conn, &settings.prefix, zone, command, deadline)
+        }
     }
 }
 
@@ -1090,6 +1105,8 @@ pub fn live_permits(all: Vec<(Vec<u8>, String)>, now_ms: i64) -> Vec<PermitInfo>
     live.sort_by_key(|p| p.seq);
     live
 }
+
+pub mod items;
 
 #[cfg(test)]
 mod tests {

@@ -1667,6 +1667,18 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
         })
     }
 
+    /// How many items the zone has (with a permit, a registration or a stock set through the
+    /// API), and how many of them are at their cap: the metrics' figures, one walk under the
+    /// lock.
+    pub fn item_figures(&mut self) -> (u64, u64) {
+        self.with_table(|table, _| {
+            table.all_items().map(item_info).fold((0, 0), |(items, sold_out), item| {
+                let at_cap = item.cap().is_some_and(|cap| item.permits >= cap);
+                (items + 1, sold_out + u64::from(at_cap))
+            })
+        })
+    }
+
     /// One item, if the zone has it.
     pub fn item(&mut self, name: &[u8]) -> Option<ItemInfo> {
         self.with_table(|table, _| table.item(name).map(item_info))

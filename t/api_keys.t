@@ -39,7 +39,7 @@ __DATA__
 [200, 200, 200, 200]
 --- response_body_like eval
 ["ok", "ok", "ok",
- qr/^\{"next":null,"permits":\[\{"address":"127\.0\.0\.200","expires":null,"granted":"[^"]+","key":null,"key_base64":"fwAAyA","seq":1\},\{"address":"127\.0\.0\.201","expires":null,"granted":"[^"]+","key":null,"key_base64":"fwAAyQ","seq":2\},\{"address":"2001:db8::1","expires":null,"granted":"[^"]+","key":null,"key_base64":"IAENuAAAAAAAAAAAAAAAAQ","seq":3\}\]\}$/]
+ qr/^\{"next":null,"permits":\[\{"address":"127\.0\.0\.200","expires":null,"granted":"[^"]+","item":null,"key":null,"key_base64":"fwAAyA","seq":1\},\{"address":"127\.0\.0\.201","expires":null,"granted":"[^"]+","item":null,"key":null,"key_base64":"fwAAyQ","seq":2\},\{"address":"2001:db8::1","expires":null,"granted":"[^"]+","item":null,"key":null,"key_base64":"IAENuAAAAAAAAAAAAAAAAQ","seq":3\}\]\}$/]
 
 
 === TEST 2: a page at a time, each cursor leads on to the next key, and back to every permit
@@ -92,7 +92,7 @@ key_base64, and its slot goes back to the sale
  "X-Sale: ADMITTED", "X-Sale: SOLD_OUT"]
 --- response_body_like eval
 ["ok", "ok", "SOLD_OUT",
- qr/^\{"address":"127\.0\.0\.200","expires":null,"granted":"[^"]+","key":null,"key_base64":"fwAAyA","seq":1\}$/,
+ qr/^\{"address":"127\.0\.0\.200","expires":null,"granted":"[^"]+","item":null,"key":null,"key_base64":"fwAAyA","seq":1\}$/,
  qr/"key_base64":"fwAAyA","seq":1\}$/,
  qr/^\{"revoked":1\}$/, qr/"error":"no permit for this key"/, "ok", "SOLD_OUT"]
 
@@ -121,7 +121,7 @@ cursor round-trips, and both the percent-encoded path and key_base64 reach the k
 [200, 200, 200, 200, 200, 200, 200, 200, 200, 200]
 --- response_body_like eval
 ["ok", "ok", "ok",
- qr/^\{"next":"gAAAAAAAAAAAAAAAAAAAAf8x","permits":\[\{"expires":null,"granted":"[^"]+","key":null,"key_base64":"_zE","seq":1\}\]\}$/,
+ qr/^\{"next":"gAAAAAAAAAAAAAAAAAAAAf8x","permits":\[\{"expires":null,"granted":"[^"]+","item":null,"key":null,"key_base64":"_zE","seq":1\}\]\}$/,
  qr/^\{"next":"gAAAAAAAAAAAAAAAAAAAAv8y","permits":\[\{[^\]]*"key":null,"key_base64":"_zI","seq":2\}\]\}$/,
  qr/^\{"next":"gAAAAAAAAAAAAAAAAAAAA2JvYg","permits":\[\{[^\]]*"key":"bob","key_base64":"Ym9i","seq":3\}\]\}$/,
  qr/"key":null,"key_base64":"_zE","seq":1\}$/,
@@ -144,7 +144,7 @@ cursor round-trips, and both the percent-encoded path and key_base64 reach the k
 ["", "X-Sale: PERMITTED", ""]
 --- response_body_like eval
 [qr/^\{"already":0,"granted":1,"over_cap":false,"permits":1,"zone_full":0\}$/, "ok",
- qr/^\{"address":"127\.0\.0\.202","expires":"[^"]+","granted":"[^"]+","key":null,"key_base64":"fwAAyg","seq":1\}$/]
+ qr/^\{"address":"127\.0\.0\.202","expires":"[^"]+","granted":"[^"]+","item":null,"key":null,"key_base64":"fwAAyg","seq":1\}$/]
 
 
 === TEST 6: a mistyped or misplaced parameter is refused and changes nothing: a DELETE of
