@@ -326,7 +326,7 @@ fn decide_with_reply(
     let cache_ms = redis.settings.cache_ms;
     let after = link.after_reply(reply, now, cache_ms, sale.itemized);
     if matches!(command, Command::Step(_)) && !matches!(after, AfterReply::Waiting { .. }) {
-        // Out of the line: admitted, holding a permit, or told SOLD_OUT.
+        // Out of the line: admitted, holding a permit, or told SOLD_OUT or LIMIT_REACHED.
         store.unhear(key.key);
     }
     let verdict = match after {
