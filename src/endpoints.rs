@@ -291,11 +291,11 @@ fn ask_redis(req: &mut Request, asked: ApiRequest, zone: &ZoneConf, command: Com
     let answered = move |req: &mut Request, _: &Command, reply, _| {
         Next::Finalize(redis_answer(req, &asked, reply))
     };
-    if let Err((_, failure)) =
+    if let Err(failed) =
         offload::post(req, redis.threads, &redis.settings, name, command, Box::new(answered))
     {
         // Not queued: answered at once, as Redis failing to answer.
-        return redis_answer(req, &again, Err(failure));
+        return redis_answer(req, &again, Err(failed.1));
     }
     let main = main_request(req);
     crate::flags::set_count(main, crate::flags::count(main) + 1);

@@ -220,6 +220,9 @@ pub enum AfterReply {
     /// Sold out: forget the buyer; first copy every permit from Redis when `copy` (this
     /// request won the copy's turn), so that winners of other hosts still pass here.
     SoldOut { copy: bool },
+    /// The buyer holds permits for `flash_sale_max_per_buyer` items already: forget the
+    /// permit asked about and tell him so. Says nothing of the sale's stock.
+    LimitReached,
     /// The copy of every permit a SOLD_OUT asked for: keep it, then answer SOLD_OUT.
     Copied(Vec<PermitInfo>),
     /// The buyer's permit is gone (revoked since this host heard): forget it and decide him
@@ -241,8 +244,16 @@ pub enum AfterReply {
 impl Link {
     /// Takes in Redis's reply to a gate's round trip at `now_ms`: an admission reopens a sold
     /// out sale, a SOLD_OUT claims the copy's turn (per `cache_ms`), a secret is kept. Says
-    /// what the gate does next.
-    pub fn after_reply(&self, reply: Reply, now_ms: i64, cache_ms: i64) -> AfterReply {
+    /// what the gate does next. In a zone that sells several items (`itemized`), a SOLD_OUT
+    /// is the item's, not the sale's: no copy is made, and the host never trusts it for other
+    /// buyers (they may ask for other items).
+    pub fn after_reply(
+        &self,
+        reply: Reply,
+        now_ms: i64,
+        cache_ms: i64,
+        itemized: bool,
+    ) -> AfterReply {
         let reply = match reply {
             Reply::Lined(LineAnswer::Admission(answer)) => Reply::Admission(answer),
             Reply::Lined(LineAnswer::Waiting { ticket, position, .. }) => {
@@ -258,9 +269,10 @@ impl Link {
             Reply::Admission(Answer::Permitted(held)) => {
                 AfterReply::Pass { outcome: Outcome::Permitted, held, new: false }
             }
-            Reply::Admission(Answer::SoldOut) => {
-                AfterReply::SoldOut { copy: cache_ms > 0 && self.claim_copy(now_ms, cache_ms) }
-            }
+            Reply::Admission(Answer::SoldOut) => AfterReply::SoldOut {
+                copy: !itemized && cache_ms > 0 && self.claim_copy(now_ms, cache_ms),
+            },
+            Reply::Admission(Answer::LimitReached) => AfterReply::LimitReached,
             Reply::Admission(Answer::NotHeld) => AfterReply::Revoked,
             Reply::Permits(permits) => AfterReply::Copied(permits),
             Reply::DrawSecret(secret) => {
@@ -284,40 +296,69 @@ mod tests {
         let held = Held { seq: 4, expires_ms: None };
         link.sold_out(1_000, 500);
         assert_eq!(
-            link.after_reply(Reply::Admission(Answer::Admitted(held)), 1_600, 500),
+            link.after_reply(Reply::Admission(Answer::Admitted(held)), 1_600, 500, false),
             AfterReply::Pass { outcome: Outcome::Admitted, held, new: true }
         );
         assert!(!link.trusts_sold_out(1_601), "an admission reopens the sale");
         assert_eq!(
-            link.after_reply(Reply::Admission(Answer::Permitted(held)), 1_700, 500),
+            link.after_reply(Reply::Admission(Answer::Permitted(held)), 1_700, 500, false),
             AfterReply::Pass { outcome: Outcome::Permitted, held, new: false }
         );
         assert_eq!(
-            link.after_reply(Reply::Admission(Answer::SoldOut), 2_000, 500),
+            link.after_reply(Reply::Admission(Answer::SoldOut), 2_000, 500, false),
             AfterReply::SoldOut { copy: true },
             "the first SOLD_OUT after reopening copies the permits"
         );
         assert_eq!(
-            link.after_reply(Reply::Admission(Answer::SoldOut), 2_100, 500),
+            link.after_reply(Reply::Admission(Answer::SoldOut), 2_100, 500, false),
             AfterReply::SoldOut { copy: false },
             "one copy per cache time"
         );
         assert_eq!(
-            link.after_reply(Reply::Admission(Answer::SoldOut), 2_100, 0),
+            link.after_reply(Reply::Admission(Answer::SoldOut), 2_100, 0, false),
             AfterReply::SoldOut { copy: false },
             "no cache, no copy"
         );
         assert_eq!(
-            link.after_reply(Reply::Admission(Answer::NotHeld), 0, 500),
+            link.after_reply(Reply::Admission(Answer::NotHeld), 0, 500, false),
             AfterReply::Revoked
         );
         assert_eq!(
-            link.after_reply(Reply::Permits(Vec::new()), 0, 500),
+            link.after_reply(Reply::Permits(Vec::new()), 0, 500, false),
             AfterReply::Copied(Vec::new())
         );
-        assert_eq!(link.after_reply(Reply::DrawSecret([7, 8]), 0, 500), AfterReply::Again);
+        assert_eq!(link.after_reply(Reply::DrawSecret([7, 8]), 0, 500, false), AfterReply::Again);
         assert_eq!(link.draw_secret(), Some([7, 8]));
-        assert_eq!(link.after_reply(Reply::Cleared(3), 0, 500), AfterReply::Unexpected);
+        assert_eq!(link.after_reply(Reply::Cleared(3), 0, 500, false), AfterReply::Unexpected);
+    }
+
+    #[test]
+    fn an_item_sold_out_or_a_buyer_at_his_limit_says_nothing_of_the_sale() {
+        let link = Link::default();
+        assert_eq!(
+            link.after_reply(Reply::Admission(Answer::SoldOut), 1_000, 500, true),
+            AfterReply::SoldOut { copy: false },
+            "an item's SOLD_OUT: no copy"
+        );
+        assert!(!link.trusts_sold_out(1_001), "nor is it trusted for buyers of other items");
+        assert!(link.may_ask_for_permit(1_001, 500));
+        assert!(link.claim_copy(1_001, 500), "the copy's turn was left alone");
+        let link = Link::default();
+        assert_eq!(
+            link.after_reply(Reply::Admission(Answer::LimitReached), 2_000, 500, false),
+            AfterReply::LimitReached
+        );
+        assert_eq!(
+            link.after_reply(
+                Reply::Lined(LineAnswer::Admission(Answer::LimitReached)),
+                2_000,
+                500,
+                true
+            ),
+            AfterReply::LimitReached
+        );
+        assert!(!link.known_sold_out(), "LIMIT_REACHED is never the sale's SOLD_OUT");
+        assert!(link.claim_copy(2_000, 500), "and claims no copy");
     }
 
     #[test]
@@ -325,24 +366,29 @@ mod tests {
         let link = Link::default();
         let held = Held { seq: 2, expires_ms: None };
         assert_eq!(
-            link.after_reply(Reply::Lined(LineAnswer::Admission(Answer::Admitted(held))), 0, 500),
+            link.after_reply(
+                Reply::Lined(LineAnswer::Admission(Answer::Admitted(held))),
+                0,
+                500,
+                false
+            ),
             AfterReply::Pass { outcome: Outcome::Admitted, held, new: true }
         );
         let waiting = LineAnswer::Waiting { ticket: 9, position: 4, waiting: 12 };
         assert_eq!(
-            link.after_reply(Reply::Lined(waiting), 0, 500),
+            link.after_reply(Reply::Lined(waiting), 0, 500, false),
             AfterReply::Waiting { ticket: 9, position: 4 }
         );
         assert_eq!(
-            link.after_reply(Reply::Lined(LineAnswer::Admission(Answer::SoldOut)), 10, 500),
+            link.after_reply(Reply::Lined(LineAnswer::Admission(Answer::SoldOut)), 10, 500, false),
             AfterReply::SoldOut { copy: true }
         );
         assert_eq!(
-            link.after_reply(Reply::Registered(false), 0, 500),
+            link.after_reply(Reply::Registered(false), 0, 500, false),
             AfterReply::Registered(false)
         );
         assert_eq!(
-            link.after_reply(Reply::Opened(Vec::new()), 0, 500),
+            link.after_reply(Reply::Opened(Vec::new()), 0, 500, false),
             AfterReply::Opened(Vec::new())
         );
     }

@@ -72,8 +72,9 @@ const TIMER_GRACE_MS: u64 = 20;
 
 /// Runs `command` for the request `r` on `threads`; `done` gets the reply. When the task
 /// cannot be queued (nginx's thread pool queue is full; nginx has logged it) the request is
-/// not suspended, and the command comes back with the failure to decide on at once. On
-/// `Ok`, the caller leaves the request waiting (`NGX_AGAIN`/`NGX_DONE`).
+/// not suspended, and the command comes back with the failure to decide on at once (boxed:
+/// a rare path, and a command is large). On `Ok`, the caller leaves the request waiting
+/// (`NGX_AGAIN`/`NGX_DONE`).
 pub fn post(
     req: &mut Request,
     threads: NonNull<ngx_thread_pool_t>,
@@ -81,10 +82,10 @@ pub fn post(
     zone: String,
     command: Command,
     done: Done,
-) -> Result<(), (Command, Failure)> {
+) -> Result<(), Box<(Command, Failure)>> {
     let request = NonNull::from(req.as_mut());
     queue(threads, settings, zone, command, Then::Request(request, done))
-        .map_err(|command| (command, queue_full()))?;
+        .map_err(|command| Box::new((command, queue_full())))?;
     block(req, true);
     Ok(())
 }

@@ -119,12 +119,15 @@ impl Settings {
 /// One atomic step on a zone's permits in Redis.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
-    /// Admits `key` if it holds no permit and the permits are under the cap. With `recheck`,
-    /// only says whether the key still holds a permit. With `settle`, the pre-queue's draw
-    /// comes first, if nobody has made it yet.
+    /// Admits `key` (a permit's field, see [`field`]) if it holds no permit, its item's
+    /// permits are under the cap (an item's stock in Redis wins over `cap`) and its buyer holds
+    /// permits for fewer than `max_per_buyer` items. With `recheck`, only says whether the key
+    /// still holds a permit. With `settle`, the pre-queue's draw comes first, if nobody has
+    /// made it yet.
     Admit {
         key: Vec<u8>,
         cap: Cap,
+        max_per_buyer: Option<u64>,
         now_ms: i64,
         expires_ms: Option<i64>,
         recheck: bool,
@@ -134,13 +137,15 @@ pub enum Command {
     /// pre-queue's draw if due, silent waiters leave, the pace calls, `key` joins or renews
     /// its place, and is admitted if called, as [`Command::Admit`] admits.
     Step(Box<LineStep>),
-    /// Registers `key` for the pre-queue's draw, unless the sale has opened in Redis.
-    Register { key: Vec<u8> },
+    /// Registers `key` (a permit's field) for the pre-queue's draw, unless the sale has opened
+    /// in Redis; its item remembers `cap` for the draw.
+    Register { key: Vec<u8>, cap: Cap },
     /// The sale's opening, once per host: the pre-queue's draw if nobody has made it yet
     /// (into the line when `line` is given), then every permit, for the host to know the
     /// draw's winners.
     Open {
         cap: Cap,
+        max_per_buyer: Option<u64>,
         now_ms: i64,
         expires_ms: Option<i64>,
         line: Option<LineSettings>,
@@ -176,11 +181,14 @@ pub enum Command {
     SetItemStock { item: Vec<u8>, max_permits: Option<u64> },
 }
 
-/// A step of the line for `key` (see [`Command::Step`]).
+/// A step of the line for `key`, a permit's field (see [`Command::Step`]): the line is the
+/// buyer's, the permit the field's.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LineStep {
     pub key: Vec<u8>,
     pub cap: Cap,
+    /// `flash_sale_max_per_buyer`: how many items one buyer may hold permits for.
+    pub max_per_buyer: Option<u64>,
     pub now_ms: i64,
     pub expires_ms: Option<i64>,
     pub line: LineSettings,
@@ -252,6 +260,9 @@ pub enum Answer {
     SoldOut,
     /// A recheck found no permit for the key (any more).
     NotHeld,
+    /// No permit for the key: the buyer holds permits for `flash_sale_max_per_buyer` items
+    /// already.
+    LimitReached,
 }
 
 /// Redis's reply to a [`Command`], in the command's order.
@@ -299,8 +310,10 @@ pub enum LineAnswer {
 }
 
 /// The zone's keys: permits, expiry, seq (see [`ADMIT`]), draw (the per-key draws' secret)
-/// and overrides (a hash of [`OVERRIDE_FIELDS`]). The braces are a hash tag: in a Redis Cluster, a zone's keys sit in one slot, as a
-/// script's keys must.
+/// and overrides (a hash of [`OVERRIDE_FIELDS`]); for a zone that sells several items, those
+/// of [`item_keys`] too (items, buyers, stock, configured); for a line or a pre-queue, those
+/// of [`line_keys`]. The braces are a hash tag: in a Redis Cluster, a zone's keys sit in one
+/// slot, as a script's keys must.
 pub fn keys(prefix: &str, zone: &str) -> [String; 5] {
     ["permits", "expiry", "seq", "draw", "overrides"]
         .map(|part| format!("{prefix}{{{zone}}}:{part}"))
@@ -318,35 +331,100 @@ pub fn line_keys(prefix: &str, zone: &str) -> [String; 7] {
         .map(|part| format!("{prefix}{{{zone}}}:{part}"))
 }
 
-/// The permits' functions, shared by the scripts that admit ([`ADMIT`], [`STEP`], [`OPEN`]).
-/// KEYS: permits (key -> "seq:expires_ms:granted_ms", expires 0 for never), expiry (a sorted
-/// set of the keys by expiry), seq (the last number given), prequeue, opened (see
-/// [`line_keys`]). Times are the host's (`now`, Unix ms, as text), as for every permit.
+/// The keys of a zone that sells several items, in the same slot, each a hash: items (item ->
+/// permits held for it now, fields at 0 deleted), buyers (buyer's key -> items he holds
+/// permits for now, fields at 0 deleted), stock (item -> the stock set through the admin API,
+/// an integer as text; no field: not set) and configured (item -> the cap the last admission
+/// or registration for it was configured with, as text; no field: none). The scripts keep
+/// items and buyers exact with every permit they add or remove; a zone that sells one item
+/// leaves all four alone.
+pub fn item_keys(prefix: &str, zone: &str) -> [String; 4] {
+    ["items", "buyers", "stock", "configured"].map(|part| format!("{prefix}{{{zone}}}:{part}"))
+}
+
+/// The permits' functions, shared by every script that adds or removes a permit ([`ADMIT`],
+/// [`STEP`], [`OPEN`], [`GRANT`], [`REVOKE`], [`CLEAR`], [`REGISTER`]). KEYS: permits (a
+/// permit's field, see [`field`] -> "seq:expires_ms:granted_ms", expires 0 for never), expiry
+/// (a sorted set of the fields by expiry), seq (the last number given), then the seven of
+/// [`line_keys`] (prequeue 4, opened 5, line 6, seen 7, lstate 8, joined 9, recent 10), then
+/// the four of [`item_keys`] (items 11, buyers 12, stock 13, configured 14). Times are the
+/// host's (`now`, Unix ms, as text), as for every permit. A cap or a limit is a number, -1
+/// for none.
 const PERMITS: &str = r"
+-- A permit's field read back, as `parse_field` reads it: the buyer's key and the item; the
+-- item is nil in a zone that sells one item (the field is the key).
+local function parts(field)
+  if string.byte(field, 1) ~= 0 then return field, nil end
+  local colon = string.find(field, ':', 2, true)
+  if not colon then return field, nil end
+  local digits = string.sub(field, 2, colon - 1)
+  if not string.match(digits, '^%d+$') then return field, nil end
+  local len, rest = tonumber(digits), string.sub(field, colon + 1)
+  if len < 1 or len > #rest then return field, nil end
+  return string.sub(rest, len + 1), string.sub(rest, 1, len)
+end
+-- A whole number kept as text (a stock, a configured cap), or nil.
+local function whole(text)
+  if text and string.match(text, '^%d+$') then return tonumber(text) end
+  return nil
+end
+-- Keeps the counts of items and buyers as the permit of `field` is added (1) or removed (-1);
+-- a count that reaches 0 is deleted. A zone that sells one item keeps none.
+local function counted(field, by)
+  local buyer, item = parts(field)
+  if not item then return end
+  if redis.call('HINCRBY', KEYS[11], item, by) <= 0 then redis.call('HDEL', KEYS[11], item) end
+  if redis.call('HINCRBY', KEYS[12], buyer, by) <= 0 then redis.call('HDEL', KEYS[12], buyer) end
+end
+local function drop_permit(field)
+  if redis.call('HDEL', KEYS[1], field) == 1 then counted(field, -1) end
+  redis.call('ZREM', KEYS[2], field)
+end
 local function expire_permits(now)
   local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
-  for _, k in ipairs(gone) do
-    redis.call('HDEL', KEYS[1], k)
-    redis.call('ZREM', KEYS[2], k)
-  end
+  for _, k in ipairs(gone) do drop_permit(k) end
 end
 local function held_permit(key, now)
   local held = redis.call('HGET', KEYS[1], key)
   if held then
     local expires = tonumber(string.match(held, '^%d+:(%d+)'))
     if expires == 0 or expires > tonumber(now) then return held end
-    redis.call('HDEL', KEYS[1], key)
-    redis.call('ZREM', KEYS[2], key)
+    drop_permit(key)
   end
   return false
 end
-local function sold_out(cap)
-  return cap >= 0 and redis.call('HLEN', KEYS[1]) >= cap
+-- The cap an item's count is compared with: its stock set through the admin API, else `cap`.
+local function item_cap(item, cap)
+  return whole(redis.call('HGET', KEYS[13], item)) or cap
+end
+-- Whether the permit of `field` finds its item's count at its cap (the zone's count and
+-- `cap` in a zone that sells one item).
+local function sold_out(field, cap)
+  local _, item = parts(field)
+  if not item then return cap >= 0 and redis.call('HLEN', KEYS[1]) >= cap end
+  cap = item_cap(item, cap)
+  return cap >= 0 and (tonumber(redis.call('HGET', KEYS[11], item)) or 0) >= cap
+end
+-- Whether the buyer of `field` holds permits for `limit` items already.
+local function limit_reached(field, limit)
+  local buyer, item = parts(field)
+  if limit < 0 or not item then return false end
+  return (tonumber(redis.call('HGET', KEYS[12], buyer)) or 0) >= limit
+end
+-- Remembers the cap (text, -1 for none) an item was configured with, for the admin API.
+local function configured(field, cap)
+  local _, item = parts(field)
+  if not item then return end
+  if whole(cap) then
+    redis.call('HSET', KEYS[14], item, cap)
+  else
+    redis.call('HDEL', KEYS[14], item)
+  end
 end
 local function new_permit(key, now, expires)
   local permit = redis.call('INCR', KEYS[3]) .. ':' .. expires .. ':' .. now
   if expires ~= '0' then redis.call('ZADD', KEYS[2], expires, key) end
-  redis.call('HSET', KEYS[1], key, permit)
+  if redis.call('HSET', KEYS[1], key, permit) == 1 then counted(key, 1) end
   return permit
 end
 -- The pre-queue's registrants who hold no permit, taken out of the set, once: the first step
@@ -375,9 +453,29 @@ local function shuffle(keys, take)
 end
 -- The pre-queue's draw without a line: the cap's room goes to a uniform choice of the
 -- registrants, in a uniform order; without a cap, each draws once against the block ratio.
-local function settle_permits(now, expires, cap, ratio, seed)
+-- With items, every registration (a buyer for an item) in one uniform order: each item up
+-- to its cap as remembered at registration (or its stock), without one by a draw, and
+-- never past a buyer's `limit`.
+local function settle_permits(now, expires, cap, ratio, seed, limit)
   local open = registrants(now, seed)
   if not open then return end
+  if #open > 0 and select(2, parts(open[1])) then
+    shuffle(open, #open)
+    for _, f in ipairs(open) do
+      local _, item = parts(f)
+      local wins = not limit_reached(f, limit)
+      if wins then
+        local c = item_cap(item, whole(redis.call('HGET', KEYS[14], item)) or -1)
+        if c >= 0 then
+          wins = (tonumber(redis.call('HGET', KEYS[11], item)) or 0) < c
+        else
+          wins = math.random() >= ratio
+        end
+      end
+      if wins then new_permit(f, now, expires) end
+    end
+    return
+  end
   local take = #open
   if cap >= 0 then
     take = math.max(0, math.min(#open, cap - redis.call('HLEN', KEYS[1])))
@@ -405,28 +503,36 @@ local function join(key, rnow, idle)
   return ticket
 end
 -- The pre-queue's draw with a line: every registrant takes a place at its front, in a
--- uniformly random order (the block ratio is the hosts' per-key draw, as for everyone).
+-- uniformly random order (the block ratio is the hosts' per-key draw, as for everyone); a
+-- buyer once, whatever the items he registered for (one line per sale).
 local function settle_line(now, seed, rnow, idle)
   local open = registrants(now, seed)
   if not open then return end
   shuffle(open, #open)
   for i = 1, #open do
-    if not redis.call('ZSCORE', KEYS[6], open[i]) then join(open[i], rnow, idle) end
+    local buyer = parts(open[i])
+    if not redis.call('ZSCORE', KEYS[6], buyer) then join(buyer, rnow, idle) end
   end
 end
 ";
 
-/// KEYS as for [`PERMITS`] (the first five). ARGV: the deadline (see [`LATE`]), key, cap (-1
-/// for none), now_ms, expires_ms (0 for never), recheck (1 to only look), settle (1 for the
-/// pre-queue's draw), the block ratio, a seed. Replies {code, permit}: 0 admitted, 1 held, 2
-/// sold out, 3 not held.
+/// KEYS as for [`PERMITS`]. ARGV: the deadline (see [`LATE`]), the permit's field (see
+/// [`field`]), cap (-1 for none; an item's stock in Redis wins over it), now_ms, expires_ms (0
+/// for never), recheck (1 to only look), settle (1 for the pre-queue's draw), the block ratio,
+/// a seed, max_per_buyer (-1 for none). In the order of `zone.rs`'s `barrier`: the permit,
+/// the item's cap, the buyer's limit. Replies {code, permit}: 0 admitted, 1 held, 2 sold out,
+/// 3 not held, 5 the buyer's limit reached.
 const ADMIT: &str = r"
 expire_permits(ARGV[4])
-if ARGV[7] == '1' then settle_permits(ARGV[4], ARGV[5], tonumber(ARGV[3]), tonumber(ARGV[8]), ARGV[9]) end
+if ARGV[7] == '1' then
+  settle_permits(ARGV[4], ARGV[5], tonumber(ARGV[3]), tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10]))
+end
 local held = held_permit(ARGV[2], ARGV[4])
 if held then return {1, held} end
 if ARGV[6] == '1' then return {3, ''} end
-if sold_out(tonumber(ARGV[3])) then return {2, ''} end
+configured(ARGV[2], ARGV[3])
+if sold_out(ARGV[2], tonumber(ARGV[3])) then return {2, ''} end
+if limit_reached(ARGV[2], tonumber(ARGV[10])) then return {5, ''} end
 return {0, new_permit(ARGV[2], ARGV[4], ARGV[5])}
 ";
 
@@ -436,21 +542,26 @@ return {0, new_permit(ARGV[2], ARGV[4], ARGV[5])}
 /// last step is paid at the rate it ran at, and every whole slot calls the next uncalled
 /// waiter, what is left capped at one second's worth; the buyer joins (once per key) or renews
 /// his place; the pace calls again (an empty line's bucket is the newcomer's); and a called
-/// buyer leaves the line admitted, with a permit as [`ADMIT`] gives it.
-/// KEYS as for [`LINE`]. ARGV: the deadline, key, cap (-1 for none), now_ms, expires_ms,
-/// rate (thousandths a second), idle_ms, settle (1 for the pre-queue's draw), a seed.
-/// Replies {code, permit, position, ticket, waiting}: 0 admitted, 1 held, 2 sold out, 4
-/// waiting.
+/// buyer leaves the line admitted, with a permit as [`ADMIT`] gives it. The line is one per
+/// sale, of buyers: a buyer waits once whatever the item he asks for, and is admitted for
+/// the item of the step that finds him called.
+/// KEYS as for [`LINE`]. ARGV: the deadline, the permit's field, cap (-1 for none), now_ms,
+/// expires_ms, rate (thousandths a second), idle_ms, settle (1 for the pre-queue's draw), a
+/// seed, max_per_buyer (-1 for none). Replies {code, permit, position, ticket, waiting}: 0
+/// admitted, 1 held, 2 sold out, 4 waiting, 5 the buyer's limit reached.
 const STEP: &str = r"
 local SLOT = 1000000
-local key, now, expires = ARGV[2], ARGV[4], ARGV[5]
+local field, now, expires = ARGV[2], ARGV[4], ARGV[5]
+local key = parts(field)
 local rate, idle = tonumber(ARGV[6]), tonumber(ARGV[7])
 local rnow = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 expire_permits(now)
 if ARGV[8] == '1' then settle_line(now, ARGV[9], rnow, idle) end
-local held = held_permit(key, now)
+local held = held_permit(field, now)
 if held then return {1, held, 0, 0, 0} end
-if sold_out(tonumber(ARGV[3])) then return {2, '', 0, 0, 0} end
+configured(field, ARGV[3])
+if sold_out(field, tonumber(ARGV[3])) then return {2, '', 0, 0, 0} end
+if limit_reached(field, tonumber(ARGV[10])) then return {5, '', 0, 0, 0} end
 local f = redis.call('HMGET', KEYS[8], 'called', 'units', 'filled', 'rate')
 local called, units = tonumber(f[1]) or 0, tonumber(f[2]) or 0
 local filled, ran_at = tonumber(f[3]) or 0, tonumber(f[4]) or 0
@@ -522,7 +633,7 @@ if ahead < called then
       if tonumber(s) <= second - 60 then redis.call('HDEL', KEYS[10], s) end
     end
   end
-  code, permit = 0, new_permit(key, now, expires)
+  code, permit = 0, new_permit(field, now, expires)
 else
   position = ahead - called
 end
@@ -531,7 +642,8 @@ return {code, permit, position, ticket, waiting}
 ";
 
 /// KEYS as for [`LINE`]; ARGV: the deadline, cap (-1 for none), now_ms, expires_ms, lined (1
-/// when the sale has a line), idle_ms, the block ratio, a seed. The pre-queue's draw if
+/// when the sale has a line), idle_ms, the block ratio, a seed, max_per_buyer (-1 for none).
+/// The pre-queue's draw if
 /// nobody has made it yet; replies every permit, as an HGETALL, for a sale without a line
 /// (the draw's winners hold permits), and none for a sale with one (they are in line).
 const OPEN: &str = r"
@@ -541,15 +653,17 @@ if ARGV[5] == '1' then
   settle_line(ARGV[3], ARGV[8], rnow, tonumber(ARGV[6]))
   return {}
 end
-settle_permits(ARGV[3], ARGV[4], tonumber(ARGV[2]), tonumber(ARGV[7]), ARGV[8])
+settle_permits(ARGV[3], ARGV[4], tonumber(ARGV[2]), tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9]))
 return redis.call('HGETALL', KEYS[1])
 ";
 
-/// KEYS: prequeue, opened; ARGV: the deadline, key. Replies 1 when registered, 0 when the
-/// sale has opened in Redis (its first step has made the draw).
+/// KEYS as for [`PERMITS`]; ARGV: the deadline, the permit's field, cap (-1 for none): an
+/// item remembers it in configured, for the draw. Replies 1 when registered, 0 when the sale
+/// has opened in Redis (its first step has made the draw).
 const REGISTER: &str = r"
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('SADD', KEYS[1], ARGV[2])
+if redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
+redis.call('SADD', KEYS[4], ARGV[2])
+configured(ARGV[2], ARGV[3])
 return 1
 ";
 
@@ -579,8 +693,9 @@ for i = 5, 15 do out[#out + 1] = tonumber(f[i]) or 0 end
 return out
 ";
 
-/// KEYS as for [`ADMIT`]; ARGV: the deadline, now_ms, then a key and its expires_ms (0 for
-/// never) per permit. Grants whatever the cap. Replies {granted, already held, permits now}.
+/// KEYS as for [`ADMIT`]; ARGV: the deadline, now_ms, then a permit's field and its
+/// expires_ms (0 for never) per permit. Grants whatever the cap and the buyers' limit.
+/// Replies {granted, already held, permits now}.
 const GRANT: &str = r"
 local granted, already = 0, 0
 for i = 3, #ARGV, 2 do
@@ -595,19 +710,19 @@ for i = 3, #ARGV, 2 do
     else
       redis.call('ZREM', KEYS[2], ARGV[i])
     end
-    redis.call('HSET', KEYS[1], ARGV[i], permit)
+    if redis.call('HSET', KEYS[1], ARGV[i], permit) == 1 then counted(ARGV[i], 1) end
     granted = granted + 1
   end
 end
 return {granted, already, redis.call('HLEN', KEYS[1])}
 ";
 
-/// KEYS as for [`ADMIT`]; ARGV: the deadline, key. Replies the revoked permit, or nil.
+/// KEYS as for [`ADMIT`]; ARGV: the deadline, the permit's field. Replies the revoked permit,
+/// or nil.
 const REVOKE: &str = r"
 local held = redis.call('HGET', KEYS[1], ARGV[2])
 if not held then return false end
-redis.call('HDEL', KEYS[1], ARGV[2])
-redis.call('ZREM', KEYS[2], ARGV[2])
+drop_permit(ARGV[2])
 return held
 ";
 
@@ -630,10 +745,11 @@ end
 return redis.call('HGETALL', KEYS[1])
 ";
 
-/// KEYS as for [`ADMIT`]; ARGV: the deadline. Replies how many permits there were.
+/// KEYS as for [`ADMIT`]; ARGV: the deadline. Revokes every permit, and with them the counts
+/// of items and buyers. Replies how many permits there were.
 const CLEAR: &str = r"
 local n = redis.call('HLEN', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[11], KEYS[12])
 return n
 ";
 
@@ -655,13 +771,13 @@ static SCRIPTS: LazyLock<[Script; 10]> = LazyLock::new(|| {
     let late = |body: &str| Script::new(&format!("{LATE}{body}"));
     [
         late(&format!("{PERMITS}{ADMIT}")),
-        late(REVOKE),
-        late(CLEAR),
-        late(GRANT),
+        late(&format!("{PERMITS}{REVOKE}")),
+        late(&format!("{PERMITS}{CLEAR}")),
+        late(&format!("{PERMITS}{GRANT}")),
         Script::new(DRAW_SECRET),
         late(SET_OVERRIDES),
         late(&format!("{PERMITS}{LINE}{STEP}")),
-        late(REGISTER),
+        late(&format!("{PERMITS}{REGISTER}")),
         late(&format!("{PERMITS}{LINE}{OPEN}")),
         Script::new(FIGURES),
     ]
@@ -704,6 +820,7 @@ pub fn parse_admission(code: i64, permit: &str) -> Option<Answer> {
         1 => Some(Answer::Permitted(parse_permit(permit)?)),
         2 => Some(Answer::SoldOut),
         3 => Some(Answer::NotHeld),
+        5 if permit.is_empty() => Some(Answer::LimitReached),
         _ => None,
     }
 }
@@ -717,7 +834,7 @@ pub fn parse_step(
     waiting: u64,
 ) -> Option<LineAnswer> {
     match code {
-        0..=2 => parse_admission(code, permit).map(LineAnswer::Admission),
+        0..=2 | 5 => parse_admission(code, permit).map(LineAnswer::Admission),
         4 if ticket > 0 => Some(LineAnswer::Waiting { ticket, position, waiting }),
         _ => None,
     }
@@ -923,21 +1040,22 @@ fn execute(
 ) -> redis::RedisResult<Reply> {
     let [permits, expiry, seq, draw, overrides] = keys(&settings.prefix, zone);
     let lines = line_keys(&settings.prefix, zone);
+    let items = item_keys(&settings.prefix, zone);
     let [admit, revoke, clear, grant, draw_secret, set_overrides, step, register, open, figures] =
         &*SCRIPTS;
     let malformed = || redis::RedisError::from((redis::ErrorKind::TypeError, "unexpected reply"));
     let cap_arg = |cap: &Cap| cap.map_or(-1, |c| i64::try_from(c).unwrap_or(i64::MAX));
-    // The keys of the scripts that admit, in the order of [`PERMITS`] and [`LINE`].
+    // The keys of the scripts that change permits, in the order of [`PERMITS`] and [`LINE`].
     let all_keys = |script: &'static Script| {
         let mut invocation = script.key(&permits);
         invocation.key(&expiry).key(&seq);
-        for key in &lines {
+        for key in lines.iter().chain(&items) {
             invocation.key(key);
         }
         invocation
     };
     match command {
-        Command::Admit { key, cap, now_ms, expires_ms, recheck, settle } => {
+        Command::Admit { key, cap, max_per_buyer, now_ms, expires_ms, recheck, settle } => {
             let (code, permit): (i64, String) = all_keys(admit)
                 .arg(deadline)
                 .arg(key.as_slice())
@@ -948,11 +1066,13 @@ fn execute(
                 .arg(u8::from(settle.is_some()))
                 .arg(settle.as_ref().map_or(0.0, |s| s.ratio))
                 .arg(settle.as_ref().map_or(0, |s| s.seed))
+                .arg(cap_arg(max_per_buyer))
                 .invoke(conn)?;
             parse_admission(code, &permit).map(Reply::Admission).ok_or_else(malformed)
         }
         Command::Step(step_args) => {
-            let LineStep { key, cap, now_ms, expires_ms, line, settle } = &**step_args;
+            let LineStep { key, cap, max_per_buyer, now_ms, expires_ms, line, settle } =
+                &**step_args;
             let (code, permit, position, ticket, waiting): (i64, String, u64, u64, u64) =
                 all_keys(step)
                     .arg(deadline)
@@ -964,22 +1084,21 @@ fn execute(
                     .arg(line.idle_ms)
                     .arg(u8::from(settle.is_some()))
                     .arg(settle.map_or(0, |s| s.seed))
+                    .arg(cap_arg(max_per_buyer))
                     .invoke(conn)?;
             parse_step(code, &permit, position, ticket, waiting)
                 .map(Reply::Lined)
                 .ok_or_else(malformed)
         }
-        Command::Register { key } => {
-            let [prequeue, opened, ..] = &lines;
-            let registered: i64 = register
-                .key(prequeue)
-                .key(opened)
+        Command::Register { key, cap } => {
+            let registered: i64 = all_keys(register)
                 .arg(deadline)
                 .arg(key.as_slice())
+                .arg(cap_arg(cap))
                 .invoke(conn)?;
             Ok(Reply::Registered(registered == 1))
         }
-        Command::Open { cap, now_ms, expires_ms, line, settle } => {
+        Command::Open { cap, max_per_buyer, now_ms, expires_ms, line, settle } => {
             let all: Vec<(Vec<u8>, String)> = all_keys(open)
                 .arg(deadline)
                 .arg(cap_arg(cap))
@@ -989,6 +1108,7 @@ fn execute(
                 .arg(line.map_or(0, |l| l.idle_ms))
                 .arg(settle.ratio)
                 .arg(settle.seed)
+                .arg(cap_arg(max_per_buyer))
                 .invoke(conn)?;
             Ok(Reply::Opened(live_permits(all, *now_ms)))
         }
@@ -1005,18 +1125,12 @@ fn execute(
             Ok(Reply::Permit(held.filter(|h| h.expires_ms.is_none_or(|e| e > *now_ms))))
         }
         Command::Revoke { key } => {
-            let permit: Option<String> = revoke
-                .key(&permits)
-                .key(&expiry)
-                .key(&seq)
-                .arg(deadline)
-                .arg(key.as_slice())
-                .invoke(conn)?;
+            let permit: Option<String> =
+                all_keys(revoke).arg(deadline).arg(key.as_slice()).invoke(conn)?;
             Ok(Reply::Revoked(permit.as_deref().and_then(parse_permit).map(|h| h.seq)))
         }
         Command::Clear => {
-            let cleared: u64 =
-                clear.key(&permits).key(&expiry).key(&seq).arg(deadline).invoke(conn)?;
+            let cleared: u64 = all_keys(clear).arg(deadline).invoke(conn)?;
             Ok(Reply::Cleared(cleared))
         }
         Command::Permits { now_ms } => {
@@ -1024,8 +1138,8 @@ fn execute(
             Ok(Reply::Permits(live_permits(all, *now_ms)))
         }
         Command::Grant { grants, now_ms } => {
-            let mut invocation = grant.key(&permits);
-            invocation.key(&expiry).key(&seq).arg(deadline).arg(now_ms);
+            let mut invocation = all_keys(grant);
+            invocation.arg(deadline).arg(now_ms);
             for (key, item, ttl_ms) in grants {
                 invocation
                     .arg(field(PermitKey { key, item }))
@@ -1078,7 +1192,11 @@ pub fn parse_field(field: &[u8]) -> (&[u8], &[u8]) {
     let item = || {
         let rest = field.strip_prefix(b"\0")?;
         let colon = rest.iter().position(|&b| b == b':')?;
-        let len: usize = core::str::from_utf8(&rest[..colon]).ok()?.parse().ok()?;
+        let digits = &rest[..colon];
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let len: usize = core::str::from_utf8(digits).ok()?.parse().ok()?;
         let rest = &rest[colon + 1..];
         (len > 0 && len <= rest.len()).then(|| (&rest[len..], &rest[..len]))
     };
@@ -1189,8 +1307,11 @@ mod tests {
         assert_eq!(parse_admission(1, "3:0:9"), Some(Answer::Permitted(held(3, None))));
         assert_eq!(parse_admission(2, ""), Some(Answer::SoldOut));
         assert_eq!(parse_admission(3, ""), Some(Answer::NotHeld));
+        assert_eq!(parse_admission(5, ""), Some(Answer::LimitReached));
         assert_eq!(parse_admission(0, ""), None);
         assert_eq!(parse_admission(4, "3:0:9"), None);
+        assert_eq!(parse_admission(5, "3:0:9"), None, "a buyer at his limit gets no permit");
+        assert_eq!(parse_admission(6, ""), None);
     }
 
     #[test]
@@ -1205,6 +1326,7 @@ mod tests {
             Some(LineAnswer::Admission(Answer::Permitted(held)))
         );
         assert_eq!(parse_step(2, "", 0, 0, 0), Some(LineAnswer::Admission(Answer::SoldOut)));
+        assert_eq!(parse_step(5, "", 0, 0, 0), Some(LineAnswer::Admission(Answer::LimitReached)));
         assert_eq!(
             parse_step(4, "", 17, 40, 90),
             Some(LineAnswer::Waiting { ticket: 40, position: 17, waiting: 90 })
@@ -1212,7 +1334,7 @@ mod tests {
         assert_eq!(parse_step(4, "", 17, 0, 90), None, "tickets start at 1");
         assert_eq!(parse_step(3, "", 0, 0, 0), None, "no recheck in a step");
         assert_eq!(parse_step(0, "", 0, 0, 0), None);
-        assert_eq!(parse_step(5, "", 0, 1, 0), None);
+        assert_eq!(parse_step(6, "", 0, 1, 0), None);
     }
 
     #[test]
@@ -1232,6 +1354,68 @@ mod tests {
         assert_eq!(parse_figures(&values[..17]), None);
         values.push(0);
         assert_eq!(parse_figures(&values), None);
+    }
+
+    #[test]
+    fn the_item_keys_share_the_zone_slot() {
+        assert_eq!(
+            item_keys("shop:", "sale"),
+            [
+                "shop:{sale}:items",
+                "shop:{sale}:buyers",
+                "shop:{sale}:stock",
+                "shop:{sale}:configured"
+            ]
+        );
+        // Every script that adds or removes a permit keeps the items' and buyers' counts.
+        for script in [ADMIT, STEP, OPEN, GRANT, REVOKE, CLEAR, REGISTER] {
+            assert!(!script.contains("local function parts"));
+        }
+        assert!(PERMITS.contains("local function parts"));
+        assert!(CLEAR.contains("KEYS[11], KEYS[12]"));
+    }
+
+    #[test]
+    fn a_field_names_the_item_and_reads_back() {
+        let one = PermitKey::single(b"amy");
+        assert_eq!(field(one), b"amy", "a zone of one item: the key itself");
+        assert_eq!(parse_field(b"amy"), (&b"amy"[..], &b""[..]));
+        let cases: [(&[u8], &[u8]); 6] = [
+            (b"amy", b"sku-1"),
+            (b"bob", b"9:x"),
+            (b"\x002:ab", b"\x00"),
+            (b"", b"a"),
+            (b"12:cd", b"1234567890123"),
+            (b"c:y", b":"),
+        ];
+        for (key, item) in cases {
+            let f = field(PermitKey { key, item });
+            assert_eq!(f[0], 0, "an item's field starts with a zero byte");
+            assert_eq!(parse_field(&f), (key, item), "{f:?}");
+        }
+        assert_eq!(field(PermitKey { key: b"amy", item: b"ab" }), b"\x002:abamy");
+    }
+
+    #[test]
+    fn a_malformed_field_is_read_as_a_plain_key() {
+        // As the scripts' `parts` reads it: only a zero byte, digits, a colon and at least
+        // as many bytes as the digits say make an item.
+        for bad in [
+            &b"\x00"[..],
+            b"\x00:ab",
+            b"\x00x:ab",
+            b"\x00+1:ab",
+            b"\x00-1:ab",
+            b"\x000:ab",
+            b"\x003:ab",
+            b"\x00 1:ab",
+            b"\x0099999999999999999999:ab",
+            b"\x001ab",
+            b"1:ab",
+        ] {
+            assert_eq!(parse_field(bad), (bad, &b""[..]), "{bad:?}");
+        }
+        assert_eq!(parse_field(b"\x0001:ab"), (&b"b"[..], &b"a"[..]), "leading zeros");
     }
 
     #[test]

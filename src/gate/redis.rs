@@ -79,6 +79,7 @@ pub fn gate(
     {
         let command = Command::Open {
             cap: sale.cap,
+            max_per_buyer: sale.max_per_buyer,
             now_ms: now,
             expires_ms: lcf.permit_ttl_ms.map(|ttl| crate::sale::expiry(now, ttl)),
             line: sale.queue.map(line_settings),
@@ -96,7 +97,7 @@ pub fn gate(
             if !store.table().link.may_ask(now) {
                 return conclude(req, &g, Outcome::Unavailable.into());
             }
-            return ask(req, &zone, Command::Register { key: field(key) });
+            return ask(req, &zone, Command::Register { key: field(key), cap: sale.cap });
         }
         Step::Decided(verdict) => return conclude(req, &g, verdict),
         Step::Recheck => true,
@@ -113,6 +114,7 @@ pub fn gate(
     let command = Command::Admit {
         key: field(key),
         cap: sale.cap,
+        max_per_buyer: sale.max_per_buyer,
         now_ms: now,
         expires_ms: lcf.permit_ttl_ms.map(|ttl| crate::sale::expiry(now, ttl)),
         recheck,
@@ -156,6 +158,7 @@ fn line_step(
     let command = Command::Step(Box::new(LineStep {
         key: field(g.key),
         cap: g.sale.cap,
+        max_per_buyer: g.sale.max_per_buyer,
         now_ms: g.now,
         expires_ms: g.lcf.permit_ttl_ms.map(|ttl| crate::sale::expiry(g.now, ttl)),
         line: line_settings(queue),
@@ -205,7 +208,10 @@ fn ask(req: &mut Request, zone: &ZoneConf, command: Command) -> Next {
             Status::NGX_AGAIN.into()
         }
         // Not suspended: decided at once.
-        Err((command, failure)) => decide_with_reply(req, &command, Err(failure), now_ms()),
+        Err(failed) => {
+            let (command, failure) = *failed;
+            decide_with_reply(req, &command, Err(failure), now_ms())
+        }
     }
 }
 
@@ -318,9 +324,9 @@ fn decide_with_reply(
         );
     }
     let cache_ms = redis.settings.cache_ms;
-    let after = link.after_reply(reply, now, cache_ms);
+    let after = link.after_reply(reply, now, cache_ms, sale.itemized);
     if matches!(command, Command::Step(_)) && !matches!(after, AfterReply::Waiting { .. }) {
-        // Out of the line: admitted, holding a permit, or told SOLD_OUT.
+        // Out of the line: admitted, holding a permit, or told SOLD_OUT or LIMIT_REACHED.
         store.unhear(key.key);
     }
     let verdict = match after {
@@ -336,7 +342,8 @@ fn decide_with_reply(
             lined(Queued::Waiting(heard.as_shown(queue.rate)))
         }
         AfterReply::Registered(true) => {
-            store.hear_registered(key.key);
+            // Heard of per registration: a buyer registers for each item he asks for.
+            store.hear_registered(&field(key));
             Outcome::Prequeued.into()
         }
         // The sale opened in Redis (another host's clock is ahead): not registered.
@@ -355,6 +362,10 @@ fn decide_with_reply(
                 return ask(req, &zone, Command::Permits { now_ms: now });
             }
             Outcome::SoldOut.into()
+        }
+        AfterReply::LimitReached => {
+            store.forget(key);
+            Outcome::LimitReached.into()
         }
         AfterReply::Copied(permits) => {
             // With every permit here, unknown keys can be turned away without asking, until
