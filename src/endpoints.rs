@@ -20,7 +20,7 @@ use crate::gate::redis as redis_gate;
 use crate::http::{add_header, keep, kept, main_request, send, static_str, Body, Kept};
 use crate::metrics::{render, ZoneMetrics};
 use crate::offload;
-use crate::remote::{field, Command, Failure, Reply};
+use crate::remote::{Command, Failure, Reply};
 use crate::sale::{BlockRatio, Outcome, Overrides, OverridesPatch, PermitKey};
 use crate::state;
 use crate::zone::{Stats, ZoneStore};
@@ -203,8 +203,8 @@ fn on_redis(
     let get = reading(method);
     let now_ms = crate::http::now_ms();
     let command = match key {
-        Some(key) if get => Ok(Command::Get { key: field(key), now_ms }),
-        Some(key) if *method == Method::DELETE => Ok(Command::Revoke { key: field(key) }),
+        Some(key) if get => Ok(Command::Get { key: key.field(), now_ms }),
+        Some(key) if *method == Method::DELETE => Ok(Command::Revoke { key: key.field() }),
         None if *method == Method::DELETE => Ok(Command::Clear),
         // The page is checked here, so that a bad one costs no round trip.
         None if get => api::page(req_args(req)).map(|_| Command::Permits { now_ms }),

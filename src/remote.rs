@@ -351,7 +351,7 @@ pub fn item_keys(prefix: &str, zone: &str) -> [String; 4] {
 /// host's (`now`, Unix ms, as text), as for every permit. A cap or a limit is a number, -1
 /// for none.
 const PERMITS: &str = r"
--- A permit's field read back, as `parse_field` reads it: the buyer's key and the item; the
+-- A permit's field read back, as `PermitKey::from_field` reads it: the buyer's key and the item; the
 -- item is nil in a zone that sells one item (the field is the key).
 local function parts(field)
   if string.byte(field, 1) ~= 0 then return field, nil end
@@ -1142,7 +1142,7 @@ fn execute(
             invocation.arg(deadline).arg(now_ms);
             for (key, item, ttl_ms) in grants {
                 invocation
-                    .arg(field(PermitKey { key, item }))
+                    .arg(PermitKey { key, item }.field())
                     .arg(ttl_ms.map_or(0, |ttl| crate::sale::expiry(*now_ms, ttl)));
             }
             let (granted, already, permits): (u64, u64, u64) = invocation.invoke(conn)?;
@@ -1173,36 +1173,6 @@ fn execute(
     }
 }
 
-/// A permit's field in the zone's permits hash: the buyer's key in a zone that sells one item;
-/// else a zero byte, the item's length in decimal, `:`, the item, then the key (which the
-/// scripts' `parts` read back). A zone sells one item or several, never both (`nginx -t`), so
-/// no plain key is read as a field of an item.
-pub fn field(key: PermitKey<'_>) -> Vec<u8> {
-    if key.item.is_empty() {
-        return key.key.to_vec();
-    }
-    let mut field = format!("\0{}:", key.item.len()).into_bytes();
-    field.extend_from_slice(key.item);
-    field.extend_from_slice(key.key);
-    field
-}
-
-/// The buyer's key and the item of a permit's field (see [`field`]).
-pub fn parse_field(field: &[u8]) -> (&[u8], &[u8]) {
-    let item = || {
-        let rest = field.strip_prefix(b"\0")?;
-        let colon = rest.iter().position(|&b| b == b':')?;
-        let digits = &rest[..colon];
-        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let len: usize = core::str::from_utf8(digits).ok()?.parse().ok()?;
-        let rest = &rest[colon + 1..];
-        (len > 0 && len <= rest.len()).then(|| (&rest[len..], &rest[..len]))
-    };
-    item().unwrap_or((field, b""))
-}
-
 /// The permits of an HGETALL that are still valid at `now_ms`, in order of number.
 pub fn live_permits(all: Vec<(Vec<u8>, String)>, now_ms: i64) -> Vec<PermitInfo> {
     let mut live: Vec<PermitInfo> = all
@@ -1210,7 +1180,7 @@ pub fn live_permits(all: Vec<(Vec<u8>, String)>, now_ms: i64) -> Vec<PermitInfo>
         .filter_map(|(field, value)| {
             let (held, granted_ms) = parse_stored(&value)?;
             let live = held.expires_ms.is_none_or(|e| e > now_ms);
-            let (key, item) = parse_field(&field);
+            let PermitKey { key, item } = PermitKey::from_field(&field);
             live.then_some(PermitInfo {
                 key: key.to_vec(),
                 item: item.to_vec(),
@@ -1378,8 +1348,8 @@ mod tests {
     #[test]
     fn a_field_names_the_item_and_reads_back() {
         let one = PermitKey::single(b"amy");
-        assert_eq!(field(one), b"amy", "a zone of one item: the key itself");
-        assert_eq!(parse_field(b"amy"), (&b"amy"[..], &b""[..]));
+        assert_eq!(one.field(), b"amy", "a zone of one item: the key itself");
+        assert_eq!(PermitKey::from_field(b"amy").parts(), (&b"amy"[..], &b""[..]));
         let cases: [(&[u8], &[u8]); 6] = [
             (b"amy", b"sku-1"),
             (b"bob", b"9:x"),
@@ -1389,11 +1359,11 @@ mod tests {
             (b"c:y", b":"),
         ];
         for (key, item) in cases {
-            let f = field(PermitKey { key, item });
+            let f = PermitKey { key, item }.field();
             assert_eq!(f[0], 0, "an item's field starts with a zero byte");
-            assert_eq!(parse_field(&f), (key, item), "{f:?}");
+            assert_eq!(PermitKey::from_field(&f).parts(), (key, item), "{f:?}");
         }
-        assert_eq!(field(PermitKey { key: b"amy", item: b"ab" }), b"\x002:abamy");
+        assert_eq!(PermitKey { key: b"amy", item: b"ab" }.field(), b"\x002:abamy");
     }
 
     #[test]
@@ -1413,9 +1383,13 @@ mod tests {
             b"\x001ab",
             b"1:ab",
         ] {
-            assert_eq!(parse_field(bad), (bad, &b""[..]), "{bad:?}");
+            assert_eq!(PermitKey::from_field(bad).parts(), (bad, &b""[..]), "{bad:?}");
         }
-        assert_eq!(parse_field(b"\x0001:ab"), (&b"b"[..], &b"a"[..]), "leading zeros");
+        assert_eq!(
+            PermitKey::from_field(b"\x0001:ab").parts(),
+            (&b"b"[..], &b"a"[..]),
+            "leading zeros"
+        );
     }
 
     #[test]

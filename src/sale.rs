@@ -199,6 +199,45 @@ impl<'a> PermitKey<'a> {
     pub const fn single(key: &'a [u8]) -> Self {
         PermitKey { key, item: b"" }
     }
+
+    /// The permit's key and item as one byte string (a field of a zone's permits hash in
+    /// Redis, a host's note of a registration): the buyer's key in a zone that sells one item;
+    /// else a zero byte, the item's length in decimal, `:`, the item, then the key (Redis's
+    /// scripts read it back with their `parts`). A zone sells one item or several (see the
+    /// README's `flash_sale_item`): a plain key that happened to look like this (a zero byte,
+    /// digits, a colon) would be read as a key and an item.
+    pub fn field(self) -> Vec<u8> {
+        if self.item.is_empty() {
+            return self.key.to_vec();
+        }
+        let mut field = format!("\0{}:", self.item.len()).into_bytes();
+        field.extend_from_slice(self.item);
+        field.extend_from_slice(self.key);
+        field
+    }
+
+    /// The key and item of a [`PermitKey::field`]; anything else is a key of a zone of one
+    /// item.
+    pub fn from_field(field: &'a [u8]) -> Self {
+        let item = || {
+            let rest = field.strip_prefix(b"\0")?;
+            let colon = rest.iter().position(|&b| b == b':')?;
+            let digits = &rest[..colon];
+            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            let len: usize = core::str::from_utf8(digits).ok()?.parse().ok()?;
+            let rest = &rest[colon + 1..];
+            (len > 0 && len <= rest.len())
+                .then(|| PermitKey { key: &rest[len..], item: &rest[..len] })
+        };
+        item().unwrap_or(PermitKey::single(field))
+    }
+
+    /// The key and the item, as a pair.
+    pub fn parts(self) -> (&'a [u8], &'a [u8]) {
+        (self.key, self.item)
+    }
 }
 
 /// A permit as the outside sees it: its buyer's key, its item (empty in a zone that sells

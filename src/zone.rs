@@ -1988,7 +1988,7 @@ impl<S: Shared> PermitLookup for RemoteView<'_, '_, S> {
 
     fn register(&mut self, key: PermitKey<'_>, _sale: &Sale) -> Registration {
         // A registration is heard of by its field: the buyer's for one item is not another's.
-        if self.store.heard(&crate::remote::field(key)).is_none_or(|heard| heard.in_line()) {
+        if self.store.heard(&key.field()).is_none_or(|heard| heard.in_line()) {
             self.registering = true;
         }
         Registration::Registered

@@ -19,7 +19,7 @@ use crate::http::now_ms;
 use crate::line::Estimate;
 use crate::link::AfterReply;
 use crate::offload;
-use crate::remote::{field, Command, Failure, LineSettings, LineStep, OnError, Reply, Settle};
+use crate::remote::{Command, Failure, LineSettings, LineStep, OnError, Reply, Settle};
 use crate::sale::{
     admitted, draw_step, lined, DrawMode, Outcome, PermitKey, PermitStore, Queue, Queued, Sale,
     Step, Verdict,
@@ -97,7 +97,7 @@ pub fn gate(
             if !store.table().link.may_ask(now) {
                 return conclude(req, &g, Outcome::Unavailable.into());
             }
-            return ask(req, &zone, Command::Register { key: field(key), cap: sale.cap });
+            return ask(req, &zone, Command::Register { key: key.field(), cap: sale.cap });
         }
         Step::Decided(verdict) => return conclude(req, &g, verdict),
         Step::Recheck => true,
@@ -112,7 +112,7 @@ pub fn gate(
         return without_redis(req, &g);
     }
     let command = Command::Admit {
-        key: field(key),
+        key: key.field(),
         cap: sale.cap,
         max_per_buyer: sale.max_per_buyer,
         now_ms: now,
@@ -156,7 +156,7 @@ fn line_step(
         return without_redis(req, g);
     }
     let command = Command::Step(Box::new(LineStep {
-        key: field(g.key),
+        key: g.key.field(),
         cap: g.sale.cap,
         max_per_buyer: g.sale.max_per_buyer,
         now_ms: g.now,
@@ -343,7 +343,7 @@ fn decide_with_reply(
         }
         AfterReply::Registered(true) => {
             // Heard of per registration: a buyer registers for each item he asks for.
-            store.hear_registered(&field(key));
+            store.hear_registered(&key.field());
             Outcome::Prequeued.into()
         }
         // The sale opened in Redis (another host's clock is ahead): not registered.
@@ -420,7 +420,7 @@ pub fn release(zone: &ZoneConf, key: PermitKey<'_>) -> bool {
     let Some(redis) = zone.redis() else {
         return true;
     };
-    let command = Command::Revoke { key: field(key) };
+    let command = Command::Revoke { key: key.field() };
     let name = zone.name().to_string();
     offload::post_detached(redis.threads, &redis.settings, name, command, |_, reply| {
         if let Err(error) = reply {
