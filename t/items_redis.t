@@ -141,8 +141,9 @@ for my $round (1 .. 2) {
     is(($outcomes{ADMITTED} // 0) + ($outcomes{SOLD_OUT} // 0) + ($outcomes{LIMIT_REACHED} // 0),
        6000, "crowd $round: every other answer is SOLD_OUT or LIMIT_REACHED ("
        . show(\%outcomes) . ')');
-    my %hosts = map { $_->[0]{port} => 1 } values %admitted;
-    is(scalar keys %hosts, 2, "crowd $round: both hosts admitted some");
+    # Both hosts decided (8 winners may all come through one host by chance: about 1 in 100).
+    my %hosts = map { $_->{port} => 1 } grep { $_->{sale} ne 'ADMITTED' } @first;
+    is(scalar keys %hosts, 2, "crowd $round: both hosts decided");
     is(show(hash_of("$p\{items}:items")), 'a=5,b=3', "crowd $round: Redis counts 5 a and 3 b");
     my $buyers = hash_of("$p\{items}:buyers");
     is(join(',', sort keys %$buyers), join(',', sort keys %admitted),
