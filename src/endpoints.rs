@@ -209,11 +209,27 @@ fn on_redis(
         // The page is checked here, so that a bad one costs no round trip.
         None if get => api::page(req_args(req)).map(|_| Command::Permits { now_ms }),
         None if *method == Method::POST => {
-            api::grants(body?).map(|grants| Command::Grant { grants, now_ms })
+            zone_grants(&zone, body?).map(|grants| Command::Grant { grants, now_ms })
         }
         _ => return None,
     };
     Some(command.map(|command| (zone, command)))
+}
+
+/// The body of a grant, for this zone: in a zone that sells several items every permit names
+/// its item, in a zone of one item none does (a permit no request could ever use is refused).
+fn zone_grants(zone: &ZoneConf, body: &[u8]) -> Result<Vec<crate::sale::Grant>, ApiError> {
+    let grants = api::grants(body)?;
+    match grants.iter().find(|(_, item, _)| item.is_empty() == zone.itemized) {
+        None => Ok(grants),
+        Some(_) if zone.itemized => {
+            Err(ApiError::new(400, "this zone sells items: give each permit its \"item\""))
+        }
+        Some(_) => Err(ApiError::new(
+            400,
+            "this zone sells one item (no flash_sale_item): a permit has no \"item\"",
+        )),
+    }
 }
 
 /// Whether the zone sells several items (a location of it has `flash_sale_item`): an item's
@@ -538,7 +554,7 @@ fn serve(req: &Request, asked: &ApiRequest, body: Option<&[u8]>) -> Answer {
         }
         Route::Permits(name) if *method == Method::POST => {
             let zone = find(name)?;
-            let grants = api::grants(body.unwrap_or_default())?;
+            let grants = zone_grants(&zone, body.unwrap_or_default())?;
             with_store(&zone, |store, _| {
                 let done = store.grant(&grants);
                 let landed = done
@@ -562,6 +578,16 @@ fn serve(req: &Request, asked: &ApiRequest, body: Option<&[u8]>) -> Answer {
                 }
                 let permits = store.permits();
                 let cap = store.table().overrides.load().max_permits.or(zone.largest_cap);
+                // In a zone of items, the caps are the items': is any of those granted over?
+                let over_items = done.granted.iter().any(|permit| {
+                    store
+                        .item(&permit.item)
+                        .is_some_and(|item| item.cap().is_some_and(|cap| item.permits > cap))
+                });
+                let over_cap = match zone.itemized {
+                    true => over_items,
+                    false => cap.is_some_and(|cap| permits > cap),
+                };
                 Ok((
                     200,
                     json!({
@@ -569,7 +595,7 @@ fn serve(req: &Request, asked: &ApiRequest, body: Option<&[u8]>) -> Answer {
                         "already": done.already,
                         "zone_full": done.zone_full,
                         "permits": permits,
-                        "over_cap": cap.is_some_and(|cap| permits > cap),
+                        "over_cap": over_cap,
                     }),
                 ))
             })

@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 
 use std::collections::HashSet;
 
-use crate::sale::PermitInfo;
+use crate::sale::{PermitInfo, PermitKey};
 use crate::state::{self, Replay};
 
 /// The files' mode: the owner reads and writes, nobody else anything.
@@ -232,11 +232,12 @@ impl StateFile {
             replay.permits.clear();
             replay.counters.clear();
         }
-        let known: HashSet<&[u8]> = replay.permits.iter().map(|p| p.key.as_slice()).collect();
+        let known: HashSet<PermitKey<'_>> =
+            replay.permits.iter().map(PermitInfo::permit_key).collect();
         // What the zone holds and the file does not know, unless the file revoked it since.
         let missing: Vec<PermitInfo> = held
             .iter()
-            .filter(|p| !known.contains(p.key.as_slice()) && !replay.gone(p.seq))
+            .filter(|p| !known.contains(&p.permit_key()) && !replay.gone(p.seq))
             .cloned()
             .collect();
         for p in &missing {

@@ -188,7 +188,7 @@ pub const MAX_ITEM_LEN: usize = 256;
 
 /// Whom a permit is for: a buyer (the zone's key) and an item (`flash_sale_item`; empty in a
 /// zone that sells one item). "Lucky once, lucky always" holds per buyer and item.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PermitKey<'a> {
     pub key: &'a [u8],
     pub item: &'a [u8],
@@ -559,6 +559,9 @@ pub enum Registration {
     Registered,
     /// The zone had no memory for the registration.
     ZoneFull,
+    /// The item has no stock (0, as a `map`'s `default 0` gives an item it does not know):
+    /// nobody is registered for it, and it takes no memory.
+    NoStock,
 }
 
 /// A permit store as the draw sees it. Each call is one atomic step against every worker.
@@ -707,6 +710,7 @@ pub fn draw_step(
                 Registration::Registered => decided(Outcome::Prequeued),
                 // Not registered, and told so: the buyer may still draw after the start.
                 Registration::ZoneFull => decided(Outcome::NotStarted),
+                Registration::NoStock => decided(Outcome::SoldOut),
             };
         }
         Err(Closed::NotStarted) => return decided(Outcome::NotStarted),

@@ -138,14 +138,15 @@ pub fn replay(text: &[u8], zone: &str, key_spec: &[u8], now_ms: i64) -> Replay {
             None => replay.skipped.push(format!("line {number}: not a record")),
         }
     }
-    // A key granted twice (revoked in between) keeps its latest permit.
-    let mut by_key: BTreeMap<Vec<u8>, PermitInfo> = BTreeMap::new();
+    // A key granted twice for an item (revoked in between) keeps its latest permit; a buyer's
+    // permits for several items are all kept.
+    let mut by_key: BTreeMap<(Vec<u8>, Vec<u8>), PermitInfo> = BTreeMap::new();
     for (seq, p) in granted {
         if seq >= cleared_below
             && !revoked.contains(&seq)
             && p.expires_ms.is_none_or(|e| e > now_ms)
         {
-            by_key.insert(p.key.clone(), p);
+            by_key.insert((p.key.clone(), p.item.clone()), p);
         }
     }
     replay.permits = by_key.into_values().collect();
@@ -317,5 +318,23 @@ mod tests {
         let text = format!("{}{line}G 9 1000 0 616c696365 zz\n", header("z", b"$k"));
         let r = replay(text.as_bytes(), "z", b"$k", 0);
         assert_eq!(r.permits, vec![p]);
+    }
+
+    #[test]
+    fn a_buyers_permits_for_several_items_all_come_back() {
+        let item = |item: &str, seq| PermitInfo {
+            item: item.as_bytes().to_vec(),
+            ..permit("amy", seq, None)
+        };
+        let text = format!(
+            "{}{}{}{}R 2\n{}",
+            header("z", b"$k"),
+            grant(&item("x", 1)),
+            grant(&item("y", 2)),
+            grant(&item("z", 3)),
+            grant(&item("y", 4)),
+        );
+        let r = replay(text.as_bytes(), "z", b"$k", 0);
+        assert_eq!(r.permits, vec![item("x", 1), item("z", 3), item("y", 4)]);
     }
 }

@@ -920,8 +920,19 @@ impl PermitTable {
 
     /// Registers `key` for the pre-queue's draw, once per key; false when the zone has no room.
     /// Registers `key` for the pre-queue's draw, once per key and item; its item remembers
-    /// `cap`, its configured stock; false when the zone has no room.
-    fn register(&mut self, arena: &impl Arena, key: PermitKey<'_>, cap: Cap, now_ms: i64) -> bool {
+    /// `cap`, its configured stock.
+    fn register(
+        &mut self,
+        arena: &impl Arena,
+        key: PermitKey<'_>,
+        cap: Cap,
+        now_ms: i64,
+    ) -> Registration {
+        // An item without stock registers nobody: unknown items (a `map`'s `default 0`)
+        // would otherwise fill the zone before the start.
+        if !key.item.is_empty() && self.count_and_cap(key.item, cap, false).1 == Some(0) {
+            return Registration::NoStock;
+        }
         if self.prequeue.is_null() {
             // A quarter of the permits' buckets: registrations last minutes, not the sale.
             let buckets = ((self.mask as usize + 1) / 4).max(16);
@@ -931,7 +942,7 @@ impl PermitTable {
                     (*queue.as_ptr()).counts_items = false;
                     self.prequeue = queue.as_ptr();
                 },
-                None => return false,
+                None => return Registration::ZoneFull,
             }
         }
         // SAFETY: the pre-queue was created in this zone's arena and only changes under the
@@ -939,13 +950,13 @@ impl PermitTable {
         let queue = unsafe { &mut *self.prequeue };
         let hash = queue.hash(key.key);
         if queue.find(hash, key).is_some() {
-            return true;
+            return Registration::Registered;
         }
         let item = match key.item.is_empty() {
             true => None,
             false => match self.item_or_new(arena, key.item) {
                 Some(item) => Some(item),
-                None => return false,
+                None => return Registration::ZoneFull,
             },
         };
         // SAFETY: as above.
@@ -959,7 +970,10 @@ impl PermitTable {
             i.stock = cap.unwrap_or(NO_STOCK);
             self.drop_unused(arena, item);
         }
-        registered
+        match registered {
+            true => Registration::Registered,
+            false => Registration::ZoneFull,
+        }
     }
 
     /// The pre-queue's draw: walks the registered keys that hold no permit in a uniformly
@@ -1986,7 +2000,12 @@ impl<S: Shared> PermitLookup for RemoteView<'_, '_, S> {
         }
     }
 
-    fn register(&mut self, key: PermitKey<'_>, _sale: &Sale) -> Registration {
+    fn register(&mut self, key: PermitKey<'_>, sale: &Sale) -> Registration {
+        // As in a zone kept here: an item without stock registers nobody (the configured
+        // stock only: one set through the API is Redis's).
+        if !key.item.is_empty() && sale.cap == Some(0) {
+            return Registration::NoStock;
+        }
         // A registration is heard of by its field: the buyer's for one item is not another's.
         if self.store.heard(&key.field()).is_none_or(|heard| heard.in_line()) {
             self.registering = true;
@@ -2015,19 +2034,13 @@ impl<S: Shared> PermitLookup for ZoneStore<'_, S> {
 
     fn register(&mut self, key: PermitKey<'_>, sale: &Sale) -> Registration {
         let now_ms = self.now_ms;
-        let (registered, newly_full) = self.with_table(|table, arena| {
-            if table.register(arena, key, sale.cap, now_ms) {
-                (true, false)
-            } else {
-                (false, table.report_full())
-            }
-        });
+        let (registered, newly_full) =
+            self.with_table(|table, arena| match table.register(arena, key, sale.cap, now_ms) {
+                Registration::ZoneFull => (Registration::ZoneFull, table.report_full()),
+                other => (other, false),
+            });
         self.newly_full |= newly_full;
-        if registered {
-            Registration::Registered
-        } else {
-            Registration::ZoneFull
-        }
+        registered
     }
 }
 

@@ -198,6 +198,7 @@ sub ops_config {
 $settings
             proxy_pass http://127.0.0.1:$port/backend/\$arg_pay;
         }
+        location = /metrics { flash_sale_metrics; }
         location /backend/ { return 200 "ok\\n"; }
         location /backend/failed {
             add_header X-Flash-Sale-Release "payment failed" always;
@@ -233,6 +234,12 @@ sub at { strftime('%Y-%m-%dT%H:%M:%SZ', gmtime($_[0])) }
     }
     my @before = crowd(paths => \@register, connections => 16);
     is(scalar(grep { $_->{sale} eq 'PREQUEUED' } @before), 105, 'prequeue: 105 registrations');
+    # Items the map does not know (stock 0) register nobody and take no memory.
+    my @bogus = crowd(paths => [map { "/drop?user=bot&sku=bogus$_" } 1 .. 200], connections => 4);
+    is(scalar(grep { $_->{sale} eq 'SOLD_OUT' } @bogus), 200,
+       'prequeue: an item without stock is SOLD_OUT before the start, not registered');
+    like(fetch('/metrics')->{body}, qr/^\Qflash_sale_prequeued{zone="ops"} 105\E$/m,
+         'prequeue: still 105 registrations');
     sleep 0.1 while time < $start + 0.2;
     my @late = crowd(paths => [map { "/drop?user=late$_&sku=" . (qw(a b c))[$_ % 3] } 1 .. 30],
                      connections => 8);
@@ -320,12 +327,24 @@ sub at { strftime('%Y-%m-%dT%H:%M:%SZ', gmtime($_[0])) }
     my %winner = map { $_->{path} => $_->{seq} } grep { $_->{sale} eq 'ADMITTED' } @won;
     is(scalar keys %winner, 6, 'state: 6 winners');
     stop_nginx();
+    # A buyer holding two items (a limit of 2 here): both come back.
+    my $two = $config =~ s/flash_sale_max_per_buyer 1;/flash_sale_max_per_buyer 2;/r;
+    $two =~ s/\{ a 2; b 3; c 1;/{ a 2; b 3; c 1; d 1; e 1;/;
+    start_nginx(workers => 2, http => $two);
+    for my $sku (qw(d e)) {
+        my $r = fetch("/drop?user=both&sku=$sku");
+        is($r->{sale}, 'ADMITTED', "state: both wins $sku");
+        $winner{"/drop?user=both&sku=$sku"} = $r->{seq};
+    }
+    stop_nginx();
+    $config = $two;
     for my $how ('a stop', 'SIGKILL') {
         start_nginx(workers => 2, http => $config);
         my @again = crowd(paths => [sort keys %winner], connections => 4);
-        is(scalar(grep { $_->{sale} eq 'PERMITTED' && $_->{seq} eq $winner{ $_->{path} } } @again), 6,
+        is(scalar(grep { $_->{sale} eq 'PERMITTED' && $_->{seq} eq $winner{ $_->{path} } } @again), 8,
            "state: after $how every winner passes with his number");
-        my @cross = map { my $p = $_; $p =~ s/sku=(\w)/'sku=' . ($1 eq 'a' ? 'b' : 'a')/e; $p } sort keys %winner;
+        my @cross = map { my $p = $_; $p =~ s/sku=(\w)/'sku=' . ($1 eq 'a' ? 'b' : 'a')/e; $p }
+                    grep { !/user=both/ } sort keys %winner;
         is(scalar(grep { $_->{status} == 200 } crowd(paths => \@cross, connections => 4)), 0,
            "state: after $how nobody passes for another item");
         is(fetch('/drop?user=new&sku=b')->{sale}, 'SOLD_OUT', "state: after $how b is still sold out");

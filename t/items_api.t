@@ -261,3 +261,27 @@ Content-Type: application/json
  qr/"item":"white-44","key":"vip"/,
  qr/^\{"cap":5,"item":"white-44","left":3,"max_permits":null,"permits":2,"registered":0,"stock":5\}$/,
  qr/^\Qflash_sale_items{zone="drop"} 4\E$(?s:.*)^\Qflash_sale_items_sold_out{zone="drop"} 3\E$(?!(?s:.*)item=)/m]
+
+
+
+=== TEST 9: a grant in a zone of items names each permit's item, and one in a zone of one
+item names none (a permit no request could use is refused, and nothing is granted); a grant
+over an item's stock says so
+--- http_config eval: $::HttpConfigLowered
+--- config eval: $::Config
+--- more_headers
+Content-Type: application/json
+--- request eval
+["POST /api/zones/drop/permits\n[{\"key\": \"g1\", \"item\": \"blue-43\"}, \"g2\"]",
+ "GET /api/zones/drop/permits/g1?item=blue-43",
+ "POST /api/zones/one/permits\n[{\"key\": \"g3\", \"item\": \"blue-43\"}]",
+ "GET /api/zones/one/permits/g3",
+ "POST /api/zones/drop/permits\n[{\"key\": \"g4\", \"item\": \"blue-43\"}]"]
+--- error_code eval
+[400, 404, 400, 404, 200]
+--- response_body_like eval
+[qr/^\{"error":"this zone sells items: give each permit its \\"item\\""\}$/,
+ qr/no permit/,
+ qr/^\{"error":"this zone sells one item \(no flash_sale_item\): a permit has no \\"item\\""\}$/,
+ qr/no permit/,
+ qr/"granted":1,.*"over_cap":true/]
