@@ -303,7 +303,7 @@ fn item_text(item: &[u8]) -> String {
 /// `left` under it (null without one); `registered` for the pre-queue's draw (null for a zone
 /// kept in Redis, which does not count them per item: `counts_registered` false).
 pub fn item_json(i: &ItemInfo, counts_registered: bool) -> Value {
-    json!({
+    let mut fields = json!({
         "item": item_text(&i.item),
         "permits": i.permits,
         "max_permits": i.max_permits,
@@ -311,7 +311,17 @@ pub fn item_json(i: &ItemInfo, counts_registered: bool) -> Value {
         "cap": i.cap(),
         "left": i.left(),
         "registered": counts_registered.then_some(i.registered),
-    })
+    });
+    add_item_base64(&mut fields, &i.item);
+    fields
+}
+
+/// An item that is not UTF-8 is shown lossily in `item`; `item_base64` (base64url, no
+/// padding, as `key_base64`) says which bytes it is, so that two such items are told apart.
+fn add_item_base64(fields: &mut Value, item: &[u8]) {
+    if let (Err(_), Value::Object(map)) = (core::str::from_utf8(item), fields) {
+        map.insert("item_base64".into(), json!(key_base64(item)));
+    }
 }
 
 /// A page of items and `next`, the cursor of the next page (null when the page came back
@@ -593,7 +603,9 @@ pub fn permit_json(p: &PermitInfo, kind: KeyKind) -> Value {
     fields.insert("seq".into(), json!(p.seq));
     fields.insert("granted".into(), json!(rfc3339(p.granted_ms)));
     fields.insert("expires".into(), json!(p.expires_ms.map(rfc3339)));
-    Value::Object(fields)
+    let mut fields = Value::Object(fields);
+    add_item_base64(&mut fields, &p.item);
+    fields
 }
 
 /// What an API request on a zone kept in Redis asked, besides the zone: the permit's key, the
@@ -1201,5 +1213,18 @@ mod tests {
             let refused = item_patch(bad).unwrap_err();
             assert_eq!(refused.status, 400, "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn an_item_that_is_not_text_is_told_apart_by_its_bytes() {
+        let odd = ItemInfo { item: vec![0xff, 0xfe], ..ItemInfo::default() };
+        let other = ItemInfo { item: vec![0xfe, 0xff], ..ItemInfo::default() };
+        assert_eq!(item_json(&odd, true)["item"], item_json(&other, true)["item"]);
+        assert_eq!(item_json(&odd, true)["item_base64"], "__4");
+        assert_eq!(item_json(&other, true)["item_base64"], "_v8");
+        let text = ItemInfo { item: b"red-42".to_vec(), ..ItemInfo::default() };
+        assert!(item_json(&text, true).get("item_base64").is_none());
+        let permit = PermitInfo { key: b"amy".to_vec(), item: vec![0xff], ..PermitInfo::default() };
+        assert_eq!(permit_json(&permit, KeyKind::Bytes)["item_base64"], "_w");
     }
 }
