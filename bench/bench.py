@@ -35,7 +35,7 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "50"))
 GATE_PORT, LUA_PORT, BACKEND_PORT = 18480, 18481, 18482
-MESSAGE = "SOLD_OUT: the sale is sold out.\\n"
+MESSAGE = "SOLD_OUT: what you asked for is sold out.\\n"
 
 SOLD_OUT_CAP = 100
 WINNERS = 10_000
@@ -227,20 +227,20 @@ LUA_GATE = r"""
                 end
                 local cap = tonumber(ngx.var.sale_cap)
                 if (permits:get("#count") or 0) >= cap then
-                    return reject(503, "SOLD_OUT", "the sale is sold out.")
+                    return reject(503, "SOLD_OUT", "what you asked for is sold out.")
                 end
                 if math.random() < tonumber(ngx.var.sale_ratio) then
                     return reject(503, "BLOCKED", "you were not drawn this time.")
                 end
                 if permits:incr("#count", 1, 0) > cap then
                     permits:incr("#count", -1)
-                    return reject(503, "SOLD_OUT", "the sale is sold out.")
+                    return reject(503, "SOLD_OUT", "what you asked for is sold out.")
                 end
                 local ok, err = permits:safe_add(key, true)
                 if not ok then
                     permits:incr("#count", -1)
                     if err ~= "exists" then
-                        return reject(503, "SOLD_OUT", "the sale is sold out.")
+                        return reject(503, "SOLD_OUT", "what you asked for is sold out.")
                     end
                 end
             }"""

@@ -19,7 +19,7 @@ use crate::sale::{Outcome, Window};
 pub struct Words {
     /// The name: `$flash_sale_status`'s value (`SOLD_OUT`), or a token refusal's.
     pub name: &'static str,
-    /// The one-line text answer (`SOLD_OUT: the sale is sold out.\n`), byte for byte.
+    /// The one-line text answer (`SOLD_OUT: what you asked for is sold out.\n`), byte for byte.
     pub line: &'static str,
     /// The page's heading, in plain words.
     pub heading: &'static str,
@@ -68,7 +68,7 @@ impl Words {
             ),
             Outcome::Ended => ("The sale has ended", "This sale is over and takes no more orders."),
             Outcome::Permitted | Outcome::Admitted => ("You are in", "You may buy now."),
-            Outcome::SoldOut => ("Sold out", "Everything in this sale has been sold."),
+            Outcome::SoldOut => ("Sold out", "What you asked for has all been sold."),
             Outcome::Blocked => (
                 "Not this time",
                 "More people want to buy than there is stock, so a random draw decides who may \

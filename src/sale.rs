@@ -161,7 +161,7 @@ impl Outcome {
             }
             Outcome::Ended => "ENDED: the sale has ended.\n",
             Outcome::Permitted => "PERMITTED\n",
-            Outcome::SoldOut => "SOLD_OUT: the sale is sold out.\n",
+            Outcome::SoldOut => "SOLD_OUT: what you asked for is sold out.\n",
             Outcome::Blocked => "BLOCKED: you were not drawn this time.\n",
             Outcome::LimitReached => {
                 "LIMIT_REACHED: you hold permits for as many items as one buyer may.\n"

@@ -272,7 +272,7 @@ flash sale key of 1025 bytes is longer than 1024 bytes, refused
 GET /sale?user=a
 --- error_code: 429
 --- response_body
-SOLD_OUT: the sale is sold out.
+SOLD_OUT: what you asked for is sold out.
 
 
 === TEST 12: a HEAD rejection has the status and headers but no body

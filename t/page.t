@@ -212,7 +212,7 @@ wait_seconds=null
 viewport
 title=Sold out
 h1=Sold out
-p=Everything in this sale has been sold\.
+p=What you asked for has all been sold\.
 The sale ends in=(5\d minutes \d+ seconds|1 hour)
 status=SOLD_OUT
 \z},
@@ -223,7 +223,7 @@ starts_in=null
 status=SOLD_OUT
 wait_seconds=null
 \z},
- "SOLD_OUT: the sale is sold out\\.\n"]
+ "SOLD_OUT: what you asked for is sold out\\.\n"]
 
 
 
@@ -335,9 +335,9 @@ wait_seconds=null
  "Content-Type: text/plain\nVary: Accept",
  "Content-Type: text/html; charset=utf-8\nVary: Accept"]
 --- response_body_like eval
-["\"status\": \"SOLD_OUT\"", "<h1>Sold out</h1>", "<h1>Sold out</h1>", "^SOLD_OUT: the sale is sold out\\.\n\$",
- "^SOLD_OUT: the sale is sold out\\.\n\$", "<h1>Sold out</h1>", "^SOLD_OUT: the sale is sold out\\.\n\$",
- "^SOLD_OUT: the sale is sold out\\.\n\$", "<h1>Sold out</h1>"]
+["\"status\": \"SOLD_OUT\"", "<h1>Sold out</h1>", "<h1>Sold out</h1>", "^SOLD_OUT: what you asked for is sold out\\.\n\$",
+ "^SOLD_OUT: what you asked for is sold out\\.\n\$", "<h1>Sold out</h1>", "^SOLD_OUT: what you asked for is sold out\\.\n\$",
+ "^SOLD_OUT: what you asked for is sold out\\.\n\$", "<h1>Sold out</h1>"]
 
 
 
