@@ -1346,53 +1346,6 @@ mod tests {
     }
 
     #[test]
-    fn a_field_names_the_item_and_reads_back() {
-        let one = PermitKey::single(b"amy");
-        assert_eq!(one.field(), b"amy", "a zone of one item: the key itself");
-        assert_eq!(PermitKey::from_field(b"amy").parts(), (&b"amy"[..], &b""[..]));
-        let cases: [(&[u8], &[u8]); 6] = [
-            (b"amy", b"sku-1"),
-            (b"bob", b"9:x"),
-            (b"\x002:ab", b"\x00"),
-            (b"", b"a"),
-            (b"12:cd", b"1234567890123"),
-            (b"c:y", b":"),
-        ];
-        for (key, item) in cases {
-            let f = PermitKey { key, item }.field();
-            assert_eq!(f[0], 0, "an item's field starts with a zero byte");
-            assert_eq!(PermitKey::from_field(&f).parts(), (key, item), "{f:?}");
-        }
-        assert_eq!(PermitKey { key: b"amy", item: b"ab" }.field(), b"\x002:abamy");
-    }
-
-    #[test]
-    fn a_malformed_field_is_read_as_a_plain_key() {
-        // As the scripts' `parts` reads it: only a zero byte, digits, a colon and at least
-        // as many bytes as the digits say make an item.
-        for bad in [
-            &b"\x00"[..],
-            b"\x00:ab",
-            b"\x00x:ab",
-            b"\x00+1:ab",
-            b"\x00-1:ab",
-            b"\x000:ab",
-            b"\x003:ab",
-            b"\x00 1:ab",
-            b"\x0099999999999999999999:ab",
-            b"\x001ab",
-            b"1:ab",
-        ] {
-            assert_eq!(PermitKey::from_field(bad).parts(), (bad, &b""[..]), "{bad:?}");
-        }
-        assert_eq!(
-            PermitKey::from_field(b"\x0001:ab").parts(),
-            (&b"b"[..], &b"a"[..]),
-            "leading zeros"
-        );
-    }
-
-    #[test]
     fn the_line_keys_share_the_zone_slot() {
         let keys = line_keys("shop:", "sale");
         assert_eq!(keys[0], "shop:{sale}:prequeue");

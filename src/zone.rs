@@ -258,7 +258,6 @@ pub struct PermitTable {
     /// table has one (`counts_items`), not its line's nor its pre-queue's.
     items: *mut *mut Item,
     items_mask: u64,
-    items_len: u64,
     next_item: u64,
     counts_items: bool,
     /// For a zone kept in Redis: what this host heard of the waiters in Redis's line (and of
@@ -452,7 +451,6 @@ impl PermitTable {
                 line_state: LineState::default(),
                 items: ptr::null_mut(),
                 items_mask: 0,
-                items_len: 0,
                 next_item: 1,
                 counts_items: true,
                 waiters: ptr::null_mut(),
@@ -617,7 +615,6 @@ impl PermitTable {
             *bucket = item.as_ptr();
         }
         self.next_item += 1;
-        self.items_len += 1;
         Some(item)
     }
 
@@ -640,7 +637,6 @@ impl PermitTable {
             }
             arena.free(item.cast(), size);
         }
-        self.items_len -= 1;
     }
 
     /// The count `item` is capped on, and its cap: the item's own count and the stock the
@@ -662,14 +658,6 @@ impl PermitTable {
                 (found.permits, stock(found.max_permits).or(configured))
             }
             None => (0, configured),
-        }
-    }
-
-    /// The item `item`, if the zone has it, remembers `cap` as its configured stock.
-    fn remember_stock(&mut self, item: &[u8], cap: Cap) {
-        if let Some(found) = self.item(item) {
-            // SAFETY: a live item of this table; the lock is held.
-            unsafe { (*found.as_ptr()).stock = cap.unwrap_or(NO_STOCK) };
         }
     }
 
@@ -1218,7 +1206,8 @@ impl PermitTable {
     ) -> (Admission, bool) {
         match self.insert(arena, hash, key, now_ms, expires_ms, numbers) {
             Some(seq) => {
-                self.remember_stock(key.item, sale.cap);
+                // A new item remembers its configured stock too.
+                self.count_and_cap(key.item, sale.cap, true);
                 (Admission::Admitted(Held { seq, expires_ms }), false)
             }
             None => (Admission::ZoneFull, self.report_full()),
@@ -2890,5 +2879,29 @@ mod tests {
         buyers.dedup();
         assert_eq!(buyers.len(), 8, "nobody won two items");
         assert_eq!(s.item(b"red").unwrap().registered, 0);
+    }
+
+    #[test]
+    fn items_cost_the_memory_the_readme_says() {
+        // A permit keeps its 56 bytes and grows by its item's; an item is 56 bytes and its name.
+        assert_eq!(size_of::<Permit>(), 56);
+        assert_eq!(permit_size(40 + 2), permit_size(40) + 2);
+        assert_eq!(size_of::<Item>(), 56);
+    }
+
+    #[test]
+    fn a_buyers_draw_per_key_is_his_own_for_each_item() {
+        let secret = [3, 4];
+        let draw = |item: &[u8]| keyed_draw(secret, PermitKey { key: b"amy", item }, 9);
+        assert_eq!(draw(b"42"), draw(b"42"), "asking again draws the same");
+        assert_eq!(draw(b""), keyed_draw(secret, one(b"amy"), 9), "a zone of one item as before");
+        // Across 1,000 items a buyer wins about as often as the ratio says: draws of their own.
+        let won = (0..1000).filter(|i| draw(format!("sku-{i}").as_bytes()) >= 0.9).count();
+        assert!((60..=140).contains(&won), "{won} of 1000");
+        assert_ne!(
+            keyed_draw(secret, PermitKey { key: b"am", item: b"y42" }, 9),
+            draw(b"42"),
+            "a key and an item that read alike are another draw"
+        );
     }
 }

@@ -61,22 +61,19 @@ pub fn conclude(req: &mut Request, g: &Gated<'_>, verdict: Verdict) -> Next {
     }
     let log = req.log();
     let zone_name = zone.name();
-    if outcome == Outcome::KeyTooLong {
+    let too_long = match outcome {
+        Outcome::KeyTooLong => Some(("key", key.key.len(), MAX_KEY_LEN)),
+        Outcome::ItemTooLong => Some(("item", key.item.len(), MAX_ITEM_LEN)),
+        _ => None,
+    };
+    if let Some((what, len, most)) = too_long {
         ngx_log_error!(
             NGX_LOG_WARN,
             log,
-            "flash sale key of {} bytes is longer than {} bytes, refused",
-            key.key.len(),
-            MAX_KEY_LEN
-        );
-    }
-    if outcome == Outcome::ItemTooLong {
-        ngx_log_error!(
-            NGX_LOG_WARN,
-            log,
-            "flash sale item of {} bytes is longer than {} bytes, refused",
-            key.item.len(),
-            MAX_ITEM_LEN
+            "flash sale {} of {} bytes is longer than {} bytes, refused",
+            what,
+            len,
+            most
         );
     }
     ngx_log_debug_http!(req, "flash sale: {} in zone \"{}\"", outcome, zone_name);
