@@ -273,9 +273,17 @@ sub at { strftime('%Y-%m-%dT%H:%M:%SZ', gmtime($_[0])) }
         $positions{$user}{ $r->{position} } = 1;
     }
     ok(scalar(keys %positions) > 20, 'line: buyers wait in line');
-    my $waiting = fetch('/drop?user=q40&sku=a');
-    my $same = fetch('/drop?user=q40&sku=b');
-    is($same->{position}, $waiting->{position}, 'line: one place per buyer, whatever the item');
+    # One line for the sale: a buyer who asks for c, an item nobody in line asked for, waits
+    # behind the buyers of a and b (a line per item would put him first).
+    my $late = fetch('/drop?user=late&sku=c');
+    is($late->{sale}, 'QUEUED', 'line: a buyer of another item waits too');
+    ok($late->{position} =~ /^\d+$/ && $late->{position} >= 20,
+       "line: behind the others, one line per sale ($late->{position} ahead)");
+    my $again = fetch('/drop?user=q40&sku=b');
+    my $same = fetch('/drop?user=q40&sku=a');
+    is($same->{sale}, 'QUEUED', 'line: q40 waits');
+    ok(abs($same->{position} - $again->{position}) <= 1,
+       'line: one place per buyer, whatever the item (one call between may move it by one)');
     my $deadline = time + 20;
     my @all;
     while (time < $deadline) {
