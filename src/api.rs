@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use crate::line::Rate;
 use crate::parse;
 use crate::remote::Reply;
-use crate::sale::{Grant, ItemInfo, Overrides, OverridesPatch, PermitInfo};
+use crate::sale::{Cap, Grant, ItemInfo, Overrides, OverridesPatch, PermitInfo};
 use crate::zone::Cursor;
 
 /// What a path under the API's location names.
@@ -302,14 +302,14 @@ fn item_text(item: &[u8]) -> String {
 /// for none); `cap`, the one in force (the API's, else the configuration's; null: none);
 /// `left` under it (null without one); `registered` for the pre-queue's draw (null for a zone
 /// kept in Redis, which does not count them per item: `counts_registered` false).
-pub fn item_json(i: &ItemInfo, counts_registered: bool) -> Value {
+pub fn item_json(i: &ItemInfo, counts_registered: bool, zone_cap: Cap) -> Value {
     let mut fields = json!({
         "item": item_text(&i.item),
         "permits": i.permits,
         "max_permits": i.max_permits,
         "stock": i.stock,
-        "cap": i.cap(),
-        "left": i.left(),
+        "cap": i.cap(zone_cap),
+        "left": i.left(zone_cap),
         "registered": counts_registered.then_some(i.registered),
     });
     add_item_base64(&mut fields, &i.item);
@@ -327,14 +327,14 @@ fn add_item_base64(fields: &mut Value, item: &[u8]) {
 /// A page of items and `next`, the cursor of the next page (null when the page came back
 /// short). Items of a zone kept here lead on from their number, those of a zone kept in
 /// Redis (`remote`) from the item itself (see [`ItemPage`]).
-pub fn items_page_json(items: &[ItemInfo], limit: usize, remote: bool) -> Value {
+pub fn items_page_json(items: &[ItemInfo], limit: usize, remote: bool, zone_cap: Cap) -> Value {
     let next = (items.len() == limit).then(|| {
         items.last().map(|i| match remote {
             true => key_base64(&i.item),
             false => key_base64(&i.number.to_be_bytes()),
         })
     });
-    let shown: Vec<Value> = items.iter().map(|i| item_json(i, !remote)).collect();
+    let shown: Vec<Value> = items.iter().map(|i| item_json(i, !remote, zone_cap)).collect();
     json!({ "items": shown, "next": next.flatten() })
 }
 
@@ -658,11 +658,11 @@ pub fn remote_answer(ask: &RemoteAsk, reply: Reply) -> Result<(u16, Value), ApiE
         )),
         Reply::Items(items) => {
             let page = ask.item_page.as_ref().ok_or_else(|| ApiError::new(500, "no page asked"))?;
-            Ok((200, items_page_json(&items, page.limit, true)))
+            Ok((200, items_page_json(&items, page.limit, true, ask.cap)))
         }
         Reply::Item(item) => {
             let item = item.ok_or_else(|| ApiError::new(404, "no such item in this zone"))?;
-            Ok((200, item_json(&item, false)))
+            Ok((200, item_json(&item, false, ask.cap)))
         }
         Reply::Admission(_)
         | Reply::DrawSecret(_)
@@ -1158,30 +1158,34 @@ mod tests {
             stock: Some(12),
         };
         assert_eq!(
-            item_json(&red, true).to_string(),
+            item_json(&red, true, None).to_string(),
             r#"{"cap":10,"item":"red-42","left":7,"max_permits":10,"permits":3,"registered":2,"stock":12}"#
         );
         let configured = ItemInfo { max_permits: None, permits: 13, ..red.clone() };
-        assert_eq!(item_json(&configured, true)["cap"], 12);
-        assert_eq!(item_json(&configured, true)["left"], 0);
+        assert_eq!(item_json(&configured, true, None)["cap"], 12);
+        assert_eq!(item_json(&configured, true, None)["left"], 0);
         let free = ItemInfo { max_permits: None, stock: None, ..red.clone() };
         assert_eq!(
-            item_json(&free, false).to_string(),
+            item_json(&free, false, None).to_string(),
             r#"{"cap":null,"item":"red-42","left":null,"max_permits":null,"permits":3,"registered":null,"stock":null}"#
         );
+        // An item no request has been decided for: the zone's cap.
+        assert_eq!(item_json(&free, true, Some(2))["cap"], 2);
+        assert_eq!(item_json(&free, true, Some(2))["left"], 0);
+        assert_eq!(item_json(&configured, true, Some(2))["cap"], 12, "what the request had wins");
         let blue = ItemInfo { item: b"blue-43".to_vec(), number: 4, ..red.clone() };
         let both = [red.clone(), blue.clone()];
         // A full page leads on from its last item: its number here, the item itself in Redis.
-        let here = items_page_json(&both, 2, false);
+        let here = items_page_json(&both, 2, false, None);
         assert_eq!(here["next"], "AAAAAAAAAAQ");
         assert_eq!(here["items"][1]["item"], "blue-43");
         let next = item_page(format!("after={}", here["next"].as_str().unwrap()).as_bytes());
         assert_eq!(next.unwrap().after_number(), Ok(4));
-        let remote = items_page_json(&both, 2, true);
+        let remote = items_page_json(&both, 2, true, None);
         assert_eq!(remote["next"], key_base64(b"blue-43"));
         assert_eq!(remote["items"][0]["registered"], Value::Null);
-        assert_eq!(items_page_json(&both, 3, false)["next"], Value::Null);
-        assert_eq!(items_page_json(&[], 3, false).to_string(), r#"{"items":[],"next":null}"#);
+        assert_eq!(items_page_json(&both, 3, false, None)["next"], Value::Null);
+        assert_eq!(items_page_json(&[], 3, false, None).to_string(), r#"{"items":[],"next":null}"#);
         // Redis's replies answer the same.
         let ask = RemoteAsk { item_page: item_page(b"limit=1").ok(), ..RemoteAsk::default() };
         let (_, page) = remote_answer(&ask, Reply::Items(vec![blue.clone()])).unwrap();
@@ -1219,11 +1223,11 @@ mod tests {
     fn an_item_that_is_not_text_is_told_apart_by_its_bytes() {
         let odd = ItemInfo { item: vec![0xff, 0xfe], ..ItemInfo::default() };
         let other = ItemInfo { item: vec![0xfe, 0xff], ..ItemInfo::default() };
-        assert_eq!(item_json(&odd, true)["item"], item_json(&other, true)["item"]);
-        assert_eq!(item_json(&odd, true)["item_base64"], "__4");
-        assert_eq!(item_json(&other, true)["item_base64"], "_v8");
+        assert_eq!(item_json(&odd, true, None)["item"], item_json(&other, true, None)["item"]);
+        assert_eq!(item_json(&odd, true, None)["item_base64"], "__4");
+        assert_eq!(item_json(&other, true, None)["item_base64"], "_v8");
         let text = ItemInfo { item: b"red-42".to_vec(), ..ItemInfo::default() };
-        assert!(item_json(&text, true).get("item_base64").is_none());
+        assert!(item_json(&text, true, None).get("item_base64").is_none());
         let permit = PermitInfo { key: b"amy".to_vec(), item: vec![0xff], ..PermitInfo::default() };
         assert_eq!(permit_json(&permit, KeyKind::Bytes)["item_base64"], "_w");
     }

@@ -25,7 +25,7 @@ use crate::health::Change;
 use crate::journal::{Anew, Rewritten, StateFile};
 use crate::parse;
 use crate::remote::Settings;
-use crate::sale::{BlockRatio, DrawMode, Queue, Sale, Window};
+use crate::sale::{BlockRatio, Cap, DrawMode, Queue, Sale, Window};
 use crate::state;
 use crate::token;
 use crate::zone::{bucket_count, PermitTable, Stats, ZoneStore};
@@ -64,6 +64,13 @@ pub struct RedisConf {
 }
 
 impl ZoneConf {
+    /// The zone's cap as the admin API and the metrics show it: its `max_permits` override,
+    /// else the largest fixed `flash_sale_max_permits` of its locations (a cap read from a
+    /// variable is known per request only).
+    pub fn cap(&self) -> Cap {
+        self.table_ref().and_then(|t| t.overrides.load().max_permits).or(self.largest_cap)
+    }
+
     /// Appends a record to the zone's state file, if it has one. False when it did not land:
     /// the failure is counted (`state_errors`) and logged once per incident with its cause,
     /// and while the disk fails one record a second is tried (the others fail at once); the

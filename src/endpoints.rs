@@ -202,6 +202,11 @@ fn on_redis(
     zone.redis?;
     let get = reading(method);
     let now_ms = crate::http::now_ms();
+    if let Some(key) = key {
+        if let Err(refused) = one_item_has_none(&zone, key.item) {
+            return Some(Err(refused));
+        }
+    }
     let command = match key {
         Some(key) if get => Ok(Command::Get { key: key.field(), now_ms }),
         Some(key) if *method == Method::DELETE => Ok(Command::Revoke { key: key.field() }),
@@ -220,16 +225,13 @@ fn on_redis(
 /// its item, in a zone of one item none does (a permit no request could ever use is refused).
 fn zone_grants(zone: &ZoneConf, body: &[u8]) -> Result<Vec<crate::sale::Grant>, ApiError> {
     let grants = api::grants(body)?;
-    match grants.iter().find(|(_, item, _)| item.is_empty() == zone.itemized) {
-        None => Ok(grants),
-        Some(_) if zone.itemized => {
-            Err(ApiError::new(400, "this zone sells items: give each permit its \"item\""))
+    for (_, item, _) in &grants {
+        if zone.itemized && item.is_empty() {
+            return Err(ApiError::new(400, "this zone sells items: give each permit its \"item\""));
         }
-        Some(_) => Err(ApiError::new(
-            400,
-            "this zone sells one item (no flash_sale_item): a permit has no \"item\"",
-        )),
+        one_item_has_none(zone, item)?;
     }
+    Ok(grants)
 }
 
 /// Whether the zone sells several items (a location of it has `flash_sale_item`): an item's
@@ -245,6 +247,18 @@ fn sells_items(zone: &ZoneConf) -> Result<(), ApiError> {
             zone.name(),
             zone.name()
         ),
+    ))
+}
+
+/// A permit route's `?item=` on a zone of one item names a permit that cannot be: 400, as a
+/// grant naming an item there is.
+fn one_item_has_none(zone: &ZoneConf, item: &[u8]) -> Result<(), ApiError> {
+    if zone.itemized || item.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        400,
+        "this zone sells one item (no flash_sale_item): a permit has no \"item\"",
     ))
 }
 
@@ -339,8 +353,7 @@ fn redis_answer(req: &mut Request, asked: &ApiRequest, reply: Result<Reply, Fail
         }
         Some(zone) => {
             apply_here(&zone, PermitKey { key: &key, item: &item }, &reply);
-            let cap =
-                zone.table_ref().and_then(|t| t.overrides.load().max_permits).or(zone.largest_cap);
+            let cap = zone.cap();
             let page = api::page(req_args(req)).ok();
             let item_page = api::item_page(req_args(req)).ok();
             let kind = key_kind(&zone);
@@ -577,15 +590,14 @@ fn serve(req: &Request, asked: &ApiRequest, body: Option<&[u8]>) -> Answer {
                     ));
                 }
                 let permits = store.permits();
-                let cap = store.table().overrides.load().max_permits.or(zone.largest_cap);
-                // In a zone of items, the caps are the items': is any of those granted over?
-                let over_items = done.granted.iter().any(|permit| {
-                    store
-                        .item(&permit.item)
-                        .is_some_and(|item| item.cap().is_some_and(|cap| item.permits > cap))
-                });
+                // Over the cap now: the zone's, or in a zone of items, an item the grant names.
+                let cap = zone.cap();
                 let over_cap = match zone.itemized {
-                    true => over_items,
+                    true => grants.iter().any(|(_, item, _)| {
+                        store.item(item).is_some_and(|found| {
+                            found.cap(cap).is_some_and(|cap| found.permits > cap)
+                        })
+                    }),
                     false => cap.is_some_and(|cap| permits > cap),
                 };
                 Ok((
@@ -618,6 +630,7 @@ fn serve(req: &Request, asked: &ApiRequest, body: Option<&[u8]>) -> Answer {
         }
         Route::Permit(name, key, item) if get => {
             let zone = find(name)?;
+            one_item_has_none(&zone, item)?;
             with_store(&zone, |store, _| {
                 let permit =
                     store.get(PermitKey { key, item }).ok_or_else(|| no_permit(&zone, item))?;
@@ -626,6 +639,7 @@ fn serve(req: &Request, asked: &ApiRequest, body: Option<&[u8]>) -> Answer {
         }
         Route::Permit(name, key, item) if *method == Method::DELETE => {
             let zone = find(name)?;
+            one_item_has_none(&zone, item)?;
             with_store(&zone, |store, _| {
                 let permit =
                     store.get(PermitKey { key, item }).ok_or_else(|| no_permit(&zone, item))?;
@@ -646,13 +660,13 @@ fn serve(req: &Request, asked: &ApiRequest, body: Option<&[u8]>) -> Answer {
             let after = page.after_number()?;
             let zone = find(name)?;
             let items = with_store(&zone, |store, _| Ok(store.items(after, page.limit)))?;
-            Ok((200, api::items_page_json(&items, page.limit, false)))
+            Ok((200, api::items_page_json(&items, page.limit, false, zone.cap())))
         }
         Route::Item(name, item) if get => {
             let zone = find(name)?;
             let found = with_store(&zone, |store, _| Ok(store.item(item)))?
                 .ok_or_else(|| ApiError::new(404, "no such item in this zone"))?;
-            Ok((200, api::item_json(&found, true)))
+            Ok((200, api::item_json(&found, true, zone.cap())))
         }
         Route::Item(name, item) if *method == Method::PATCH => {
             let zone = find(name)?;
@@ -663,7 +677,7 @@ fn serve(req: &Request, asked: &ApiRequest, body: Option<&[u8]>) -> Answer {
                     ApiError::new(503, "the zone has no room for another item; nothing changed")
                 })
             })?;
-            Ok((200, api::item_json(&now, true)))
+            Ok((200, api::item_json(&now, true, zone.cap())))
         }
         _ => not_allowed(),
     }
@@ -748,7 +762,7 @@ fn zone_metrics(zone: ZoneRef) -> Option<ZoneMetrics> {
     let mut store = zone.store(now)?;
     let (permits, mut prequeued, mut line) = store.counts();
     // Items of a zone kept in Redis are Redis's: a round trip per scrape, left out.
-    let items = (zone.itemized && zone.redis.is_none()).then(|| store.item_figures());
+    let items = (zone.itemized && zone.redis.is_none()).then(|| store.item_figures(zone.cap()));
     let table = store.table();
     if zone.redis.is_some() && (zone.lined || zone.prequeued) {
         // The line and the pre-queue are Redis's: as it last told this host, read again at
@@ -783,7 +797,7 @@ fn zone_metrics(zone: ZoneRef) -> Option<ZoneMetrics> {
         redis_up: zone.redis.map(|_| u64::from(!table.link.is_down())),
         state_errors: zone.state.as_ref().map(|_| load(&stats.state_errors)),
         state_up: zone.state.as_ref().map(|_| u64::from(!table.journal.health.is_down())),
-        max_permits: table.overrides.load().max_permits.or(zone.largest_cap),
+        max_permits: zone.cap(),
         // SAFETY: nginx sets the page size at startup.
         bytes_used: total.saturating_sub(free_pages * unsafe { ngx_pagesize } as u64),
         bytes_total: total,

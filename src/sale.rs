@@ -273,14 +273,17 @@ pub struct ItemInfo {
 }
 
 impl ItemInfo {
-    /// The cap in force: the admin API's stock, else the configuration's.
-    pub fn cap(&self) -> Cap {
-        self.max_permits.or(self.stock)
+    /// The cap in force: the admin API's stock, else the cap the last request decided for
+    /// the item had, else `zone`, the zone's cap (its `max_permits` override, else its fixed
+    /// `flash_sale_max_permits`), for an item no request has been decided for yet (one an
+    /// operator granted, or any after a restart).
+    pub fn cap(&self, zone: Cap) -> Cap {
+        self.max_permits.or(self.stock).or(zone)
     }
 
-    /// Permits left under the cap; `None` without one.
-    pub fn left(&self) -> Option<u64> {
-        self.cap().map(|cap| cap.saturating_sub(self.permits))
+    /// Permits left under [`ItemInfo::cap`]; `None` without one.
+    pub fn left(&self, zone: Cap) -> Option<u64> {
+        self.cap(zone).map(|cap| cap.saturating_sub(self.permits))
     }
 }
 

@@ -1673,10 +1673,10 @@ impl<'a, S: Shared> ZoneStore<'a, S> {
     /// How many items the zone has (with a permit, a registration or a stock set through the
     /// API), and how many of them are at their cap: the metrics' figures, one walk under the
     /// lock.
-    pub fn item_figures(&mut self) -> (u64, u64) {
+    pub fn item_figures(&mut self, zone_cap: Cap) -> (u64, u64) {
         self.with_table(|table, _| {
             table.all_items().map(item_info).fold((0, 0), |(items, sold_out), item| {
-                let at_cap = item.cap().is_some_and(|cap| item.permits >= cap);
+                let at_cap = item.cap(zone_cap).is_some_and(|cap| item.permits >= cap);
                 (items + 1, sold_out + u64::from(at_cap))
             })
         })
@@ -2795,7 +2795,7 @@ mod tests {
         // A key and an item that read alike as bytes are another permit.
         assert_eq!(s.lookup(of(b"amyr", b"ed"), &two), Lookup::Open);
         let red = s.item(b"red").unwrap();
-        assert_eq!((red.permits, red.stock, red.left()), (2, Some(2), Some(0)));
+        assert_eq!((red.permits, red.stock, red.left(None)), (2, Some(2), Some(0)));
         assert_eq!(s.permits(), 3);
         // A revocation frees the item's slot; an item without permits leaves the table.
         assert!(s.revoke_numbered(of(b"cy", b"blue"), 3));
@@ -2834,10 +2834,10 @@ mod tests {
         assert_eq!(s.admit(of(b"amy", b"red"), &three), Admission::Admitted(seq(1)));
         assert_eq!(s.admit(of(b"bob", b"red"), &three), Admission::SoldOut);
         let raised = s.set_item_stock(b"red", Some(2)).unwrap();
-        assert_eq!((raised.cap(), raised.left()), (Some(2), Some(1)));
+        assert_eq!((raised.cap(None), raised.left(None)), (Some(2), Some(1)));
         assert_eq!(s.admit(of(b"bob", b"red"), &three), Admission::Admitted(seq(2)));
         s.set_item_stock(b"red", None);
-        assert_eq!(s.item(b"red").unwrap().cap(), Some(3), "the configuration's again");
+        assert_eq!(s.item(b"red").unwrap().cap(None), Some(3), "the configuration's again");
         // An override of an item nobody holds keeps it listed; set back, it goes.
         s.set_item_stock(b"blue", Some(0));
         assert_eq!(s.admit(of(b"amy", b"blue"), &three), Admission::SoldOut);

@@ -285,3 +285,29 @@ Content-Type: application/json
  qr/^\{"error":"this zone sells one item \(no flash_sale_item\): a permit has no \\"item\\""\}$/,
  qr/no permit/,
  qr/"granted":1,.*"over_cap":true/]
+
+
+
+=== TEST 10: an item no request has been decided for takes the zone's cap: a grant over it
+says so, and the item shows it; ?item= on a zone of one item is a 400, as a grant's item is
+--- http_config eval: $::HttpConfigLowered
+--- config eval: $::Config
+--- more_headers
+Content-Type: application/json
+--- request eval
+["PATCH /api/zones/drop\n{\"max_permits\": 1}",
+ "POST /api/zones/drop/permits\n[{\"key\": \"n1\", \"item\": \"fresh\"}, {\"key\": \"n2\", \"item\": \"fresh\"}]",
+ "GET /api/zones/drop/items/fresh",
+ "PATCH /api/zones/drop\n{\"max_permits\": null}",
+ "GET /api/zones/one/permits/s1?item=x",
+ "DELETE /api/zones/one/permits/s1?item=x",
+ "GET /api/zones/one/permits/s1"]
+--- error_code eval
+[200, 200, 200, 200, 400, 400, 200]
+--- response_body_like eval
+["", qr/"granted":2,.*"over_cap":true/,
+ qr/^\{"cap":1,"item":"fresh","left":0,"max_permits":null,"permits":2,"registered":0,"stock":null\}$/,
+ "",
+ qr/^\{"error":"this zone sells one item \(no flash_sale_item\): a permit has no \\"item\\""\}$/,
+ qr/a permit has no/,
+ qr/"key":"s1"/]

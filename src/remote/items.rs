@@ -178,8 +178,8 @@ mod tests {
                 stock: Some(2)
             }
         );
-        assert_eq!((all[1].cap(), all[1].left()), (Some(5), Some(3)));
-        assert_eq!((all[2].permits, all[2].stock, all[2].cap()), (0, None, Some(3)));
+        assert_eq!((all[1].cap(None), all[1].left(None)), (Some(5), Some(3)));
+        assert_eq!((all[2].permits, all[2].stock, all[2].cap(None)), (0, None, Some(3)));
         let first = page(&permits, &stock, &configured, None, 2);
         assert_eq!(first.len(), 2);
         let rest = page(&permits, &stock, &configured, Some(&first[1].item), 2);
